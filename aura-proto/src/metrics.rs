@@ -1,0 +1,109 @@
+//! Counters. Every remote input that is dropped is counted under exactly one reason.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a datagram (or a frame inside one) was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DropReason {
+    /// Not a valid encoding (bad tag, overlong varint, trailing bytes, bad padding).
+    Malformed,
+    /// Ended early.
+    Truncated,
+    /// Larger than the hard limit.
+    Oversized,
+    /// Unknown wire version byte.
+    WrongVersion,
+    /// Failed Noise authentication (bad tag, wrong key, wrong PSK).
+    Unauthenticated,
+    /// A transport nonce already seen, or a handshake message already answered.
+    Replayed,
+    /// Addressed to a session index this peer does not have.
+    UnknownSession,
+    /// Handshake from a device that is not paired and redeems no known invitation.
+    UnknownPeer,
+    /// Pairing with an invitation this peer did not issue.
+    UnknownInvite,
+    /// Pairing with an expired invitation.
+    ExpiredInvite,
+    /// Pairing with an invitation another device already redeemed.
+    ReusedInvite,
+    /// Certificate signature invalid or keys not matching the handshake.
+    BadCert,
+    /// A frame that makes no sense in the channel's current state.
+    UnexpectedFrame,
+    /// Too many half-open handshakes; new ones are refused until some finish.
+    Overloaded,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order (for reports).
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Malformed,
+        DropReason::Truncated,
+        DropReason::Oversized,
+        DropReason::WrongVersion,
+        DropReason::Unauthenticated,
+        DropReason::Replayed,
+        DropReason::UnknownSession,
+        DropReason::UnknownPeer,
+        DropReason::UnknownInvite,
+        DropReason::ExpiredInvite,
+        DropReason::ReusedInvite,
+        DropReason::BadCert,
+        DropReason::UnexpectedFrame,
+        DropReason::Overloaded,
+    ];
+
+    /// Short snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Truncated => "truncated",
+            DropReason::Oversized => "oversized",
+            DropReason::WrongVersion => "wrong_version",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::Replayed => "replayed",
+            DropReason::UnknownSession => "unknown_session",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::UnknownInvite => "unknown_invite",
+            DropReason::ExpiredInvite => "expired_invite",
+            DropReason::ReusedInvite => "reused_invite",
+            DropReason::BadCert => "bad_cert",
+            DropReason::UnexpectedFrame => "unexpected_frame",
+            DropReason::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// A peer's counters. Cheap to copy; read with [`Peer::metrics`](crate::Peer::metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Drops by reason, indexed as [`DropReason::ALL`].
+    pub dropped: [u64; 14],
+    /// Datagrams handed to the peer.
+    pub datagrams_in: u64,
+    /// Datagrams the peer asked to send.
+    pub datagrams_out: u64,
+    /// Handshakes completed (either role).
+    pub handshakes: u64,
+    /// Handshake messages sent again after a timeout.
+    pub handshake_retransmits: u64,
+    /// Records handed out for persistence.
+    pub persists: u64,
+}
+
+impl Metrics {
+    /// How many drops for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// Sum of all drops.
+    pub fn total_drops(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    pub(crate) fn drop(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
+}

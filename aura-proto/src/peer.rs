@@ -1,0 +1,1428 @@
+//! [`Peer`]: one device's protocol state, driven by inputs and drained of outputs.
+
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use snow::params::NoiseParams;
+
+use crate::channel::{self, backoff, Channel, Pairing, Phase, Role, NOISE_PATTERN, PSK_LOCATION};
+use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
+use crate::keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
+use crate::metrics::{DropReason, Metrics};
+use crate::record::{PairedPeer, Record, Ticket};
+use crate::rng::PeerRng;
+use crate::time::{Instant, Now};
+use crate::wire::{self, DecodeError, Frame, InitPayload, Packet, Purpose, RespPayload, MAX_APP_PAYLOAD};
+
+/// Highest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Lowest protocol version this build accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+const CTX_PAIRING_PSK: &str = "aura 2026-11 pairing psk";
+const CTX_LINK_PSK: &str = "aura 2026-11 link psk";
+/// How long a handshake-init hash is remembered to recognise duplicates and replays.
+const SEEN_INIT_TTL: Duration = Duration::from_secs(120);
+const MAX_SEEN_INIT: usize = 4096;
+
+/// Tunables. The defaults suit a real network; the simulator shortens some of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Lowest protocol version accepted.
+    pub min_version: u16,
+    /// Highest protocol version spoken.
+    pub max_version: u16,
+    /// First handshake retransmission delay; doubles with each try.
+    pub handshake_retry: Duration,
+    /// Handshake messages sent (first included) before giving up.
+    pub handshake_tries: u32,
+    /// How long a responder keeps a half-open handshake.
+    pub handshake_timeout: Duration,
+    /// Answer received payload with a keepalive when we sent nothing for this long.
+    pub keepalive: Duration,
+    /// Declare the other side gone when it did not answer our payload for this long.
+    pub idle_timeout: Duration,
+    /// Send a keepalive every interval regardless of traffic (keeps NAT bindings and
+    /// status fresh); disables `app_idle`.
+    pub persistent_keepalive: Option<Duration>,
+    /// Close a channel that carried nothing but keepalives for this long.
+    pub app_idle: Option<Duration>,
+    /// Half-open responder handshakes allowed at once.
+    pub max_half_open: usize,
+    /// Messages queued per peer while its channel is being set up.
+    pub max_queued: usize,
+    /// Channels allowed at once.
+    pub max_channels: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            handshake_retry: Duration::from_millis(500),
+            handshake_tries: 7,
+            handshake_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(35),
+            persistent_keepalive: None,
+            app_idle: Some(Duration::from_secs(180)),
+            max_half_open: 64,
+            max_queued: 64,
+            max_channels: 1024,
+        }
+    }
+}
+
+/// Everything a peer needs to come back after a restart.
+#[derive(Clone, Debug)]
+pub struct Durable {
+    /// The device secret.
+    pub secret: DeviceSecret,
+    /// Every record whose `PersistDone` was seen, in the order they were persisted.
+    pub records: Vec<Record>,
+}
+
+/// What the host feeds the peer.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A datagram arrived from `from` (an address in the host's own notation).
+    Datagram {
+        /// Sender address.
+        from: String,
+        /// Raw bytes; anything at all.
+        bytes: Vec<u8>,
+    },
+    /// The deadline from `poll_timeout` passed (spurious calls are harmless).
+    Timeout,
+    /// A local request.
+    Command(Command),
+    /// The record of this ticket is durable.
+    PersistDone(Ticket),
+}
+
+/// Local requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Issue an invitation code valid for `valid_for`, telling joiners to reach us at `addr_hint`.
+    CreateInvite {
+        /// Lifetime of the code.
+        valid_for: Duration,
+        /// Address the joiner should send its handshake to.
+        addr_hint: String,
+    },
+    /// Redeem an invitation code.
+    Join {
+        /// The code as pasted.
+        code: String,
+    },
+    /// Send application bytes to a paired device (sets up the channel if needed).
+    Send {
+        /// Destination device.
+        peer: DeviceId,
+        /// Payload, at most [`MAX_APP_PAYLOAD`] bytes.
+        data: Bytes,
+    },
+    /// Measure the round trip to a paired device.
+    Ping {
+        /// Destination device.
+        peer: DeviceId,
+    },
+    /// Open a channel to a paired device without sending anything yet.
+    Connect {
+        /// Destination device.
+        peer: DeviceId,
+    },
+    /// Close the channel to a device.
+    Close {
+        /// Device whose channel to close.
+        peer: DeviceId,
+    },
+}
+
+/// A refused local command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The invitation code was refused.
+    #[error(transparent)]
+    Invite(#[from] InviteError),
+    /// No paired device has this id.
+    #[error("no paired device {0:?}")]
+    UnknownPeer(DeviceId),
+    /// Payload larger than one frame.
+    #[error("payload of {len} bytes exceeds the {max} byte limit")]
+    PayloadTooLarge {
+        /// Given size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Too many messages waiting for a channel.
+    #[error("too many messages queued for {0:?} while its channel is set up")]
+    QueueFull(DeviceId),
+    /// Channel table full.
+    #[error("too many channels open")]
+    TooManyChannels,
+    /// Invitation lifetime of zero.
+    #[error("an invitation must be valid for some time")]
+    ZeroLifetime,
+}
+
+/// Why a handshake failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailReason {
+    /// No answer after all retransmissions.
+    Timeout,
+    /// No common protocol version.
+    VersionMismatch {
+        /// Our accepted range.
+        ours: (u16, u16),
+        /// Theirs.
+        theirs: (u16, u16),
+    },
+    /// The other side's keys did not match what we expected.
+    BadCert,
+}
+
+/// Why an established channel went away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownReason {
+    /// Nothing heard for `idle_timeout`.
+    Timeout,
+    /// No application traffic for `app_idle`.
+    Idle,
+    /// The other side closed it.
+    PeerClosed,
+    /// Closed by a local command.
+    LocalClose,
+}
+
+/// Something the application should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An invitation is durable; `code` may be shown.
+    InviteCreated {
+        /// The code to hand to the joiner.
+        code: String,
+        /// Wall-clock expiry.
+        expires_unix_ms: u64,
+    },
+    /// Pairing completed and is durable on this side.
+    Paired {
+        /// The other device.
+        peer: DeviceId,
+        /// Where it was reached.
+        addr: String,
+    },
+    /// A pairing attempt failed (it is retried at the next restart while the code is valid).
+    PairingFailed {
+        /// Invitation id.
+        invite: [u8; 32],
+        /// Why.
+        reason: FailReason,
+    },
+    /// A channel to a paired device is ready.
+    ChannelUp {
+        /// The device.
+        peer: DeviceId,
+        /// Its address.
+        addr: String,
+        /// Negotiated protocol version.
+        version: u16,
+    },
+    /// A link handshake failed; messages queued for the device were discarded.
+    ChannelFailed {
+        /// The device.
+        peer: DeviceId,
+        /// Why.
+        reason: FailReason,
+        /// Queued messages discarded.
+        discarded: usize,
+    },
+    /// A channel closed.
+    ChannelDown {
+        /// The device.
+        peer: DeviceId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// Application data arrived.
+    Received {
+        /// Sender device.
+        peer: DeviceId,
+        /// Payload.
+        data: Bytes,
+    },
+    /// Answer to a `Ping`.
+    Pong {
+        /// The device.
+        peer: DeviceId,
+        /// Measured round trip.
+        rtt: Duration,
+    },
+}
+
+/// What the peer asks the host to do.
+// Persist outputs are rare and moved once; boxing them would buy nothing measurable.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a datagram.
+    Transmit {
+        /// Destination address.
+        to: String,
+        /// Bytes to send.
+        bytes: Vec<u8>,
+    },
+    /// Store a record durably, then feed back `Input::PersistDone(ticket)`.
+    Persist {
+        /// Ticket to return.
+        ticket: Ticket,
+        /// The record.
+        record: Record,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// Channel state as shown by `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelState {
+    /// Handshake in progress.
+    Handshaking,
+    /// Keys agreed; waiting for the first frame or for pairing to become durable.
+    Confirming,
+    /// Ready.
+    Up,
+}
+
+/// One channel, for status output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The device, once known.
+    pub peer: Option<DeviceId>,
+    /// Its address.
+    pub addr: String,
+    /// Where the channel stands.
+    pub state: ChannelState,
+    /// Negotiated version (0 while handshaking).
+    pub version: u16,
+    /// Our handshake role.
+    pub role: Role,
+    /// Pairing or link.
+    pub purpose: Purpose,
+}
+
+/// What to do when a ticket comes back.
+#[derive(Debug)]
+enum Pending {
+    ShowInvite(Invitation),
+    StartJoin(Invitation),
+    /// Pairing record durable on channel `idx` (either side).
+    Paired {
+        idx: u32,
+        peer: PairedPeer,
+    },
+}
+
+#[derive(Debug)]
+struct IssuedInvite {
+    inv: Invitation,
+    /// Device that redeemed it (durably, or being persisted).
+    redeemed_by: Option<DeviceId>,
+}
+
+#[derive(Debug)]
+enum Queued {
+    App(Bytes),
+    Ping,
+}
+
+/// One device's protocol engine. See the crate documentation for the contract.
+pub struct Peer {
+    cfg: Config,
+    keys: DeviceKeys,
+    rng: PeerRng,
+    params: NoiseParams,
+    now: Now,
+    out: VecDeque<Output>,
+    metrics: Metrics,
+    next_ticket: u64,
+    pending: BTreeMap<Ticket, Pending>,
+    invites: BTreeMap<[u8; 32], IssuedInvite>,
+    /// Invitations this device redeemed or is redeeming (id → code contents).
+    joins: BTreeMap<[u8; 32], Invitation>,
+    /// Invitations whose pairing completed here (as joiner).
+    joined: BTreeSet<[u8; 32]>,
+    peers: BTreeMap<DeviceId, PairedPeer>,
+    by_noise: BTreeMap<[u8; 32], DeviceId>,
+    channels: BTreeMap<u32, Channel>,
+    /// The channel carrying traffic for each device.
+    active: BTreeMap<DeviceId, u32>,
+    queued: BTreeMap<DeviceId, Vec<Queued>>,
+    /// Handshake-init hash → (channel it created, when seen).
+    seen_init: BTreeMap<[u8; 32], (u32, Instant)>,
+    plain: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl core::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.keys.id)
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pairing_psk(secret: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(CTX_PAIRING_PSK, secret)
+}
+
+fn link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let mut m = [0u8; 96];
+    m[..32].copy_from_slice(secret);
+    m[32..64].copy_from_slice(&lo.0);
+    m[64..].copy_from_slice(&hi.0);
+    blake3::derive_key(CTX_LINK_PSK, &m)
+}
+
+impl Peer {
+    /// A fresh device. `seed` feeds every random choice the peer makes.
+    pub fn new(cfg: Config, secret: DeviceSecret, seed: [u8; 32], now: Now) -> Peer {
+        let mut rng = PeerRng::from_seed(seed);
+        let keys = DeviceKeys::derive(&secret, &mut rng);
+        Peer {
+            cfg,
+            keys,
+            rng,
+            params: NOISE_PATTERN.parse().expect("the Noise pattern name is valid"),
+            now,
+            out: VecDeque::new(),
+            metrics: Metrics::default(),
+            next_ticket: 1,
+            pending: BTreeMap::new(),
+            invites: BTreeMap::new(),
+            joins: BTreeMap::new(),
+            joined: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            by_noise: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            active: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            seen_init: BTreeMap::new(),
+            plain: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a peer from its durable records. Use a fresh `seed` per restart (an
+    /// incarnation seed) so no random value of the previous run is drawn again. Pending
+    /// joins resume at once: drain outputs after this call.
+    pub fn restore(cfg: Config, durable: Durable, seed: [u8; 32], now: Now) -> Peer {
+        let mut p = Peer::new(cfg, durable.secret, seed, now);
+        for r in durable.records {
+            p.apply_record(r);
+        }
+        let resumable: Vec<Invitation> = p
+            .joins
+            .iter()
+            .filter(|(id, inv)| !p.joined.contains(*id) && inv.check_expiry(now.unix_ms).is_ok())
+            .map(|(_, inv)| inv.clone())
+            .collect();
+        for inv in resumable {
+            p.start_pairing(inv);
+        }
+        p
+    }
+
+    fn apply_record(&mut self, r: Record) {
+        match r {
+            Record::InviteIssued(inv) => {
+                self.invites.insert(inv.id(), IssuedInvite { inv, redeemed_by: None });
+            }
+            Record::JoinStarted(inv) => {
+                self.joins.insert(inv.id(), inv);
+            }
+            Record::Paired(p) => self.add_peer(p),
+        }
+    }
+
+    fn add_peer(&mut self, p: PairedPeer) {
+        if let Some(i) = self.invites.get_mut(&p.invite) {
+            i.redeemed_by = Some(p.id);
+        }
+        if self.joins.contains_key(&p.invite) {
+            self.joined.insert(p.invite);
+        }
+        self.by_noise.insert(p.cert.noise, p.id);
+        self.peers.insert(p.id, p);
+    }
+
+    /// This device's id.
+    pub fn id(&self) -> DeviceId {
+        self.keys.id
+    }
+
+    /// This device's public keys.
+    pub fn cert(&self) -> &DeviceCert {
+        &self.keys.cert
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Paired devices and their last known addresses.
+    pub fn paired(&self) -> impl Iterator<Item = (&DeviceId, &str)> {
+        self.peers.iter().map(|(id, p)| (id, p.addr.as_str()))
+    }
+
+    /// Every channel, in a stable order.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        self.channels
+            .values()
+            .map(|c| ChannelInfo {
+                peer: c.peer,
+                addr: c.addr.clone(),
+                state: match (&c.phase, c.pairing) {
+                    (Phase::InitSent { .. }, _) => ChannelState::Handshaking,
+                    (Phase::RespSent { .. }, _) => ChannelState::Confirming,
+                    (Phase::Established, Pairing::None) => ChannelState::Up,
+                    (Phase::Established, _) => ChannelState::Confirming,
+                },
+                version: c.version,
+                role: c.role,
+                purpose: c.purpose,
+            })
+            .collect()
+    }
+
+    /// The next output, if any. Drain until `None` after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When the peer next wants `Input::Timeout`, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut d = self
+            .seen_init
+            .values()
+            .map(|(_, t)| t.saturating_add(SEEN_INIT_TTL))
+            .min();
+        for c in self.channels.values() {
+            if let Some(t) = c.deadline(&self.cfg) {
+                d = Some(d.map_or(t, |x| x.min(t)));
+            }
+        }
+        d
+    }
+
+    /// Feeds one input. Only `Input::Command` can fail; remote garbage is dropped and counted.
+    pub fn handle_input(&mut self, now: Now, input: Input) -> Result<(), CommandError> {
+        // A host that hands us time going backwards gets it clamped: timers only move forward.
+        self.now = Now {
+            mono: now.mono.max(self.now.mono),
+            unix_ms: now.unix_ms,
+        };
+        match input {
+            Input::Datagram { from, bytes } => {
+                self.handle_datagram(from, &bytes);
+                Ok(())
+            }
+            Input::Timeout => {
+                self.handle_timeout();
+                Ok(())
+            }
+            Input::PersistDone(t) => {
+                self.handle_persist_done(t);
+                Ok(())
+            }
+            Input::Command(c) => self.handle_command(c),
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------------------
+
+    fn transmit(&mut self, to: &str, bytes: Vec<u8>) {
+        self.metrics.datagrams_out += 1;
+        self.out.push_back(Output::Transmit {
+            to: to.to_owned(),
+            bytes,
+        });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn persist(&mut self, record: Record, then: Pending) {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.metrics.persists += 1;
+        self.pending.insert(ticket, then);
+        self.out.push_back(Output::Persist { ticket, record });
+    }
+
+    fn send_frame(&mut self, idx: u32, frame: &Frame<'_>) {
+        let now = self.now.mono;
+        let Some(c) = self.channels.get_mut(&idx) else { return };
+        if let Some(bytes) = c.seal(frame, &mut self.plain, now) {
+            let to = c.addr.clone();
+            self.metrics.datagrams_out += 1;
+            self.out.push_back(Output::Transmit { to, bytes });
+        }
+    }
+
+    // ----- commands -----------------------------------------------------------------
+
+    fn handle_command(&mut self, c: Command) -> Result<(), CommandError> {
+        match c {
+            Command::CreateInvite { valid_for, addr_hint } => {
+                if addr_hint.len() > MAX_ADDR_HINT {
+                    return Err(InviteError::AddrTooLong.into());
+                }
+                if valid_for.is_zero() {
+                    return Err(CommandError::ZeroLifetime);
+                }
+                let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
+                let inv = Invitation {
+                    version: CODE_VERSION,
+                    inviter_noise: self.keys.cert.noise,
+                    secret: self.rng.bytes32(),
+                    expires_unix_ms: self.now.unix_ms.saturating_add(ms),
+                    addr_hint,
+                };
+                self.persist(Record::InviteIssued(inv.clone()), Pending::ShowInvite(inv));
+                Ok(())
+            }
+            Command::Join { code } => {
+                let inv = Invitation::from_code(&code)?;
+                inv.check_expiry(self.now.unix_ms)?;
+                if inv.inviter_noise == self.keys.cert.noise {
+                    return Err(InviteError::OwnCode.into());
+                }
+                let id = inv.id();
+                if self.joined.contains(&id) {
+                    return Err(InviteError::AlreadyUsed.into());
+                }
+                if self.joins.contains_key(&id) {
+                    // Spent here but not yet paired: try again.
+                    self.start_pairing(inv);
+                } else {
+                    self.persist(Record::JoinStarted(inv.clone()), Pending::StartJoin(inv));
+                }
+                Ok(())
+            }
+            Command::Send { peer, data } => {
+                if data.len() > MAX_APP_PAYLOAD {
+                    return Err(CommandError::PayloadTooLarge {
+                        len: data.len(),
+                        max: MAX_APP_PAYLOAD,
+                    });
+                }
+                self.send_or_queue(peer, Queued::App(data))
+            }
+            Command::Ping { peer } => self.send_or_queue(peer, Queued::Ping),
+            Command::Connect { peer } => {
+                if !self.peers.contains_key(&peer) {
+                    return Err(CommandError::UnknownPeer(peer));
+                }
+                if !self.active.contains_key(&peer) && !self.initiating_to(&peer) {
+                    self.start_link(peer)?;
+                }
+                Ok(())
+            }
+            Command::Close { peer } => {
+                if !self.peers.contains_key(&peer) {
+                    return Err(CommandError::UnknownPeer(peer));
+                }
+                if let Some(idx) = self.active.get(&peer).copied() {
+                    self.send_frame(idx, &Frame::Close);
+                    self.remove_channel(idx, Some(DownReason::LocalClose));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn initiating_to(&self, peer: &DeviceId) -> bool {
+        self.channels
+            .values()
+            .any(|c| c.peer.as_ref() == Some(peer) && matches!(c.phase, Phase::InitSent { .. }))
+    }
+
+    fn send_or_queue(&mut self, peer: DeviceId, q: Queued) -> Result<(), CommandError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(CommandError::UnknownPeer(peer));
+        }
+        if let Some(idx) = self.active.get(&peer).copied() {
+            self.send_queued(idx, q);
+            return Ok(());
+        }
+        let queue = self.queued.entry(peer).or_default();
+        if queue.len() >= self.cfg.max_queued {
+            return Err(CommandError::QueueFull(peer));
+        }
+        queue.push(q);
+        if !self.initiating_to(&peer) {
+            if let Err(e) = self.start_link(peer) {
+                self.queued.remove(&peer);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_queued(&mut self, idx: u32, q: Queued) {
+        let now = self.now.mono;
+        match q {
+            Queued::App(data) => self.send_frame(idx, &Frame::App { data: &data }),
+            Queued::Ping => {
+                let id = self.rng.next_u64();
+                if let Some(c) = self.channels.get_mut(&idx) {
+                    c.pings.insert(id, now);
+                    // Bounded: an unanswered ping is forgotten after 64 newer ones.
+                    while c.pings.len() > 64 {
+                        let first = *c.pings.keys().next().expect("non-empty");
+                        c.pings.remove(&first);
+                    }
+                }
+                self.send_frame(idx, &Frame::Ping { id });
+            }
+        }
+    }
+
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if i != 0 && !self.channels.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    // ----- initiating ---------------------------------------------------------------
+
+    fn start_pairing(&mut self, inv: Invitation) {
+        // One pairing attempt per invitation at a time.
+        let id = inv.id();
+        if self
+            .channels
+            .values()
+            .any(|c| c.invite == Some(id) && c.role == Role::Initiator)
+        {
+            return;
+        }
+        let psk = pairing_psk(&inv.secret);
+        let addr = inv.addr_hint.clone();
+        if let Err(e) = self.start_handshake(Purpose::Pairing, inv.inviter_noise, psk, addr, None, Some(id)) {
+            // Only a full channel table gets here; report it as a timeout-like failure.
+            let _ = e;
+            self.event(Event::PairingFailed {
+                invite: id,
+                reason: FailReason::Timeout,
+            });
+        }
+    }
+
+    fn start_link(&mut self, peer: DeviceId) -> Result<(), CommandError> {
+        let p = self.peers.get(&peer).ok_or(CommandError::UnknownPeer(peer))?;
+        let (noise, psk, addr) = (p.cert.noise, p.link_psk, p.addr.clone());
+        self.start_handshake(Purpose::Link, noise, psk, addr, Some(peer), None)
+    }
+
+    fn start_handshake(
+        &mut self,
+        purpose: Purpose,
+        remote: [u8; 32],
+        psk: [u8; 32],
+        addr: String,
+        peer: Option<DeviceId>,
+        invite: Option<[u8; 32]>,
+    ) -> Result<(), CommandError> {
+        if self.channels.len() >= self.cfg.max_channels {
+            return Err(CommandError::TooManyChannels);
+        }
+        let idx = self.fresh_index();
+        let rng = self.rng.fork("noise initiator");
+        let mut hs = channel::build_handshake(
+            &self.params,
+            rng,
+            self.keys.noise_private(),
+            Some(&remote),
+            Some(&psk),
+            purpose,
+        )
+        .expect("handshake parameters are valid");
+        let payload = wire::encode(&InitPayload {
+            version: self.cfg.max_version,
+            min_version: self.cfg.min_version,
+            caps: 0,
+            cert: self.keys.cert.clone(),
+            invite,
+        });
+        let mut msg = vec![0u8; wire::MAX_NOISE_MSG];
+        let n = hs
+            .write_message(&payload, &mut msg)
+            .expect("first handshake message fits");
+        let datagram = wire::encode_packet(&Packet::HandshakeInit {
+            sender: idx,
+            purpose,
+            noise: &msg[..n],
+        });
+        let now = self.now.mono;
+        let mut c = Channel::new(
+            idx,
+            Role::Initiator,
+            purpose,
+            addr.clone(),
+            now,
+            Phase::InitSent {
+                hs: Box::new(hs),
+                datagram: datagram.clone(),
+            },
+        );
+        c.peer = peer;
+        c.invite = invite;
+        c.remote_static = remote;
+        c.retx_at = Some(now.saturating_add(self.cfg.handshake_retry));
+        c.tries = 1;
+        self.channels.insert(idx, c);
+        self.transmit(&addr, datagram);
+        Ok(())
+    }
+
+    // ----- datagrams ----------------------------------------------------------------
+
+    fn count_decode(&mut self, e: DecodeError) {
+        self.metrics.drop(match e {
+            DecodeError::Truncated => DropReason::Truncated,
+            DecodeError::Malformed => DropReason::Malformed,
+            DecodeError::Oversized => DropReason::Oversized,
+            DecodeError::WrongVersion => DropReason::WrongVersion,
+        });
+    }
+
+    fn handle_datagram(&mut self, from: String, bytes: &[u8]) {
+        self.metrics.datagrams_in += 1;
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let res = wire::decode_packet(bytes, &mut scratch);
+        self.scratch = scratch;
+        match res {
+            Err(e) => self.count_decode(e),
+            Ok(Packet::HandshakeInit { sender, purpose, noise }) => self.on_init(from, sender, purpose, noise),
+            Ok(Packet::HandshakeResp {
+                sender,
+                receiver,
+                noise,
+            }) => self.on_resp(sender, receiver, noise),
+            Ok(Packet::Data {
+                receiver,
+                nonce,
+                ciphertext,
+            }) => self.on_data(from, receiver, nonce, ciphertext),
+        }
+    }
+
+    fn on_init(&mut self, from: String, sender: u32, purpose: Purpose, noise: &[u8]) {
+        let now = self.now.mono;
+        let h: [u8; 32] = blake3::hash(noise).into();
+        if let Some((idx, _)) = self.seen_init.get(&h).copied() {
+            // The initiator resends its first message when our answer was lost: answer
+            // again from the same state. Anything else with a known hash is a replay.
+            if let Some(Channel {
+                phase: Phase::RespSent { datagram },
+                addr,
+                ..
+            }) = self.channels.get(&idx)
+            {
+                let (to, d) = (addr.clone(), datagram.clone());
+                self.metrics.handshake_retransmits += 1;
+                self.transmit(&to, d);
+            } else {
+                self.metrics.drop(DropReason::Replayed);
+            }
+            return;
+        }
+        let half_open = self
+            .channels
+            .values()
+            .filter(|c| matches!(c.phase, Phase::RespSent { .. }))
+            .count();
+        if half_open >= self.cfg.max_half_open || self.channels.len() >= self.cfg.max_channels {
+            self.metrics.drop(DropReason::Overloaded);
+            return;
+        }
+        let rng = self.rng.fork("noise responder");
+        let Ok(mut hs) = channel::build_handshake(&self.params, rng, self.keys.noise_private(), None, None, purpose)
+        else {
+            return;
+        };
+        let mut buf = vec![0u8; noise.len()];
+        let Ok(n) = hs.read_message(noise, &mut buf) else {
+            self.metrics.drop(DropReason::Unauthenticated);
+            return;
+        };
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let payload: Result<InitPayload, _> = wire::strict_decode(&buf[..n], &mut scratch);
+        self.scratch = scratch;
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => return self.count_decode(e),
+        };
+        let Some(remote_static) = hs.get_remote_static().and_then(|s| <[u8; 32]>::try_from(s).ok()) else {
+            self.metrics.drop(DropReason::Unauthenticated);
+            return;
+        };
+        if payload.cert.noise != remote_static {
+            self.metrics.drop(DropReason::BadCert);
+            return;
+        }
+        // Who is this, and which PSK proves it?
+        let (peer_id, psk) = match (purpose, payload.invite) {
+            (Purpose::Pairing, Some(inv_id)) => {
+                let Some(issued) = self.invites.get(&inv_id) else {
+                    self.metrics.drop(DropReason::UnknownInvite);
+                    return;
+                };
+                if issued.inv.check_expiry(self.now.unix_ms).is_err() {
+                    self.metrics.drop(DropReason::ExpiredInvite);
+                    return;
+                }
+                let Some(id) = payload.cert.verify() else {
+                    self.metrics.drop(DropReason::BadCert);
+                    return;
+                };
+                if issued.redeemed_by.is_some_and(|d| d != id) {
+                    self.metrics.drop(DropReason::ReusedInvite);
+                    return;
+                }
+                (id, pairing_psk(&issued.inv.secret))
+            }
+            (Purpose::Link, None) => {
+                let Some(id) = self.by_noise.get(&remote_static).copied() else {
+                    self.metrics.drop(DropReason::UnknownPeer);
+                    return;
+                };
+                let p = &self.peers[&id];
+                if !p.cert.same_keys(&payload.cert) {
+                    self.metrics.drop(DropReason::BadCert);
+                    return;
+                }
+                // Simultaneous open: the device with the smaller id keeps its own attempt.
+                if self.keys.id < id && self.initiating_to(&id) {
+                    self.metrics.drop(DropReason::UnexpectedFrame);
+                    return;
+                }
+                (id, p.link_psk)
+            }
+            _ => {
+                self.metrics.drop(DropReason::Malformed);
+                return;
+            }
+        };
+        if hs.set_psk(PSK_LOCATION as usize, &psk).is_err() {
+            return;
+        }
+        let version = self.cfg.max_version.min(payload.version);
+        let ok = version >= self.cfg.min_version.max(payload.min_version);
+        let resp = if ok {
+            RespPayload::Accept {
+                version,
+                caps: 0,
+                cert: self.keys.cert.clone(),
+            }
+        } else {
+            RespPayload::Reject {
+                min_version: self.cfg.min_version,
+                version: self.cfg.max_version,
+            }
+        };
+        let mut msg = vec![0u8; wire::MAX_NOISE_MSG];
+        let Ok(n) = hs.write_message(&wire::encode(&resp), &mut msg) else {
+            return;
+        };
+        let idx = self.fresh_index();
+        let datagram = wire::encode_packet(&Packet::HandshakeResp {
+            sender: idx,
+            receiver: sender,
+            noise: &msg[..n],
+        });
+        self.remember_init(h, idx, now);
+        if !ok {
+            // A clear answer, then forget: no channel exists for a rejected version.
+            self.transmit(&from, datagram);
+            return;
+        }
+        let Ok(transport) = hs.into_stateless_transport_mode() else {
+            return;
+        };
+        // Simultaneous open, larger id: abandon our own attempt in favour of theirs.
+        if purpose == Purpose::Link {
+            let ours: Vec<u32> = self
+                .channels
+                .values()
+                .filter(|c| c.peer == Some(peer_id) && matches!(c.phase, Phase::InitSent { .. }))
+                .map(|c| c.local_idx)
+                .collect();
+            for i in ours {
+                self.channels.remove(&i);
+            }
+        }
+        let mut c = Channel::new(
+            idx,
+            Role::Responder,
+            purpose,
+            from.clone(),
+            now,
+            Phase::RespSent {
+                datagram: datagram.clone(),
+            },
+        );
+        c.remote_idx = sender;
+        c.peer = Some(peer_id);
+        c.remote_cert = Some(payload.cert);
+        c.remote_static = remote_static;
+        c.invite = payload.invite;
+        c.version = version;
+        c.transport = Some(transport);
+        self.channels.insert(idx, c);
+        self.metrics.handshakes += 1;
+        self.transmit(&from, datagram);
+    }
+
+    fn remember_init(&mut self, h: [u8; 32], idx: u32, now: Instant) {
+        if self.seen_init.len() >= MAX_SEEN_INIT {
+            // Forget the oldest entry; keys are hashes so pick by time deterministically.
+            if let Some(k) = self
+                .seen_init
+                .iter()
+                .min_by_key(|(k, (_, t))| (*t, **k))
+                .map(|(k, _)| *k)
+            {
+                self.seen_init.remove(&k);
+            }
+        }
+        self.seen_init.insert(h, (idx, now));
+    }
+
+    fn on_resp(&mut self, sender: u32, receiver: u32, noise: &[u8]) {
+        let Some(c) = self.channels.get_mut(&receiver) else {
+            self.metrics.drop(DropReason::UnknownSession);
+            return;
+        };
+        let Phase::InitSent { hs, .. } = &mut c.phase else {
+            // Our answer was already processed: a duplicate or a replay.
+            self.metrics.drop(DropReason::Replayed);
+            return;
+        };
+        let mut buf = vec![0u8; noise.len()];
+        let n = match hs.read_message(noise, &mut buf) {
+            Ok(n) => n,
+            Err(_) => {
+                // A failed read leaves the Noise state unusable; the next retransmission
+                // starts over with a fresh first message.
+                self.metrics.drop(DropReason::Unauthenticated);
+                self.restart_initiator(receiver);
+                return;
+            }
+        };
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let resp: Result<RespPayload, _> = wire::strict_decode(&buf[..n], &mut scratch);
+        self.scratch = scratch;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_decode(e);
+                self.restart_initiator(receiver);
+                return;
+            }
+        };
+        let (ours, purpose, invite, peer) = {
+            let c = &self.channels[&receiver];
+            (
+                (self.cfg.min_version, self.cfg.max_version),
+                c.purpose,
+                c.invite,
+                c.peer,
+            )
+        };
+        let (version, cert) = match resp {
+            RespPayload::Reject { min_version, version } => {
+                self.fail_initiator(
+                    receiver,
+                    FailReason::VersionMismatch {
+                        ours,
+                        theirs: (min_version, version),
+                    },
+                );
+                return;
+            }
+            RespPayload::Accept { version, cert, .. } => (version, cert),
+        };
+        if version < ours.0 || version > ours.1 {
+            self.fail_initiator(
+                receiver,
+                FailReason::VersionMismatch {
+                    ours,
+                    theirs: (version, version),
+                },
+            );
+            return;
+        }
+        let c = self.channels.get_mut(&receiver).expect("checked above");
+        let id = match purpose {
+            Purpose::Pairing => match cert.verify() {
+                Some(id) if cert.noise == c.remote_static => id,
+                _ => {
+                    self.metrics.drop(DropReason::BadCert);
+                    self.fail_initiator(receiver, FailReason::BadCert);
+                    return;
+                }
+            },
+            Purpose::Link => {
+                let id = peer.expect("link channels know their peer");
+                if !self.peers.get(&id).is_some_and(|p| p.cert.same_keys(&cert)) {
+                    self.metrics.drop(DropReason::BadCert);
+                    self.fail_initiator(receiver, FailReason::BadCert);
+                    return;
+                }
+                id
+            }
+        };
+        let Phase::InitSent { hs, .. } = core::mem::replace(&mut c.phase, Phase::Established) else {
+            unreachable!("phase checked above")
+        };
+        let Ok(transport) = hs.into_stateless_transport_mode() else {
+            return;
+        };
+        let now = self.now.mono;
+        c.transport = Some(transport);
+        c.remote_idx = sender;
+        c.peer = Some(id);
+        c.remote_cert = Some(cert);
+        c.version = version;
+        c.last_recv = now;
+        c.retx_at = None;
+        c.tries = 0;
+        self.metrics.handshakes += 1;
+        self.send_frame(receiver, &Frame::Confirm);
+        match (purpose, invite) {
+            (Purpose::Pairing, Some(_)) => {
+                let c = self.channels.get_mut(&receiver).expect("present");
+                c.pairing = Pairing::AwaitAck;
+                c.tries = 1;
+                c.retx_at = Some(now.saturating_add(self.cfg.handshake_retry));
+            }
+            _ => self.activate(receiver),
+        }
+    }
+
+    fn restart_initiator(&mut self, idx: u32) {
+        let Some(c) = self.channels.remove(&idx) else { return };
+        let tries = c.tries;
+        let psk = match (c.purpose, c.invite, c.peer) {
+            (Purpose::Pairing, Some(inv), _) => self.joins.get(&inv).map(|i| pairing_psk(&i.secret)),
+            (Purpose::Link, _, Some(p)) => self.peers.get(&p).map(|p| p.link_psk),
+            _ => None,
+        };
+        let Some(psk) = psk else { return };
+        if self
+            .start_handshake(c.purpose, c.remote_static, psk, c.addr.clone(), c.peer, c.invite)
+            .is_ok()
+        {
+            // Keep the retry budget: a forged answer must not buy an attacker endless tries.
+            if let Some(n) = self
+                .channels
+                .values_mut()
+                .find(|n| n.invite == c.invite && n.peer == c.peer && n.tries == 1)
+            {
+                n.tries = tries;
+            }
+        }
+    }
+
+    fn fail_initiator(&mut self, idx: u32, reason: FailReason) {
+        let Some(c) = self.channels.remove(&idx) else { return };
+        match (c.purpose, c.invite, c.peer) {
+            (Purpose::Pairing, Some(invite), _) => self.event(Event::PairingFailed { invite, reason }),
+            (_, _, Some(peer)) => {
+                let discarded = self.queued.remove(&peer).map_or(0, |q| q.len());
+                self.event(Event::ChannelFailed {
+                    peer,
+                    reason,
+                    discarded,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes channel `idx` the one carrying traffic for its device and flushes the queue.
+    fn activate(&mut self, idx: u32) {
+        let Some(c) = self.channels.get_mut(&idx) else { return };
+        c.pairing = Pairing::None;
+        c.retx_at = None;
+        let Some(peer) = c.peer else { return };
+        let (addr, version) = (c.addr.clone(), c.version);
+        if let Some(old) = self.active.insert(peer, idx) {
+            if old != idx {
+                self.channels.remove(&old);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.addr = addr.clone();
+        }
+        self.event(Event::ChannelUp { peer, addr, version });
+        for q in self.queued.remove(&peer).unwrap_or_default() {
+            self.send_queued(idx, q);
+        }
+    }
+
+    fn on_data(&mut self, from: String, receiver: u32, nonce: u64, ct: &[u8]) {
+        let now = self.now.mono;
+        let Some(c) = self.channels.get_mut(&receiver) else {
+            self.metrics.drop(DropReason::UnknownSession);
+            return;
+        };
+        let Some(transport) = c.transport.as_ref() else {
+            self.metrics.drop(DropReason::UnexpectedFrame);
+            return;
+        };
+        if !c.replay.is_fresh(nonce) {
+            self.metrics.drop(DropReason::Replayed);
+            return;
+        }
+        self.plain.resize(ct.len(), 0);
+        let Ok(n) = transport.read_message(nonce, ct, &mut self.plain) else {
+            self.metrics.drop(DropReason::Unauthenticated);
+            return;
+        };
+        c.replay.mark(nonce);
+        c.last_recv = now;
+        // Authenticated traffic from a new address means the device moved.
+        if c.addr != from {
+            c.addr = from;
+        }
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let plain = core::mem::take(&mut self.plain);
+        let res = wire::unpad_frame(&plain[..n], &mut scratch);
+        let r = match res {
+            Err(e) => Err(e),
+            Ok(frame) => {
+                self.on_frame(receiver, frame);
+                Ok(())
+            }
+        };
+        self.plain = plain;
+        self.scratch = scratch;
+        if let Err(e) = r {
+            self.count_decode(e);
+        }
+    }
+
+    fn on_frame(&mut self, idx: u32, frame: Frame<'_>) {
+        let now = self.now.mono;
+        let c = self.channels.get_mut(&idx).expect("caller checked");
+        if !matches!(frame, Frame::Keepalive) {
+            c.last_recv_payload = now;
+        }
+        let first = matches!(c.phase, Phase::RespSent { .. });
+        if first {
+            c.phase = Phase::Established;
+        }
+        let (purpose, role, peer, pairing) = (c.purpose, c.role, c.peer, c.pairing);
+        let peer = peer.expect("established channels know their peer");
+        if first && purpose == Purpose::Link {
+            self.activate(idx);
+        }
+        let usable = self.active.get(&peer) == Some(&idx);
+        match frame {
+            Frame::Confirm => {
+                if purpose == Purpose::Pairing && role == Role::Responder {
+                    self.on_pair_confirm(idx, peer);
+                }
+            }
+            Frame::PairAck => {
+                if pairing == Pairing::AwaitAck && role == Role::Initiator {
+                    let c = self.channels.get_mut(&idx).expect("present");
+                    c.pairing = Pairing::Persisting;
+                    c.retx_at = None;
+                    let invite = c.invite.expect("pairing channels carry their invite");
+                    let Some(secret) = self.joins.get(&invite).map(|i| i.secret) else {
+                        return;
+                    };
+                    let record = self.paired_record(idx, &secret, invite);
+                    self.persist(Record::Paired(record.clone()), Pending::Paired { idx, peer: record });
+                } else if pairing != Pairing::Persisting && !usable {
+                    self.metrics.drop(DropReason::UnexpectedFrame);
+                }
+            }
+            Frame::Keepalive => {}
+            Frame::Close => {
+                self.remove_channel(idx, Some(DownReason::PeerClosed));
+            }
+            _ if !usable => self.metrics.drop(DropReason::UnexpectedFrame),
+            Frame::Ping { id } => {
+                self.send_frame(idx, &Frame::Pong { id });
+            }
+            Frame::Pong { id } => {
+                let c = self.channels.get_mut(&idx).expect("present");
+                match c.pings.remove(&id) {
+                    Some(t) => {
+                        let rtt = now.saturating_since(t);
+                        self.event(Event::Pong { peer, rtt });
+                    }
+                    None => self.metrics.drop(DropReason::UnexpectedFrame),
+                }
+            }
+            Frame::App { data } => {
+                self.event(Event::Received {
+                    peer,
+                    data: Bytes::copy_from_slice(data),
+                });
+            }
+        }
+    }
+
+    fn paired_record(&self, idx: u32, secret: &[u8; 32], invite: [u8; 32]) -> PairedPeer {
+        let c = &self.channels[&idx];
+        let id = c.peer.expect("known after handshake");
+        PairedPeer {
+            id,
+            cert: c.remote_cert.clone().expect("known after handshake"),
+            addr: c.addr.clone(),
+            link_psk: link_psk(secret, &self.keys.id, &id),
+            invite,
+        }
+    }
+
+    fn on_pair_confirm(&mut self, idx: u32, peer: DeviceId) {
+        let c = &self.channels[&idx];
+        let Some(invite) = c.invite else { return };
+        if c.pairing == Pairing::Persisting {
+            return; // already being recorded; the ack follows PersistDone
+        }
+        if self.peers.get(&peer).is_some_and(|p| p.invite == invite) {
+            // Recorded before (our ack was lost, or the joiner restarted): ack again.
+            self.send_frame(idx, &Frame::PairAck);
+            self.activate(idx);
+            return;
+        }
+        let Some(issued) = self.invites.get_mut(&invite) else {
+            return;
+        };
+        if issued.redeemed_by.is_some_and(|d| d != peer) {
+            self.metrics.drop(DropReason::ReusedInvite);
+            self.channels.remove(&idx);
+            return;
+        }
+        // Claim the invitation now so a second joiner racing us is refused.
+        issued.redeemed_by = Some(peer);
+        let secret = issued.inv.secret;
+        self.channels.get_mut(&idx).expect("present").pairing = Pairing::Persisting;
+        let record = self.paired_record(idx, &secret, invite);
+        self.persist(Record::Paired(record.clone()), Pending::Paired { idx, peer: record });
+    }
+
+    fn handle_persist_done(&mut self, t: Ticket) {
+        let Some(p) = self.pending.remove(&t) else { return };
+        match p {
+            Pending::ShowInvite(inv) => {
+                let code = inv.to_code();
+                let expires_unix_ms = inv.expires_unix_ms;
+                self.invites.insert(inv.id(), IssuedInvite { inv, redeemed_by: None });
+                self.event(Event::InviteCreated { code, expires_unix_ms });
+            }
+            Pending::StartJoin(inv) => {
+                self.joins.insert(inv.id(), inv.clone());
+                self.start_pairing(inv);
+            }
+            Pending::Paired { idx, peer } => {
+                let (id, addr) = (peer.id, peer.addr.clone());
+                self.add_peer(peer);
+                self.event(Event::Paired { peer: id, addr });
+                let role = self.channels.get(&idx).map(|c| c.role);
+                if role == Some(Role::Responder) {
+                    // Only now may the inviter promise the joiner that pairing holds.
+                    self.send_frame(idx, &Frame::PairAck);
+                }
+                if role.is_some() {
+                    self.activate(idx);
+                }
+            }
+        }
+    }
+
+    // ----- timers -------------------------------------------------------------------
+
+    fn handle_timeout(&mut self) {
+        let now = self.now.mono;
+        self.seen_init.retain(|_, (_, t)| t.saturating_add(SEEN_INIT_TTL) > now);
+        let idxs: Vec<u32> = self.channels.keys().copied().collect();
+        for idx in idxs {
+            self.channel_timeout(idx, now);
+        }
+    }
+
+    fn channel_timeout(&mut self, idx: u32, now: Instant) {
+        let cfg = self.cfg.clone();
+        let Some(c) = self.channels.get_mut(&idx) else { return };
+        if c.retx_at.is_some_and(|t| t <= now) {
+            if c.tries >= cfg.handshake_tries {
+                return self.fail_initiator(idx, FailReason::Timeout);
+            }
+            c.retx_at = Some(now.saturating_add(backoff(cfg.handshake_retry, c.tries)));
+            c.tries += 1;
+            self.metrics.handshake_retransmits += 1;
+            match &c.phase {
+                Phase::InitSent { datagram, .. } => {
+                    let (to, d) = (c.addr.clone(), datagram.clone());
+                    self.transmit(&to, d);
+                }
+                _ => self.send_frame(idx, &Frame::Confirm),
+            }
+            return;
+        }
+        match c.phase {
+            Phase::InitSent { .. } => {}
+            Phase::RespSent { .. } => {
+                if c.created.saturating_add(cfg.handshake_timeout) <= now {
+                    self.channels.remove(&idx);
+                }
+            }
+            Phase::Established => {
+                if c.dead_at(&cfg).is_some_and(|t| t <= now) {
+                    return self.remove_channel(idx, Some(DownReason::Timeout));
+                }
+                if c.pairing != Pairing::None {
+                    return;
+                }
+                if c.idle_at(&cfg).is_some_and(|t| t <= now) {
+                    self.send_frame(idx, &Frame::Close);
+                    return self.remove_channel(idx, Some(DownReason::Idle));
+                }
+                if c.keepalive_due(&cfg).is_some_and(|t| t <= now) {
+                    self.send_frame(idx, &Frame::Keepalive);
+                }
+            }
+        }
+    }
+
+    fn remove_channel(&mut self, idx: u32, reason: Option<DownReason>) {
+        let Some(c) = self.channels.remove(&idx) else { return };
+        if let Some(peer) = c.peer {
+            if self.active.get(&peer) == Some(&idx) {
+                self.active.remove(&peer);
+                if let Some(reason) = reason {
+                    self.event(Event::ChannelDown { peer, reason });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Durable records: what a peer asks its host to store, and rebuilds itself from.
+//!
+//! Records are append-only facts about this device. A record counts only once its
+//! `Input::PersistDone` came back; `Peer::restore` replays them in order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::invite::Invitation;
+use crate::keys::{DeviceCert, DeviceId};
+use crate::wire::{self, DecodeError};
+
+/// Record encoding version (first byte of [`Record::encode`]).
+pub const RECORD_VERSION: u8 = 1;
+
+/// Handle tying an `Output::Persist` to its `Input::PersistDone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ticket(pub u64);
+
+/// A paired device, as both sides remember it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairedPeer {
+    /// The other device.
+    pub id: DeviceId,
+    /// Its public keys.
+    pub cert: DeviceCert,
+    /// Last address it was reached at.
+    pub addr: String,
+    /// Pre-shared key for link handshakes (a secret only the two devices know).
+    pub link_psk: [u8; 32],
+    /// The invitation that paired us.
+    pub invite: [u8; 32],
+}
+
+/// One durable fact about this device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// This device issued an invitation (the code may be shown once this is durable).
+    InviteIssued(Invitation),
+    /// This device started redeeming an invitation; the code is spent here.
+    JoinStarted(Invitation),
+    /// Pairing finished with another device.
+    Paired(PairedPeer),
+}
+
+impl Record {
+    /// Canonical bytes for storage: version byte then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        wire::encode_into(self, vec![RECORD_VERSION])
+    }
+
+    /// Strict inverse of [`Record::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Truncated),
+            Some((&RECORD_VERSION, rest)) => wire::strict_decode(rest, &mut Vec::new()),
+            Some(_) => Err(DecodeError::WrongVersion),
+        }
+    }
+}
