@@ -145,7 +145,7 @@ enum Ev {
     PersistDone {
         node: usize,
         ticket: Ticket,
-        record: Record,
+        record: Box<Record>,
     },
     Command {
         node: usize,
@@ -465,7 +465,7 @@ impl World {
                         Ev::PersistDone {
                             node: i,
                             ticket,
-                            record,
+                            record: Box::new(record),
                         },
                     );
                 }
