@@ -215,6 +215,8 @@ pub enum Event {
         peer: DeviceId,
         /// Where it was reached.
         addr: String,
+        /// The invitation that paired us.
+        invite: [u8; 32],
     },
     /// A pairing attempt failed (it is retried at the next restart while the code is valid).
     PairingFailed {
@@ -1344,9 +1346,9 @@ impl Peer {
                 self.start_pairing(inv);
             }
             Pending::Paired { idx, peer } => {
-                let (id, addr) = (peer.id, peer.addr.clone());
+                let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);
                 self.add_peer(peer);
-                self.event(Event::Paired { peer: id, addr });
+                self.event(Event::Paired { peer: id, addr, invite });
                 let role = self.channels.get(&idx).map(|c| c.role);
                 if role == Some(Role::Responder) {
                     // Only now may the inviter promise the joiner that pairing holds.

@@ -164,13 +164,15 @@ impl Net {
 
     fn paired(&self, a: usize, b: usize) -> bool {
         let id = |i: usize| self.nodes[i].peer.id();
-        self.nodes[a].events.contains(&Event::Paired {
-            peer: id(b),
-            addr: self.nodes[b].addr.clone(),
-        }) && self.nodes[b]
+        let b_addr = &self.nodes[b].addr;
+        self.nodes[a]
             .events
             .iter()
-            .any(|e| matches!(e, Event::Paired { peer, .. } if *peer == id(a)))
+            .any(|e| matches!(e, Event::Paired { peer, addr, .. } if *peer == id(b) && addr == b_addr))
+            && self.nodes[b]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Paired { peer, .. } if *peer == id(a)))
     }
 
     fn id(&self, i: usize) -> DeviceId {

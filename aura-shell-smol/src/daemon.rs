@@ -1,0 +1,310 @@
+//! The run loop (DESIGN §13): drain outputs, compute the deadline, race socket / control
+//! request / timer, feed the one input that won, repeat. No protocol state lives here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use async_net::unix::{UnixListener, UnixStream};
+use async_net::UdpSocket;
+use aura_proto::{Command, Config, DeviceId, Event, Input, Invitation};
+use serde_json::{json, Value};
+use smol::channel::{bounded, Receiver, Sender};
+use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::control::{resolve_peer, Request, Status};
+use crate::host::{Effect, Host};
+use crate::store::{Store, StoreError};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Data directory problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Cannot bind the UDP socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        source: io::Error,
+    },
+    /// Cannot create the control socket.
+    #[error("cannot create control socket: {0}")]
+    Control(io::Error),
+    /// A record could not be made durable: stopping is the only safe answer.
+    #[error("cannot write records.log (stopping so nothing unrecorded is promised): {0}")]
+    Persist(io::Error),
+}
+
+type Reply = Sender<Value>;
+
+enum Wake {
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Control(Option<(Request, Reply)>),
+    Timer,
+}
+
+/// Replies waiting for an event.
+#[derive(Default)]
+struct Waiters {
+    invites: VecDeque<Reply>,
+    joins: BTreeMap<[u8; 32], Vec<Reply>>,
+    pings: BTreeMap<DeviceId, Vec<Reply>>,
+}
+
+fn err(msg: impl std::fmt::Display) -> Value {
+    json!({ "ok": false, "error": msg.to_string() })
+}
+
+/// Runs the peer in `dir` until a `stop` request. `listen` overrides the configured address.
+pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config) -> Result<(), DaemonError> {
+    let mut host = Host::open(dir, cfg)?;
+    let listen = listen.unwrap_or(host.store.config.listen);
+    smol::block_on(async move {
+        let sock = UdpSocket::bind(listen)
+            .await
+            .map_err(|source| DaemonError::Bind { addr: listen, source })?;
+        let local = sock
+            .local_addr()
+            .map_err(|source| DaemonError::Bind { addr: listen, source })?;
+        let ctl_path = Store::control_path(dir);
+        // We hold the directory lock, so any socket file left here is stale.
+        let _ = std::fs::remove_file(&ctl_path);
+        let ctl = UnixListener::bind(&ctl_path).map_err(DaemonError::Control)?;
+        std::fs::set_permissions(&ctl_path, std::fs::Permissions::from_mode(0o600)).map_err(DaemonError::Control)?;
+        let (req_tx, req_rx) = bounded::<(Request, Reply)>(64);
+        smol::spawn(accept_loop(ctl, req_tx)).detach();
+        tracing::info!(device = %host.peer.id(), %local, "aura-smol running");
+        println!("aura-smol running: device {} listening on {local}", host.peer.id());
+
+        let res = event_loop(&mut host, &sock, local, &req_rx, &ctl_path).await;
+        let _ = std::fs::remove_file(&ctl_path);
+        res
+    })
+}
+
+async fn event_loop(
+    host: &mut Host,
+    sock: &UdpSocket,
+    local: SocketAddr,
+    req_rx: &Receiver<(Request, Reply)>,
+    ctl_path: &Path,
+) -> Result<(), DaemonError> {
+    let mut buf = vec![0u8; aura_proto::wire::MAX_DATAGRAM + 1];
+    let mut effects = Vec::new();
+    let mut waiters = Waiters::default();
+    loop {
+        host.drain(&mut effects).map_err(DaemonError::Persist)?;
+        for e in effects.drain(..) {
+            match e {
+                Effect::Transmit { to, bytes } => match to.parse::<SocketAddr>() {
+                    Ok(addr) => {
+                        if let Err(e) = sock.send_to(&bytes, addr).await {
+                            tracing::debug!(%addr, error = %e, "send failed");
+                        }
+                    }
+                    Err(_) => tracing::warn!(to = %to, "not a socket address; datagram not sent"),
+                },
+                Effect::Event(ev) => on_event(ev, &mut waiters),
+            }
+        }
+        let deadline = host.peer.poll_timeout().map(|t| host.deadline(t));
+        let timer = async {
+            match deadline {
+                Some(at) => {
+                    smol::Timer::at(at).await;
+                }
+                None => smol::future::pending::<()>().await,
+            }
+            Wake::Timer
+        };
+        let recv = async { Wake::Datagram(sock.recv_from(&mut buf).await) };
+        let ctl = async { Wake::Control(req_rx.recv().await.ok()) };
+        let wake = smol::future::or(recv, smol::future::or(ctl, timer)).await;
+        match wake {
+            Wake::Datagram(Ok((n, from))) => {
+                let _ = host.input(Input::Datagram {
+                    from: from.to_string(),
+                    bytes: buf[..n].to_vec(),
+                });
+            }
+            Wake::Datagram(Err(e)) => tracing::debug!(error = %e, "recv failed"),
+            Wake::Timer => {
+                let _ = host.input(Input::Timeout);
+            }
+            Wake::Control(None) => {}
+            Wake::Control(Some((Request::Stop, reply))) => {
+                // New clients now find no socket and know the peer is not running.
+                let _ = std::fs::remove_file(ctl_path);
+                let _ = reply.try_send(json!({ "ok": true }));
+                tracing::info!("stopping on request");
+                // Give the control task a moment to write the answer before the process ends.
+                smol::Timer::after(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+            Wake::Control(Some((req, reply))) => on_request(host, local, req, reply, &mut waiters),
+        }
+    }
+}
+
+fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w: &mut Waiters) {
+    let send_now = |v: Value| {
+        let _ = reply.try_send(v);
+    };
+    match req {
+        Request::Status => {
+            let s = Status::of(&host.peer, local.to_string(), true);
+            send_now(json!({ "ok": true, "status": s }));
+        }
+        Request::Invite { valid_for_s, addr } => {
+            let addr_hint = addr.unwrap_or_else(|| local.to_string());
+            match host.input(Input::Command(Command::CreateInvite {
+                valid_for: Duration::from_secs(valid_for_s),
+                addr_hint,
+            })) {
+                Ok(()) => w.invites.push_back(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::Join { code } => {
+            let id = Invitation::from_code(&code).map(|i| i.id());
+            match host.input(Input::Command(Command::Join { code })) {
+                Ok(()) => w.joins.entry(id.expect("the core parsed it")).or_default().push(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::Ping { peer } => match resolve_peer(&host.peer, &peer) {
+            Err(e) => send_now(err(e)),
+            Ok(id) => match host.input(Input::Command(Command::Ping { peer: id })) {
+                Ok(()) => w.pings.entry(id).or_default().push(reply),
+                Err(e) => send_now(err(e)),
+            },
+        },
+        Request::Stop => unreachable!("handled by the loop"),
+    }
+}
+
+fn on_event(ev: Event, w: &mut Waiters) {
+    match &ev {
+        Event::InviteCreated { code, expires_unix_ms } => {
+            tracing::info!("invitation created");
+            if let Some(r) = w.invites.pop_front() {
+                let _ = r.try_send(json!({ "ok": true, "code": code, "expires_unix_ms": expires_unix_ms }));
+            }
+        }
+        Event::Paired { peer, addr, invite } => {
+            tracing::info!(peer = %peer.short(), %addr, "paired");
+            for r in w.joins.remove(invite).unwrap_or_default() {
+                let _ = r.try_send(json!({ "ok": true, "peer": peer.to_hex(), "addr": addr }));
+            }
+        }
+        Event::PairingFailed { invite, reason } => {
+            tracing::warn!(?reason, "pairing failed");
+            for r in w.joins.remove(invite).unwrap_or_default() {
+                let _ = r.try_send(err(format!("pairing failed: {reason:?}")));
+            }
+        }
+        Event::ChannelUp { peer, addr, version } => tracing::info!(peer = %peer.short(), %addr, version, "channel up"),
+        Event::ChannelDown { peer, reason } => tracing::info!(peer = %peer.short(), ?reason, "channel down"),
+        Event::ChannelFailed {
+            peer,
+            reason,
+            discarded,
+        } => {
+            tracing::warn!(peer = %peer.short(), ?reason, discarded, "channel failed");
+            for r in w.pings.remove(peer).unwrap_or_default() {
+                let _ = r.try_send(err(format!("cannot reach {}: {reason:?}", peer.short())));
+            }
+        }
+        Event::Received { peer, data } => tracing::info!(peer = %peer.short(), len = data.len(), "received"),
+        Event::Pong { peer, rtt } => {
+            tracing::debug!(peer = %peer.short(), rtt_us = rtt.as_micros() as u64, "pong");
+            if let Some(list) = w.pings.get_mut(peer) {
+                if !list.is_empty() {
+                    let r = list.remove(0);
+                    let _ = r.try_send(json!({ "ok": true, "peer": peer.to_hex(), "rtt_us": rtt.as_micros() as u64 }));
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(ctl: UnixListener, tx: Sender<(Request, Reply)>) {
+    loop {
+        match ctl.accept().await {
+            Ok((stream, _)) => {
+                smol::spawn(serve_client(stream, tx.clone())).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_client(stream: UnixStream, tx: Sender<(Request, Reply)>) {
+    // One request per connection, bounded in size.
+    let mut reader = BufReader::new(smol::io::AsyncReadExt::take(stream.clone(), 64 * 1024));
+    let mut line = String::new();
+    let read = reader.read_line(&mut line).await;
+    let mut stream = stream;
+    let reply = match read
+        .ok()
+        .and_then(|_| serde_json::from_str::<Request>(line.trim()).ok())
+    {
+        None => err("malformed request"),
+        Some(req) => {
+            let (rtx, rrx) = bounded(1);
+            if tx.send((req, rtx)).await.is_err() {
+                err("peer is shutting down")
+            } else {
+                rrx.recv()
+                    .await
+                    .unwrap_or_else(|_| err("peer stopped before answering"))
+            }
+        }
+    };
+    let mut out = reply.to_string();
+    out.push('\n');
+    let _ = stream.write_all(out.as_bytes()).await;
+    let _ = stream.flush().await;
+}
+
+/// Sends one request to the daemon in `dir`. `Ok(None)` means no daemon is running.
+pub fn request(dir: &Path, req: &Request, timeout: Duration) -> io::Result<Option<Value>> {
+    let path = Store::control_path(dir);
+    smol::block_on(async {
+        let mut stream = match UnixStream::connect(&path).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut line = serde_json::to_string(req).expect("requests serialize");
+        line.push('\n');
+        stream.write_all(line.as_bytes()).await?;
+        let mut reader = BufReader::new(stream);
+        let mut answer = String::new();
+        let read = async { reader.read_line(&mut answer).await.map(Some) };
+        let timer = async {
+            smol::Timer::after(timeout).await;
+            Ok(None)
+        };
+        match smol::future::or(read, timer).await? {
+            Some(_) => serde_json::from_str(answer.trim())
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {} s", timeout.as_secs()),
+            )),
+        }
+    })
+}

@@ -1,0 +1,104 @@
+//! [`Host`]: a `Peer` bound to a data directory and the real clock.
+//!
+//! The host owns no protocol state. It converts the OS clock into `Now`, writes and fsyncs
+//! every `Persist` before feeding back `PersistDone`, and hands transmits and events to
+//! whoever drives it (the daemon loop or a one-shot CLI command).
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aura_proto::{CommandError, Config, Durable, Event, Input, Now, Output, Peer};
+
+use crate::store::{os_random, Store, StoreError};
+
+/// Work left for the caller after draining.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send these bytes.
+    Transmit {
+        /// Destination, as the core wrote it.
+        to: String,
+        /// Datagram.
+        bytes: Vec<u8>,
+    },
+    /// Tell the user.
+    Event(Event),
+}
+
+/// A peer with durable storage.
+pub struct Host {
+    /// The protocol engine.
+    pub peer: Peer,
+    /// The data directory.
+    pub store: Store,
+    #[allow(clippy::disallowed_types)]
+    origin: std::time::Instant,
+}
+
+impl Host {
+    /// Opens (and locks) `dir` and restores the peer from its records with a fresh seed.
+    pub fn open(dir: &Path, cfg: Config) -> Result<Host, StoreError> {
+        let store = Store::open(dir)?;
+        if let Some(reason) = store.recovery.reason {
+            tracing::warn!(
+                "records.log: cut {} bytes at byte {} ({reason}); every record before it is intact",
+                store.recovery.cut_bytes,
+                store.recovery.cut_at
+            );
+        }
+        #[allow(clippy::disallowed_methods)]
+        let origin = std::time::Instant::now();
+        let durable = Durable {
+            secret: store.secret.clone(),
+            records: store.records.clone(),
+        };
+        let now = Self::now_from(origin);
+        let peer = Peer::restore(cfg, durable, os_random(), now);
+        tracing::debug!(records = store.records.len(), device = %peer.id().short(), "restored");
+        Ok(Host { peer, store, origin })
+    }
+
+    #[allow(clippy::disallowed_types)]
+    fn now_from(origin: std::time::Instant) -> Now {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now::from_parts(origin.elapsed().as_nanos() as u64, unix_ms)
+    }
+
+    /// The current time as the core sees it.
+    pub fn now(&self) -> Now {
+        Self::now_from(self.origin)
+    }
+
+    /// The OS instant of a core deadline.
+    #[allow(clippy::disallowed_types)]
+    pub fn deadline(&self, t: aura_proto::Instant) -> std::time::Instant {
+        self.origin + Duration::from_nanos(t.as_nanos())
+    }
+
+    /// Feeds one input.
+    pub fn input(&mut self, input: Input) -> Result<(), CommandError> {
+        let now = self.now();
+        self.peer.handle_input(now, input)
+    }
+
+    /// Drains every output. Records are written and fsynced, then acknowledged, before
+    /// draining goes on; transmits and events are appended to `out` in order.
+    pub fn drain(&mut self, out: &mut Vec<Effect>) -> io::Result<()> {
+        while let Some(o) = self.peer.poll_output() {
+            match o {
+                Output::Persist { ticket, record } => {
+                    self.store.append(&record)?;
+                    let now = self.now();
+                    // PersistDone never fails.
+                    let _ = self.peer.handle_input(now, Input::PersistDone(ticket));
+                }
+                Output::Transmit { to, bytes } => out.push(Effect::Transmit { to, bytes }),
+                Output::Event(e) => out.push(Effect::Event(e)),
+            }
+        }
+        Ok(())
+    }
+}

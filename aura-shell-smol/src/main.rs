@@ -1,0 +1,378 @@
+//! `aura-smol`: an Aura peer on UDP with durable storage.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aura_proto::{Command, Config, Event, Input};
+use aura_shell_smol::control::{Request, Status};
+use aura_shell_smol::daemon::{self, DaemonError};
+use aura_shell_smol::host::{Effect, Host};
+use aura_shell_smol::store::{NodeConfig, Store, StoreError};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// Exit codes (also listed in the README).
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const DATA_DIR: u8 = 3;
+    pub const NOT_RUNNING: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "aura-smol",
+    version,
+    about = "An Aura peer: pairs devices with invitation codes and talks to them over Noise channels on UDP.",
+    after_help = "Typical first use:\n  aura-smol -d ./a init --listen 127.0.0.1:4100\n  aura-smol -d ./a run &\n  aura-smol -d ./a invite            # prints a code\n  aura-smol -d ./b init --listen 127.0.0.1:4200\n  aura-smol -d ./b run &\n  aura-smol -d ./b join AURA1-...    # pairs with a\n  aura-smol -d ./b ping <device id prefix>\n\nExit codes: 0 ok, 1 operation failed, 2 usage error, 3 data directory problem, 4 no running peer."
+)]
+struct Cli {
+    /// Data directory holding the device secret and record log.
+    #[arg(short = 'd', long, env = "AURA_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log level for stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new device: secret (mode 0600), settings and an empty record log.
+    Init {
+        /// UDP address `run` will listen on.
+        #[arg(long, default_value = "0.0.0.0:4100")]
+        listen: SocketAddr,
+    },
+    /// Print this device's id.
+    Id,
+    /// Create an invitation code for another device to join with.
+    ///
+    /// Talks to the running peer if there is one; otherwise records the invitation so the
+    /// next `run` honours it.
+    Invite {
+        /// How long the code stays valid (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        valid_for: Duration,
+        /// Address the joiner should contact (default: the listen address).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Pair with the device that created CODE.
+    ///
+    /// With a running peer, waits until pairing completes or fails. Without one, records
+    /// the join; the next `run` carries it out.
+    Join {
+        /// The invitation code (AURA1-...).
+        code: String,
+        /// How long to wait for pairing, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
+    },
+    /// Run the peer in the foreground until `aura-smol stop`.
+    Run {
+        /// Listen on this address instead of the configured one.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Send keepalives every N seconds so channels stay up while idle (0: off).
+        #[arg(long, default_value_t = 15)]
+        keepalive_s: u64,
+    },
+    /// Show this device, paired devices and channels (peer, address, state, version).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the round trip to a paired device (needs a running peer).
+    Ping {
+        /// Device id or a unique prefix of it.
+        peer: String,
+        /// Number of pings.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Seconds to wait for each answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+    },
+    /// Stop the running peer.
+    Stop,
+}
+
+/// Parses `90s`, `30m`, `2h`, `7d` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 2h or 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    if n == 0 {
+        return Err("a duration must be greater than zero".into());
+    }
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> Failure {
+    Failure {
+        code,
+        msg: msg.to_string(),
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        fail(exit::DATA_DIR, e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.cmd, Cmd::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let level: tracing::Level = cli
+        .log_level
+        .as_deref()
+        .unwrap_or(default_level)
+        .parse()
+        .expect("checked by clap");
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let dir = match cli
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aura")))
+    {
+        Some(d) => d,
+        None => {
+            eprintln!("error: no data directory: pass --data-dir or set AURA_DATA_DIR");
+            return ExitCode::from(2);
+        }
+    };
+    match dispatch(&dir, cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Asks the daemon; `Ok(None)` if none runs.
+fn ask(dir: &Path, req: &Request, timeout: Duration) -> Result<Option<Value>, Failure> {
+    match daemon::request(dir, req, timeout) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(fail(exit::FAILED, format!("talking to the running peer: {e}"))),
+    }
+}
+
+/// A successful daemon reply, or its error as a failure.
+fn ok(v: Value) -> Result<Value, Failure> {
+    if v["ok"] == Value::Bool(true) {
+        Ok(v)
+    } else {
+        Err(fail(exit::FAILED, v["error"].as_str().unwrap_or("unknown error")))
+    }
+}
+
+/// Opens the directory without a daemon, applies `cmd`, and drains (datagrams are not
+/// sent: the next `run` resumes whatever needed the network).
+fn offline(dir: &Path, cmd: Option<Command>) -> Result<(Host, Vec<Event>), Failure> {
+    let mut host = Host::open(dir, Config::default())?;
+    if let Some(cmd) = cmd {
+        host.input(Input::Command(cmd)).map_err(|e| fail(exit::FAILED, e))?;
+    }
+    let mut effects = Vec::new();
+    host.drain(&mut effects)
+        .map_err(|e| fail(exit::DATA_DIR, format!("writing records.log: {e}")))?;
+    let events = effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Event(ev) => Some(ev),
+            Effect::Transmit { .. } => None,
+        })
+        .collect();
+    Ok((host, events))
+}
+
+fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
+    let quick = Duration::from_secs(10);
+    match cmd {
+        Cmd::Init { listen } => {
+            Store::init(dir, &NodeConfig { listen })?;
+            let (host, _) = offline(dir, None)?;
+            println!("initialized device {} in {}", host.peer.id(), dir.display());
+            println!(
+                "device secret stored in {} (mode 0600): back it up, never share it",
+                dir.join("device.key").display()
+            );
+            Ok(())
+        }
+        Cmd::Id => {
+            let id = match ask(dir, &Request::Status, quick)? {
+                Some(v) => ok(v)?["status"]["device"].as_str().unwrap_or_default().to_owned(),
+                None => offline(dir, None)?.0.peer.id().to_hex(),
+            };
+            println!("{id}");
+            Ok(())
+        }
+        Cmd::Invite { valid_for, addr } => {
+            let req = Request::Invite {
+                valid_for_s: valid_for.as_secs(),
+                addr: addr.clone(),
+            };
+            let code = match ask(dir, &req, quick)? {
+                Some(v) => ok(v)?["code"].as_str().unwrap_or_default().to_owned(),
+                None => {
+                    let store_cfg = Store::open(dir)?.config;
+                    let addr_hint = addr.unwrap_or_else(|| store_cfg.listen.to_string());
+                    let (_, events) = offline(dir, Some(Command::CreateInvite { valid_for, addr_hint }))?;
+                    events
+                        .into_iter()
+                        .find_map(|e| match e {
+                            Event::InviteCreated { code, .. } => Some(code),
+                            _ => None,
+                        })
+                        .ok_or_else(|| fail(exit::FAILED, "no invitation was created"))?
+                }
+            };
+            println!("{code}");
+            Ok(())
+        }
+        Cmd::Join { code, wait_s } => {
+            let req = Request::Join { code: code.clone() };
+            match ask(dir, &req, Duration::from_secs(wait_s))? {
+                Some(v) => {
+                    let v = ok(v)?;
+                    println!(
+                        "paired with {} at {}",
+                        v["peer"].as_str().unwrap_or("?"),
+                        v["addr"].as_str().unwrap_or("?")
+                    );
+                }
+                None => {
+                    offline(dir, Some(Command::Join { code }))?;
+                    println!("join recorded; start `aura-smol run` to contact the inviter and finish pairing");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Run { listen, keepalive_s } => {
+            let cfg = Config {
+                persistent_keepalive: (keepalive_s > 0).then(|| Duration::from_secs(keepalive_s)),
+                ..Config::default()
+            };
+            daemon::run(dir, listen, cfg).map_err(|e| match e {
+                DaemonError::Store(s) => Failure::from(s),
+                e => fail(exit::FAILED, e),
+            })
+        }
+        Cmd::Status { json } => {
+            let status: Status = match ask(dir, &Request::Status, quick)? {
+                Some(v) => serde_json::from_value(ok(v)?["status"].clone()).map_err(|e| fail(exit::FAILED, e))?,
+                None => {
+                    let (host, _) = offline(dir, None)?;
+                    Status::of(&host.peer, host.store.config.listen.to_string(), false)
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Cmd::Ping { peer, count, timeout_s } => {
+            for i in 0..count {
+                let req = Request::Ping { peer: peer.clone() };
+                let v = ask(dir, &req, Duration::from_secs(timeout_s))?
+                    .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+                let v = ok(v)?;
+                let rtt = v["rtt_us"].as_u64().unwrap_or(0);
+                println!(
+                    "pong from {}: seq={i} rtt={}.{:03} ms",
+                    &v["peer"].as_str().unwrap_or("?")[..16],
+                    rtt / 1000,
+                    rtt % 1000
+                );
+            }
+            Ok(())
+        }
+        Cmd::Stop => {
+            let v = ask(dir, &Request::Stop, quick)?.ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer"))?;
+            ok(v)?;
+            println!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn print_status(s: &Status) {
+    println!("device:   {}", s.device);
+    println!(
+        "listen:   {}{}",
+        s.listen,
+        if s.running { "" } else { " (not running)" }
+    );
+    println!("paired:   {}", s.paired.len());
+    for p in &s.paired {
+        println!("  {}  {}", p.id, p.addr);
+    }
+    println!("channels: {}", s.channels.len());
+    if !s.channels.is_empty() {
+        println!(
+            "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  purpose",
+            "peer", "address", "state", "version", "role"
+        );
+        for c in &s.channels {
+            let peer = c.peer.as_deref().map_or("?".to_string(), |p| p[..16].to_string());
+            println!(
+                "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {}",
+                peer, c.addr, c.state, c.version, c.role, c.purpose
+            );
+        }
+    }
+    if !s.dropped.is_empty() {
+        let d: Vec<String> = s.dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("dropped:  {}", d.join(" "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! Two real `aura-smol` processes on 127.0.0.1: init, invite, join, ping, status, stop.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_aura-smol")
+}
+
+fn smol(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-d")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("spawn aura-smol")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = smol(dir, args);
+    assert!(
+        out.status.success(),
+        "aura-smol {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let child = Command::new(bin())
+            .arg("-d")
+            .arg(dir)
+            .args(["run", "--log-level", "debug"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sock = dir.join("control.sock");
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn stop(mut self) {
+        ok(&self.dir, &["stop"]);
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exited with {st}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("aura-smol-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn two_processes_pair_ping_and_stop() {
+    let (a, b) = (tempdir("a"), tempdir("b"));
+    ok(&a, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    ok(&b, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.join("device.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "device secret must be private");
+    }
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    let code = ok(&a, &["invite", "--valid-for", "10m"]).trim().to_string();
+    assert!(code.starts_with("AURA1-"), "{code}");
+    let joined = ok(&b, &["join", &code, "--wait-s", "30"]);
+    let a_id = ok(&a, &["id"]).trim().to_string();
+    assert!(joined.contains(&a_id), "{joined}");
+    let pong = ok(&b, &["ping", &a_id[..10], "--count", "2"]);
+    assert_eq!(pong.lines().filter(|l| l.starts_with("pong from")).count(), 2, "{pong}");
+
+    let status: serde_json::Value = serde_json::from_str(&ok(&b, &["status", "--json"])).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["paired"][0]["id"], a_id.as_str());
+    let ch = &status["channels"][0];
+    assert_eq!(ch["peer"], a_id.as_str());
+    assert_eq!(ch["state"], "up");
+    assert_eq!(ch["version"], 1);
+    assert!(ch["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let human = ok(&a, &["status"]);
+    assert!(human.contains("up") && human.contains("version"), "{human}");
+
+    // A second process cannot take a directory in use.
+    let out = smol(&b, &["run"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    // The code is spent.
+    let out = smol(&b, &["join", &code]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already used"));
+
+    da.stop();
+    db.stop();
+
+    // Pairing survives a restart: both come back and talk again over a new link handshake.
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    let pong = ok(&b, &["ping", &a_id[..10]]);
+    assert!(pong.starts_with("pong from"), "{pong}");
+    da.stop();
+    db.stop();
+    // Stopped: ping needs a running peer.
+    assert_eq!(smol(&b, &["ping", &a_id[..10]]).status.code(), Some(4));
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn offline_invite_and_join_finish_when_running() {
+    let (a, b) = (tempdir("oa"), tempdir("ob"));
+    ok(&a, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    ok(&b, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let code = ok(&a, &["invite"]).trim().to_string();
+    let out = ok(&b, &["join", &code]);
+    assert!(out.contains("join recorded"));
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    let a_id = ok(&a, &["id"]).trim().to_string();
+    let t0 = Instant::now();
+    loop {
+        let s: serde_json::Value = serde_json::from_str(&ok(&b, &["status", "--json"])).unwrap();
+        if s["paired"][0]["id"] == a_id.as_str() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "pending join did not complete: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    da.stop();
+    db.stop();
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let d = tempdir("bad");
+    let out = smol(&d, &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("init"));
+    ok(&d, &["init", "--listen", "127.0.0.1:0"]);
+    let out = smol(&d, &["init"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    for (code, needle) in [
+        ("hello", "must start with AURA1-"),
+        ("AURA1-ABCDE", "truncated"),
+        ("AURA1-AB!", "invalid character"),
+    ] {
+        let out = smol(&d, &["join", code]);
+        assert_eq!(out.status.code(), Some(1), "{code}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = smol(&d, &["invite", "--valid-for", "0s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&d);
+}
