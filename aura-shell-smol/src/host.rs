@@ -32,7 +32,6 @@ pub struct Host {
     pub peer: Peer,
     /// The data directory.
     pub store: Store,
-    #[allow(clippy::disallowed_types)]
     origin: std::time::Instant,
 }
 
@@ -47,7 +46,6 @@ impl Host {
                 store.recovery.cut_at
             );
         }
-        #[allow(clippy::disallowed_methods)]
         let origin = std::time::Instant::now();
         let durable = Durable {
             secret: store.secret.clone(),
@@ -59,7 +57,6 @@ impl Host {
         Ok(Host { peer, store, origin })
     }
 
-    #[allow(clippy::disallowed_types)]
     fn now_from(origin: std::time::Instant) -> Now {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -73,7 +70,6 @@ impl Host {
     }
 
     /// The OS instant of a core deadline.
-    #[allow(clippy::disallowed_types)]
     pub fn deadline(&self, t: aura_proto::Instant) -> std::time::Instant {
         self.origin + Duration::from_nanos(t.as_nanos())
     }

@@ -1,0 +1,162 @@
+//! Fuzz target bodies, shared by the cargo-fuzz binaries and the corpus replay test (which
+//! runs on stable Rust without libFuzzer).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aura_proto::wire::{self, InitPayload, RespPayload};
+use aura_proto::{Command, Config, DeviceSecret, Durable, Event, Input, Invitation, Now, Output, Peer, Record};
+
+/// Every decoder on arbitrary bytes: must return an error or a value that re-encodes to
+/// exactly the input (strictness), never panic.
+pub fn frame_decode(data: &[u8]) {
+    let mut scratch = Vec::new();
+    if let Ok(p) = wire::decode_packet(data, &mut scratch) {
+        assert_eq!(wire::encode_packet(&p), data, "packet decode is not canonical");
+    }
+    if let Ok(f) = wire::unpad_frame(data, &mut scratch) {
+        let mut re = Vec::new();
+        wire::pad_frame(&f, &mut re).expect("a decoded frame re-encodes");
+        assert_eq!(re, data, "frame decode is not canonical");
+    }
+    if let Ok(p) = wire::strict_decode::<InitPayload>(data, &mut scratch) {
+        assert_eq!(wire::encode(&p), data);
+    }
+    if let Ok(p) = wire::strict_decode::<RespPayload>(data, &mut scratch) {
+        assert_eq!(wire::encode(&p), data);
+    }
+    if let Ok(r) = Record::decode(data) {
+        assert_eq!(r.encode(), data, "record decode is not canonical");
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(inv) = Invitation::from_code(s) {
+            // A code that parses must round-trip to the same invitation.
+            assert_eq!(Invitation::from_code(&inv.to_code()), Ok(inv));
+        }
+    }
+}
+
+const UNIX0: u64 = 1_790_000_000_000;
+
+/// Records of a device `B` paired with a device `A` (computed once).
+fn paired_records() -> &'static (Vec<Record>, Vec<Record>) {
+    static R: OnceLock<(Vec<Record>, Vec<Record>)> = OnceLock::new();
+    R.get_or_init(|| {
+        let now = Now::from_parts(0, UNIX0);
+        let mut a = Peer::new(Config::default(), DeviceSecret::from_bytes([1; 32]), [11; 32], now);
+        let mut b = Peer::new(Config::default(), DeviceSecret::from_bytes([2; 32]), [12; 32], now);
+        let (mut ra, mut rb) = (Vec::new(), Vec::new());
+        a.handle_input(
+            now,
+            Input::Command(Command::CreateInvite {
+                valid_for: Duration::from_secs(3600),
+                addr_hint: "a".into(),
+            }),
+        )
+        .unwrap();
+        let mut code = None;
+        let mut wire: Vec<(bool, Vec<u8>)> = Vec::new();
+        let pump = |p: &mut Peer,
+                    recs: &mut Vec<Record>,
+                    to_b: bool,
+                    wire: &mut Vec<(bool, Vec<u8>)>,
+                    code: &mut Option<String>| {
+            while let Some(o) = p.poll_output() {
+                match o {
+                    Output::Persist { ticket, record } => {
+                        recs.push(record);
+                        p.handle_input(now, Input::PersistDone(ticket)).unwrap();
+                    }
+                    Output::Transmit { bytes, .. } => wire.push((to_b, bytes)),
+                    Output::Event(Event::InviteCreated { code: c, .. }) => *code = Some(c),
+                    Output::Event(_) => {}
+                }
+            }
+        };
+        pump(&mut a, &mut ra, true, &mut wire, &mut code);
+        b.handle_input(
+            now,
+            Input::Command(Command::Join {
+                code: code.clone().unwrap(),
+            }),
+        )
+        .unwrap();
+        pump(&mut b, &mut rb, false, &mut wire, &mut code);
+        while let Some((to_b, bytes)) = (!wire.is_empty()).then(|| wire.remove(0)) {
+            if to_b {
+                b.handle_input(
+                    now,
+                    Input::Datagram {
+                        from: "a".into(),
+                        bytes,
+                    },
+                )
+                .unwrap();
+                pump(&mut b, &mut rb, false, &mut wire, &mut code);
+            } else {
+                a.handle_input(
+                    now,
+                    Input::Datagram {
+                        from: "b".into(),
+                        bytes,
+                    },
+                )
+                .unwrap();
+                pump(&mut a, &mut ra, true, &mut wire, &mut code);
+            }
+        }
+        assert!(
+            rb.iter().any(|r| matches!(r, Record::Paired(_))),
+            "fixture pairing failed"
+        );
+        (ra, rb)
+    })
+}
+
+/// A paired peer fed arbitrary datagrams (and timeouts): it must never panic, and every
+/// datagram that produced no event must be counted (as a drop or as handled traffic).
+pub fn peer_datagrams(data: &[u8]) {
+    let (ra, _) = paired_records();
+    let mut now_ns = 0u64;
+    let now = |ns: u64| Now::from_parts(ns, UNIX0 + ns / 1_000_000);
+    let mut a = Peer::restore(
+        Config::default(),
+        Durable {
+            secret: DeviceSecret::from_bytes([1; 32]),
+            records: ra.clone(),
+        },
+        [21; 32],
+        now(0),
+    );
+    while a.poll_output().is_some() {}
+    // Input format: repeated [len_hi, len_lo, op, bytes...]; op 0 = datagram, 1 = timeout.
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        let op = rest[2];
+        rest = &rest[3..];
+        let take = len.min(rest.len());
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        let before = a.metrics().datagrams_in;
+        if op % 2 == 0 {
+            a.handle_input(
+                now(now_ns),
+                Input::Datagram {
+                    from: "x".into(),
+                    bytes: chunk.to_vec(),
+                },
+            )
+            .unwrap();
+            assert_eq!(a.metrics().datagrams_in, before + 1);
+        } else {
+            now_ns += u64::from(op) * 100_000_000;
+            a.handle_input(now(now_ns), Input::Timeout).unwrap();
+        }
+        while let Some(o) = a.poll_output() {
+            if let Output::Transmit { bytes, .. } = o {
+                assert!(bytes.len() <= wire::MAX_DATAGRAM);
+            }
+        }
+    }
+}

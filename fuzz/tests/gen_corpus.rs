@@ -1,0 +1,116 @@
+//! Regenerates the seed corpus: `cargo test --manifest-path fuzz/Cargo.toml -- --ignored`.
+//! Seeds are real protocol bytes, so the fuzzer starts deep inside the decoders.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aura_proto::wire::{self, Frame};
+use aura_proto::{Command, Config, DeviceSecret, Event, Input, Now, Output, Peer};
+
+fn write(target: &str, data: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = blake3::hash(data).to_hex()[..16].to_string();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+#[test]
+#[ignore]
+fn generate_seed_corpus() {
+    let now = Now::from_parts(0, 1_790_000_000_000);
+    let mut a = Peer::new(Config::default(), DeviceSecret::from_bytes([1; 32]), [3; 32], now);
+    let mut b = Peer::new(Config::default(), DeviceSecret::from_bytes([2; 32]), [4; 32], now);
+    a.handle_input(
+        now,
+        Input::Command(Command::CreateInvite {
+            valid_for: Duration::from_secs(60),
+            addr_hint: "a".into(),
+        }),
+    )
+    .unwrap();
+    let mut datagrams = Vec::new();
+    let mut code = String::new();
+    let mut queue: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut drain = |p: &mut Peer, to_b: bool, queue: &mut Vec<(bool, Vec<u8>)>, code: &mut String| {
+        while let Some(o) = p.poll_output() {
+            match o {
+                Output::Persist { ticket, record } => {
+                    write("frame_decode", &record.encode());
+                    p.handle_input(now, Input::PersistDone(ticket)).unwrap();
+                }
+                Output::Transmit { bytes, .. } => queue.push((to_b, bytes)),
+                Output::Event(Event::InviteCreated { code: c, .. }) => *code = c,
+                Output::Event(_) => {}
+            }
+        }
+    };
+    drain(&mut a, true, &mut queue, &mut code);
+    write("frame_decode", code.as_bytes());
+    b.handle_input(now, Input::Command(Command::Join { code: code.clone() }))
+        .unwrap();
+    drain(&mut b, false, &mut queue, &mut code);
+    let mut sent_ping = false;
+    while !queue.is_empty() {
+        let (to_b, bytes) = queue.remove(0);
+        datagrams.push(bytes.clone());
+        if to_b {
+            b.handle_input(
+                now,
+                Input::Datagram {
+                    from: "a".into(),
+                    bytes,
+                },
+            )
+            .unwrap();
+            drain(&mut b, false, &mut queue, &mut code);
+        } else {
+            a.handle_input(
+                now,
+                Input::Datagram {
+                    from: "b".into(),
+                    bytes,
+                },
+            )
+            .unwrap();
+            drain(&mut a, true, &mut queue, &mut code);
+        }
+        if queue.is_empty() && !sent_ping {
+            sent_ping = true;
+            let id = a.id();
+            b.handle_input(now, Input::Command(Command::Ping { peer: id })).unwrap();
+            b.handle_input(
+                now,
+                Input::Command(Command::Send {
+                    peer: id,
+                    data: bytes::Bytes::from_static(b"hi"),
+                }),
+            )
+            .unwrap();
+            drain(&mut b, false, &mut queue, &mut code);
+        }
+    }
+    let mut seq = Vec::new();
+    for d in &datagrams {
+        write("frame_decode", d);
+        let mut one = (d.len() as u16).to_be_bytes().to_vec();
+        one.push(0);
+        one.extend_from_slice(d);
+        write("peer_datagrams", &one);
+        seq.extend_from_slice(&one);
+    }
+    seq.extend_from_slice(&[0, 0, 7]); // a timeout
+    write("peer_datagrams", &seq);
+    let mut plain = Vec::new();
+    for f in [
+        Frame::Confirm,
+        Frame::Keepalive,
+        Frame::Ping { id: 7 },
+        Frame::App { data: b"hello" },
+    ] {
+        wire::pad_frame(&f, &mut plain).unwrap();
+        write("frame_decode", &plain);
+    }
+    write("frame_decode", b"");
+    write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
+    write("peer_datagrams", b"");
+}
