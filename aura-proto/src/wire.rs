@@ -29,6 +29,13 @@ pub const MAX_FRAME: usize = MAX_NOISE_MSG - TAG_LEN - LEN_PREFIX;
 /// Largest application payload one `Send` may carry (frame header slack included).
 pub const MAX_APP_PAYLOAD: usize = MAX_FRAME - 16;
 
+/// Serde's default for `&[u8]` is a sequence of `u8`, written one element at a time; as
+/// bytes it is one copy. Postcard encodes both the same way (length, then the bytes), so
+/// this changes speed only, never the wire format.
+fn ser_bytes<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
 /// Why a handshake is being made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purpose {
@@ -48,7 +55,7 @@ pub enum Packet<'a> {
         /// Pairing or link; bound into the prologue.
         purpose: Purpose,
         /// The Noise message.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "ser_bytes")]
         noise: &'a [u8],
     },
     /// Second handshake message (`<- e, ee, se, psk`).
@@ -58,7 +65,7 @@ pub enum Packet<'a> {
         /// The initiator's session index this answers.
         receiver: u32,
         /// The Noise message.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "ser_bytes")]
         noise: &'a [u8],
     },
     /// A transport frame sealed with an explicit nonce (datagrams may be lost or reordered).
@@ -68,7 +75,7 @@ pub enum Packet<'a> {
         /// Noise transport nonce; also the replay-window position.
         nonce: u64,
         /// Padded, encrypted frame.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "ser_bytes")]
         ciphertext: &'a [u8],
     },
 }
@@ -132,7 +139,7 @@ pub enum Frame<'a> {
     /// Application data.
     App {
         /// Opaque to the channel.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "ser_bytes")]
         data: &'a [u8],
     },
     /// The sender is tearing the channel down.
