@@ -743,3 +743,76 @@ fn same_seeds_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+mod properties {
+    use super::*;
+    use quickcheck::{QuickCheck, TestResult};
+
+    fn paired_with_data() -> (Net, Vec<u8>) {
+        let mut net = default_net(2);
+        net.pair(0, 1);
+        let b = net.id(1);
+        net.cmd(
+            0,
+            Command::Send {
+                peer: b,
+                data: Bytes::from_static(b"payload"),
+            },
+        )
+        .unwrap();
+        let (_, _, data) = net.wire.pop_front().unwrap();
+        (net, data)
+    }
+
+    /// Arbitrary bytes: never a panic, never an event or packet, always exactly one drop.
+    #[test]
+    fn arbitrary_datagrams_are_dropped_and_counted() {
+        fn prop(inputs: Vec<Vec<u8>>, version_prefix: bool) -> bool {
+            let mut net = default_net(2);
+            net.pair(0, 1);
+            for mut bytes in inputs {
+                if version_prefix {
+                    // Reach past the version check into the packet decoder.
+                    bytes.insert(0, WIRE_VERSION);
+                }
+                net.inject(1, bytes);
+            }
+            true
+        }
+        QuickCheck::new()
+            .tests(60)
+            .quickcheck(prop as fn(Vec<Vec<u8>>, bool) -> bool);
+    }
+
+    /// Any single mutation of a genuine data packet is dropped, and the channel survives.
+    #[test]
+    fn mutated_genuine_packets_are_dropped() {
+        fn prop(pos: usize, xor: u8, cut: bool) -> TestResult {
+            if xor == 0 && !cut {
+                return TestResult::discard();
+            }
+            let (mut net, data) = paired_with_data();
+            let mut m = data.clone();
+            if cut {
+                m.truncate(pos % m.len());
+            } else {
+                let i = pos % m.len();
+                m[i] ^= xor;
+            }
+            net.inject(1, m);
+            // The genuine packet still goes through afterwards.
+            net.input(
+                1,
+                Input::Datagram {
+                    from: "n0".into(),
+                    bytes: data,
+                },
+            )
+            .unwrap();
+            TestResult::from_bool(received(&net.nodes[1]) == vec![Bytes::from_static(b"payload")])
+        }
+        QuickCheck::new()
+            .tests(60)
+            .quickcheck(prop as fn(usize, u8, bool) -> TestResult);
+    }
+}
