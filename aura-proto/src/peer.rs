@@ -366,6 +366,9 @@ pub struct Peer {
     queued: BTreeMap<DeviceId, Vec<Queued>>,
     /// Handshake-init hash → (channel it created, when seen).
     seen_init: BTreeMap<[u8; 32], (u32, Instant)>,
+    /// Version rejections by handshake-init hash, resent if the initiator asks again
+    /// (so a lost rejection still ends in a clear answer, not a timeout).
+    rejected: BTreeMap<[u8; 32], Vec<u8>>,
     plain: Vec<u8>,
     scratch: Vec<u8>,
 }
@@ -416,6 +419,7 @@ impl Peer {
             active: BTreeMap::new(),
             queued: BTreeMap::new(),
             seen_init: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             plain: Vec::new(),
             scratch: Vec::new(),
         }
@@ -834,6 +838,11 @@ impl Peer {
     fn on_init(&mut self, from: String, sender: u32, purpose: Purpose, noise: &[u8]) {
         let now = self.now.mono;
         let h: [u8; 32] = blake3::hash(noise).into();
+        if let Some(d) = self.rejected.get(&h).cloned() {
+            self.metrics.handshake_retransmits += 1;
+            self.transmit(&from, d);
+            return;
+        }
         if let Some((idx, _)) = self.seen_init.get(&h).copied() {
             // The initiator resends its first message when our answer was lost: answer
             // again from the same state. Anything else with a known hash is a replay.
@@ -957,7 +966,8 @@ impl Peer {
         });
         self.remember_init(h, idx, now);
         if !ok {
-            // A clear answer, then forget: no channel exists for a rejected version.
+            // A clear answer and no channel: a rejected version gets no state but the answer.
+            self.rejected.insert(h, datagram.clone());
             self.transmit(&from, datagram);
             return;
         }
@@ -1008,6 +1018,7 @@ impl Peer {
                 .map(|(k, _)| *k)
             {
                 self.seen_init.remove(&k);
+                self.rejected.remove(&k);
             }
         }
         self.seen_init.insert(h, (idx, now));
@@ -1366,6 +1377,8 @@ impl Peer {
     fn handle_timeout(&mut self) {
         let now = self.now.mono;
         self.seen_init.retain(|_, (_, t)| t.saturating_add(SEEN_INIT_TTL) > now);
+        let seen = &self.seen_init;
+        self.rejected.retain(|h, _| seen.contains_key(h));
         let idxs: Vec<u32> = self.channels.keys().copied().collect();
         for idx in idxs {
             self.channel_timeout(idx, now);

@@ -438,6 +438,36 @@ fn version_negotiation_min_of_both_or_clear_rejection() {
         net.nodes[0].peer.channels().is_empty(),
         "no channel for a rejected version"
     );
+
+    // The rejection itself is lost: the retransmitted first message gets it again.
+    let only3 = Config {
+        min_version: 3,
+        max_version: 3,
+        ..Config::default()
+    };
+    let mut net = Net::new(2, vec![Config::default(), only3]);
+    let code = net.invite(0);
+    net.cmd(1, Command::Join { code }).unwrap();
+    let (_, _, msg1) = net.wire.pop_front().unwrap();
+    net.drop_next = 1;
+    net.input(
+        0,
+        Input::Datagram {
+            from: "n1".into(),
+            bytes: msg1,
+        },
+    )
+    .unwrap();
+    assert!(net.wire.is_empty());
+    net.advance_to_ms(2_000);
+    assert!(net.nodes[1].events.iter().any(|e| matches!(
+        e,
+        Event::PairingFailed {
+            reason: FailReason::VersionMismatch { .. },
+            ..
+        }
+    )));
+    assert_eq!(net.nodes[0].peer.metrics().handshake_retransmits, 1);
 }
 
 #[test]
