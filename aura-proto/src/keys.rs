@@ -99,7 +99,7 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
 /// The Noise handshake proves possession of `noise`; the signature ties that key to the
 /// signing key from which the [`DeviceId`] is computed, so later protocols (receipts,
 /// threshold signing) can use the signing key of a device known only from a channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeviceCert {
     /// ristretto255 Schnorr public key (the same verify type as FROST group keys).
     pub signing: [u8; 32],
@@ -233,8 +233,7 @@ impl DeviceKeys {
         &self.noise_private
     }
 
-    /// The HPKE private key (used by later protocols to open sealed secrets).
-    #[allow(dead_code)]
+    /// The HPKE private key (opens secrets sealed to this device).
     pub(crate) fn hpke_private(&self) -> &[u8; 32] {
         &self.hpke_private
     }

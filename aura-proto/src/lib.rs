@@ -36,8 +36,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authority;
 mod channel;
 pub mod invite;
+pub mod journal;
 pub mod keys;
 pub mod metrics;
 mod peer;

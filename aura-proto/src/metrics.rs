@@ -33,11 +33,13 @@ pub enum DropReason {
     UnexpectedFrame,
     /// Too many half-open handshakes; new ones are refused until some finish.
     Overloaded,
+    /// A journal fact failed verification (reason in `Metrics::fact_rejects`).
+    BadFact,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for reports).
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::Truncated,
         DropReason::Oversized,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::BadCert,
         DropReason::UnexpectedFrame,
         DropReason::Overloaded,
+        DropReason::BadFact,
     ];
 
     /// Short snake_case name.
@@ -71,6 +74,7 @@ impl DropReason {
             DropReason::BadCert => "bad_cert",
             DropReason::UnexpectedFrame => "unexpected_frame",
             DropReason::Overloaded => "overloaded",
+            DropReason::BadFact => "bad_fact",
         }
     }
 }
@@ -79,7 +83,7 @@ impl DropReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Drops by reason, indexed as [`DropReason::ALL`].
-    pub dropped: [u64; 14],
+    pub dropped: [u64; 15],
     /// Datagrams handed to the peer.
     pub datagrams_in: u64,
     /// Datagrams the peer asked to send.
@@ -90,6 +94,8 @@ pub struct Metrics {
     pub handshake_retransmits: u64,
     /// Records handed out for persistence.
     pub persists: u64,
+    /// Rejected facts by typed reason (`FactError` name).
+    pub fact_rejects: std::collections::BTreeMap<String, u64>,
 }
 
 impl Metrics {

@@ -3,12 +3,19 @@
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use authority_impl::{Dkg, Share, SignCoord, SignPart};
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use snow::params::NoiseParams;
 
+#[path = "peer_authority.rs"]
+mod authority_impl;
+
+use crate::authority::Views;
 use crate::channel::{self, backoff, Channel, Pairing, Phase, Role, NOISE_PATTERN, PSK_LOCATION};
 use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
+use crate::journal::{AuthorityId, Fact, FactId, Journal};
 use crate::keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
 use crate::metrics::{DropReason, Metrics};
 use crate::record::{PairedPeer, Record, Ticket};
@@ -140,6 +147,19 @@ pub enum Command {
         /// Device whose channel to close.
         peer: DeviceId,
     },
+    /// Create a threshold authority with paired `devices` (this device joins too) by
+    /// distributed key generation.
+    CreateAuthority {
+        /// The other members.
+        devices: Vec<DeviceId>,
+        /// Signatures needed.
+        threshold: u16,
+    },
+    /// Have this device's authority sign a statement (recorded as a journal fact).
+    Sign {
+        /// The statement.
+        statement: Vec<u8>,
+    },
 }
 
 /// A refused local command.
@@ -168,6 +188,20 @@ pub enum CommandError {
     /// Invitation lifetime of zero.
     #[error("an invitation must be valid for some time")]
     ZeroLifetime,
+    /// This device already holds a share of an authority.
+    #[error("this device is already a member of an authority")]
+    AlreadyInAuthority,
+    /// Threshold outside 2..=devices (or too many devices).
+    #[error("threshold {threshold} is invalid for {devices} devices (need 2 <= threshold <= devices <= 64)")]
+    BadThreshold {
+        /// Requested threshold.
+        threshold: u16,
+        /// Devices including this one.
+        devices: usize,
+    },
+    /// Signing needs membership in an authority.
+    #[error("this device is not a member of an authority")]
+    NotInAuthority,
 }
 
 /// Why a handshake failed.
@@ -200,6 +234,8 @@ pub enum DownReason {
 }
 
 /// Something the application should know.
+// Events are handed out once and consumed; boxing the large ones buys nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// An invitation is durable; `code` may be shown.
@@ -264,6 +300,40 @@ pub enum Event {
         /// Measured round trip.
         rtt: Duration,
     },
+    /// This device is a member of a new authority (its genesis and share are durable).
+    AuthorityCreated {
+        /// The authority.
+        authority: AuthorityId,
+        /// Group verifying key.
+        group_key: [u8; 32],
+        /// Signatures needed.
+        threshold: u16,
+        /// Number of members.
+        members: u16,
+    },
+    /// Key generation this device coordinated failed.
+    AuthorityFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A threshold signature this device coordinated is complete (and recorded).
+    Signed {
+        /// The authority.
+        authority: AuthorityId,
+        /// Group verifying key.
+        group_key: [u8; 32],
+        /// The exact bytes signed (the statement fact's signing bytes).
+        message: Vec<u8>,
+        /// The signature (verifies with plain FROST/Schnorr verification under `group_key`).
+        signature: [u8; 64],
+        /// The statement fact now in the journal.
+        fact: Fact,
+    },
+    /// A signing session gave up.
+    SignFailed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -318,7 +388,6 @@ pub struct ChannelInfo {
 }
 
 /// What to do when a ticket comes back.
-#[derive(Debug)]
 enum Pending {
     ShowInvite(Invitation),
     StartJoin(Invitation),
@@ -326,6 +395,22 @@ enum Pending {
     Paired {
         idx: u32,
         peer: PairedPeer,
+    },
+    /// A key share is durable.
+    ShareDurable {
+        session: [u8; 32],
+        share: Box<Share>,
+    },
+    /// The nonce counter is durable: commit for this signing session.
+    Commit {
+        session: [u8; 32],
+        counter: u64,
+    },
+    /// A fact is durable.
+    FactDurable {
+        fact: Box<Fact>,
+        push_to: Option<BTreeSet<DeviceId>>,
+        ack_to: Option<DeviceId>,
     },
 }
 
@@ -340,6 +425,7 @@ struct IssuedInvite {
 enum Queued {
     App(Bytes),
     Ping,
+    Proto(Vec<u8>),
 }
 
 /// One device's protocol engine. See the crate documentation for the contract.
@@ -371,6 +457,22 @@ pub struct Peer {
     rejected: BTreeMap<[u8; 32], Vec<u8>>,
     plain: Vec<u8>,
     scratch: Vec<u8>,
+    // ----- authorities (see peer_authority.rs) -----
+    journal: Journal,
+    views: Views,
+    /// This device's shares, by group key.
+    shares: BTreeMap<[u8; 32], Share>,
+    auth_secrets: BTreeMap<AuthorityId, [u8; 32]>,
+    nonce_counter: u64,
+    dkg: BTreeMap<[u8; 32], Dkg>,
+    sign_coord: BTreeMap<[u8; 32], SignCoord>,
+    sign_part: BTreeMap<[u8; 32], SignPart>,
+    /// Facts pushed and not yet acknowledged, by recipient.
+    fact_push: BTreeMap<FactId, BTreeSet<DeviceId>>,
+    auth_tick: Option<Instant>,
+    /// Messages this device sent to itself.
+    local: VecDeque<crate::authority::AuthMsg>,
+    restoring: bool,
 }
 
 impl core::fmt::Debug for Peer {
@@ -422,6 +524,18 @@ impl Peer {
             rejected: BTreeMap::new(),
             plain: Vec::new(),
             scratch: Vec::new(),
+            journal: Journal::new(),
+            views: Views::default(),
+            shares: BTreeMap::new(),
+            auth_secrets: BTreeMap::new(),
+            nonce_counter: 0,
+            dkg: BTreeMap::new(),
+            sign_coord: BTreeMap::new(),
+            sign_part: BTreeMap::new(),
+            fact_push: BTreeMap::new(),
+            auth_tick: None,
+            local: VecDeque::new(),
+            restoring: false,
         }
     }
 
@@ -430,9 +544,11 @@ impl Peer {
     /// joins resume at once: drain outputs after this call.
     pub fn restore(cfg: Config, durable: Durable, seed: [u8; 32], now: Now) -> Peer {
         let mut p = Peer::new(cfg, durable.secret, seed, now);
+        p.restoring = true;
         for r in durable.records {
             p.apply_record(r);
         }
+        p.restoring = false;
         let resumable: Vec<Invitation> = p
             .joins
             .iter()
@@ -454,6 +570,13 @@ impl Peer {
                 self.joins.insert(inv.id(), inv);
             }
             Record::Paired(p) => self.add_peer(p),
+            Record::Share {
+                key_package,
+                public_key_package,
+                ..
+            } => self.restore_share(&key_package, &public_key_package),
+            Record::Fact(f) => self.apply_fact(f),
+            Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
         }
     }
 
@@ -476,6 +599,16 @@ impl Peer {
     /// This device's public keys.
     pub fn cert(&self) -> &DeviceCert {
         &self.keys.cert
+    }
+
+    /// The authority this device is a member of, as its journal says.
+    pub fn authority(&self) -> Option<&crate::authority::AuthorityView> {
+        self.my_authority()
+    }
+
+    /// The fact journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Counters.
@@ -520,6 +653,9 @@ impl Peer {
             .values()
             .map(|(_, t)| t.saturating_add(SEEN_INIT_TTL))
             .min();
+        if let Some(t) = self.auth_deadline() {
+            d = Some(d.map_or(t, |x| x.min(t)));
+        }
         for c in self.channels.values() {
             if let Some(t) = c.deadline(&self.cfg) {
                 d = Some(d.map_or(t, |x| x.min(t)));
@@ -535,6 +671,12 @@ impl Peer {
             mono: now.mono.max(self.now.mono),
             unix_ms: now.unix_ms,
         };
+        let r = self.dispatch(input);
+        self.run_local();
+        r
+    }
+
+    fn dispatch(&mut self, input: Input) -> Result<(), CommandError> {
         match input {
             Input::Datagram { from, bytes } => {
                 self.handle_datagram(from, &bytes);
@@ -643,6 +785,8 @@ impl Peer {
                 }
                 Ok(())
             }
+            Command::CreateAuthority { devices, threshold } => self.create_authority(devices, threshold),
+            Command::Sign { statement } => self.sign_statement(statement),
             Command::Close { peer } => {
                 if !self.peers.contains_key(&peer) {
                     return Err(CommandError::UnknownPeer(peer));
@@ -688,6 +832,7 @@ impl Peer {
         let now = self.now.mono;
         match q {
             Queued::App(data) => self.send_frame(idx, &Frame::App { data: &data }),
+            Queued::Proto(data) => self.send_frame(idx, &Frame::Proto { data: &data }),
             Queued::Ping => {
                 let id = self.rng.next_u64();
                 if let Some(c) = self.channels.get_mut(&idx) {
@@ -1294,6 +1439,7 @@ impl Peer {
                     None => self.metrics.drop(DropReason::UnexpectedFrame),
                 }
             }
+            Frame::Proto { data } => self.on_proto(peer, data),
             Frame::App { data } => {
                 self.event(Event::Received {
                     peer,
@@ -1356,6 +1502,9 @@ impl Peer {
                 self.joins.insert(inv.id(), inv.clone());
                 self.start_pairing(inv);
             }
+            Pending::ShareDurable { session, share } => self.share_durable(session, *share),
+            Pending::Commit { session, counter } => self.commit_durable(session, counter),
+            Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);
                 self.add_peer(peer);
@@ -1383,6 +1532,7 @@ impl Peer {
         for idx in idxs {
             self.channel_timeout(idx, now);
         }
+        self.auth_timeout();
     }
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {

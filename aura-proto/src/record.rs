@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::invite::Invitation;
+use crate::journal::Fact;
 use crate::keys::{DeviceCert, DeviceId};
 use crate::wire::{self, DecodeError};
 
@@ -40,6 +41,19 @@ pub enum Record {
     JoinStarted(Invitation),
     /// Pairing finished with another device.
     Paired(PairedPeer),
+    /// This device's share of an authority key (from key generation).
+    Share {
+        /// The group key it belongs to.
+        group_key: [u8; 32],
+        /// Serialized frost `KeyPackage` (the secret share).
+        key_package: Vec<u8>,
+        /// Serialized frost `PublicKeyPackage`.
+        public_key_package: Vec<u8>,
+    },
+    /// A journal fact this device holds.
+    Fact(Fact),
+    /// The FROST nonce counter reached this value (durable before any nonce drawn from it).
+    NonceCounter(u64),
 }
 
 impl Record {

@@ -66,6 +66,22 @@ impl rand_core_06::RngCore for PeerRng {
 
 impl rand_core_06::CryptoRng for PeerRng {}
 
+impl rand_chacha::rand_core::TryRng for PeerRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.0.next_u32())
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.0.next_u64())
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+impl rand_chacha::rand_core::TryCryptoRng for PeerRng {}
+
 impl snow::types::Random for PeerRng {
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
         self.0.fill_bytes(dest);

@@ -144,6 +144,12 @@ pub enum Frame<'a> {
     },
     /// The sender is tearing the channel down.
     Close,
+    /// A sub-protocol message (authority key generation, signing, fact push).
+    Proto {
+        /// Encoded `AuthMsg`.
+        #[serde(borrow, serialize_with = "ser_bytes")]
+        data: &'a [u8],
+    },
 }
 
 /// Why a byte string failed to decode.

@@ -27,8 +27,54 @@ pub enum Request {
         /// Device id or prefix.
         peer: String,
     },
+    /// Create an authority with paired devices (all paired devices when `devices` is empty).
+    AuthorityCreate {
+        /// Signatures needed.
+        threshold: u16,
+        /// Device ids or unique prefixes.
+        devices: Vec<String>,
+    },
+    /// Show the authority this device belongs to.
+    AuthorityShow,
+    /// Have the authority sign a statement.
+    Sign {
+        /// The statement text.
+        text: String,
+    },
     /// Shut down cleanly.
     Stop,
+}
+
+/// An authority in `authority show` output.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuthorityInfo {
+    /// Authority id (hex).
+    pub id: String,
+    /// Group key (hex).
+    pub group_key: String,
+    /// Signatures needed.
+    pub threshold: u16,
+    /// Tree epoch.
+    pub epoch: u64,
+    /// Members: (device id hex, identifier).
+    pub members: Vec<(String, u16)>,
+    /// Facts in the authority journal.
+    pub facts: usize,
+}
+
+impl AuthorityInfo {
+    /// The authority `peer` belongs to, if any.
+    pub fn of(peer: &Peer) -> Option<AuthorityInfo> {
+        let v = peer.authority()?;
+        Some(AuthorityInfo {
+            id: v.id.to_hex(),
+            group_key: v.group_key.iter().map(|b| format!("{b:02x}")).collect(),
+            threshold: v.threshold,
+            epoch: v.epoch,
+            members: v.members.iter().map(|(d, m)| (d.to_hex(), m.identifier)).collect(),
+            facts: peer.journal().len(&aura_proto::journal::Namespace::Authority(v.id)),
+        })
+    }
 }
 
 /// A paired device in status output.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use smol::channel::{bounded, Receiver, Sender};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::control::{resolve_peer, Request, Status};
+use crate::control::{resolve_peer, AuthorityInfo, Request, Status};
 use crate::host::{Effect, Host};
 use crate::store::{Store, StoreError};
 
@@ -55,6 +55,12 @@ struct Waiters {
     invites: VecDeque<Reply>,
     joins: BTreeMap<[u8; 32], Vec<Reply>>,
     pings: BTreeMap<DeviceId, Vec<Reply>>,
+    authority: VecDeque<Reply>,
+    signs: VecDeque<Reply>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn err(msg: impl std::fmt::Display) -> Value {
@@ -185,6 +191,30 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
                 Err(e) => send_now(err(e)),
             },
         },
+        Request::AuthorityCreate { threshold, devices } => {
+            let ids: Result<Vec<DeviceId>, String> = if devices.is_empty() {
+                Ok(host.peer.paired().map(|(id, _)| *id).collect())
+            } else {
+                devices.iter().map(|d| resolve_peer(&host.peer, d)).collect()
+            };
+            match ids {
+                Err(e) => send_now(err(e)),
+                Ok(devices) => match host.input(Input::Command(Command::CreateAuthority { devices, threshold })) {
+                    Ok(()) => w.authority.push_back(reply),
+                    Err(e) => send_now(err(e)),
+                },
+            }
+        }
+        Request::AuthorityShow => match AuthorityInfo::of(&host.peer) {
+            Some(a) => send_now(json!({ "ok": true, "authority": a })),
+            None => send_now(err("this device is not a member of an authority")),
+        },
+        Request::Sign { text } => match host.input(Input::Command(Command::Sign {
+            statement: text.into_bytes(),
+        })) {
+            Ok(()) => w.signs.push_back(reply),
+            Err(e) => send_now(err(e)),
+        },
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -219,6 +249,41 @@ fn on_event(ev: Event, w: &mut Waiters) {
             tracing::warn!(peer = %peer.short(), ?reason, discarded, "channel failed");
             for r in w.pings.remove(peer).unwrap_or_default() {
                 let _ = r.try_send(err(format!("cannot reach {}: {reason:?}", peer.short())));
+            }
+        }
+        Event::AuthorityCreated {
+            authority,
+            group_key,
+            threshold,
+            members,
+        } => {
+            tracing::info!(authority = %authority.short(), threshold, members, "authority created");
+            if let Some(r) = w.authority.pop_front() {
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "threshold": threshold, "members": members }));
+            }
+        }
+        Event::AuthorityFailed { reason } => {
+            tracing::warn!(%reason, "authority creation failed");
+            if let Some(r) = w.authority.pop_front() {
+                let _ = r.try_send(err(format!("authority creation failed: {reason}")));
+            }
+        }
+        Event::Signed {
+            authority,
+            group_key,
+            message,
+            signature,
+            ..
+        } => {
+            tracing::info!(authority = %authority.short(), "statement signed");
+            if let Some(r) = w.signs.pop_front() {
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "message": hex(message), "signature": hex(signature) }));
+            }
+        }
+        Event::SignFailed { reason } => {
+            tracing::warn!(%reason, "signing failed");
+            if let Some(r) = w.signs.pop_front() {
+                let _ = r.try_send(err(format!("signing failed: {reason}")));
             }
         }
         Event::Received { peer, data } => tracing::info!(peer = %peer.short(), len = data.len(), "received"),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aura_proto::{Command, Config, Event, Input};
-use aura_shell_smol::control::{Request, Status};
+use aura_shell_smol::control::{AuthorityInfo, Request, Status};
 use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
 use aura_shell_smol::store::{NodeConfig, Store, StoreError};
@@ -97,8 +97,48 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout_s: u64,
     },
+    /// Threshold authority of this device's paired devices.
+    #[command(subcommand)]
+    Authority(AuthorityCmd),
+    /// Have the authority sign TEXT; prints the signature, group key and signed bytes in hex.
+    ///
+    /// The signature is a plain FROST(ristretto255) signature: it verifies with any standard
+    /// verifier over the printed message bytes and group key.
+    Sign {
+        /// The statement to sign.
+        text: String,
+        /// Seconds to wait for enough devices.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the running peer.
     Stop,
+}
+
+#[derive(Subcommand)]
+enum AuthorityCmd {
+    /// Create an authority with paired devices by distributed key generation (needs a
+    /// running peer, and the other devices running too).
+    Create {
+        /// Signatures needed (2 <= T <= devices).
+        #[arg(long)]
+        threshold: u16,
+        /// Devices to include (ids or unique prefixes, comma-separated); default: all paired.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Seconds to wait for key generation.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
+    /// Show the authority: id, group key, threshold, members.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses `90s`, `30m`, `2h`, `7d` or a plain number of seconds.
@@ -318,6 +358,54 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                     rtt / 1000,
                     rtt % 1000
                 );
+            }
+            Ok(())
+        }
+        Cmd::Authority(AuthorityCmd::Create {
+            threshold,
+            devices,
+            timeout_s,
+        }) => {
+            let req = Request::AuthorityCreate { threshold, devices };
+            let v = ask(dir, &req, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!("authority: {}", v["authority"].as_str().unwrap_or("?"));
+            println!("group key: {}", v["group_key"].as_str().unwrap_or("?"));
+            println!("threshold: {} of {}", v["threshold"], v["members"]);
+            Ok(())
+        }
+        Cmd::Authority(AuthorityCmd::Show { json }) => {
+            let info: Option<AuthorityInfo> = match ask(dir, &Request::AuthorityShow, quick)? {
+                Some(v) if v["ok"] == Value::Bool(true) => serde_json::from_value(v["authority"].clone()).ok(),
+                Some(_) => None,
+                None => AuthorityInfo::of(&offline(dir, None)?.0.peer),
+            };
+            let info = info.ok_or_else(|| fail(exit::FAILED, "this device is not a member of an authority"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info).expect("serializes"));
+            } else {
+                println!("authority: {}", info.id);
+                println!("group key: {}", info.group_key);
+                println!("threshold: {} of {}", info.threshold, info.members.len());
+                println!("epoch:     {}", info.epoch);
+                println!("facts:     {}", info.facts);
+                for (d, i) in &info.members {
+                    println!("  member {i}: {d}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Sign { text, timeout_s, json } => {
+            let v = ask(dir, &Request::Sign { text }, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            } else {
+                println!("signature: {}", v["signature"].as_str().unwrap_or("?"));
+                println!("group key: {}", v["group_key"].as_str().unwrap_or("?"));
+                println!("message:   {}", v["message"].as_str().unwrap_or("?"));
             }
             Ok(())
         }

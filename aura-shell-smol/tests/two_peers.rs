@@ -199,3 +199,72 @@ fn bad_input_gives_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn three_processes_form_a_2_of_3_authority_and_sign_with_one_down() {
+    let dirs: Vec<PathBuf> = ["ta", "tb", "tc"].iter().map(|n| tempdir(n)).collect();
+    for d in &dirs {
+        ok(d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    }
+    let mut daemons: Vec<Option<Daemon>> = dirs.iter().map(|d| Some(Daemon::start(d))).collect();
+    for j in 1..3 {
+        let code = ok(&dirs[0], &["invite"]).trim().to_string();
+        ok(&dirs[j], &["join", &code, "--wait-s", "30"]);
+    }
+    let out = ok(
+        &dirs[0],
+        &["authority", "create", "--threshold", "2", "--timeout-s", "60"],
+    );
+    assert!(out.contains("threshold: 2 of 3"), "{out}");
+    let show: Vec<serde_json::Value> = dirs
+        .iter()
+        .map(|d| {
+            // Members learn the genesis a moment after the coordinator.
+            let t0 = Instant::now();
+            loop {
+                let o = smol(d, &["authority", "show", "--json"]);
+                if o.status.success() {
+                    break serde_json::from_slice(&o.stdout).unwrap();
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "no authority at {}",
+                    d.display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .collect();
+    assert!(show
+        .iter()
+        .all(|s| s["group_key"] == show[0]["group_key"] && s["id"] == show[0]["id"]));
+    assert_eq!(show[0]["members"].as_array().unwrap().len(), 3);
+
+    // Device C goes down; B asks for a signature and A and B make it.
+    daemons[2].take().unwrap().stop();
+    let out = ok(&dirs[1], &["sign", "hello from three processes", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["group_key"], show[0]["group_key"]);
+    let gk = unhex(v["group_key"].as_str().unwrap());
+    let sig = unhex(v["signature"].as_str().unwrap());
+    let msg = unhex(v["message"].as_str().unwrap());
+    let vk = frost_ristretto255::VerifyingKey::deserialize(&gk).unwrap();
+    let sig = frost_ristretto255::Signature::deserialize(&sig).unwrap();
+    assert!(
+        vk.verify(&msg, &sig).is_ok(),
+        "plain FROST verification must accept the signature"
+    );
+    for d in daemons.iter_mut().filter_map(Option::take) {
+        d.stop();
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -57,9 +57,21 @@ impl Default for LinkModel {
     }
 }
 
+/// Which workload runs on top of pairing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Device 0 invites every other device; each pairs, pings and receives a message.
+    Pairing,
+    /// Pairing, then all devices form an (n-1)-of-n authority by distributed key
+    /// generation; the last device crashes and device 1 has the authority sign.
+    Authority,
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// The workload.
+    pub scenario: Scenario,
     /// Root seed.
     pub seed: u64,
     /// Number of devices (device 0 invites all the others).
@@ -83,6 +95,7 @@ impl Default for SimConfig {
             persist_latency: (Duration::from_micros(200), Duration::from_millis(3)),
             max_time: Duration::from_secs(600),
             peer_config: Config::default(),
+            scenario: Scenario::Pairing,
         }
     }
 }
@@ -125,6 +138,12 @@ pub struct Stats {
     pub pongs: u64,
     /// Application messages delivered.
     pub messages: u64,
+    /// Devices that reported the new authority.
+    pub authority_members: u64,
+    /// Threshold signatures completed (each verified with plain FROST verification).
+    pub signatures: u64,
+    /// Devices crashed.
+    pub crashes: u64,
     /// Simulated time of the last pairing, ns.
     pub all_paired_at: Option<u64>,
     /// Drops by reason, summed over all peers.
@@ -168,6 +187,9 @@ struct Node {
     paired_with_0: bool,
     pong: bool,
     got_message: bool,
+    crashed: bool,
+    authority: Option<([u8; 32], [u8; 32])>,
+    shares: usize,
 }
 
 /// Receives each trace line.
@@ -264,6 +286,9 @@ impl World {
                 paired_with_0: false,
                 pong: false,
                 got_message: false,
+                crashed: false,
+                authority: None,
+                shares: 0,
             });
         }
         let mut w = World {
@@ -332,6 +357,9 @@ impl World {
 
     /// True when every joiner is paired, has a pong and has received a message.
     pub fn done(&self) -> bool {
+        if self.cfg.scenario == Scenario::Authority {
+            return self.stats.signatures > 0;
+        }
         self.nodes
             .iter()
             .skip(1)
@@ -380,6 +408,19 @@ impl World {
             self.now / 1_000_000_000,
             self.now % 1_000_000_000 / 1000
         );
+        let target = match &ev {
+            Ev::Deliver { to, .. } => *to,
+            Ev::Timer { node, .. } | Ev::PersistDone { node, .. } | Ev::Tick { node } | Ev::Command { node, .. } => {
+                *node
+            }
+        };
+        if self.nodes[target].crashed {
+            // Datagrams to a crashed device vanish; its unacknowledged writes are lost.
+            let _ = write!(self.line, "n{target} down");
+            self.hasher.update(self.line.as_bytes());
+            self.hasher.update(b"\n");
+            return Ok(());
+        }
         let node = match ev {
             Ev::Deliver { to, from, bytes } => {
                 self.stats.delivered += 1;
@@ -405,6 +446,12 @@ impl World {
             Ev::PersistDone { node, ticket, record } => {
                 self.stats.persisted += 1;
                 let _ = write!(self.line, "n{node} persisted #{}", ticket.0);
+                if matches!(*record, Record::Share { .. }) {
+                    self.nodes[node].shares += 1;
+                    if self.nodes[node].shares > 1 {
+                        return Err(self.violation("one-share-per-device", format!("n{node} persisted a second share")));
+                    }
+                }
                 self.nodes[node].durable.push(*record);
                 let _ = self.nodes[node].peer.handle_input(now, Input::PersistDone(ticket));
                 node
@@ -526,9 +573,69 @@ impl World {
         }
     }
 
-    /// Invariant: an event that promises something rests on a durable record.
+    fn create_authority(&mut self) {
+        let n = self.nodes.len();
+        let devices = self.ids[1..].to_vec();
+        let threshold = (n as u16 - 1).max(2);
+        self.schedule(
+            self.now + 1_000_000,
+            Ev::Command {
+                node: 0,
+                cmd: Command::CreateAuthority { devices, threshold },
+            },
+        );
+    }
+
+    /// Invariants on events: promises rest on durable records; all devices agree on the
+    /// authority; every signature verifies with plain FROST verification.
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
+        match e {
+            Event::AuthorityCreated {
+                authority, group_key, ..
+            } => {
+                let mine = (authority.0, *group_key);
+                if let Some((j, other)) = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, n)| n.authority.filter(|a| *a != mine).map(|a| (j, a)))
+                {
+                    return Err(self.violation(
+                        "authority-agreement",
+                        format!("n{i} has group key {} but n{j} has {}", hex(&mine.1), hex(&other.1)),
+                    ));
+                }
+                let has_share = self.nodes[i]
+                    .durable
+                    .iter()
+                    .any(|r| matches!(r, Record::Share { group_key: g, .. } if g == group_key));
+                if !has_share {
+                    return Err(self.violation(
+                        "durable-before-promise",
+                        format!("n{i} announced an authority without a durable share"),
+                    ));
+                }
+            }
+            Event::Signed {
+                message,
+                signature,
+                group_key,
+                ..
+            } => {
+                let ok = frost_ristretto255::VerifyingKey::deserialize(group_key)
+                    .ok()
+                    .zip(frost_ristretto255::Signature::deserialize(signature).ok())
+                    .is_some_and(|(vk, sig)| vk.verify(message, &sig).is_ok());
+                if !ok {
+                    return Err(self.violation(
+                        "signature-verifies",
+                        format!("n{i} produced a signature that does not verify"),
+                    ));
+                }
+            }
+            _ => {}
+        }
         let durable = &self.nodes[i].durable;
         let ok = match e {
             Event::InviteCreated { code, .. } => {
@@ -573,6 +680,9 @@ impl World {
                 self.stats.pairings += 1;
                 if self.nodes.iter().skip(1).all(|n| n.paired_with_0) {
                     self.stats.all_paired_at = Some(self.now);
+                    if self.cfg.scenario == Scenario::Authority {
+                        self.create_authority();
+                    }
                 }
                 self.schedule(soon, Ev::Tick { node: i });
             }
@@ -596,6 +706,41 @@ impl World {
                 self.stats.messages += 1;
                 self.nodes[i].got_message = true;
             }
+            Event::AuthorityCreated {
+                authority, group_key, ..
+            } => {
+                self.nodes[i].authority = Some((authority.0, group_key));
+                self.stats.authority_members += 1;
+                if self.nodes.iter().all(|n| n.authority.is_some()) {
+                    // Everyone has it: crash the last device, then device 1 asks for a signature.
+                    let last = self.nodes.len() - 1;
+                    if last >= 2 {
+                        self.nodes[last].crashed = true;
+                        self.stats.crashes += 1;
+                        let _ = write!(self.line, " | crash n{last}");
+                    }
+                    let statement = format!("signed in simulation seed {}", self.cfg.seed).into_bytes();
+                    self.schedule(
+                        soon,
+                        Ev::Command {
+                            node: 1,
+                            cmd: Command::Sign { statement },
+                        },
+                    );
+                }
+            }
+            Event::AuthorityFailed { .. } if i == 0 => self.create_authority(),
+            Event::SignFailed { .. } => {
+                let statement = format!("signed in simulation seed {} (retry)", self.cfg.seed).into_bytes();
+                self.schedule(
+                    self.now + 1_000_000_000,
+                    Ev::Command {
+                        node: i,
+                        cmd: Command::Sign { statement },
+                    },
+                );
+            }
+            Event::Signed { .. } => self.stats.signatures += 1,
             _ => {}
         }
     }
@@ -655,6 +800,8 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Ping { .. } => "ping",
         Command::Connect { .. } => "connect",
         Command::Close { .. } => "close",
+        Command::CreateAuthority { .. } => "create-authority",
+        Command::Sign { .. } => "sign",
     }
 }
 
@@ -672,7 +819,22 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::ChannelDown { peer, reason } => format!("down {} {reason:?}", who(peer)),
         Event::Received { peer, data } => format!("recv {} {}B", who(peer), data.len()),
         Event::Pong { peer, rtt } => format!("pong {} {}us", who(peer), rtt.as_micros()),
+        Event::AuthorityCreated {
+            authority,
+            threshold,
+            members,
+            ..
+        } => {
+            format!("authority {} {threshold}-of-{members}", authority.short())
+        }
+        Event::AuthorityFailed { reason } => format!("authority-failed {reason}"),
+        Event::Signed { signature, .. } => format!("signed {}", hex(&signature[..8])),
+        Event::SignFailed { reason } => format!("sign-failed {reason}"),
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

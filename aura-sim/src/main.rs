@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aura_sim::{LinkModel, Ppm, SimConfig, World};
+use aura_sim::{LinkModel, Ppm, Scenario, SimConfig, World};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,8 +27,19 @@ enum Cmd {
     Run(RunArgs),
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScenarioArg {
+    /// Pair, ping and message.
+    Pairing,
+    /// Pair, form an (n-1)-of-n authority by DKG, crash one device, sign.
+    Authority,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
+    /// The workload to run.
+    #[arg(long, value_enum, default_value = "pairing")]
+    scenario: ScenarioArg,
     /// Root seed: the whole run follows from it.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -94,6 +105,13 @@ fn secs(ns: u64) -> String {
     format!("{}.{:03} s", ns / 1_000_000_000, ns % 1_000_000_000 / 1_000_000)
 }
 
+fn scenario_name(s: ScenarioArg) -> &'static str {
+    match s {
+        ScenarioArg::Pairing => "pairing",
+        ScenarioArg::Authority => "authority",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -113,6 +131,10 @@ fn run(a: RunArgs) -> ExitCode {
             reorder: a.reorder,
         },
         max_time: Duration::from_secs(a.max_time_s),
+        scenario: match a.scenario {
+            ScenarioArg::Pairing => Scenario::Pairing,
+            ScenarioArg::Authority => Scenario::Authority,
+        },
         ..SimConfig::default()
     };
     println!(
@@ -141,6 +163,12 @@ fn run(a: RunArgs) -> ExitCode {
         s.all_paired_at.map(|t| format!(" at {}", secs(t))).unwrap_or_default()
     );
     println!("pings answered: {}  messages delivered: {}", s.pongs, s.messages);
+    if matches!(a.scenario, ScenarioArg::Authority) {
+        println!(
+            "authority: {} devices created it; {} crashed; threshold signatures: {} (all verified)",
+            s.authority_members, s.crashes, s.signatures
+        );
+    }
     println!(
         "datagrams: sent {} delivered {} lost {} duplicated {} reordered {}",
         s.sent, s.delivered, s.lost, s.duplicated, s.reordered
@@ -175,7 +203,12 @@ fn run(a: RunArgs) -> ExitCode {
                 secs(v.time_ns),
                 v.detail
             );
-            println!("replay: aura-sim run --seed {} --peers {} --trace", a.seed, a.peers);
+            println!(
+                "replay: aura-sim run --seed {} --peers {} --scenario {} --trace",
+                a.seed,
+                a.peers,
+                scenario_name(a.scenario)
+            );
             ExitCode::from(1)
         }
         Ok(()) if !w.done() => {
@@ -183,7 +216,12 @@ fn run(a: RunArgs) -> ExitCode {
                 "FAILED liveness: workload not finished within {} s simulated",
                 a.max_time_s
             );
-            println!("replay: aura-sim run --seed {} --peers {} --trace", a.seed, a.peers);
+            println!(
+                "replay: aura-sim run --seed {} --peers {} --scenario {} --trace",
+                a.seed,
+                a.peers,
+                scenario_name(a.scenario)
+            );
             ExitCode::from(1)
         }
         Ok(()) => {

@@ -57,6 +57,6 @@ fn impossible_network_exits_non_zero() {
     let (ok, out) = run(&["run", "--seed", "1", "--loss", "1", "--max-time-s", "30"]);
     assert!(!ok);
     assert!(out.contains("FAILED liveness"));
-    assert!(out.contains("replay: aura-sim run --seed 1"));
+    assert!(out.contains("replay: aura-sim run --seed 1 --peers 3 --scenario pairing"));
     hash_line(&out);
 }

@@ -73,3 +73,35 @@ fn total_loss_fails_liveness_instead_of_pretending() {
     assert_eq!(w.stats.pairings, 0);
     assert_eq!(w.stats.delivered, 0);
 }
+
+fn authority(seed: u64, peers: usize) -> SimConfig {
+    SimConfig {
+        scenario: aura_sim::Scenario::Authority,
+        link: LinkModel {
+            loss: 100_000,
+            reorder: 100_000,
+            dup: 10_000,
+            ..LinkModel::default()
+        },
+        ..lossy(seed, peers)
+    }
+}
+
+#[test]
+fn authority_forms_and_signs_with_a_device_crashed_under_loss() {
+    for seed in 1..=6 {
+        let (_, w) = run(authority(seed, 3));
+        assert!(
+            w.done(),
+            "seed {seed}: no signature by {} ns: {:?}",
+            w.now_ns(),
+            w.stats
+        );
+        assert_eq!(w.stats.authority_members, 3, "seed {seed}");
+        assert_eq!(w.stats.crashes, 1);
+        assert!(w.stats.signatures >= 1);
+    }
+    let (a, _) = run(authority(3, 4));
+    let (b, _) = run(authority(3, 4));
+    assert_eq!(a, b, "authority runs replay bit for bit");
+}

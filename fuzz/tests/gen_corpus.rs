@@ -31,7 +31,7 @@ fn generate_seed_corpus() {
     let mut datagrams = Vec::new();
     let mut code = String::new();
     let mut queue: Vec<(bool, Vec<u8>)> = Vec::new();
-    let mut drain = |p: &mut Peer, to_b: bool, queue: &mut Vec<(bool, Vec<u8>)>, code: &mut String| {
+    let drain = |p: &mut Peer, to_b: bool, queue: &mut Vec<(bool, Vec<u8>)>, code: &mut String| {
         while let Some(o) = p.poll_output() {
             match o {
                 Output::Persist { ticket, record } => {

@@ -1,0 +1,287 @@
+//! Threshold authorities: the view reduced from an authority journal, and the messages of
+//! distributed key generation and threshold signing.
+//!
+//! The message-driven machines themselves live with the [`Peer`](crate::Peer) (they need its
+//! channels and persistence); this module holds the pure parts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{AuthorityId, Fact, FactBody, FactId, Genesis, Journal, KeyLookup, Member, Namespace, TreeOpKind};
+use crate::keys::DeviceId;
+
+const CTX_TREE_COMMITMENT: &str = "aura 2026-11 tree commitment";
+
+/// Why a tree operation did not apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TreeOpReject {
+    /// Its parent is not the current state: a replay of an old op or the losing side of a fork.
+    StaleParent,
+    /// It would break the tree (unknown device, duplicate identifier, threshold out of range).
+    Invalid,
+}
+
+/// An authority as its journal says it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorityView {
+    /// Hash of the genesis body.
+    pub id: AuthorityId,
+    /// The genesis fact's id.
+    pub genesis: FactId,
+    /// Signatures needed.
+    pub threshold: u16,
+    /// Group verifying key.
+    pub group_key: [u8; 32],
+    /// Members by device id.
+    pub members: BTreeMap<DeviceId, Member>,
+    /// Number of tree operations applied.
+    pub epoch: u64,
+    /// Commitment to the tree state (chained over applied ops).
+    pub commitment: [u8; 32],
+    /// Tree operations that did not apply, and why.
+    pub rejected: Vec<(FactId, TreeOpReject)>,
+}
+
+fn next_commitment(prev: &[u8; 32], fact: &FactId) -> [u8; 32] {
+    let mut m = [0u8; 64];
+    m[..32].copy_from_slice(prev);
+    m[32..].copy_from_slice(&fact.0);
+    blake3::derive_key(CTX_TREE_COMMITMENT, &m)
+}
+
+impl AuthorityView {
+    /// Reduces the journal of authority `id`. A pure function of the fact set: the order in
+    /// which facts arrived cannot change the result. `None` without a genesis.
+    pub fn reduce(journal: &Journal, id: AuthorityId) -> Option<AuthorityView> {
+        let ns = Namespace::Authority(id);
+        let (gfact, genesis) = journal.facts(&ns).find_map(|f| match &f.body {
+            FactBody::Genesis(g) if g.authority_id() == id => Some((f, g)),
+            _ => None,
+        })?;
+        let gid = gfact.id();
+        let mut v = AuthorityView {
+            id,
+            genesis: gid,
+            threshold: genesis.threshold,
+            group_key: genesis.group_key,
+            members: genesis
+                .members
+                .iter()
+                .filter_map(|m| Some((m.cert.verify()?, m.clone())))
+                .collect(),
+            epoch: 0,
+            commitment: next_commitment(&[0; 32], &gid),
+            rejected: Vec::new(),
+        };
+        for f in journal.facts(&ns) {
+            let FactBody::TreeOp(op) = &f.body else { continue };
+            let fid = f.id();
+            if op.parent_epoch != v.epoch || op.parent_commitment != v.commitment {
+                v.rejected.push((fid, TreeOpReject::StaleParent));
+                continue;
+            }
+            if !v.apply(&op.kind) {
+                v.rejected.push((fid, TreeOpReject::Invalid));
+                continue;
+            }
+            v.epoch += 1;
+            v.commitment = next_commitment(&v.commitment, &fid);
+        }
+        Some(v)
+    }
+
+    fn apply(&mut self, kind: &TreeOpKind) -> bool {
+        match kind {
+            TreeOpKind::AddDevice(m) => {
+                let Some(id) = m.cert.verify() else { return false };
+                if self.members.contains_key(&id) || self.members.values().any(|x| x.identifier == m.identifier) {
+                    return false;
+                }
+                self.members.insert(id, m.clone());
+                true
+            }
+            TreeOpKind::RemoveDevice(d) => {
+                if !self.members.contains_key(d) || self.members.len() - 1 < self.threshold as usize {
+                    return false;
+                }
+                self.members.remove(d);
+                true
+            }
+            TreeOpKind::ChangeThreshold(t) => {
+                if *t < 2 || *t as usize > self.members.len() {
+                    return false;
+                }
+                self.threshold = *t;
+                true
+            }
+        }
+    }
+
+    /// Finds a member by FROST identifier.
+    pub fn member_by_identifier(&self, identifier: u16) -> Option<(&DeviceId, &Member)> {
+        self.members.iter().find(|(_, m)| m.identifier == identifier)
+    }
+}
+
+/// Keys known from a set of reduced authorities.
+#[derive(Clone, Debug, Default)]
+pub struct Views(pub BTreeMap<AuthorityId, AuthorityView>);
+
+impl KeyLookup for Views {
+    fn group_key(&self, ns: &Namespace) -> Option<[u8; 32]> {
+        match ns {
+            Namespace::Authority(id) => self.0.get(id).map(|v| v.group_key),
+            Namespace::Context(_) => None,
+        }
+    }
+    fn device_key(&self, ns: &Namespace, device: &DeviceId) -> Option<[u8; 32]> {
+        match ns {
+            Namespace::Authority(id) => self.0.get(id)?.members.get(device).map(|m| m.cert.signing),
+            Namespace::Context(_) => None,
+        }
+    }
+}
+
+/// An unsigned fact a signing session is asked to produce a group signature for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsignedFact {
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Lamport clock.
+    pub lamport: u64,
+    /// Requesting device.
+    pub author: DeviceId,
+    /// Content.
+    pub body: FactBody,
+}
+
+impl UnsignedFact {
+    /// The bytes the group signs.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        Fact::signing_bytes(&self.namespace, self.lamport, &self.author, &self.body)
+    }
+}
+
+/// Sub-protocol messages carried in channel frames (postcard inside `Frame::Proto`).
+// Messages are built, encoded and dropped at once; their size spread costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthMsg {
+    /// Coordinator → member: join key generation.
+    DkgInvite {
+        /// Session id.
+        session: [u8; 32],
+        /// Signatures needed.
+        threshold: u16,
+        /// All members, identifiers 1..=n.
+        members: Vec<Member>,
+    },
+    /// Member → coordinator: my round-1 package (public).
+    DkgRound1 {
+        /// Session.
+        session: [u8; 32],
+        /// Sender identifier.
+        from: u16,
+        /// Serialized `round1::Package`.
+        package: Vec<u8>,
+    },
+    /// Coordinator → members: every round-1 package.
+    DkgRound1All {
+        /// Session.
+        session: [u8; 32],
+        /// By identifier.
+        packages: Vec<(u16, Vec<u8>)>,
+    },
+    /// Member → coordinator: my round-2 packages, each HPKE-sealed to its recipient, so
+    /// the coordinator relays them without being able to read them.
+    DkgRound2 {
+        /// Session.
+        session: [u8; 32],
+        /// Sender identifier.
+        from: u16,
+        /// (recipient identifier, HPKE enc, ciphertext).
+        sealed: Vec<(u16, [u8; 32], Vec<u8>)>,
+    },
+    /// Coordinator → member: the sealed round-2 packages addressed to it.
+    DkgRound2Deliver {
+        /// Session.
+        session: [u8; 32],
+        /// (sender identifier, HPKE enc, ciphertext).
+        packages: Vec<(u16, [u8; 32], Vec<u8>)>,
+    },
+    /// Member → coordinator: my share is durable; this is the group key I computed.
+    DkgDone {
+        /// Session.
+        session: [u8; 32],
+        /// Sender identifier.
+        from: u16,
+        /// Group key.
+        group_key: [u8; 32],
+    },
+    /// Coordinator → member: commit to a signing session for this fact.
+    SignRequest {
+        /// Session.
+        session: [u8; 32],
+        /// Which key.
+        group_key: [u8; 32],
+        /// What will be signed.
+        fact: UnsignedFact,
+    },
+    /// Member → coordinator: round-1 commitments.
+    SignCommit {
+        /// Session.
+        session: [u8; 32],
+        /// Sender identifier.
+        from: u16,
+        /// Serialized `SigningCommitments`.
+        commitments: Vec<u8>,
+    },
+    /// Coordinator → chosen members: the signing package.
+    SignPackage {
+        /// Session.
+        session: [u8; 32],
+        /// Serialized `SigningPackage`.
+        package: Vec<u8>,
+    },
+    /// Member → coordinator: signature share.
+    SignShare {
+        /// Session.
+        session: [u8; 32],
+        /// Sender identifier.
+        from: u16,
+        /// Serialized `SignatureShare`.
+        share: Vec<u8>,
+    },
+    /// Facts pushed to a member (encoded facts).
+    Facts {
+        /// Encoded facts.
+        facts: Vec<Vec<u8>>,
+    },
+    /// The facts with these ids are durable at the sender.
+    FactsAck {
+        /// Fact ids.
+        ids: Vec<FactId>,
+    },
+}
+
+/// The fact an unsigned fact becomes once the group signed it.
+pub fn signed_fact(unsigned: &UnsignedFact, sig: [u8; 64]) -> Fact {
+    Fact {
+        namespace: unsigned.namespace,
+        lamport: unsigned.lamport,
+        author: unsigned.author,
+        body: unsigned.body.clone(),
+        sig: crate::journal::FactSig::Group(crate::journal::Sig64(sig)),
+    }
+}
+
+/// The genesis a finished key generation produces (its namespace is its own hash).
+pub fn genesis_unsigned(author: DeviceId, g: Genesis) -> UnsignedFact {
+    UnsignedFact {
+        namespace: Namespace::Authority(g.authority_id()),
+        lamport: 0,
+        author,
+        body: FactBody::Genesis(g),
+    }
+}

@@ -1,0 +1,434 @@
+//! The fact journal: a grow-only set of signed facts per namespace.
+//!
+//! Merge is set union, so it is commutative, associative and idempotent; views are pure
+//! functions of the set (see [`crate::authority::AuthorityView::reduce`]), so they do not
+//! depend on the order facts arrived in. Facts are verified once, at the boundary
+//! ([`verify_fact`]), before they may enter a journal.
+
+use std::collections::BTreeMap;
+
+use frost_ristretto255::{Signature, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{DeviceCert, DeviceId};
+use crate::wire::{self, DecodeError};
+
+const CTX_FACT_ID: &str = "aura 2026-11 fact id";
+const CTX_AUTHORITY_ID: &str = "aura 2026-11 authority id";
+const FACT_SIGNING_PREFIX: &[u8] = b"aura fact v1";
+/// Encoding version of a fact (first byte of [`Fact::encode`]).
+pub const FACT_VERSION: u8 = 1;
+/// Largest encoded fact accepted.
+pub const MAX_FACT: usize = 16 * 1024;
+
+macro_rules! id32 {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// Lower-case hex.
+            pub fn to_hex(&self) -> String {
+                crate::keys::hex(&self.0)
+            }
+            /// The first 8 bytes in hex.
+            pub fn short(&self) -> String {
+                crate::keys::hex(&self.0[..8])
+            }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+    };
+}
+
+id32!(
+    /// An authority: BLAKE3 of its genesis body.
+    AuthorityId
+);
+id32!(
+    /// A relational context: BLAKE3 of its creation fact (contexts arrive in a later milestone).
+    ContextId
+);
+id32!(
+    /// A fact: BLAKE3 of its canonical signed bytes.
+    FactId
+);
+
+/// Which journal a fact belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Namespace {
+    /// The authority's own journal (membership, tree operations, sealed secrets).
+    Authority(AuthorityId),
+    /// A context shared between authorities.
+    Context(ContextId),
+}
+
+/// A 64-byte Schnorr signature (serialized as bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sig64(pub [u8; 64]);
+
+impl core::fmt::Debug for Sig64 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Sig64({}..)", crate::keys::hex(&self.0[..6]))
+    }
+}
+
+impl Serialize for Sig64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let b: &[u8] = Deserialize::deserialize(d)?;
+        Ok(Sig64(
+            b.try_into()
+                .map_err(|_| serde::de::Error::invalid_length(b.len(), &"64 bytes"))?,
+        ))
+    }
+}
+
+/// Who signed a fact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FactSig {
+    /// The author device's signing key.
+    Device(Sig64),
+    /// The authority's threshold group key (a FROST aggregate signature).
+    Group(Sig64),
+}
+
+/// A member of an authority.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// FROST identifier (1-based index in the sorted member list).
+    pub identifier: u16,
+    /// The device's public keys.
+    pub cert: DeviceCert,
+    /// Where the device was last reached (a hint for the other members).
+    pub addr: String,
+}
+
+/// The first fact of an authority, signed by the new group key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Genesis {
+    /// The key-generation session that produced the key (makes every genesis unique).
+    pub session: [u8; 32],
+    /// Signatures needed.
+    pub threshold: u16,
+    /// Devices holding shares, sorted by identifier.
+    pub members: Vec<Member>,
+    /// The group verifying key.
+    pub group_key: [u8; 32],
+    /// Each member's verifying share, by identifier.
+    pub verifying_shares: Vec<(u16, [u8; 32])>,
+}
+
+impl Genesis {
+    /// `AuthorityId` = BLAKE3 of the canonical genesis body.
+    pub fn authority_id(&self) -> AuthorityId {
+        AuthorityId(blake3::derive_key(CTX_AUTHORITY_ID, &wire::encode(self)))
+    }
+}
+
+/// A change to the authority's device tree, bound to the state it applies to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TreeOp {
+    /// Epoch of the state this op was made against.
+    pub parent_epoch: u64,
+    /// Commitment of that state.
+    pub parent_commitment: [u8; 32],
+    /// The change.
+    pub kind: TreeOpKind,
+}
+
+/// The tree changes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TreeOpKind {
+    /// Admit a device.
+    AddDevice(Member),
+    /// Remove a device (lost or revoked).
+    RemoveDevice(DeviceId),
+    /// Change how many signatures are needed.
+    ChangeThreshold(u16),
+}
+
+/// A secret sealed with HPKE to one device's HPKE key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SealedSecret {
+    /// Recipient device.
+    pub to: DeviceId,
+    /// Secret epoch (0 for the authority's first secret).
+    pub epoch: u64,
+    /// HPKE encapsulated key.
+    pub enc: [u8; 32],
+    /// HPKE ciphertext (secret plus AEAD tag).
+    pub ciphertext: Vec<u8>,
+}
+
+/// What a fact says.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FactBody {
+    /// Authority creation (group-signed).
+    Genesis(Genesis),
+    /// Device-tree change (group-signed by the current key).
+    TreeOp(TreeOp),
+    /// The authority secret sealed to a member (device-signed by a member).
+    SealedSecret(SealedSecret),
+    /// A statement the authority signed (group-signed), kept as evidence.
+    Statement(Vec<u8>),
+}
+
+impl FactBody {
+    /// Short name (traces, errors).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FactBody::Genesis(_) => "genesis",
+            FactBody::TreeOp(_) => "tree-op",
+            FactBody::SealedSecret(_) => "sealed-secret",
+            FactBody::Statement(_) => "statement",
+        }
+    }
+}
+
+/// A signed fact.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fact {
+    /// Which journal.
+    pub namespace: Namespace,
+    /// Lamport clock: larger than every fact the author had seen in this namespace.
+    pub lamport: u64,
+    /// The device that wrote the fact.
+    pub author: DeviceId,
+    /// Content.
+    pub body: FactBody,
+    /// Signature over [`Fact::signing_bytes`].
+    pub sig: FactSig,
+}
+
+#[derive(Serialize)]
+struct Unsigned<'a> {
+    namespace: &'a Namespace,
+    lamport: u64,
+    author: &'a DeviceId,
+    body: &'a FactBody,
+}
+
+/// Position of a fact in a journal: Lamport order, ties broken by author then id.
+pub type OrderKey = (u64, DeviceId, FactId);
+
+impl Fact {
+    /// The bytes a signature covers: a domain prefix and everything but the signature.
+    pub fn signing_bytes(namespace: &Namespace, lamport: u64, author: &DeviceId, body: &FactBody) -> Vec<u8> {
+        wire::encode_into(
+            &Unsigned {
+                namespace,
+                lamport,
+                author,
+                body,
+            },
+            FACT_SIGNING_PREFIX.to_vec(),
+        )
+    }
+
+    /// Canonical bytes: version byte then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        wire::encode_into(self, vec![FACT_VERSION])
+    }
+
+    /// Strict inverse of [`Fact::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Fact, DecodeError> {
+        if bytes.len() > MAX_FACT {
+            return Err(DecodeError::Oversized);
+        }
+        match bytes.split_first() {
+            None => Err(DecodeError::Truncated),
+            Some((&FACT_VERSION, rest)) => wire::strict_decode(rest, &mut Vec::new()),
+            Some(_) => Err(DecodeError::WrongVersion),
+        }
+    }
+
+    /// Domain-separated BLAKE3 of the canonical bytes.
+    pub fn id(&self) -> FactId {
+        FactId(blake3::derive_key(CTX_FACT_ID, &self.encode()))
+    }
+
+    /// Where the fact sorts.
+    pub fn order_key(&self) -> OrderKey {
+        (self.lamport, self.author, self.id())
+    }
+}
+
+/// Why a fact was refused. Remote facts are dropped and counted under these reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+pub enum FactError {
+    /// Bytes did not decode.
+    #[error("malformed fact")]
+    Malformed,
+    /// Not the namespace it was offered for, or a genesis whose namespace is not its own id.
+    #[error("fact belongs to another namespace")]
+    WrongNamespace,
+    /// The signature does not verify.
+    #[error("fact signature does not verify")]
+    BadSignature,
+    /// Signed by a device that is not a member.
+    #[error("fact author is not a member of the authority")]
+    UnknownAuthor,
+    /// No genesis known for the namespace yet.
+    #[error("authority unknown (no genesis)")]
+    UnknownAuthority,
+    /// The wrong kind of signer for this kind of fact (e.g. a device-signed tree op).
+    #[error("fact has the wrong kind of signature for its kind")]
+    WrongSigner,
+    /// Inconsistent content (e.g. a genesis whose shares do not match its members).
+    #[error("fact content is invalid")]
+    Invalid,
+}
+
+/// Keys a verifier knows for a namespace (from reduced state).
+pub trait KeyLookup {
+    /// The group key of the namespace's authority, if known.
+    fn group_key(&self, ns: &Namespace) -> Option<[u8; 32]>;
+    /// The signing key of a member device, if it is one.
+    fn device_key(&self, ns: &Namespace, device: &DeviceId) -> Option<[u8; 32]>;
+}
+
+fn schnorr_ok(key: &[u8; 32], msg: &[u8], sig: &Sig64) -> bool {
+    let (Ok(vk), Ok(sig)) = (VerifyingKey::deserialize(key), Signature::deserialize(&sig.0)) else {
+        return false;
+    };
+    vk.verify(msg, &sig).is_ok()
+}
+
+/// Checks a fact offered for namespace `ns`: namespace, signer kind, signature.
+pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<(), FactError> {
+    if fact.namespace != *ns {
+        return Err(FactError::WrongNamespace);
+    }
+    let msg = Fact::signing_bytes(&fact.namespace, fact.lamport, &fact.author, &fact.body);
+    match (&fact.body, &fact.sig) {
+        (FactBody::Genesis(g), FactSig::Group(sig)) => {
+            if *ns != Namespace::Authority(g.authority_id()) {
+                return Err(FactError::WrongNamespace);
+            }
+            check_genesis(g)?;
+            if !g.members.iter().any(|m| m.cert.verify() == Some(fact.author)) {
+                return Err(FactError::UnknownAuthor);
+            }
+            schnorr_ok(&g.group_key, &msg, sig)
+                .then_some(())
+                .ok_or(FactError::BadSignature)
+        }
+        (FactBody::TreeOp(_) | FactBody::Statement(_), FactSig::Group(sig)) => {
+            let key = keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
+            keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
+        }
+        (FactBody::SealedSecret(_), FactSig::Device(sig)) => {
+            keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
+            let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
+        }
+        _ => Err(FactError::WrongSigner),
+    }
+}
+
+/// Structural checks of a genesis: identifiers 1..=n in order, threshold in range, one
+/// verifying share per member, every certificate self-consistent.
+fn check_genesis(g: &Genesis) -> Result<(), FactError> {
+    let n = g.members.len();
+    if n < 2 || g.threshold < 2 || g.threshold as usize > n || g.verifying_shares.len() != n {
+        return Err(FactError::Invalid);
+    }
+    for (i, (m, (vi, _))) in g.members.iter().zip(&g.verifying_shares).enumerate() {
+        if m.identifier as usize != i + 1 || *vi != m.identifier || m.cert.verify().is_none() {
+            return Err(FactError::Invalid);
+        }
+    }
+    Ok(())
+}
+
+/// A grow-only set of verified facts, per namespace, in journal order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Journal {
+    facts: BTreeMap<Namespace, BTreeMap<OrderKey, Fact>>,
+}
+
+impl Journal {
+    /// An empty journal.
+    pub fn new() -> Journal {
+        Journal::default()
+    }
+
+    /// Adds a fact that already passed [`verify_fact`]; returns whether it was new.
+    pub fn insert(&mut self, fact: Fact) -> bool {
+        let key = fact.order_key();
+        self.facts
+            .entry(fact.namespace)
+            .or_default()
+            .insert(key, fact)
+            .is_none()
+    }
+
+    /// Set union with another journal.
+    pub fn merge(&mut self, other: &Journal) {
+        for (ns, facts) in &other.facts {
+            let mine = self.facts.entry(*ns).or_default();
+            for (k, f) in facts {
+                mine.entry(*k).or_insert_with(|| f.clone());
+            }
+        }
+    }
+
+    /// Facts of one namespace, in order.
+    pub fn facts(&self, ns: &Namespace) -> impl Iterator<Item = &Fact> {
+        self.facts.get(ns).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Namespaces present.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.facts.keys()
+    }
+
+    /// Number of facts in a namespace.
+    pub fn len(&self, ns: &Namespace) -> usize {
+        self.facts.get(ns).map_or(0, |m| m.len())
+    }
+
+    /// True when no namespace holds a fact.
+    pub fn is_empty(&self) -> bool {
+        self.facts.values().all(|m| m.is_empty())
+    }
+
+    /// Whether a fact is present.
+    pub fn contains(&self, fact: &Fact) -> bool {
+        self.facts
+            .get(&fact.namespace)
+            .is_some_and(|m| m.contains_key(&fact.order_key()))
+    }
+
+    /// The next Lamport value an author should use in `ns`.
+    pub fn next_lamport(&self, ns: &Namespace) -> u64 {
+        self.facts
+            .get(ns)
+            .and_then(|m| m.keys().next_back())
+            .map_or(0, |k| k.0 + 1)
+    }
+
+    /// BLAKE3 over the canonical bytes of every fact of `ns`, in order: equal digests mean
+    /// byte-identical journals.
+    pub fn digest(&self, ns: &Namespace) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("aura 2026-11 journal digest");
+        for f in self.facts(ns) {
+            let b = f.encode();
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(&b);
+        }
+        h.finalize().into()
+    }
+}

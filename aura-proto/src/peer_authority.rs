@@ -1,0 +1,1288 @@
+//! The authority machines of a [`Peer`]: distributed key generation, threshold signing and
+//! pushing journal facts to members. Every step is idempotent and driven by messages and a
+//! retransmission tick, so loss, duplication and reordering only cost time.
+//!
+//! Key generation (coordinator C, members 1..=n, C included):
+//! `DkgInvite` → each member runs part 1 → `DkgRound1` to C → C sends `DkgRound1All` →
+//! part 2, round-2 packages HPKE-sealed per recipient → `DkgRound2` to C → C relays
+//! `DkgRound2Deliver` (it cannot open them) → part 3, share persisted → `DkgDone`.
+//! C then has the genesis signed by the new key (a normal signing session), records it,
+//! seals a fresh authority secret to every member and pushes those facts to all members.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use frost::keys::dkg;
+use frost::keys::{KeyPackage, PublicKeyPackage};
+use frost::round1::{SigningCommitments, SigningNonces};
+use frost::round2::SignatureShare;
+use frost::{Identifier, SigningPackage};
+use frost_ristretto255 as frost;
+use hpke::{
+    aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256, Deserializable, OpModeR, OpModeS, Serializable,
+};
+
+use super::{CommandError, Event, Peer, Pending, Queued};
+use crate::authority::{genesis_unsigned, signed_fact, AuthMsg, AuthorityView, UnsignedFact};
+use crate::journal::{
+    verify_fact, Fact, FactBody, FactError, FactSig, Genesis, Member, Namespace, SealedSecret, Sig64,
+};
+use crate::keys::DeviceId;
+use crate::metrics::DropReason;
+use crate::record::{PairedPeer, Record};
+use crate::rng::PeerRng;
+use crate::time::Instant;
+use crate::wire;
+
+const RETRY: Duration = Duration::from_millis(800);
+const DKG_TIMEOUT: Duration = Duration::from_secs(120);
+const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
+const HPKE_INFO_DKG: &[u8] = b"aura dkg round2 v1";
+const HPKE_INFO_SECRET: &[u8] = b"aura authority secret v1";
+const CTX_MEMBER_LINK_PSK: &str = "aura 2026-11 member link psk";
+
+/// A member's share of one authority key.
+pub(crate) struct Share {
+    pub key: KeyPackage,
+    pub public: PublicKeyPackage,
+}
+
+/// Key generation as one member sees it (the coordinator's extra state in `coord`).
+pub(crate) struct Dkg {
+    coordinator: DeviceId,
+    threshold: u16,
+    members: Vec<Member>,
+    me: u16,
+    started: Instant,
+    r1_secret: Option<dkg::round1::SecretPackage>,
+    r1_msg: Option<AuthMsg>,
+    r1_all: Option<BTreeMap<Identifier, dkg::round1::Package>>,
+    r2_secret: Option<dkg::round2::SecretPackage>,
+    r2_msg: Option<AuthMsg>,
+    persisting: bool,
+    done: Option<AuthMsg>,
+    coord: Option<DkgCoord>,
+}
+
+#[derive(Default)]
+pub(crate) struct DkgCoord {
+    r1: BTreeMap<u16, Vec<u8>>,
+    r2: BTreeMap<u16, Vec<Sealed>>,
+    done: BTreeMap<u16, [u8; 32]>,
+    genesis_started: bool,
+}
+
+/// What a finished signing session is for.
+#[derive(Clone, Debug)]
+pub(crate) enum SignPurpose {
+    Genesis { dkg: [u8; 32] },
+    Statement,
+}
+
+/// A signing session this device coordinates.
+pub(crate) struct SignCoord {
+    group_key: [u8; 32],
+    fact: UnsignedFact,
+    message: Vec<u8>,
+    threshold: u16,
+    members: Vec<(DeviceId, u16)>,
+    commitments: BTreeMap<Identifier, SigningCommitments>,
+    package: Option<(SigningPackage, Vec<u8>)>,
+    shares: BTreeMap<Identifier, SignatureShare>,
+    purpose: SignPurpose,
+    started: Instant,
+}
+
+/// A signing session this device takes part in.
+pub(crate) struct SignPart {
+    coordinator: DeviceId,
+    group_key: [u8; 32],
+    message: Vec<u8>,
+    /// Dropped the moment a share is computed: a nonce signs once.
+    nonces: Option<SigningNonces>,
+    commit_msg: Option<AuthMsg>,
+    share_msg: Option<(Vec<u8>, AuthMsg)>,
+    started: Instant,
+}
+
+/// A round-2 package sealed with HPKE: (peer identifier, encapsulated key, ciphertext).
+type Sealed = (u16, [u8; 32], Vec<u8>);
+
+fn ser<E: core::fmt::Debug>(r: Result<Vec<u8>, E>) -> Vec<u8> {
+    r.expect("frost values serialize")
+}
+
+fn ident(i: u16) -> Option<Identifier> {
+    Identifier::try_from(i).ok()
+}
+
+fn member_link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let mut m = [0u8; 96];
+    m[..32].copy_from_slice(secret);
+    m[32..64].copy_from_slice(&lo.0);
+    m[64..].copy_from_slice(&hi.0);
+    blake3::derive_key(CTX_MEMBER_LINK_PSK, &m)
+}
+
+fn hpke_seal(rng: &mut PeerRng, to: &[u8; 32], aad: &[u8], info: &[u8], plain: &[u8]) -> Option<([u8; 32], Vec<u8>)> {
+    let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(to).ok()?;
+    let (enc, ct) = hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
+        &OpModeS::Base,
+        &pk,
+        info,
+        plain,
+        aad,
+        rng,
+    )
+    .ok()?;
+    Some((enc.to_bytes().into(), ct))
+}
+
+fn hpke_open(sk: &[u8; 32], enc: &[u8; 32], aad: &[u8], info: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+    let sk = <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(sk).ok()?;
+    let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
+    hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(&OpModeR::Base, &sk, &enc, info, ct, aad)
+        .ok()
+}
+
+fn dkg_aad(session: &[u8; 32], from: u16, to: u16) -> Vec<u8> {
+    let mut a = session.to_vec();
+    a.extend_from_slice(&from.to_be_bytes());
+    a.extend_from_slice(&to.to_be_bytes());
+    a
+}
+
+impl Peer {
+    // ----- plumbing -----------------------------------------------------------------
+
+    /// Sends a sub-protocol message to a device (to ourselves: handled in place, later).
+    pub(super) fn send_auth(&mut self, to: DeviceId, msg: AuthMsg) {
+        if to == self.keys.id {
+            self.local.push_back(msg);
+            return;
+        }
+        let bytes = wire::encode(&msg);
+        // A full queue or an unknown device: the retransmission tick tries again.
+        let _ = self.send_or_queue(to, Queued::Proto(bytes));
+    }
+
+    /// Handles messages a device sent to itself (the coordinator is also a member).
+    pub(super) fn run_local(&mut self) {
+        let me = self.keys.id;
+        let mut budget = 1024;
+        while let Some(m) = self.local.pop_front() {
+            self.on_auth(me, m);
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn on_proto(&mut self, from: DeviceId, data: &[u8]) {
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let msg: Result<AuthMsg, _> = wire::strict_decode(data, &mut scratch);
+        self.scratch = scratch;
+        match msg {
+            Ok(m) => self.on_auth(from, m),
+            Err(e) => self.count_decode(e),
+        }
+    }
+
+    fn refuse(&mut self) {
+        self.metrics.drop(DropReason::UnexpectedFrame);
+    }
+
+    fn on_auth(&mut self, from: DeviceId, msg: AuthMsg) {
+        match msg {
+            AuthMsg::DkgInvite {
+                session,
+                threshold,
+                members,
+            } => self.on_dkg_invite(from, session, threshold, members),
+            AuthMsg::DkgRound1 {
+                session,
+                from: i,
+                package,
+            } => self.on_dkg_r1(from, session, i, package),
+            AuthMsg::DkgRound1All { session, packages } => self.on_dkg_r1_all(from, session, packages),
+            AuthMsg::DkgRound2 {
+                session,
+                from: i,
+                sealed,
+            } => self.on_dkg_r2(from, session, i, sealed),
+            AuthMsg::DkgRound2Deliver { session, packages } => self.on_dkg_deliver(from, session, packages),
+            AuthMsg::DkgDone {
+                session,
+                from: i,
+                group_key,
+            } => self.on_dkg_done(from, session, i, group_key),
+            AuthMsg::SignRequest {
+                session,
+                group_key,
+                fact,
+            } => self.on_sign_request(from, session, group_key, fact),
+            AuthMsg::SignCommit {
+                session,
+                from: i,
+                commitments,
+            } => self.on_sign_commit(from, session, i, commitments),
+            AuthMsg::SignPackage { session, package } => self.on_sign_package(from, session, package),
+            AuthMsg::SignShare {
+                session,
+                from: i,
+                share,
+            } => self.on_sign_share(from, session, i, share),
+            AuthMsg::Facts { facts } => self.on_facts(from, facts),
+            AuthMsg::FactsAck { ids } => {
+                for id in ids {
+                    if let Some(waiting) = self.fact_push.get_mut(&id) {
+                        waiting.remove(&from);
+                    }
+                }
+                self.fact_push.retain(|_, w| !w.is_empty());
+            }
+        }
+    }
+
+    /// The member identifier `from` must have in `members`.
+    fn identifier_of(members: &[Member], d: &DeviceId) -> Option<u16> {
+        members
+            .iter()
+            .find(|m| m.cert.verify().as_ref() == Some(d))
+            .map(|m| m.identifier)
+    }
+
+    // ----- key generation -----------------------------------------------------------
+
+    /// `Command::CreateAuthority`.
+    pub(super) fn create_authority(&mut self, devices: Vec<DeviceId>, threshold: u16) -> Result<(), CommandError> {
+        if !self.shares.is_empty() {
+            return Err(CommandError::AlreadyInAuthority);
+        }
+        let mut ids: BTreeSet<DeviceId> = devices.into_iter().collect();
+        ids.insert(self.keys.id);
+        let n = ids.len();
+        if n < 2 || threshold < 2 || threshold as usize > n || n > 64 {
+            return Err(CommandError::BadThreshold { threshold, devices: n });
+        }
+        let mut members = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (cert, addr) = if *id == self.keys.id {
+                (self.keys.cert.clone(), String::new())
+            } else {
+                let p = self.peers.get(id).ok_or(CommandError::UnknownPeer(*id))?;
+                (p.cert.clone(), p.addr.clone())
+            };
+            members.push(Member {
+                identifier: i as u16 + 1,
+                cert,
+                addr,
+            });
+        }
+        let session = self.rng.bytes32();
+        let me = Self::identifier_of(&members, &self.keys.id).expect("we are a member");
+        let now = self.now.mono;
+        self.dkg.insert(
+            session,
+            Dkg {
+                coordinator: self.keys.id,
+                threshold,
+                members: members.clone(),
+                me,
+                started: now,
+                r1_secret: None,
+                r1_msg: None,
+                r1_all: None,
+                r2_secret: None,
+                r2_msg: None,
+                persisting: false,
+                done: None,
+                coord: Some(DkgCoord::default()),
+            },
+        );
+        for m in &members {
+            let to = m.cert.verify().expect("checked certs");
+            self.send_auth(
+                to,
+                AuthMsg::DkgInvite {
+                    session,
+                    threshold,
+                    members: members.clone(),
+                },
+            );
+        }
+        self.arm_auth_tick();
+        Ok(())
+    }
+
+    fn on_dkg_invite(&mut self, from: DeviceId, session: [u8; 32], threshold: u16, members: Vec<Member>) {
+        if let Some(d) = self.dkg.get(&session) {
+            if d.coordinator != from {
+                return self.refuse();
+            }
+            if let Some(m) = d.r1_msg.clone() {
+                return self.send_auth(from, m);
+            }
+            // The coordinator's own entry, before its round 1: carry on below.
+        }
+        let coord = self.dkg.get_mut(&session).and_then(|d| d.coord.take());
+        let fresh = coord.is_none();
+        let n = members.len();
+        let valid_ids = members.iter().enumerate().all(|(i, m)| m.identifier as usize == i + 1);
+        let Some(me) = Self::identifier_of(&members, &self.keys.id) else {
+            self.restore_coord(&session, coord);
+            return self.refuse();
+        };
+        if !valid_ids
+            || n < 2
+            || threshold < 2
+            || threshold as usize > n
+            || Self::identifier_of(&members, &from).is_none()
+            || (fresh && !self.shares.is_empty())
+            || (from != self.keys.id && !self.peers.contains_key(&from))
+        {
+            self.restore_coord(&session, coord);
+            return self.refuse();
+        }
+        let Ok((secret, package)) = dkg::part1(ident(me).expect("1-based"), n as u16, threshold, &mut self.rng) else {
+            self.restore_coord(&session, coord);
+            return self.refuse();
+        };
+        let r1 = AuthMsg::DkgRound1 {
+            session,
+            from: me,
+            package: ser(package.serialize()),
+        };
+        self.dkg.insert(
+            session,
+            Dkg {
+                coordinator: from,
+                threshold,
+                members,
+                me,
+                started: self.now.mono,
+                r1_secret: Some(secret),
+                r1_msg: Some(r1.clone()),
+                r1_all: None,
+                r2_secret: None,
+                r2_msg: None,
+                persisting: false,
+                done: None,
+                coord,
+            },
+        );
+        self.send_auth(from, r1);
+        self.arm_auth_tick();
+    }
+
+    fn restore_coord(&mut self, session: &[u8; 32], coord: Option<DkgCoord>) {
+        if let (Some(d), Some(c)) = (self.dkg.get_mut(session), coord) {
+            d.coord = Some(c);
+        }
+    }
+
+    fn coord_mut(&mut self, session: &[u8; 32]) -> Option<&mut Dkg> {
+        self.dkg.get_mut(session).filter(|d| d.coord.is_some())
+    }
+
+    fn on_dkg_r1(&mut self, from: DeviceId, session: [u8; 32], i: u16, package: Vec<u8>) {
+        let Some(d) = self.coord_mut(&session) else {
+            return self.refuse();
+        };
+        if Self::identifier_of(&d.members, &from) != Some(i) {
+            return self.refuse();
+        }
+        let c = d.coord.as_mut().expect("filtered");
+        c.r1.insert(i, package);
+        if c.r1.len() == d.members.len() {
+            let packages: Vec<(u16, Vec<u8>)> = c.r1.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let to: Vec<DeviceId> = d.members.iter().filter_map(|m| m.cert.verify()).collect();
+            for t in to {
+                self.send_auth(
+                    t,
+                    AuthMsg::DkgRound1All {
+                        session,
+                        packages: packages.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_dkg_r1_all(&mut self, from: DeviceId, session: [u8; 32], packages: Vec<(u16, Vec<u8>)>) {
+        let Some(d) = self.dkg.get_mut(&session) else {
+            return self.refuse();
+        };
+        if d.coordinator != from {
+            return self.refuse();
+        }
+        if let Some(m) = d.r2_msg.clone() {
+            return self.send_auth(from, m);
+        }
+        let Some(secret) = d.r1_secret.take() else { return };
+        let mut others = BTreeMap::new();
+        for (i, p) in &packages {
+            if *i == d.me {
+                continue;
+            }
+            match (ident(*i), dkg::round1::Package::deserialize(p)) {
+                (Some(id), Ok(pkg)) => {
+                    others.insert(id, pkg);
+                }
+                _ => {
+                    d.r1_secret = Some(secret);
+                    return self.refuse();
+                }
+            }
+        }
+        if others.len() + 1 != d.members.len() {
+            d.r1_secret = Some(secret);
+            return self.refuse();
+        }
+        let Ok((r2_secret, out)) = dkg::part2(secret.clone(), &others) else {
+            d.r1_secret = Some(secret);
+            return self.refuse();
+        };
+        let (me, members) = (d.me, d.members.clone());
+        let mut sealed = Vec::new();
+        for m in &members {
+            if m.identifier == me {
+                continue;
+            }
+            let Some(pkg) = ident(m.identifier).and_then(|id| out.get(&id)) else {
+                return self.refuse();
+            };
+            let aad = dkg_aad(&session, me, m.identifier);
+            let plain = ser(pkg.serialize());
+            let Some((enc, ct)) = hpke_seal(&mut self.rng, &m.cert.hpke, &aad, HPKE_INFO_DKG, &plain) else {
+                return self.refuse();
+            };
+            sealed.push((m.identifier, enc, ct));
+        }
+        let msg = AuthMsg::DkgRound2 {
+            session,
+            from: me,
+            sealed,
+        };
+        let d = self.dkg.get_mut(&session).expect("present");
+        d.r1_all = Some(others);
+        d.r2_secret = Some(r2_secret);
+        d.r2_msg = Some(msg.clone());
+        self.send_auth(from, msg);
+    }
+
+    fn on_dkg_r2(&mut self, from: DeviceId, session: [u8; 32], i: u16, sealed: Vec<(u16, [u8; 32], Vec<u8>)>) {
+        let Some(d) = self.coord_mut(&session) else {
+            return self.refuse();
+        };
+        if Self::identifier_of(&d.members, &from) != Some(i) {
+            return self.refuse();
+        }
+        let c = d.coord.as_mut().expect("filtered");
+        c.r2.insert(i, sealed);
+        if c.r2.len() == d.members.len() {
+            self.deliver_r2(&session, None);
+        }
+    }
+
+    /// Relays to each member (or only to `only`) the sealed packages addressed to it.
+    fn deliver_r2(&mut self, session: &[u8; 32], only: Option<&BTreeSet<u16>>) {
+        let Some(d) = self.dkg.get(session) else { return };
+        let Some(c) = d.coord.as_ref() else { return };
+        let mut out = Vec::new();
+        for m in &d.members {
+            if only.is_some_and(|o| !o.contains(&m.identifier)) {
+                continue;
+            }
+            let packages: Vec<(u16, [u8; 32], Vec<u8>)> =
+                c.r2.iter()
+                    .flat_map(|(from, list)| {
+                        list.iter()
+                            .filter(|(to, _, _)| *to == m.identifier)
+                            .map(|(_, e, ct)| (*from, *e, ct.clone()))
+                    })
+                    .collect();
+            if let Some(to) = m.cert.verify() {
+                out.push((
+                    to,
+                    AuthMsg::DkgRound2Deliver {
+                        session: *session,
+                        packages,
+                    },
+                ));
+            }
+        }
+        for (to, m) in out {
+            self.send_auth(to, m);
+        }
+    }
+
+    fn on_dkg_deliver(&mut self, from: DeviceId, session: [u8; 32], packages: Vec<(u16, [u8; 32], Vec<u8>)>) {
+        let Some(d) = self.dkg.get_mut(&session) else {
+            return self.refuse();
+        };
+        if d.coordinator != from {
+            return self.refuse();
+        }
+        if let Some(m) = d.done.clone() {
+            return self.send_auth(from, m);
+        }
+        if d.persisting {
+            return;
+        }
+        let (Some(r2_secret), Some(r1_all)) = (d.r2_secret.as_ref(), d.r1_all.as_ref()) else {
+            return;
+        };
+        let mut r2 = BTreeMap::new();
+        for (sender, enc, ct) in &packages {
+            let aad = dkg_aad(&session, *sender, d.me);
+            let opened = hpke_open(self.keys.hpke_private(), enc, &aad, HPKE_INFO_DKG, ct);
+            match (
+                ident(*sender),
+                opened.and_then(|p| dkg::round2::Package::deserialize(&p).ok()),
+            ) {
+                (Some(id), Some(pkg)) => {
+                    r2.insert(id, pkg);
+                }
+                _ => return self.refuse(),
+            }
+        }
+        let Ok((key, public)) = dkg::part3(r2_secret, r1_all, &r2) else {
+            return self.refuse();
+        };
+        d.persisting = true;
+        let group_key = group_key_of(&public);
+        let record = Record::Share {
+            group_key,
+            key_package: ser(key.serialize()),
+            public_key_package: ser(public.serialize()),
+        };
+        self.persist(
+            record,
+            Pending::ShareDurable {
+                session,
+                share: Box::new(Share { key, public }),
+            },
+        );
+    }
+
+    /// The share is on disk: keep it and report to the coordinator.
+    pub(super) fn share_durable(&mut self, session: [u8; 32], share: Share) {
+        let group_key = group_key_of(&share.public);
+        self.shares.insert(group_key, share);
+        let Some(d) = self.dkg.get_mut(&session) else { return };
+        let msg = AuthMsg::DkgDone {
+            session,
+            from: d.me,
+            group_key,
+        };
+        d.done = Some(msg.clone());
+        d.persisting = false;
+        // Secrets of the finished rounds are no longer needed.
+        d.r1_secret = None;
+        d.r2_secret = None;
+        d.r1_all = None;
+        let to = d.coordinator;
+        self.send_auth(to, msg);
+    }
+
+    fn on_dkg_done(&mut self, from: DeviceId, session: [u8; 32], i: u16, group_key: [u8; 32]) {
+        let me = self.keys.id;
+        let Some(d) = self.coord_mut(&session) else {
+            return self.refuse();
+        };
+        if Self::identifier_of(&d.members, &from) != Some(i) {
+            return self.refuse();
+        }
+        let c = d.coord.as_mut().expect("filtered");
+        c.done.insert(i, group_key);
+        if c.done.len() < d.members.len() || c.genesis_started {
+            return;
+        }
+        if c.done.values().any(|k| *k != group_key) {
+            self.event(Event::AuthorityFailed {
+                reason: "members computed different group keys".into(),
+            });
+            self.dkg.remove(&session);
+            return;
+        }
+        c.genesis_started = true;
+        let (threshold, members) = (d.threshold, d.members.clone());
+        let Some(share) = self.shares.get(&group_key) else {
+            return;
+        };
+        let verifying_shares = members
+            .iter()
+            .filter_map(|m| {
+                let vs = share.public.verifying_shares().get(&ident(m.identifier)?)?;
+                Some((m.identifier, ser(vs.serialize()).try_into().ok()?))
+            })
+            .collect();
+        let genesis = Genesis {
+            session,
+            threshold,
+            members,
+            group_key,
+            verifying_shares,
+        };
+        let unsigned = genesis_unsigned(me, genesis);
+        self.start_signing(group_key, unsigned, SignPurpose::Genesis { dkg: session });
+    }
+
+    // ----- signing ------------------------------------------------------------------
+
+    /// `Command::Sign`: the authority this device belongs to signs `statement`.
+    pub(super) fn sign_statement(&mut self, statement: Vec<u8>) -> Result<(), CommandError> {
+        let view = self.my_authority().ok_or(CommandError::NotInAuthority)?.clone();
+        if !self.shares.contains_key(&view.group_key) {
+            return Err(CommandError::NotInAuthority);
+        }
+        let ns = Namespace::Authority(view.id);
+        let fact = UnsignedFact {
+            namespace: ns,
+            lamport: self.journal.next_lamport(&ns),
+            author: self.keys.id,
+            body: FactBody::Statement(statement),
+        };
+        self.start_signing(view.group_key, fact, SignPurpose::Statement);
+        Ok(())
+    }
+
+    /// The authority this device is a member of (one per device for now).
+    pub(super) fn my_authority(&self) -> Option<&AuthorityView> {
+        self.views.0.values().find(|v| v.members.contains_key(&self.keys.id))
+    }
+
+    fn signing_members(&self, group_key: &[u8; 32]) -> Option<(u16, Vec<(DeviceId, u16)>)> {
+        if let Some(v) = self.views.0.values().find(|v| v.group_key == *group_key) {
+            return Some((v.threshold, v.members.iter().map(|(d, m)| (*d, m.identifier)).collect()));
+        }
+        let d = self
+            .dkg
+            .values()
+            .find(|d| d.done.is_some() && self.shares.contains_key(group_key))?;
+        Some((
+            d.threshold,
+            d.members
+                .iter()
+                .filter_map(|m| Some((m.cert.verify()?, m.identifier)))
+                .collect(),
+        ))
+    }
+
+    fn start_signing(&mut self, group_key: [u8; 32], fact: UnsignedFact, purpose: SignPurpose) {
+        let Some((threshold, members)) = self.signing_members(&group_key) else {
+            return;
+        };
+        let session = self.rng.bytes32();
+        let message = fact.signing_bytes();
+        self.sign_coord.insert(
+            session,
+            SignCoord {
+                group_key,
+                fact: fact.clone(),
+                message,
+                threshold,
+                members: members.clone(),
+                commitments: BTreeMap::new(),
+                package: None,
+                shares: BTreeMap::new(),
+                purpose,
+                started: self.now.mono,
+            },
+        );
+        for (d, _) in members {
+            self.send_auth(
+                d,
+                AuthMsg::SignRequest {
+                    session,
+                    group_key,
+                    fact: fact.clone(),
+                },
+            );
+        }
+        self.arm_auth_tick();
+    }
+
+    /// Whether this device agrees to sign `fact` for `from` with `group_key`.
+    fn may_sign(&self, from: &DeviceId, group_key: &[u8; 32], fact: &UnsignedFact) -> bool {
+        if fact.author != *from {
+            return false;
+        }
+        match &fact.body {
+            // A genesis of a key generation we took part in, with the key we computed.
+            FactBody::Genesis(g) => {
+                g.group_key == *group_key
+                    && fact.namespace == Namespace::Authority(g.authority_id())
+                    && self
+                        .dkg
+                        .get(&g.session)
+                        .is_some_and(|d| d.done.is_some() && d.coordinator == *from)
+            }
+            // A statement by a member of the authority that owns this key.
+            FactBody::Statement(_) => self.views.0.values().any(|v| {
+                v.group_key == *group_key
+                    && fact.namespace == Namespace::Authority(v.id)
+                    && v.members.contains_key(from)
+            }),
+            // Tree operations need agreement (consensus), not one member's request.
+            FactBody::TreeOp(_) | FactBody::SealedSecret(_) => false,
+        }
+    }
+
+    fn on_sign_request(&mut self, from: DeviceId, session: [u8; 32], group_key: [u8; 32], fact: UnsignedFact) {
+        if let Some(p) = self.sign_part.get(&session) {
+            if p.coordinator == from {
+                if let Some((_, m)) = p.share_msg.clone() {
+                    return self.send_auth(from, m);
+                }
+                if let Some(m) = p.commit_msg.clone() {
+                    self.send_auth(from, m);
+                }
+            }
+            return;
+        }
+        if !self.shares.contains_key(&group_key) || !self.may_sign(&from, &group_key, &fact) {
+            return self.refuse();
+        }
+        self.sign_part.insert(
+            session,
+            SignPart {
+                coordinator: from,
+                group_key,
+                message: fact.signing_bytes(),
+                nonces: None,
+                commit_msg: None,
+                share_msg: None,
+                started: self.now.mono,
+            },
+        );
+        // The nonce counter is durable before any nonce derived from it exists, so a
+        // restarted device (even one handed its old seed) never draws the same nonce twice.
+        self.nonce_counter += 1;
+        self.persist(
+            Record::NonceCounter(self.nonce_counter),
+            Pending::Commit {
+                session,
+                counter: self.nonce_counter,
+            },
+        );
+    }
+
+    /// The nonce counter is durable: commit and answer.
+    pub(super) fn commit_durable(&mut self, session: [u8; 32], counter: u64) {
+        let Some(p) = self.sign_part.get(&session) else { return };
+        let Some(share) = self.shares.get(&p.group_key) else {
+            return;
+        };
+        let mut seed = [0u8; 40];
+        seed[..32].copy_from_slice(&self.rng.bytes32());
+        seed[32..].copy_from_slice(&counter.to_le_bytes());
+        let mut nonce_rng = PeerRng::from_seed(blake3::derive_key("aura 2026-11 frost nonce", &seed));
+        let (nonces, commitments) = frost::round1::commit(share.key.signing_share(), &mut nonce_rng);
+        let me = identifier_number(share.key.identifier());
+        let msg = AuthMsg::SignCommit {
+            session,
+            from: me,
+            commitments: ser(commitments.serialize()),
+        };
+        let p = self.sign_part.get_mut(&session).expect("present");
+        p.nonces = Some(nonces);
+        p.commit_msg = Some(msg.clone());
+        let to = p.coordinator;
+        self.send_auth(to, msg);
+    }
+
+    fn on_sign_commit(&mut self, from: DeviceId, session: [u8; 32], i: u16, commitments: Vec<u8>) {
+        let Some(c) = self.sign_coord.get_mut(&session) else {
+            return self.refuse();
+        };
+        if !c.members.contains(&(from, i)) {
+            return self.refuse();
+        }
+        if c.package.is_some() {
+            return; // enough signers already chosen
+        }
+        let (Some(id), Ok(cm)) = (ident(i), SigningCommitments::deserialize(&commitments)) else {
+            return self.refuse();
+        };
+        c.commitments.insert(id, cm);
+        if c.commitments.len() < c.threshold as usize {
+            return;
+        }
+        let package = SigningPackage::new(c.commitments.clone(), &c.message);
+        let bytes = ser(package.serialize());
+        c.package = Some((package, bytes.clone()));
+        let chosen: Vec<DeviceId> = c
+            .members
+            .iter()
+            .filter(|(_, i)| ident(*i).is_some_and(|id| c.commitments.contains_key(&id)))
+            .map(|(d, _)| *d)
+            .collect();
+        for d in chosen {
+            self.send_auth(
+                d,
+                AuthMsg::SignPackage {
+                    session,
+                    package: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn on_sign_package(&mut self, from: DeviceId, session: [u8; 32], package: Vec<u8>) {
+        let Some(p) = self.sign_part.get_mut(&session) else {
+            return self.refuse();
+        };
+        if p.coordinator != from {
+            return self.refuse();
+        }
+        if let Some((bytes, m)) = p.share_msg.clone() {
+            // The same package again (our share was lost): the same share. Anything else
+            // would need the nonce a second time, and it is gone.
+            if bytes == package {
+                self.send_auth(from, m);
+            } else {
+                self.refuse();
+            }
+            return;
+        }
+        let Some(nonces) = p.nonces.take() else { return };
+        let Some(share) = self.shares.get(&p.group_key) else {
+            return;
+        };
+        let ok_pkg = SigningPackage::deserialize(&package).ok().filter(|pkg| {
+            pkg.message().as_slice() == p.message.as_slice()
+                && pkg.signing_commitment(share.key.identifier()) == Some(*nonces.commitments())
+        });
+        let Some(pkg) = ok_pkg else {
+            // The nonce is spent either way: never offer it for a second package.
+            p.commit_msg = None;
+            return self.refuse();
+        };
+        let Ok(sig_share) = frost::round2::sign(&pkg, &nonces, &share.key) else {
+            return self.refuse();
+        };
+        drop(nonces);
+        let me = identifier_number(share.key.identifier());
+        let msg = AuthMsg::SignShare {
+            session,
+            from: me,
+            share: sig_share.serialize(),
+        };
+        p.share_msg = Some((package, msg.clone()));
+        self.send_auth(from, msg);
+    }
+
+    fn on_sign_share(&mut self, from: DeviceId, session: [u8; 32], i: u16, share: Vec<u8>) {
+        let Some(c) = self.sign_coord.get_mut(&session) else {
+            return self.refuse();
+        };
+        let Some((pkg, _)) = c.package.as_ref() else {
+            return self.refuse();
+        };
+        let (Some(id), Ok(s)) = (ident(i), SignatureShare::deserialize(&share)) else {
+            return self.refuse();
+        };
+        if !c.members.contains(&(from, i)) || !pkg.signing_commitments().contains_key(&id) {
+            return self.refuse();
+        }
+        c.shares.insert(id, s);
+        if c.shares.len() < c.threshold as usize {
+            return;
+        }
+        let c = self.sign_coord.remove(&session).expect("present");
+        let Some(share) = self.shares.get(&c.group_key) else {
+            return;
+        };
+        let (pkg, _) = c.package.as_ref().expect("checked");
+        let signature = match frost::aggregate(pkg, &c.shares, &share.public) {
+            Ok(s) => s,
+            Err(_) => {
+                // A member sent a bad share; try again with a fresh session.
+                self.start_signing(c.group_key, c.fact, c.purpose);
+                return;
+            }
+        };
+        let sig: [u8; 64] = ser(signature.serialize()).try_into().expect("64-byte signature");
+        debug_assert!(share.public.verifying_key().verify(&c.message, &signature).is_ok());
+        let fact = signed_fact(&c.fact, sig);
+        match c.purpose {
+            SignPurpose::Genesis { dkg } => self.genesis_signed(dkg, fact),
+            SignPurpose::Statement => {
+                let authority = match fact.namespace {
+                    Namespace::Authority(a) => a,
+                    Namespace::Context(_) => return,
+                };
+                self.record_facts(vec![fact.clone()], None);
+                self.event(Event::Signed {
+                    authority,
+                    group_key: c.group_key,
+                    message: c.message,
+                    signature: sig,
+                    fact,
+                });
+            }
+        }
+    }
+
+    // ----- genesis and facts --------------------------------------------------------
+
+    fn genesis_signed(&mut self, session: [u8; 32], genesis: Fact) {
+        let Some(d) = self.dkg.get(&session) else { return };
+        let members = d.members.clone();
+        let FactBody::Genesis(g) = &genesis.body else { return };
+        let ns = Namespace::Authority(g.authority_id());
+        // A fresh authority secret, sealed to every member's HPKE key.
+        let secret = self.rng.bytes32();
+        let mut facts = vec![genesis];
+        for (k, m) in members.iter().enumerate() {
+            let Some(to) = m.cert.verify() else { continue };
+            let aad = to.0;
+            let Some((enc, ciphertext)) = hpke_seal(&mut self.rng, &m.cert.hpke, &aad, HPKE_INFO_SECRET, &secret)
+            else {
+                continue;
+            };
+            let body = FactBody::SealedSecret(SealedSecret {
+                to,
+                epoch: 0,
+                enc,
+                ciphertext,
+            });
+            let lamport = 1 + k as u64;
+            let msg = Fact::signing_bytes(&ns, lamport, &self.keys.id, &body);
+            let sig = self.keys.sign(&mut self.rng, &msg);
+            facts.push(Fact {
+                namespace: ns,
+                lamport,
+                author: self.keys.id,
+                body,
+                sig: FactSig::Device(Sig64(sig)),
+            });
+        }
+        let others: BTreeSet<DeviceId> = members
+            .iter()
+            .filter_map(|m| m.cert.verify())
+            .filter(|d| *d != self.keys.id)
+            .collect();
+        self.record_facts(facts, Some(others));
+        self.dkg.remove(&session);
+    }
+
+    /// Persists facts (one record each) and, once durable, merges them, pushing them to
+    /// `push_to` until each acknowledges.
+    fn record_facts(&mut self, facts: Vec<Fact>, push_to: Option<BTreeSet<DeviceId>>) {
+        for f in facts {
+            if self.journal.contains(&f) {
+                continue;
+            }
+            self.persist(
+                Record::Fact(f.clone()),
+                Pending::FactDurable {
+                    fact: Box::new(f),
+                    push_to: push_to.clone(),
+                    ack_to: None,
+                },
+            );
+        }
+    }
+
+    /// A fact is durable here: merge, update views, push or acknowledge.
+    pub(super) fn fact_durable(&mut self, fact: Fact, push_to: Option<BTreeSet<DeviceId>>, ack_to: Option<DeviceId>) {
+        let id = fact.id();
+        self.apply_fact(fact.clone());
+        if let Some(to) = push_to {
+            if !to.is_empty() {
+                self.fact_push.insert(id, to.clone());
+                for d in to {
+                    self.send_auth(
+                        d,
+                        AuthMsg::Facts {
+                            facts: vec![fact.encode()],
+                        },
+                    );
+                }
+                self.arm_auth_tick();
+            }
+        }
+        if let Some(d) = ack_to {
+            self.send_auth(d, AuthMsg::FactsAck { ids: vec![id] });
+        }
+    }
+
+    /// Merges a verified, durable fact and refreshes what depends on it (also used by restore).
+    pub(super) fn apply_fact(&mut self, fact: Fact) {
+        let ns = fact.namespace;
+        let is_genesis = matches!(fact.body, FactBody::Genesis(_));
+        if !self.journal.insert(fact) {
+            return;
+        }
+        let Namespace::Authority(id) = ns else { return };
+        let Some(view) = AuthorityView::reduce(&self.journal, id) else {
+            return;
+        };
+        let mine = view.members.contains_key(&self.keys.id);
+        let created = is_genesis && mine && !self.views.0.contains_key(&id);
+        self.views.0.insert(id, view.clone());
+        if created && !self.restoring {
+            self.event(Event::AuthorityCreated {
+                authority: id,
+                group_key: view.group_key,
+                threshold: view.threshold,
+                members: view.members.len() as u16,
+            });
+        }
+        // Open the authority secret sealed to us, and link with the other members.
+        if mine && !self.auth_secrets.contains_key(&id) {
+            let me = self.keys.id;
+            let opened = self.journal.facts(&ns).find_map(|f| match &f.body {
+                FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 => {
+                    hpke_open(self.keys.hpke_private(), &s.enc, &me.0, HPKE_INFO_SECRET, &s.ciphertext)
+                }
+                _ => None,
+            });
+            if let Some(secret) = opened.and_then(|s| <[u8; 32]>::try_from(s).ok()) {
+                self.auth_secrets.insert(id, secret);
+                for (d, m) in &view.members {
+                    if *d == me || self.peers.contains_key(d) {
+                        continue;
+                    }
+                    let p = PairedPeer {
+                        id: *d,
+                        cert: m.cert.clone(),
+                        addr: m.addr.clone(),
+                        link_psk: member_link_psk(&secret, &me, d),
+                        invite: [0; 32],
+                    };
+                    self.by_noise.insert(p.cert.noise, p.id);
+                    self.peers.insert(p.id, p);
+                }
+            }
+        }
+    }
+
+    fn on_facts(&mut self, from: DeviceId, facts: Vec<Vec<u8>>) {
+        let mut decoded = Vec::new();
+        for b in facts {
+            match Fact::decode(&b) {
+                Ok(f) => decoded.push(f),
+                Err(_) => self.fact_rejected(FactError::Malformed),
+            }
+        }
+        // Genesis first: the other facts are verified against it.
+        decoded.sort_by_key(|f| !matches!(f.body, FactBody::Genesis(_)));
+        let mut views = self.views.clone();
+        for f in decoded {
+            if self.journal.contains(&f) {
+                self.send_auth(from, AuthMsg::FactsAck { ids: vec![f.id()] });
+                continue;
+            }
+            let ns = f.namespace;
+            if let Err(e) = verify_fact(&f, &ns, &views) {
+                self.fact_rejected(e);
+                continue;
+            }
+            if let (FactBody::Genesis(g), Namespace::Authority(id)) = (&f.body, ns) {
+                // Provisional view so the genesis' companions verify in this batch.
+                let mut j = crate::journal::Journal::new();
+                j.insert(f.clone());
+                if let Some(v) = AuthorityView::reduce(&j, id) {
+                    let _ = g;
+                    views.0.insert(id, v);
+                }
+            }
+            self.persist(
+                Record::Fact(f.clone()),
+                Pending::FactDurable {
+                    fact: Box::new(f),
+                    push_to: None,
+                    ack_to: Some(from),
+                },
+            );
+        }
+    }
+
+    fn fact_rejected(&mut self, e: FactError) {
+        self.metrics.drop(DropReason::BadFact);
+        *self.metrics.fact_rejects.entry(format!("{e:?}")).or_default() += 1;
+    }
+
+    // ----- retransmission -----------------------------------------------------------
+
+    pub(super) fn arm_auth_tick(&mut self) {
+        if self.auth_tick.is_none() {
+            self.auth_tick = Some(self.now.mono.saturating_add(RETRY));
+        }
+    }
+
+    pub(super) fn auth_deadline(&self) -> Option<Instant> {
+        self.auth_tick
+    }
+
+    /// Resends every step still waiting for an answer, and gives up on stale sessions.
+    pub(super) fn auth_timeout(&mut self) {
+        let now = self.now.mono;
+        if self.auth_tick.is_none_or(|t| t > now) {
+            return;
+        }
+        self.auth_tick = None;
+        let mut resend: Vec<(DeviceId, AuthMsg)> = Vec::new();
+        let mut failed = Vec::new();
+        for (session, d) in &self.dkg {
+            if d.started.saturating_add(DKG_TIMEOUT) <= now && d.coord.is_some() {
+                failed.push(*session);
+                continue;
+            }
+            let Some(c) = &d.coord else { continue };
+            for m in &d.members {
+                let Some(to) = m.cert.verify() else { continue };
+                let i = m.identifier;
+                if !c.r1.contains_key(&i) {
+                    resend.push((
+                        to,
+                        AuthMsg::DkgInvite {
+                            session: *session,
+                            threshold: d.threshold,
+                            members: d.members.clone(),
+                        },
+                    ));
+                } else if c.r1.len() == d.members.len() && !c.r2.contains_key(&i) {
+                    let packages = c.r1.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    resend.push((
+                        to,
+                        AuthMsg::DkgRound1All {
+                            session: *session,
+                            packages,
+                        },
+                    ));
+                }
+            }
+        }
+        let redeliver: Vec<([u8; 32], BTreeSet<u16>)> = self
+            .dkg
+            .iter()
+            .filter_map(|(s, d)| {
+                let c = d.coord.as_ref()?;
+                (c.r2.len() == d.members.len()).then(|| {
+                    (
+                        *s,
+                        d.members
+                            .iter()
+                            .map(|m| m.identifier)
+                            .filter(|i| !c.done.contains_key(i))
+                            .collect(),
+                    )
+                })
+            })
+            .collect();
+        for s in failed {
+            self.dkg.remove(&s);
+            self.event(Event::AuthorityFailed {
+                reason: "key generation timed out".into(),
+            });
+        }
+        for (s, only) in redeliver {
+            if !only.is_empty() {
+                self.deliver_r2(&s, Some(&only));
+            }
+        }
+        let mut sign_failed = Vec::new();
+        for (session, c) in &self.sign_coord {
+            if c.started.saturating_add(SIGN_TIMEOUT) <= now {
+                sign_failed.push(*session);
+                continue;
+            }
+            match &c.package {
+                None => {
+                    for (d, i) in &c.members {
+                        if ident(*i).is_some_and(|id| !c.commitments.contains_key(&id)) {
+                            resend.push((
+                                *d,
+                                AuthMsg::SignRequest {
+                                    session: *session,
+                                    group_key: c.group_key,
+                                    fact: c.fact.clone(),
+                                },
+                            ));
+                        }
+                    }
+                }
+                Some((pkg, bytes)) => {
+                    for (d, i) in &c.members {
+                        let Some(id) = ident(*i) else { continue };
+                        if pkg.signing_commitments().contains_key(&id) && !c.shares.contains_key(&id) {
+                            resend.push((
+                                *d,
+                                AuthMsg::SignPackage {
+                                    session: *session,
+                                    package: bytes.clone(),
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for s in sign_failed {
+            self.sign_coord.remove(&s);
+            self.event(Event::SignFailed {
+                reason: "not enough members answered in time".into(),
+            });
+        }
+        // Participants forget sessions nobody finished.
+        self.sign_part
+            .retain(|_, p| p.started.saturating_add(SIGN_TIMEOUT * 2) > now);
+        self.dkg.retain(|_, d| d.started.saturating_add(DKG_TIMEOUT * 2) > now);
+        for (id, to) in &self.fact_push {
+            let Some(f) = self
+                .journal
+                .namespaces()
+                .find_map(|ns| self.journal.facts(ns).find(|f| f.id() == *id))
+            else {
+                continue;
+            };
+            for d in to {
+                resend.push((
+                    *d,
+                    AuthMsg::Facts {
+                        facts: vec![f.encode()],
+                    },
+                ));
+            }
+        }
+        for (to, m) in resend {
+            self.send_auth(to, m);
+        }
+        let busy = !self.dkg.is_empty()
+            || !self.sign_coord.is_empty()
+            || !self.fact_push.is_empty()
+            || !self.sign_part.is_empty();
+        if busy {
+            self.arm_auth_tick();
+        }
+    }
+
+    /// Restores a share from its record.
+    pub(super) fn restore_share(&mut self, key_package: &[u8], public_key_package: &[u8]) {
+        if let (Ok(key), Ok(public)) = (
+            KeyPackage::deserialize(key_package),
+            PublicKeyPackage::deserialize(public_key_package),
+        ) {
+            self.shares.insert(group_key_of(&public), Share { key, public });
+        }
+    }
+}
+
+fn group_key_of(public: &PublicKeyPackage) -> [u8; 32] {
+    ser(public.verifying_key().serialize())
+        .try_into()
+        .expect("32-byte group key")
+}
+
+fn identifier_number(id: &Identifier) -> u16 {
+    // Identifiers we create are small integers; recover the number from its encoding.
+    let b = id.serialize();
+    u16::from_le_bytes([b[0], b[1]])
+}

@@ -1,0 +1,243 @@
+//! A minimal deterministic host for several peers (shared by the integration tests).
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use aura_proto::*;
+use bytes::Bytes;
+
+pub const UNIX0: u64 = 1_790_000_000_000;
+
+/// A minimal host: persists are acknowledged at once unless `hold_persist` is set.
+pub struct Node {
+    pub peer: Peer,
+    pub addr: String,
+    pub records: Vec<Record>,
+    pub events: Vec<Event>,
+    pub held: Vec<Ticket>,
+    pub hold_persist: bool,
+    pub secret: DeviceSecret,
+    pub log: Vec<String>,
+}
+
+pub struct Net {
+    pub now_ns: u64,
+    pub nodes: Vec<Node>,
+    pub wire: VecDeque<(usize, String, Vec<u8>)>, // (from node, to addr, bytes)
+    pub sent: Vec<(usize, Vec<u8>)>,
+    pub drop_next: usize,
+}
+
+pub fn now(ns: u64) -> Now {
+    Now::from_parts(ns, UNIX0 + ns / 1_000_000)
+}
+
+impl Net {
+    pub fn new(n: usize, cfgs: Vec<Config>) -> Net {
+        let mut nodes = Vec::new();
+        assert_eq!(cfgs.len(), n);
+        for (i, cfg) in cfgs.into_iter().enumerate() {
+            let secret = DeviceSecret::from_bytes([i as u8 + 1; 32]);
+            let peer = Peer::new(cfg, secret.clone(), [i as u8 + 100; 32], now(0));
+            nodes.push(Node {
+                peer,
+                addr: format!("n{i}"),
+                records: vec![],
+                events: vec![],
+                held: vec![],
+                hold_persist: false,
+                secret,
+                log: vec![],
+            });
+        }
+        Net {
+            now_ns: 0,
+            nodes,
+            wire: VecDeque::new(),
+            sent: vec![],
+            drop_next: 0,
+        }
+    }
+
+    pub fn drain(&mut self, i: usize) {
+        loop {
+            let Some(o) = self.nodes[i].peer.poll_output() else {
+                break;
+            };
+            self.nodes[i].log.push(format!("{o:?}").chars().take(80).collect());
+            match o {
+                Output::Transmit { to, bytes } => {
+                    self.sent.push((i, bytes.clone()));
+                    if self.drop_next > 0 {
+                        self.drop_next -= 1;
+                    } else {
+                        self.wire.push_back((i, to, bytes));
+                    }
+                }
+                Output::Persist { ticket, record } => {
+                    let n = &mut self.nodes[i];
+                    n.records.push(record);
+                    if n.hold_persist {
+                        n.held.push(ticket);
+                    } else {
+                        let t = now(self.now_ns);
+                        n.peer.handle_input(t, Input::PersistDone(ticket)).unwrap();
+                    }
+                }
+                Output::Event(e) => self.nodes[i].events.push(e),
+            }
+        }
+    }
+
+    pub fn input(&mut self, i: usize, input: Input) -> Result<(), CommandError> {
+        let r = self.nodes[i].peer.handle_input(now(self.now_ns), input);
+        self.drain(i);
+        r
+    }
+
+    pub fn cmd(&mut self, i: usize, c: Command) -> Result<(), CommandError> {
+        self.input(i, Input::Command(c))
+    }
+
+    /// Delivers everything in flight (and whatever it causes).
+    pub fn run(&mut self) {
+        while let Some((from, to, bytes)) = self.wire.pop_front() {
+            let Some(j) = self.nodes.iter().position(|n| n.addr == to) else {
+                continue;
+            };
+            let from = self.nodes[from].addr.clone();
+            self.input(j, Input::Datagram { from, bytes }).unwrap();
+        }
+    }
+
+    /// Advances time to `t` ms, firing due timers in order.
+    pub fn advance_to_ms(&mut self, t_ms: u64) {
+        let end = t_ms * 1_000_000;
+        loop {
+            let next = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].peer.poll_timeout().map(|t| (t.as_nanos(), i)))
+                .min();
+            match next {
+                Some((t, i)) if t <= end => {
+                    self.now_ns = self.now_ns.max(t);
+                    self.input(i, Input::Timeout).unwrap();
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.now_ns = self.now_ns.max(end);
+    }
+
+    pub fn invite(&mut self, i: usize) -> String {
+        let addr = self.nodes[i].addr.clone();
+        self.cmd(
+            i,
+            Command::CreateInvite {
+                valid_for: Duration::from_secs(600),
+                addr_hint: addr,
+            },
+        )
+        .unwrap();
+        self.nodes[i]
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::InviteCreated { code, .. } => Some(code.clone()),
+                _ => None,
+            })
+            .expect("invite created")
+    }
+
+    pub fn pair(&mut self, inviter: usize, joiner: usize) {
+        let code = self.invite(inviter);
+        self.cmd(joiner, Command::Join { code }).unwrap();
+        self.run();
+        assert!(
+            self.paired(inviter, joiner),
+            "pairing failed: {:?}",
+            self.nodes[joiner].events
+        );
+    }
+
+    pub fn paired(&self, a: usize, b: usize) -> bool {
+        let id = |i: usize| self.nodes[i].peer.id();
+        let b_addr = &self.nodes[b].addr;
+        self.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Paired { peer, addr, .. } if *peer == id(b) && addr == b_addr))
+            && self.nodes[b]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Paired { peer, .. } if *peer == id(a)))
+    }
+
+    pub fn id(&self, i: usize) -> DeviceId {
+        self.nodes[i].peer.id()
+    }
+
+    pub fn drops(&self, i: usize, r: DropReason) -> u64 {
+        self.nodes[i].peer.metrics().drops(r)
+    }
+
+    /// Feeds raw bytes to node `i` and returns which drop counter moved (exactly one must).
+    pub fn inject(&mut self, i: usize, bytes: Vec<u8>) -> DropReason {
+        let before = self.nodes[i].peer.metrics().clone();
+        let n_ev = self.nodes[i].events.len();
+        self.input(
+            i,
+            Input::Datagram {
+                from: "attacker".into(),
+                bytes,
+            },
+        )
+        .unwrap();
+        let after = self.nodes[i].peer.metrics().clone();
+        assert_eq!(
+            after.total_drops(),
+            before.total_drops() + 1,
+            "exactly one drop counted"
+        );
+        assert_eq!(self.nodes[i].events.len(), n_ev, "a dropped datagram raises no event");
+        assert!(self.wire.is_empty(), "a dropped datagram causes no packet");
+        *DropReason::ALL
+            .iter()
+            .find(|r| after.drops(**r) > before.drops(**r))
+            .unwrap()
+    }
+}
+
+pub fn received(n: &Node) -> Vec<Bytes> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn default_net(n: usize) -> Net {
+    Net::new(n, vec![Config::default(); n])
+}
+
+impl Net {
+    /// Like `run`, but loses every `k`-th datagram.
+    pub fn run_lossy(&mut self, k: usize) {
+        let mut n = 0usize;
+        while let Some((from, to, bytes)) = self.wire.pop_front() {
+            n += 1;
+            if n.is_multiple_of(k) {
+                continue;
+            }
+            let Some(j) = self.nodes.iter().position(|x| x.addr == to) else {
+                continue;
+            };
+            let from = self.nodes[from].addr.clone();
+            self.input(j, Input::Datagram { from, bytes }).unwrap();
+        }
+    }
+}
