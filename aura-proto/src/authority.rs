@@ -33,6 +33,8 @@ pub struct AuthorityView {
     pub threshold: u16,
     /// Group verifying key.
     pub group_key: [u8; 32],
+    /// Root key of the authority's capability tokens.
+    pub cap_root: [u8; 32],
     /// Members by device id.
     pub members: BTreeMap<DeviceId, Member>,
     /// Number of tree operations applied.
@@ -65,6 +67,7 @@ impl AuthorityView {
             genesis: gid,
             threshold: genesis.threshold,
             group_key: genesis.group_key,
+            cap_root: genesis.cap_root,
             members: genesis
                 .members
                 .iter()

@@ -127,6 +127,9 @@ pub struct Genesis {
     pub group_key: [u8; 32],
     /// Each member's verifying share, by identifier.
     pub verifying_shares: Vec<(u16, [u8; 32])>,
+    /// Ed25519 root of the authority's Biscuit capabilities (derived from the authority
+    /// secret; see [`crate::caps`]).
+    pub cap_root: [u8; 32],
 }
 
 impl Genesis {

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod authority;
+pub mod caps;
 mod channel;
 pub mod invite;
 pub mod journal;

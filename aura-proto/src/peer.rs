@@ -160,6 +160,15 @@ pub enum Command {
         /// The statement.
         statement: Vec<u8>,
     },
+    /// Issue a capability token from this device's authority.
+    IssueCapability {
+        /// Holder.
+        to: crate::caps::Subject,
+        /// Rights granted.
+        rights: Vec<String>,
+        /// Flow budget, if limited.
+        budget: Option<u64>,
+    },
 }
 
 /// A refused local command.
@@ -202,6 +211,9 @@ pub enum CommandError {
     /// Signing needs membership in an authority.
     #[error("this device is not a member of an authority")]
     NotInAuthority,
+    /// The capability could not be made.
+    #[error(transparent)]
+    Capability(#[from] crate::caps::CapError),
 }
 
 /// Why a handshake failed.
@@ -334,6 +346,11 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A capability token is issued and durable.
+    CapabilityIssued {
+        /// The token (Biscuit bytes).
+        token: Vec<u8>,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -406,6 +423,8 @@ enum Pending {
         session: [u8; 32],
         counter: u64,
     },
+    /// An issued token is durable.
+    TokenDurable(Vec<u8>),
     /// A fact is durable.
     FactDurable {
         fact: Box<Fact>,
@@ -473,6 +492,8 @@ pub struct Peer {
     /// Messages this device sent to itself.
     local: VecDeque<crate::authority::AuthMsg>,
     restoring: bool,
+    /// Capability tokens held or issued.
+    tokens: Vec<Vec<u8>>,
 }
 
 impl core::fmt::Debug for Peer {
@@ -536,6 +557,7 @@ impl Peer {
             auth_tick: None,
             local: VecDeque::new(),
             restoring: false,
+            tokens: Vec::new(),
         }
     }
 
@@ -577,6 +599,7 @@ impl Peer {
             } => self.restore_share(&key_package, &public_key_package),
             Record::Fact(f) => self.apply_fact(f),
             Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
+            Record::Capability(t) => self.tokens.push(t),
         }
     }
 
@@ -609,6 +632,20 @@ impl Peer {
     /// The fact journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// What every capability token this device holds or issued grants, verified offline
+    /// against its issuer's root (tokens of unknown or mismatched issuers are left out).
+    pub fn capabilities(&self) -> Vec<crate::caps::CapSnapshot> {
+        self.tokens
+            .iter()
+            .filter_map(|t| {
+                self.views
+                    .0
+                    .values()
+                    .find_map(|v| crate::caps::verify(t, &v.cap_root).ok().filter(|s| s.issuer == v.id))
+            })
+            .collect()
     }
 
     /// Counters.
@@ -787,6 +824,15 @@ impl Peer {
             }
             Command::CreateAuthority { devices, threshold } => self.create_authority(devices, threshold),
             Command::Sign { statement } => self.sign_statement(statement),
+            Command::IssueCapability { to, rights, budget } => {
+                let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
+                let id = v.id;
+                let secret = self.auth_secrets.get(&id).ok_or(CommandError::NotInAuthority)?;
+                let kp = crate::caps::root_keypair(secret);
+                let token = crate::caps::issue(&kp, &id, &to, &rights, budget, &mut self.rng)?;
+                self.persist(Record::Capability(token.clone()), Pending::TokenDurable(token));
+                Ok(())
+            }
             Command::Close { peer } => {
                 if !self.peers.contains_key(&peer) {
                     return Err(CommandError::UnknownPeer(peer));
@@ -1504,6 +1550,10 @@ impl Peer {
             }
             Pending::ShareDurable { session, share } => self.share_durable(session, *share),
             Pending::Commit { session, counter } => self.commit_durable(session, counter),
+            Pending::TokenDurable(token) => {
+                self.tokens.push(token.clone());
+                self.event(Event::CapabilityIssued { token });
+            }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);

@@ -66,6 +66,9 @@ pub(crate) struct Dkg {
 
 #[derive(Default)]
 pub(crate) struct DkgCoord {
+    /// The authority secret, chosen before the genesis so the genesis can carry the
+    /// capability root derived from it.
+    secret: Option<[u8; 32]>,
     r1: BTreeMap<u16, Vec<u8>>,
     r2: BTreeMap<u16, Vec<Sealed>>,
     done: BTreeMap<u16, [u8; 32]>,
@@ -620,12 +623,18 @@ impl Peer {
                 Some((m.identifier, ser(vs.serialize()).try_into().ok()?))
             })
             .collect();
+        let secret = self.rng.bytes32();
+        if let Some(c) = self.dkg.get_mut(&session).and_then(|d| d.coord.as_mut()) {
+            c.secret = Some(secret);
+        }
+        let cap_root = crate::caps::root_public(&secret);
         let genesis = Genesis {
             session,
             threshold,
             members,
             group_key,
             verifying_shares,
+            cap_root,
         };
         let unsigned = genesis_unsigned(me, genesis);
         self.start_signing(group_key, unsigned, SignPurpose::Genesis { dkg: session });
@@ -933,10 +942,12 @@ impl Peer {
     fn genesis_signed(&mut self, session: [u8; 32], genesis: Fact) {
         let Some(d) = self.dkg.get(&session) else { return };
         let members = d.members.clone();
+        let Some(secret) = d.coord.as_ref().and_then(|c| c.secret) else {
+            return;
+        };
         let FactBody::Genesis(g) = &genesis.body else { return };
         let ns = Namespace::Authority(g.authority_id());
-        // A fresh authority secret, sealed to every member's HPKE key.
-        let secret = self.rng.bytes32();
+        // The authority secret, sealed to every member's HPKE key.
         let mut facts = vec![genesis];
         for (k, m) in members.iter().enumerate() {
             let Some(to) = m.cert.verify() else { continue };

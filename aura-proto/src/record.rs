@@ -54,6 +54,8 @@ pub enum Record {
     Fact(Fact),
     /// The FROST nonce counter reached this value (durable before any nonce drawn from it).
     NonceCounter(u64),
+    /// A capability token this device issued or holds.
+    Capability(Vec<u8>),
 }
 
 impl Record {

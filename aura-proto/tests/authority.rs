@@ -286,3 +286,58 @@ fn bad_commands_are_refused() {
     );
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn capabilities_are_rooted_at_the_authority_and_survive_restore() {
+    use aura_proto::caps::{self, Subject};
+    let mut net = authority_net(None);
+    let holder = net.id(2);
+    let rights = vec!["send".to_string(), "sync".to_string()];
+    net.cmd(
+        1,
+        Command::IssueCapability {
+            to: Subject::Device(holder),
+            rights: rights.clone(),
+            budget: Some(100),
+        },
+    )
+    .unwrap();
+    let token = net.nodes[1]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::CapabilityIssued { token } => Some(token.clone()),
+            _ => None,
+        })
+        .expect("issued");
+    let snaps = net.nodes[1].peer.capabilities();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].subject, Subject::Device(holder));
+    assert_eq!(snaps[0].budget, Some(100));
+    // Any member verifies it offline against the root the genesis carries.
+    let root = net.nodes[2].peer.authority().unwrap().cap_root;
+    let s = caps::verify(&token, &root).unwrap();
+    assert_eq!(s.rights.into_iter().collect::<Vec<_>>(), rights);
+    assert_eq!(s.issuer, net.nodes[2].peer.authority().unwrap().id);
+    // Restore rebuilds it from the record.
+    let n = &mut net.nodes[1];
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [77; 32], now(net.now_ns));
+    assert_eq!(net.nodes[1].peer.capabilities(), snaps);
+    // A device outside any authority cannot issue.
+    let mut lone = default_net(1);
+    assert_eq!(
+        lone.cmd(
+            0,
+            Command::IssueCapability {
+                to: Subject::Device(holder),
+                rights,
+                budget: None
+            }
+        ),
+        Err(CommandError::NotInAuthority)
+    );
+}

@@ -51,6 +51,7 @@ impl World {
             members,
             group_key: gk,
             verifying_shares: (1..=3).map(|i| (i, [i as u8; 32])).collect(),
+            cap_root: [8; 32],
         };
         let ns = Namespace::Authority(g.authority_id());
         let mut w = World {
@@ -137,8 +138,9 @@ impl World {
         let op1 = self.op(5, (0, v0.commitment), TreeOpKind::AddDevice(add));
         j.insert(op1.clone());
         let v1 = AuthorityView::reduce(&j, self.id()).unwrap();
-        let fork = self.op(5, (0, v0.commitment), TreeOpKind::ChangeThreshold(3));
-        let op2 = self.op(6, (1, v1.commitment), TreeOpKind::ChangeThreshold(3));
+        // Same parent as op1 but later in journal order: the losing side of a fork.
+        let fork = self.op(6, (0, v0.commitment), TreeOpKind::ChangeThreshold(3));
+        let op2 = self.op(7, (1, v1.commitment), TreeOpKind::ChangeThreshold(3));
         let replay = self.op(
             9,
             (0, v0.commitment),

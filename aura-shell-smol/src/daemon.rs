@@ -286,6 +286,7 @@ fn on_event(ev: Event, w: &mut Waiters) {
                 let _ = r.try_send(err(format!("signing failed: {reason}")));
             }
         }
+        Event::CapabilityIssued { token } => tracing::info!(len = token.len(), "capability issued"),
         Event::Received { peer, data } => tracing::info!(peer = %peer.short(), len = data.len(), "received"),
         Event::Pong { peer, rtt } => {
             tracing::debug!(peer = %peer.short(), rtt_us = rtt.as_micros() as u64, "pong");

@@ -802,6 +802,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Close { .. } => "close",
         Command::CreateAuthority { .. } => "create-authority",
         Command::Sign { .. } => "sign",
+        Command::IssueCapability { .. } => "issue-capability",
     }
 }
 
@@ -830,6 +831,7 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::AuthorityFailed { reason } => format!("authority-failed {reason}"),
         Event::Signed { signature, .. } => format!("signed {}", hex(&signature[..8])),
         Event::SignFailed { reason } => format!("sign-failed {reason}"),
+        Event::CapabilityIssued { token } => format!("capability {}B", token.len()),
     }
 }
 
