@@ -702,7 +702,18 @@ impl Peer {
                 started: self.now.mono,
             },
         );
-        for (d, _) in members {
+        // Ask ourselves and the threshold's worth of others first, preferring devices with a
+        // live channel; the retransmission tick widens the request to every member if
+        // they do not answer. Fewer requests mean fewer nonces drawn and persisted.
+        let me = self.keys.id;
+        let mut others: Vec<DeviceId> = members.iter().map(|(d, _)| *d).filter(|d| *d != me).collect();
+        others.sort_by_key(|d| !self.active.contains_key(d));
+        let mut ask: Vec<DeviceId> = others.into_iter().take(threshold as usize).collect();
+        if members.iter().any(|(d, _)| *d == me) {
+            ask.truncate(threshold as usize - 1);
+            ask.push(me);
+        }
+        for d in ask {
             self.send_auth(
                 d,
                 AuthMsg::SignRequest {
@@ -1027,12 +1038,26 @@ impl Peer {
     pub(super) fn apply_fact(&mut self, fact: Fact) {
         let ns = fact.namespace;
         let is_genesis = matches!(fact.body, FactBody::Genesis(_));
+        let kind = if matches!(fact.body, FactBody::TreeOp(_)) {
+            Kind::TreeOp
+        } else {
+            Kind::Other
+        };
+        let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
         if !self.journal.insert(fact) {
             return;
         }
         let Namespace::Authority(id) = ns else { return };
-        let Some(view) = AuthorityView::reduce(&self.journal, id) else {
-            return;
+        // Only a genesis or a tree operation changes the view; re-reducing on every
+        // statement would make each insert cost the whole journal.
+        let changes_view = is_genesis || matches!(kind, Kind::TreeOp) || !self.views.0.contains_key(&id);
+        let view = if changes_view {
+            match AuthorityView::reduce(&self.journal, id) {
+                Some(v) => v,
+                None => return,
+            }
+        } else {
+            self.views.0[&id].clone()
         };
         let mine = view.members.contains_key(&self.keys.id);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
@@ -1046,7 +1071,7 @@ impl Peer {
             });
         }
         // Open the authority secret sealed to us, and link with the other members.
-        if mine && !self.auth_secrets.contains_key(&id) {
+        if mine && (is_sealed || is_genesis) && !self.auth_secrets.contains_key(&id) {
             let me = self.keys.id;
             let opened = self.journal.facts(&ns).find_map(|f| match &f.body {
                 FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 => {
@@ -1284,6 +1309,11 @@ impl Peer {
             self.shares.insert(group_key_of(&public), Share { key, public });
         }
     }
+}
+
+enum Kind {
+    TreeOp,
+    Other,
 }
 
 fn group_key_of(public: &PublicKeyPackage) -> [u8; 32] {

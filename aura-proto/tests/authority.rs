@@ -160,15 +160,16 @@ fn restore_keeps_the_authority_and_the_nonce_counter_only_grows() {
             })
             .collect()
     };
-    let before = counters(&net.nodes[0]).into_iter().max().unwrap_or(0);
-    // Every device restarts, device 0 even with its original seed (a careless host).
+    let before = counters(&net.nodes[1]).into_iter().max().unwrap_or(0);
+    assert!(before >= 1, "the coordinator always takes part");
+    // Every device restarts, device 1 even with its original seed (a careless host).
     for i in 0..3 {
         let n = &mut net.nodes[i];
         let d = Durable {
             secret: n.secret.clone(),
             records: n.records.clone(),
         };
-        let seed = if i == 0 { [100; 32] } else { [i as u8 + 50; 32] };
+        let seed = if i == 1 { [101; 32] } else { [i as u8 + 50; 32] };
         n.peer = Peer::restore(Config::default(), d, seed, now(net.now_ns));
         n.events.clear();
     }
@@ -184,12 +185,14 @@ fn restore_keeps_the_authority_and_the_nonce_counter_only_grows() {
     let s = signed(&net.nodes[1]);
     assert_eq!(s.len(), 1, "{:?}", net.nodes[1].events);
     assert!(frost_verifies(&s[0].0, &s[0].1, &s[0].2));
-    let c0 = counters(&net.nodes[0]);
-    assert!(
-        c0.windows(2).all(|w| w[0] < w[1]),
-        "nonce counter must strictly grow: {c0:?}"
-    );
-    assert!(*c0.last().unwrap() > before || c0.len() == 1);
+    for i in 0..3 {
+        let c = counters(&net.nodes[i]);
+        assert!(
+            c.windows(2).all(|w| w[0] < w[1]),
+            "device {i}: nonce counter must strictly grow: {c:?}"
+        );
+    }
+    assert!(*counters(&net.nodes[1]).last().unwrap() > before);
     // Signatures never share a commitment point R (a repeated nonce would show here).
     let mut rs: Vec<[u8; 32]> = net.nodes[1]
         .records
@@ -212,8 +215,10 @@ fn restore_keeps_the_authority_and_the_nonce_counter_only_grows() {
 #[test]
 fn no_commitment_leaves_before_the_nonce_counter_is_durable() {
     let mut net = authority_net(None);
+    net.nodes[1].hold_persist = true;
     net.nodes[2].hold_persist = true;
-    let sent_before = net.sent.iter().filter(|(i, _)| *i == 2).count();
+    let sent = |net: &Net, i: usize| net.sent.iter().filter(|(j, _)| *j == i).count();
+    let before = [sent(&net, 1), sent(&net, 2)];
     net.cmd(
         0,
         Command::Sign {
@@ -221,27 +226,32 @@ fn no_commitment_leaves_before_the_nonce_counter_is_durable() {
         },
     )
     .unwrap();
-    // Deliver the request to device 2 only as far as its persist.
     net.run();
-    assert!(net.nodes[2]
+    // 2-of-3: the coordinator asked exactly one other device, which is now persisting
+    // its nonce counter and must not have sent anything yet.
+    let asked: Vec<usize> = (1..3).filter(|i| !net.nodes[*i].held.is_empty()).collect();
+    assert_eq!(asked.len(), 1);
+    let k = asked[0];
+    assert!(net.nodes[k]
         .records
         .iter()
         .any(|r| matches!(r, Record::NonceCounter(_))));
-    let sent_after = net.sent.iter().filter(|(i, _)| *i == 2).count();
     assert_eq!(
-        sent_after, sent_before,
-        "device 2 sent something before its nonce counter was durable"
+        sent(&net, k),
+        before[k - 1],
+        "device {k} sent before its nonce counter was durable"
     );
-    // 2-of-3 signs with devices 0 and 1 meanwhile.
-    assert_eq!(signed(&net.nodes[0]).len(), 1);
-    // Releasing the persist lets device 2 commit: exactly one datagram (its commitment).
-    let held: Vec<_> = net.nodes[2].held.drain(..).collect();
+    assert!(signed(&net.nodes[0]).is_empty());
+    // Releasing the persist lets it commit: exactly one datagram, then the signature.
+    let held: Vec<_> = net.nodes[k].held.drain(..).collect();
     assert_eq!(held.len(), 1);
     for t in held {
-        net.input(2, Input::PersistDone(t)).unwrap();
+        net.input(k, Input::PersistDone(t)).unwrap();
     }
-    assert_eq!(net.sent.iter().filter(|(i, _)| *i == 2).count(), sent_before + 1);
+    assert_eq!(sent(&net, k), before[k - 1] + 1);
+    net.nodes[k].hold_persist = false;
     net.run();
+    assert_eq!(signed(&net.nodes[0]).len(), 1);
 }
 
 #[test]
