@@ -240,12 +240,13 @@ pub enum AuthMsg {
         /// Serialized `SigningCommitments`.
         commitments: Vec<u8>,
     },
-    /// Coordinator → chosen members: the signing package.
+    /// Coordinator → chosen members: the chosen signers' commitments, byte for byte as
+    /// they were sent (the message is the fact of the `SignRequest`).
     SignPackage {
         /// Session.
         session: [u8; 32],
-        /// Serialized `SigningPackage`.
-        package: Vec<u8>,
+        /// (identifier, serialized `SigningCommitments`), by identifier.
+        commitments: Vec<(u16, Vec<u8>)>,
     },
     /// Member → coordinator: signature share.
     SignShare {

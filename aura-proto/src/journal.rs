@@ -6,6 +6,7 @@
 //! ([`verify_fact`]), before they may enter a journal.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use frost_ristretto255::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -359,7 +360,7 @@ fn check_genesis(g: &Genesis) -> Result<(), FactError> {
 /// A grow-only set of verified facts, per namespace, in journal order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Journal {
-    facts: BTreeMap<Namespace, BTreeMap<OrderKey, Fact>>,
+    facts: BTreeMap<Namespace, BTreeMap<OrderKey, Arc<Fact>>>,
 }
 
 impl Journal {
@@ -371,26 +372,33 @@ impl Journal {
     /// Adds a fact that already passed [`verify_fact`]; returns whether it was new.
     pub fn insert(&mut self, fact: Fact) -> bool {
         let key = fact.order_key();
-        self.facts
-            .entry(fact.namespace)
-            .or_default()
-            .insert(key, fact)
-            .is_none()
+        let m = self.facts.entry(fact.namespace).or_default();
+        if m.contains_key(&key) {
+            return false;
+        }
+        m.insert(key, Arc::new(fact));
+        true
     }
 
     /// Set union with another journal.
     pub fn merge(&mut self, other: &Journal) {
         for (ns, facts) in &other.facts {
             let mine = self.facts.entry(*ns).or_default();
+            if mine.is_empty() {
+                // Nothing to compare against: copy the whole ordered map in one go.
+                mine.clone_from(facts);
+                continue;
+            }
             for (k, f) in facts {
-                mine.entry(*k).or_insert_with(|| f.clone());
+                // Facts are immutable and shared: merging copies a pointer, not the fact.
+                mine.entry(*k).or_insert_with(|| Arc::clone(f));
             }
         }
     }
 
     /// Facts of one namespace, in order.
     pub fn facts(&self, ns: &Namespace) -> impl Iterator<Item = &Fact> {
-        self.facts.get(ns).into_iter().flat_map(|m| m.values())
+        self.facts.get(ns).into_iter().flat_map(|m| m.values().map(|f| &**f))
     }
 
     /// Namespaces present.

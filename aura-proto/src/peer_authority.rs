@@ -90,7 +90,9 @@ pub(crate) struct SignCoord {
     threshold: u16,
     members: Vec<(DeviceId, u16)>,
     commitments: BTreeMap<Identifier, SigningCommitments>,
-    package: Option<(SigningPackage, Vec<u8>)>,
+    /// The same commitments as received, by identifier.
+    raw_commitments: BTreeMap<u16, Vec<u8>>,
+    package: Option<(SigningPackage, CommitmentList)>,
     shares: BTreeMap<Identifier, SignatureShare>,
     purpose: SignPurpose,
     started: Instant,
@@ -103,10 +105,15 @@ pub(crate) struct SignPart {
     message: Vec<u8>,
     /// Dropped the moment a share is computed: a nonce signs once.
     nonces: Option<SigningNonces>,
+    /// Our commitments as sent.
+    own_commitment: Vec<u8>,
     commit_msg: Option<AuthMsg>,
-    share_msg: Option<(Vec<u8>, AuthMsg)>,
+    share_msg: Option<(CommitmentList, AuthMsg)>,
     started: Instant,
 }
+
+/// Serialized commitments of the chosen signers, by identifier, as they were sent.
+type CommitmentList = Vec<(u16, Vec<u8>)>;
 
 /// A round-2 package sealed with HPKE: (peer identifier, encapsulated key, ciphertext).
 type Sealed = (u16, [u8; 32], Vec<u8>);
@@ -231,7 +238,7 @@ impl Peer {
                 from: i,
                 commitments,
             } => self.on_sign_commit(from, session, i, commitments),
-            AuthMsg::SignPackage { session, package } => self.on_sign_package(from, session, package),
+            AuthMsg::SignPackage { session, commitments } => self.on_sign_package(from, session, commitments),
             AuthMsg::SignShare {
                 session,
                 from: i,
@@ -696,6 +703,7 @@ impl Peer {
                 threshold,
                 members: members.clone(),
                 commitments: BTreeMap::new(),
+                raw_commitments: BTreeMap::new(),
                 package: None,
                 shares: BTreeMap::new(),
                 purpose,
@@ -774,6 +782,7 @@ impl Peer {
                 group_key,
                 message: fact.signing_bytes(),
                 nonces: None,
+                own_commitment: Vec::new(),
                 commit_msg: None,
                 share_msg: None,
                 started: self.now.mono,
@@ -803,20 +812,27 @@ impl Peer {
         let mut nonce_rng = PeerRng::from_seed(blake3::derive_key("aura 2026-11 frost nonce", &seed));
         let (nonces, commitments) = frost::round1::commit(share.key.signing_share(), &mut nonce_rng);
         let me = identifier_number(share.key.identifier());
+        let raw = ser(commitments.serialize());
         let msg = AuthMsg::SignCommit {
             session,
             from: me,
-            commitments: ser(commitments.serialize()),
+            commitments: raw.clone(),
         };
         let p = self.sign_part.get_mut(&session).expect("present");
         p.nonces = Some(nonces);
+        p.own_commitment = raw.clone();
         p.commit_msg = Some(msg.clone());
         let to = p.coordinator;
-        self.send_auth(to, msg);
+        if to == self.keys.id {
+            // Our own commitment needs no trip through bytes.
+            self.add_commitment(session, self.keys.id, me, commitments, raw);
+        } else {
+            self.send_auth(to, msg);
+        }
     }
 
     fn on_sign_commit(&mut self, from: DeviceId, session: [u8; 32], i: u16, commitments: Vec<u8>) {
-        let Some(c) = self.sign_coord.get_mut(&session) else {
+        let Some(c) = self.sign_coord.get(&session) else {
             return self.refuse();
         };
         if !c.members.contains(&(from, i)) {
@@ -825,44 +841,81 @@ impl Peer {
         if c.package.is_some() {
             return; // enough signers already chosen
         }
-        let (Some(id), Ok(cm)) = (ident(i), SigningCommitments::deserialize(&commitments)) else {
+        let Ok(cm) = SigningCommitments::deserialize(&commitments) else {
             return self.refuse();
         };
+        self.add_commitment(session, from, i, cm, commitments);
+    }
+
+    /// Records a commitment; with a threshold of them, fixes the signer set and sends the
+    /// commitments (as received, so nothing is re-encoded) to each chosen signer.
+    fn add_commitment(&mut self, session: [u8; 32], from: DeviceId, i: u16, cm: SigningCommitments, raw: Vec<u8>) {
+        let Some(c) = self.sign_coord.get_mut(&session) else {
+            return;
+        };
+        let Some(id) = ident(i) else { return };
+        if c.package.is_some() || !c.members.contains(&(from, i)) {
+            return;
+        }
         c.commitments.insert(id, cm);
+        c.raw_commitments.insert(i, raw);
         if c.commitments.len() < c.threshold as usize {
             return;
         }
         let package = SigningPackage::new(c.commitments.clone(), &c.message);
-        let bytes = ser(package.serialize());
-        c.package = Some((package, bytes.clone()));
+        let list: Vec<(u16, Vec<u8>)> = c.raw_commitments.iter().map(|(k, v)| (*k, v.clone())).collect();
+        c.package = Some((package, list.clone()));
         let chosen: Vec<DeviceId> = c
             .members
             .iter()
-            .filter(|(_, i)| ident(*i).is_some_and(|id| c.commitments.contains_key(&id)))
+            .filter(|(_, i)| c.raw_commitments.contains_key(i))
             .map(|(d, _)| *d)
             .collect();
+        let me = self.keys.id;
         for d in chosen {
-            self.send_auth(
-                d,
-                AuthMsg::SignPackage {
-                    session,
-                    package: bytes.clone(),
-                },
-            );
+            if d == me {
+                self.local_share(session);
+            } else {
+                self.send_auth(
+                    d,
+                    AuthMsg::SignPackage {
+                        session,
+                        commitments: list.clone(),
+                    },
+                );
+            }
         }
     }
 
-    fn on_sign_package(&mut self, from: DeviceId, session: [u8; 32], package: Vec<u8>) {
+    /// The coordinator's own share, computed from the package it already holds.
+    fn local_share(&mut self, session: [u8; 32]) {
+        let Some(c) = self.sign_coord.get(&session) else { return };
+        let Some((pkg, _)) = c.package.as_ref() else { return };
+        let Some(p) = self.sign_part.get_mut(&session) else {
+            return;
+        };
+        let Some(nonces) = p.nonces.take() else { return };
+        let Some(share) = self.shares.get(&p.group_key) else {
+            return;
+        };
+        let Ok(sig_share) = frost::round2::sign(pkg, &nonces, &share.key) else {
+            return;
+        };
+        let id = *share.key.identifier();
+        self.add_share(session, id, sig_share);
+    }
+
+    fn on_sign_package(&mut self, from: DeviceId, session: [u8; 32], commitments: Vec<(u16, Vec<u8>)>) {
         let Some(p) = self.sign_part.get_mut(&session) else {
             return self.refuse();
         };
         if p.coordinator != from {
             return self.refuse();
         }
-        if let Some((bytes, m)) = p.share_msg.clone() {
+        if let Some((list, m)) = p.share_msg.clone() {
             // The same package again (our share was lost): the same share. Anything else
             // would need the nonce a second time, and it is gone.
-            if bytes == package {
+            if list == commitments {
                 self.send_auth(from, m);
             } else {
                 self.refuse();
@@ -873,31 +926,44 @@ impl Peer {
         let Some(share) = self.shares.get(&p.group_key) else {
             return;
         };
-        let ok_pkg = SigningPackage::deserialize(&package).ok().filter(|pkg| {
-            pkg.message().as_slice() == p.message.as_slice()
-                && pkg.signing_commitment(share.key.identifier()) == Some(*nonces.commitments())
-        });
-        let Some(pkg) = ok_pkg else {
+        let me = identifier_number(share.key.identifier());
+        // Our own commitment must be in the set, byte for byte; it is used as we hold it.
+        let mut map = BTreeMap::new();
+        let mut ok = commitments.iter().any(|(i, raw)| *i == me && *raw == p.own_commitment);
+        for (i, raw) in &commitments {
+            let parsed = if *i == me {
+                Some(*nonces.commitments())
+            } else {
+                SigningCommitments::deserialize(raw).ok()
+            };
+            match (ident(*i), parsed) {
+                (Some(id), Some(cm)) => {
+                    map.insert(id, cm);
+                }
+                _ => ok = false,
+            }
+        }
+        if !ok || map.len() != commitments.len() {
             // The nonce is spent either way: never offer it for a second package.
             p.commit_msg = None;
             return self.refuse();
-        };
+        }
+        let pkg = SigningPackage::new(map, &p.message);
         let Ok(sig_share) = frost::round2::sign(&pkg, &nonces, &share.key) else {
             return self.refuse();
         };
         drop(nonces);
-        let me = identifier_number(share.key.identifier());
         let msg = AuthMsg::SignShare {
             session,
             from: me,
             share: sig_share.serialize(),
         };
-        p.share_msg = Some((package, msg.clone()));
+        p.share_msg = Some((commitments, msg.clone()));
         self.send_auth(from, msg);
     }
 
     fn on_sign_share(&mut self, from: DeviceId, session: [u8; 32], i: u16, share: Vec<u8>) {
-        let Some(c) = self.sign_coord.get_mut(&session) else {
+        let Some(c) = self.sign_coord.get(&session) else {
             return self.refuse();
         };
         let Some((pkg, _)) = c.package.as_ref() else {
@@ -909,6 +975,13 @@ impl Peer {
         if !c.members.contains(&(from, i)) || !pkg.signing_commitments().contains_key(&id) {
             return self.refuse();
         }
+        self.add_share(session, id, s);
+    }
+
+    fn add_share(&mut self, session: [u8; 32], id: Identifier, s: SignatureShare) {
+        let Some(c) = self.sign_coord.get_mut(&session) else {
+            return;
+        };
         c.shares.insert(id, s);
         if c.shares.len() < c.threshold as usize {
             return;
@@ -917,7 +990,7 @@ impl Peer {
         let Some(share) = self.shares.get(&c.group_key) else {
             return;
         };
-        let (pkg, _) = c.package.as_ref().expect("checked");
+        let (pkg, _) = c.package.as_ref().expect("shares follow the package");
         let signature = match frost::aggregate(pkg, &c.shares, &share.public) {
             Ok(s) => s,
             Err(_) => {
@@ -932,9 +1005,8 @@ impl Peer {
         match c.purpose {
             SignPurpose::Genesis { dkg } => self.genesis_signed(dkg, fact),
             SignPurpose::Statement => {
-                let authority = match fact.namespace {
-                    Namespace::Authority(a) => a,
-                    Namespace::Context(_) => return,
+                let Namespace::Authority(authority) = fact.namespace else {
+                    return;
                 };
                 self.record_facts(vec![fact.clone()], None);
                 self.event(Event::Signed {
@@ -1245,15 +1317,18 @@ impl Peer {
                         }
                     }
                 }
-                Some((pkg, bytes)) => {
+                Some((pkg, list)) => {
                     for (d, i) in &c.members {
                         let Some(id) = ident(*i) else { continue };
-                        if pkg.signing_commitments().contains_key(&id) && !c.shares.contains_key(&id) {
+                        if *d != self.keys.id
+                            && pkg.signing_commitments().contains_key(&id)
+                            && !c.shares.contains_key(&id)
+                        {
                             resend.push((
                                 *d,
                                 AuthMsg::SignPackage {
                                     session: *session,
-                                    package: bytes.clone(),
+                                    commitments: list.clone(),
                                 },
                             ));
                         }
