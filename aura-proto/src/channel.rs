@@ -244,14 +244,19 @@ impl Channel {
             Phase::InitSent { .. } => {}
             Phase::RespSent { .. } => take(self.created.saturating_add(cfg.handshake_timeout)),
             Phase::Established => {
-                if let Some(t) = self.keepalive_due(cfg) {
-                    take(t);
-                }
                 if let Some(t) = self.dead_at(cfg) {
                     take(t);
                 }
-                if let Some(t) = self.idle_at(cfg) {
-                    take(t);
+                // While pairing is being confirmed, only retransmission and death matter
+                // (the timeout handler skips keepalives and idling then, so announcing
+                // those deadlines would make the host spin).
+                if self.pairing == Pairing::None {
+                    if let Some(t) = self.keepalive_due(cfg) {
+                        take(t);
+                    }
+                    if let Some(t) = self.idle_at(cfg) {
+                        take(t);
+                    }
                 }
             }
         }

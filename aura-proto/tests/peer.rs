@@ -631,3 +631,43 @@ mod properties {
             .quickcheck(prop as fn(usize, u8, bool) -> TestResult);
     }
 }
+
+/// Regression (found by `aura-sim sweep`, seed 31): the inviter's answers were lost for
+/// over ten seconds; when the joiner's Confirm finally arrived on that old responder state,
+/// the inviter announced a keepalive deadline in the past that its timeout handler skipped
+/// while pairing was being recorded, and the host spun forever.
+#[test]
+fn late_confirm_on_an_old_responder_state_does_not_spin() {
+    let mut net = default_net(2);
+    let code = net.invite(0);
+    net.cmd(1, Command::Join { code }).unwrap();
+    // The joiner's messages arrive; every answer of the inviter is lost for 12 s.
+    net.drop_from = Some(0);
+    net.run();
+    net.advance_to_ms(12_000);
+    net.drop_from = None;
+    // The inviter records the pairing slowly: timers fire while it is persisting.
+    net.nodes[0].hold_persist = true;
+    net.advance_to_ms(17_000);
+    assert_eq!(
+        net.nodes[0].held.len(),
+        1,
+        "the Confirm arrived and the pairing is being recorded"
+    );
+    net.input(0, Input::Timeout).unwrap();
+    let next = net.nodes[0].peer.poll_timeout().expect("a deadline");
+    assert!(
+        next.as_nanos() > net.now_ns,
+        "the inviter's deadline is in the past while persisting"
+    );
+    net.advance_to_ms(20_000);
+    net.nodes[0].hold_persist = false;
+    let held: Vec<_> = net.nodes[0].held.drain(..).collect();
+    for t in held {
+        net.input(0, Input::PersistDone(t)).unwrap();
+    }
+    net.run();
+    net.advance_to_ms(40_000);
+    assert!(net.nodes[0].events.iter().any(|e| matches!(e, Event::Paired { .. })));
+    assert!(net.nodes[1].events.iter().any(|e| matches!(e, Event::Paired { .. })));
+}

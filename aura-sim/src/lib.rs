@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod perfetto;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
@@ -192,8 +194,19 @@ struct Node {
     shares: usize,
 }
 
-/// Receives each trace line.
-type TraceSink = Box<dyn FnMut(&str)>;
+/// One processed event, as handed to a trace sink.
+#[derive(Debug)]
+pub struct TraceEvent<'a> {
+    /// Simulated time, ns.
+    pub time_ns: u64,
+    /// The device the event happened on.
+    pub node: usize,
+    /// The compact trace line (what the trace hash covers).
+    pub line: &'a str,
+}
+
+/// Receives each processed event.
+type TraceSink = Box<dyn FnMut(&TraceEvent<'_>)>;
 
 /// One simulated world.
 pub struct World {
@@ -319,7 +332,7 @@ impl World {
     }
 
     /// Calls `f` with every trace line as it is produced.
-    pub fn set_trace(&mut self, f: impl FnMut(&str) + 'static) {
+    pub fn set_trace(&mut self, f: impl FnMut(&TraceEvent<'_>) + 'static) {
         self.trace = Some(Box::new(f));
     }
 
@@ -398,6 +411,11 @@ impl World {
     }
 
     fn step(&mut self, ev: Ev) -> Result<(), Violation> {
+        if let Ev::Timer { node, gen } = &ev {
+            if self.nodes[*node].timer_gen != *gen {
+                return Ok(()); // superseded: neither an event nor part of the trace
+            }
+        }
         self.stats.events += 1;
         let now = Self::now_of(self.now);
         self.line.clear();
@@ -417,8 +435,7 @@ impl World {
         if self.nodes[target].crashed {
             // Datagrams to a crashed device vanish; its unacknowledged writes are lost.
             let _ = write!(self.line, "n{target} down");
-            self.hasher.update(self.line.as_bytes());
-            self.hasher.update(b"\n");
+            self.emit_line(target);
             return Ok(());
         }
         let node = match ev {
@@ -441,6 +458,21 @@ impl World {
                 self.nodes[node].timer_at = None;
                 let _ = write!(self.line, "n{node} timeout");
                 let _ = self.nodes[node].peer.handle_input(now, Input::Timeout);
+                // Invariant: a timeout moves the peer's deadline forward. A deadline that
+                // stays in the past would spin the host forever.
+                self.stats.checks += 1;
+                if let Some(t) = self.nodes[node].peer.poll_timeout() {
+                    if t.as_nanos() <= self.now {
+                        let channels = self.nodes[node].peer.channels();
+                        return Err(self.violation(
+                            "timer-progress",
+                            format!(
+                                "n{node} still wants a timeout at {} after handling it; channels: {channels:?}",
+                                t.as_nanos()
+                            ),
+                        ));
+                    }
+                }
                 node
             }
             Ev::PersistDone { node, ticket, record } => {
@@ -474,12 +506,21 @@ impl World {
         if let Some(v) = self.pending_violation.take() {
             return Err(v);
         }
+        self.emit_line(node);
+        Ok(())
+    }
+
+    /// Hashes the event's line and hands it to the trace sink.
+    fn emit_line(&mut self, node: usize) {
         self.hasher.update(self.line.as_bytes());
         self.hasher.update(b"\n");
         if let Some(t) = self.trace.as_mut() {
-            t(&self.line);
+            t(&TraceEvent {
+                time_ns: self.now,
+                node,
+                line: &self.line,
+            });
         }
-        Ok(())
     }
 
     fn arm_timer(&mut self, i: usize) {

@@ -1,9 +1,16 @@
 //! `aura-sim`: run seeded simulations of Aura peers.
 
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use aura_sim::{LinkModel, Ppm, Scenario, SimConfig, World};
+use aura_sim::perfetto::PerfettoWriter;
+use aura_sim::{LinkModel, Ppm, Scenario, SimConfig, Violation, World};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,30 +26,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Pair devices over a lossy network, ping and message, then report.
+    /// Run one seed and report.
     ///
-    /// Device 0 issues one invitation per other device; each joins, pairs, pings device 0
-    /// and receives a message from it. The run fails (exit 1) if an invariant breaks or the
-    /// workload does not finish within --max-time.
+    /// The run fails (exit 1) if an invariant breaks or the workload does not finish within
+    /// --max-time-s; the report then ends with the command that replays it.
     Run(RunArgs),
+    /// Run many seeds in parallel; stop at the first failure and print its replay command.
+    Sweep(SweepArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ScenarioArg {
-    /// Pair, ping and message.
+    /// Device 0 invites every other device; each pairs, pings and receives a message.
     Pairing,
     /// Pair, form an (n-1)-of-n authority by DKG, crash one device, sign.
     Authority,
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
+#[derive(Clone, clap::Args)]
+struct WorldArgs {
     /// The workload to run.
     #[arg(long, value_enum, default_value = "pairing")]
     scenario: ScenarioArg,
-    /// Root seed: the whole run follows from it.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Number of devices (at least 2).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=256))]
     peers: u16,
@@ -64,9 +69,33 @@ struct RunArgs {
     /// Give up after this many simulated seconds.
     #[arg(long, default_value_t = 600)]
     max_time_s: u64,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Root seed: the whole run follows from it.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    world: WorldArgs,
     /// Print one line per event.
     #[arg(long)]
     trace: bool,
+    /// Write a Chrome/Perfetto trace-event JSON file (open it at ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Seed range, inclusive: A..B (e.g. 1..500).
+    #[arg(long, value_parser = parse_range)]
+    seeds: (u64, u64),
+    /// Parallel workers (default: the machine's cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    #[command(flatten)]
+    world: WorldArgs,
 }
 
 /// Parses a probability given as a decimal (e.g. `0.1`) into parts per million.
@@ -97,6 +126,19 @@ fn parse_prob(s: &str) -> Result<Ppm, String> {
     Ok(ppm as Ppm)
 }
 
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not a seed range like 1..100");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if b < a {
+        return Err(format!("empty seed range {s:?}: the end must not be below the start"));
+    }
+    Ok((a, b))
+}
+
 fn pct(p: Ppm) -> String {
     format!("{}.{}%", p / 10_000, p % 10_000 / 1000)
 }
@@ -112,67 +154,135 @@ fn scenario_name(s: ScenarioArg) -> &'static str {
     }
 }
 
+impl WorldArgs {
+    fn config(&self, seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            peers: self.peers as usize,
+            link: LinkModel {
+                min_delay: Duration::from_millis(self.min_delay_ms),
+                mean_extra: Duration::from_millis(self.mean_delay_ms),
+                loss: self.loss,
+                dup: self.dup,
+                reorder: self.reorder,
+            },
+            max_time: Duration::from_secs(self.max_time_s),
+            scenario: match self.scenario {
+                ScenarioArg::Pairing => Scenario::Pairing,
+                ScenarioArg::Authority => Scenario::Authority,
+            },
+            ..SimConfig::default()
+        }
+    }
+
+    /// The flags that reproduce this world (for replay commands).
+    fn flags(&self) -> String {
+        format!(
+            "--peers {} --scenario {} --loss {} --dup {} --reorder {} --min-delay-ms {} --mean-delay-ms {} --max-time-s {}",
+            self.peers,
+            scenario_name(self.scenario),
+            self.loss as f64 / 1e6,
+            self.dup as f64 / 1e6,
+            self.reorder as f64 / 1e6,
+            self.min_delay_ms,
+            self.mean_delay_ms,
+            self.max_time_s
+        )
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Sweep(a) => sweep(a),
+    }
+}
+
+/// Outcome of one seed.
+enum Outcome {
+    Ok,
+    Violation(Violation),
+    Unfinished,
+}
+
+fn run_world(w: &mut World) -> Outcome {
+    match w.run() {
+        Err(v) => Outcome::Violation(v),
+        Ok(()) if !w.done() => Outcome::Unfinished,
+        Ok(()) => Outcome::Ok,
     }
 }
 
 fn run(a: RunArgs) -> ExitCode {
-    let cfg = SimConfig {
-        seed: a.seed,
-        peers: a.peers as usize,
-        link: LinkModel {
-            min_delay: Duration::from_millis(a.min_delay_ms),
-            mean_extra: Duration::from_millis(a.mean_delay_ms),
-            loss: a.loss,
-            dup: a.dup,
-            reorder: a.reorder,
-        },
-        max_time: Duration::from_secs(a.max_time_s),
-        scenario: match a.scenario {
-            ScenarioArg::Pairing => Scenario::Pairing,
-            ScenarioArg::Authority => Scenario::Authority,
-        },
-        ..SimConfig::default()
-    };
+    let wa = &a.world;
     println!(
-        "aura-sim run: seed={} peers={} loss={} dup={} reorder={} delay={}ms+exp({}ms)",
+        "aura-sim run: seed={} scenario={} peers={} loss={} dup={} reorder={} delay={}ms+exp({}ms)",
         a.seed,
-        a.peers,
-        pct(a.loss),
-        pct(a.dup),
-        pct(a.reorder),
-        a.min_delay_ms,
-        a.mean_delay_ms
+        scenario_name(wa.scenario),
+        wa.peers,
+        pct(wa.loss),
+        pct(wa.dup),
+        pct(wa.reorder),
+        wa.min_delay_ms,
+        wa.mean_delay_ms
     );
-    let mut w = World::new(cfg);
-    if a.trace {
-        w.set_trace(|l| println!("{l}"));
+    let mut w = World::new(wa.config(a.seed));
+    let perfetto = match &a.perfetto {
+        Some(p) => match PerfettoWriter::create(p) {
+            Ok(pw) => Some(Rc::new(RefCell::new(Some(pw)))),
+            Err(e) => {
+                eprintln!("error: cannot create {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    if a.trace || perfetto.is_some() {
+        let trace = a.trace;
+        let pf = perfetto.clone();
+        w.set_trace(move |e| {
+            if trace {
+                println!("{}", e.line);
+            }
+            if let Some(pf) = &pf {
+                if let Some(pw) = pf.borrow_mut().as_mut() {
+                    let _ = pw.event(e);
+                }
+            }
+        });
     }
     // Wall time for the report only; it never enters the simulated run.
     let started = std::time::Instant::now();
-    let res = w.run();
+    let outcome = run_world(&mut w);
     let wall = started.elapsed();
+    if let (Some(pf), Some(path)) = (perfetto, &a.perfetto) {
+        if let Some(pw) = pf.borrow_mut().take() {
+            match pw.finish() {
+                Ok(()) => println!("perfetto trace written to {}", path.display()),
+                Err(e) => eprintln!("error: writing {}: {e}", path.display()),
+            }
+        }
+    }
     let s = &w.stats;
-    let joiners = a.peers as u64 - 1;
+    let joiners = wa.peers as u64 - 1;
     println!(
         "pairings: {}/{joiners} complete{}",
         s.pairings,
         s.all_paired_at.map(|t| format!(" at {}", secs(t))).unwrap_or_default()
     );
     println!("pings answered: {}  messages delivered: {}", s.pongs, s.messages);
-    if matches!(a.scenario, ScenarioArg::Authority) {
+    if matches!(wa.scenario, ScenarioArg::Authority) {
         println!(
             "authority: {} devices created it; {} crashed; threshold signatures: {} (all verified)",
             s.authority_members, s.crashes, s.signatures
         );
     }
     println!(
-        "datagrams: sent {} delivered {} lost {} duplicated {} reordered {}",
-        s.sent, s.delivered, s.lost, s.duplicated, s.reordered
+        "faults: lost {} duplicated {} reordered {} crashed {}",
+        s.lost, s.duplicated, s.reordered, s.crashes
     );
+    println!("datagrams: sent {} delivered {}", s.sent, s.delivered);
     let drops: Vec<String> = s.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "dropped by peers: {}",
@@ -194,8 +304,9 @@ fn run(a: RunArgs) -> ExitCode {
         sim as f64 / 1e9 / wall_s
     );
     println!("invariants: {} checks", s.checks);
-    let code = match res {
-        Err(v) => {
+    let replay = format!("aura-sim run --seed {} {} --trace", a.seed, wa.flags());
+    let code = match outcome {
+        Outcome::Violation(v) => {
             println!(
                 "FAILED invariant {} at event {} (t={}): {}",
                 v.invariant,
@@ -203,28 +314,18 @@ fn run(a: RunArgs) -> ExitCode {
                 secs(v.time_ns),
                 v.detail
             );
-            println!(
-                "replay: aura-sim run --seed {} --peers {} --scenario {} --trace",
-                a.seed,
-                a.peers,
-                scenario_name(a.scenario)
-            );
+            println!("replay: {replay}");
             ExitCode::from(1)
         }
-        Ok(()) if !w.done() => {
+        Outcome::Unfinished => {
             println!(
                 "FAILED liveness: workload not finished within {} s simulated",
-                a.max_time_s
+                wa.max_time_s
             );
-            println!(
-                "replay: aura-sim run --seed {} --peers {} --scenario {} --trace",
-                a.seed,
-                a.peers,
-                scenario_name(a.scenario)
-            );
+            println!("replay: {replay}");
             ExitCode::from(1)
         }
-        Ok(()) => {
+        Outcome::Ok => {
             println!("result: ok");
             ExitCode::SUCCESS
         }
@@ -233,9 +334,110 @@ fn run(a: RunArgs) -> ExitCode {
     code
 }
 
+fn sweep(a: SweepArgs) -> ExitCode {
+    let (first, last) = a.seeds;
+    let total = last - first + 1;
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    println!(
+        "aura-sim sweep: seeds {first}..{last} ({total}) scenario={} peers={} jobs={jobs}",
+        scenario_name(a.world.scenario),
+        a.world.peers
+    );
+    let next = Arc::new(AtomicU64::new(first));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(u64, Outcome, u64, u64)>();
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..jobs {
+        let (next, stop, tx, world) = (next.clone(), stop.clone(), tx.clone(), a.world.clone());
+        handles.push(std::thread::spawn(move || loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let seed = next.fetch_add(1, Ordering::Relaxed);
+            if seed > last {
+                break;
+            }
+            let mut w = World::new(world.config(seed));
+            let outcome = run_world(&mut w);
+            if !matches!(outcome, Outcome::Ok) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if tx.send((seed, outcome, w.stats.events, w.now_ns())).is_err() {
+                break;
+            }
+        }));
+    }
+    drop(tx);
+    let tty = std::io::stderr().is_terminal();
+    let (mut done, mut events, mut sim_ns) = (0u64, 0u64, 0u64);
+    let mut failures: Vec<(u64, Outcome)> = Vec::new();
+    let mut last_pct = 0;
+    for (seed, outcome, ev, ns) in rx {
+        done += 1;
+        events += ev;
+        sim_ns += ns;
+        if !matches!(outcome, Outcome::Ok) {
+            failures.push((seed, outcome));
+        }
+        let pct = done * 100 / total;
+        if tty {
+            let width = 30;
+            let filled = (done * width / total) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{total} seeds, {} failed",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                failures.len()
+            );
+            let _ = std::io::stderr().flush();
+        } else if pct >= last_pct + 10 || done == total {
+            last_pct = pct;
+            eprintln!("progress: {done}/{total} seeds ({pct}%), {} failed", failures.len());
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "seeds run: {done}  events: {events} ({:.0} events/s)  simulated: {}",
+        events as f64 / wall,
+        secs(sim_ns)
+    );
+    failures.sort_by_key(|(s, _)| *s);
+    match failures.first() {
+        None => {
+            println!("result: all {done} seeds ok");
+            ExitCode::SUCCESS
+        }
+        Some((seed, outcome)) => {
+            match outcome {
+                Outcome::Violation(v) => println!(
+                    "FAILED seed {seed}: invariant {} at event {} (t={}): {}",
+                    v.invariant,
+                    v.event_index,
+                    secs(v.time_ns),
+                    v.detail
+                ),
+                Outcome::Unfinished => println!("FAILED seed {seed}: workload unfinished (liveness)"),
+                Outcome::Ok => unreachable!("only failures are kept"),
+            }
+            println!("replay: aura-sim run --seed {seed} {} --trace", a.world.flags());
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_prob;
+    use super::{parse_prob, parse_range};
 
     #[test]
     fn probabilities_parse_exactly() {
@@ -248,5 +450,13 @@ mod tests {
         assert!(parse_prob("0.0000001").is_err());
         assert!(parse_prob("abc").is_err());
         assert!(parse_prob("").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("1..10"), Ok((1, 10)));
+        assert_eq!(parse_range("5..5"), Ok((5, 5)));
+        assert!(parse_range("10..1").is_err());
+        assert!(parse_range("1-10").is_err());
     }
 }

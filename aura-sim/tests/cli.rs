@@ -60,3 +60,44 @@ fn impossible_network_exits_non_zero() {
     assert!(out.contains("replay: aura-sim run --seed 1 --peers 3 --scenario pairing"));
     hash_line(&out);
 }
+
+#[test]
+fn perfetto_file_is_trace_event_json() {
+    let path = std::env::temp_dir().join(format!("aura-sim-{}.json", std::process::id()));
+    let (ok, out) = run(&["run", "--seed", "2", "--perfetto", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("{\"displayTimeUnit\""));
+    assert!(text.trim_end().ends_with("]}"));
+    let events = text.matches("\"ph\":\"i\"").count();
+    let reported: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("events: ")?.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert_eq!(events, reported, "one instant per event");
+    assert!(text.contains("\"name\":\"thread_name\""));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn sweep_reports_all_ok_or_the_first_failing_seed() {
+    let (ok, out) = run(&["sweep", "--seeds", "1..6", "--jobs", "2"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("result: all 6 seeds ok"), "{out}");
+    let (ok, out) = run(&[
+        "sweep",
+        "--seeds",
+        "3..8",
+        "--loss",
+        "1",
+        "--max-time-s",
+        "20",
+        "--jobs",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(out.contains("FAILED seed 3"), "{out}");
+    assert!(out.contains("replay: aura-sim run --seed 3 "), "{out}");
+    let (ok, _) = run(&["sweep", "--seeds", "9..2"]);
+    assert!(!ok);
+}

@@ -27,6 +27,8 @@ pub struct Net {
     pub wire: VecDeque<(usize, String, Vec<u8>)>, // (from node, to addr, bytes)
     pub sent: Vec<(usize, Vec<u8>)>,
     pub drop_next: usize,
+    /// Drop everything this node sends.
+    pub drop_from: Option<usize>,
 }
 
 pub fn now(ns: u64) -> Now {
@@ -57,6 +59,7 @@ impl Net {
             wire: VecDeque::new(),
             sent: vec![],
             drop_next: 0,
+            drop_from: None,
         }
     }
 
@@ -69,7 +72,8 @@ impl Net {
             match o {
                 Output::Transmit { to, bytes } => {
                     self.sent.push((i, bytes.clone()));
-                    if self.drop_next > 0 {
+                    if self.drop_from == Some(i) {
+                    } else if self.drop_next > 0 {
                         self.drop_next -= 1;
                     } else {
                         self.wire.push_back((i, to, bytes));
@@ -114,7 +118,10 @@ impl Net {
     /// Advances time to `t` ms, firing due timers in order.
     pub fn advance_to_ms(&mut self, t_ms: u64) {
         let end = t_ms * 1_000_000;
+        let mut spins = 0u32;
         loop {
+            spins += 1;
+            assert!(spins < 200_000, "a peer keeps asking for a timeout it does not act on");
             let next = (0..self.nodes.len())
                 .filter_map(|i| self.nodes[i].peer.poll_timeout().map(|t| (t.as_nanos(), i)))
                 .min();
@@ -122,6 +129,12 @@ impl Net {
                 Some((t, i)) if t <= end => {
                     self.now_ns = self.now_ns.max(t);
                     self.input(i, Input::Timeout).unwrap();
+                    if let Some(next) = self.nodes[i].peer.poll_timeout() {
+                        assert!(
+                            next.as_nanos() > self.now_ns,
+                            "node {i}: deadline did not move after a timeout"
+                        );
+                    }
                     self.run();
                 }
                 _ => break,
