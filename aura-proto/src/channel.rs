@@ -175,6 +175,12 @@ pub(crate) struct Channel {
     /// Last frame other than a keepalive sent / received.
     pub last_sent_payload: Instant,
     pub last_recv_payload: Instant,
+    /// First payload sent since anything was last received: the clock of dead-peer
+    /// detection. (Measuring from the *last* send would let steady traffic to a peer that
+    /// lost the session postpone detection forever.)
+    pub unanswered_since: Option<Instant>,
+    /// Payload arrived and nothing was sent since: the other side expects a sign of life.
+    pub owe_keepalive: bool,
     /// Ping id → send time.
     pub pings: BTreeMap<u64, Instant>,
 }
@@ -211,6 +217,8 @@ impl Channel {
             last_recv: now,
             last_sent_payload: now,
             last_recv_payload: now,
+            unanswered_since: None,
+            owe_keepalive: false,
             pings: Default::default(),
         }
     }
@@ -226,8 +234,10 @@ impl Channel {
         let nonce = self.send_nonce;
         self.send_nonce += 1;
         self.last_sent = now;
+        self.owe_keepalive = false;
         if !matches!(frame, Frame::Keepalive) {
             self.last_sent_payload = now;
+            self.unanswered_since.get_or_insert(now);
         }
         Some(wire::encode_packet(&Packet::Data {
             receiver: self.remote_idx,
@@ -271,7 +281,7 @@ impl Channel {
     pub(crate) fn keepalive_due(&self, cfg: &crate::Config) -> Option<Instant> {
         match cfg.persistent_keepalive {
             Some(k) => Some(self.last_sent.saturating_add(k)),
-            None if self.last_recv_payload > self.last_sent => Some(self.last_sent.saturating_add(cfg.keepalive)),
+            None if self.owe_keepalive => Some(self.last_recv_payload.saturating_add(cfg.keepalive)),
             None => None,
         }
     }
@@ -282,10 +292,7 @@ impl Channel {
     pub(crate) fn dead_at(&self, cfg: &crate::Config) -> Option<Instant> {
         match cfg.persistent_keepalive {
             Some(_) => Some(self.last_recv.saturating_add(cfg.idle_timeout)),
-            None if self.last_sent_payload > self.last_recv => {
-                Some(self.last_sent_payload.saturating_add(cfg.idle_timeout))
-            }
-            None => None,
+            None => self.unanswered_since.map(|t| t.saturating_add(cfg.idle_timeout)),
         }
     }
 

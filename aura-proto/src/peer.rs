@@ -1409,6 +1409,7 @@ impl Peer {
         };
         c.replay.mark(nonce);
         c.last_recv = now;
+        c.unanswered_since = None;
         // Authenticated traffic from a new address means the device moved.
         if c.addr != from {
             c.addr = from;
@@ -1435,6 +1436,7 @@ impl Peer {
         let c = self.channels.get_mut(&idx).expect("caller checked");
         if !matches!(frame, Frame::Keepalive) {
             c.last_recv_payload = now;
+            c.owe_keepalive = true;
         }
         let first = matches!(c.phase, Phase::RespSent { .. });
         if first {
@@ -1613,6 +1615,11 @@ impl Peer {
             }
             Phase::Established => {
                 if c.dead_at(&cfg).is_some_and(|t| t <= now) {
+                    if c.pairing == Pairing::AwaitAck {
+                        // A joiner whose pairing never got acknowledged: say so, so the
+                        // user (or the next restart) can try again.
+                        return self.fail_initiator(idx, FailReason::Timeout);
+                    }
                     return self.remove_channel(idx, Some(DownReason::Timeout));
                 }
                 if c.pairing != Pairing::None {

@@ -671,3 +671,95 @@ fn late_confirm_on_an_old_responder_state_does_not_spin() {
     assert!(net.nodes[0].events.iter().any(|e| matches!(e, Event::Paired { .. })));
     assert!(net.nodes[1].events.iter().any(|e| matches!(e, Event::Paired { .. })));
 }
+
+/// Regression (found by `aura-sim sweep --swarm`, seed 153): a device restarted and lost
+/// its sessions while the other kept sending every second. Dead-peer detection measured
+/// from the *last* send, so steady traffic postponed it forever and the sender kept using
+/// a session the other side no longer had.
+#[test]
+fn steady_traffic_to_a_restarted_peer_still_detects_the_dead_session() {
+    let mut net = default_net(2);
+    net.pair(0, 1);
+    let (a, b) = (net.id(0), net.id(1));
+    net.cmd(0, Command::Ping { peer: b }).unwrap();
+    net.run();
+    // Device 1 restarts: its channel to device 0 is gone.
+    let n = &mut net.nodes[1];
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [9; 32], now(net.now_ns));
+    n.events.clear();
+    for s in 1..=60u64 {
+        net.advance_to_ms(s * 1000);
+        net.cmd(
+            0,
+            Command::Send {
+                peer: b,
+                data: Bytes::from(format!("m{s}")),
+            },
+        )
+        .unwrap();
+        net.run();
+    }
+    assert!(
+        net.nodes[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ChannelDown { peer, reason: DownReason::Timeout } if *peer == b)),
+        "device 0 never noticed the dead session"
+    );
+    assert!(
+        !received(&net.nodes[1]).is_empty(),
+        "messages flow again over a new session"
+    );
+    let _ = a;
+}
+
+/// Regression (found by `aura-sim sweep --swarm`, seed 109): every Confirm of a joiner was
+/// lost in a loss burst; its pairing channel died silently and nothing ever retried.
+#[test]
+fn a_joiner_whose_confirms_all_vanish_reports_failure_and_can_retry() {
+    let mut net = default_net(2);
+    let code = net.invite(0);
+    net.cmd(1, Command::Join { code: code.clone() }).unwrap();
+    // Deliver the first message and the answer, then lose everything the joiner sends.
+    let (_, _, m1) = net.wire.pop_front().unwrap();
+    net.input(
+        0,
+        Input::Datagram {
+            from: "n1".into(),
+            bytes: m1,
+        },
+    )
+    .unwrap();
+    let (_, _, m2) = net.wire.pop_front().unwrap();
+    net.drop_from = Some(1);
+    net.input(
+        1,
+        Input::Datagram {
+            from: "n0".into(),
+            bytes: m2,
+        },
+    )
+    .unwrap();
+    net.advance_to_ms(120_000);
+    assert!(
+        net.nodes[1].events.iter().any(|e| matches!(
+            e,
+            Event::PairingFailed {
+                reason: FailReason::Timeout,
+                ..
+            }
+        )),
+        "{:?}",
+        net.nodes[1].events
+    );
+    // Asking again (same code, still spent only here) completes the pairing.
+    net.drop_from = None;
+    net.cmd(1, Command::Join { code }).unwrap();
+    net.run();
+    net.advance_to_ms(130_000);
+    assert!(net.nodes[1].events.iter().any(|e| matches!(e, Event::Paired { .. })));
+}

@@ -69,9 +69,78 @@ pub enum Scenario {
     Authority,
 }
 
+/// Faults injected during the safety phase. All off by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Faults {
+    /// Mean time between device crashes.
+    pub crash_every: Option<Duration>,
+    /// How long a crashed device stays down before it restarts from its durable records.
+    pub down_for: (Duration, Duration),
+    /// Mean time between partitions (isolate one device, split in two, or one-way).
+    pub partition_every: Option<Duration>,
+    /// How long a partition lasts.
+    pub partition_for: (Duration, Duration),
+    /// Per-device clock offsets (monotone and wall) up to this much.
+    pub max_skew: Duration,
+    /// Bursty loss per directed link (Gilbert model): chance to enter a burst per datagram,
+    /// and chance to stay in it; every datagram inside a burst is lost.
+    pub burst: Option<(Ppm, Ppm)>,
+    /// Length of the safety phase. Afterwards every partition heals, every crashed device
+    /// restarts, the link turns clean, and the workload must finish within `liveness_within`.
+    pub safety_for: Duration,
+    /// Bound for the liveness phase.
+    pub liveness_within: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Faults {
+        Faults {
+            crash_every: None,
+            down_for: (Duration::from_secs(1), Duration::from_secs(10)),
+            partition_every: None,
+            partition_for: (Duration::from_secs(1), Duration::from_secs(20)),
+            max_skew: Duration::ZERO,
+            burst: None,
+            safety_for: Duration::ZERO,
+            liveness_within: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Faults {
+    /// Whether any fault is configured.
+    pub fn any(&self) -> bool {
+        self.crash_every.is_some() || self.partition_every.is_some() || self.burst.is_some() || !self.max_skew.is_zero()
+    }
+
+    /// Fault rates drawn from a seed (swarm testing: every seed tries a different mix).
+    pub fn swarm(seed: u64) -> (Faults, LinkModel) {
+        let mut r = stream(seed, "swarm");
+        let pick = |r: &mut PeerRng, n: u32| r.next_u32() % n;
+        let link = LinkModel {
+            min_delay: Duration::from_millis(1 + pick(&mut r, 20) as u64),
+            mean_extra: Duration::from_millis(pick(&mut r, 40) as u64),
+            loss: pick(&mut r, 300_000),
+            dup: pick(&mut r, 50_000),
+            reorder: pick(&mut r, 200_000),
+        };
+        let faults = Faults {
+            crash_every: (pick(&mut r, 3) > 0).then(|| Duration::from_secs(5 + pick(&mut r, 40) as u64)),
+            partition_every: (pick(&mut r, 3) > 0).then(|| Duration::from_secs(5 + pick(&mut r, 40) as u64)),
+            max_skew: Duration::from_millis(pick(&mut r, 120_000) as u64),
+            burst: (pick(&mut r, 2) > 0).then(|| (pick(&mut r, 20_000), 500_000 + pick(&mut r, 400_000))),
+            safety_for: Duration::from_secs(30 + pick(&mut r, 90) as u64),
+            ..Faults::default()
+        };
+        (faults, link)
+    }
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Faults of the safety phase.
+    pub faults: Faults,
     /// The workload.
     pub scenario: Scenario,
     /// Root seed.
@@ -88,6 +157,21 @@ pub struct SimConfig {
     pub peer_config: Config,
 }
 
+impl SimConfig {
+    /// In swarm mode the seed also draws the link model and the fault mix.
+    pub fn with_swarm(mut self, swarm: bool) -> SimConfig {
+        if swarm {
+            let (faults, link) = Faults::swarm(self.seed);
+            self.faults = Faults {
+                liveness_within: self.faults.liveness_within,
+                ..faults
+            };
+            self.link = link;
+        }
+        self
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
@@ -98,6 +182,7 @@ impl Default for SimConfig {
             max_time: Duration::from_secs(600),
             peer_config: Config::default(),
             scenario: Scenario::Pairing,
+            faults: Faults::default(),
         }
     }
 }
@@ -146,6 +231,20 @@ pub struct Stats {
     pub signatures: u64,
     /// Devices crashed.
     pub crashes: u64,
+    /// Devices restarted from their durable records.
+    pub restarts: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Datagrams dropped by a partition.
+    pub partitioned: u64,
+    /// Datagrams lost inside a loss burst.
+    pub burst_losses: u64,
+    /// Writes that landed on disk but whose acknowledgement a crash swallowed.
+    pub writes_landed_unacked: u64,
+    /// Writes torn away by a crash.
+    pub writes_lost: u64,
+    /// Handshake messages retransmitted (summed over peers at the end).
+    pub handshake_retransmits: u64,
     /// Simulated time of the last pairing, ns.
     pub all_paired_at: Option<u64>,
     /// Drops by reason, summed over all peers.
@@ -175,6 +274,16 @@ enum Ev {
     Tick {
         node: usize,
     },
+    Fault(Fault),
+}
+
+#[derive(Debug)]
+enum Fault {
+    Crash,
+    Restart(usize),
+    Partition,
+    Heal(Vec<(usize, usize)>),
+    SafetyEnd,
 }
 
 struct Node {
@@ -192,6 +301,11 @@ struct Node {
     crashed: bool,
     authority: Option<([u8; 32], [u8; 32])>,
     shares: usize,
+    /// Clock offsets of this device (monotone ns, wall ms).
+    mono_off: u64,
+    unix_off: i64,
+    /// Devices this device announced as paired (must survive any crash).
+    promised: std::collections::BTreeSet<DeviceId>,
 }
 
 /// One processed event, as handed to a trace sink.
@@ -225,6 +339,14 @@ pub struct World {
     ids: Vec<DeviceId>,
     line: String,
     pending_violation: Option<Violation>,
+    faults: PeerRng,
+    incarnations: PeerRng,
+    /// Directed links cut by a partition.
+    blocked: std::collections::BTreeSet<(usize, usize)>,
+    /// Links inside a loss burst.
+    bursting: BTreeMap<(usize, usize), bool>,
+    /// Safety phase running.
+    faults_on: bool,
 }
 
 fn stream(seed: u64, label: &str) -> PeerRng {
@@ -302,9 +424,17 @@ impl World {
                 crashed: false,
                 authority: None,
                 shares: 0,
+                mono_off: 0,
+                unix_off: 0,
+                promised: Default::default(),
             });
         }
         let mut w = World {
+            faults: stream(cfg.seed, "faults"),
+            incarnations: stream(cfg.seed, "incarnations"),
+            blocked: Default::default(),
+            bursting: Default::default(),
+            faults_on: cfg.faults.any(),
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
             cfg,
@@ -320,6 +450,26 @@ impl World {
             line: String::new(),
             pending_violation: None,
         };
+        if w.faults_on {
+            let f = w.cfg.faults.clone();
+            let skew = f.max_skew.as_nanos() as u64;
+            if skew > 0 {
+                for i in 0..w.nodes.len() {
+                    w.nodes[i].mono_off = uniform(&mut w.faults, 0, skew);
+                    let ms = uniform(&mut w.faults, 0, 2 * skew / 1_000_000) as i64 - (skew / 1_000_000) as i64;
+                    w.nodes[i].unix_off = ms;
+                }
+            }
+            if let Some(e) = f.crash_every {
+                let t = exp_sample(&mut w.faults, e.as_nanos() as u64);
+                w.schedule(t, Ev::Fault(Fault::Crash));
+            }
+            if let Some(e) = f.partition_every {
+                let t = exp_sample(&mut w.faults, e.as_nanos() as u64);
+                w.schedule(t, Ev::Fault(Fault::Partition));
+            }
+            w.schedule(f.safety_for.as_nanos() as u64, Ev::Fault(Fault::SafetyEnd));
+        }
         // Device 0 invites every other device.
         for _ in 1..w.cfg.peers {
             let cmd = Command::CreateInvite {
@@ -338,6 +488,13 @@ impl World {
 
     fn now_of(ns: u64) -> Now {
         Now::from_parts(ns, UNIX_BASE_MS + ns / 1_000_000)
+    }
+
+    /// The time device `i` sees (its clock may be offset).
+    fn now_at(&self, i: usize, ns: u64) -> Now {
+        let n = &self.nodes[i];
+        let unix = (UNIX_BASE_MS + ns / 1_000_000) as i64 + n.unix_off;
+        Now::from_parts(ns + n.mono_off, unix.max(0) as u64)
     }
 
     fn schedule(&mut self, at: u64, ev: Ev) {
@@ -370,6 +527,9 @@ impl World {
 
     /// True when every joiner is paired, has a pong and has received a message.
     pub fn done(&self) -> bool {
+        if self.faults_on {
+            return false; // the safety phase runs its full length
+        }
         if self.cfg.scenario == Scenario::Authority {
             return self.stats.signatures > 0;
         }
@@ -416,8 +576,10 @@ impl World {
                 return Ok(()); // superseded: neither an event nor part of the trace
             }
         }
+        if matches!(ev, Ev::Tick { node: usize::MAX }) {
+            return Ok(()); // a write a crash voided
+        }
         self.stats.events += 1;
-        let now = Self::now_of(self.now);
         self.line.clear();
         use std::fmt::Write;
         let _ = write!(
@@ -426,7 +588,13 @@ impl World {
             self.now / 1_000_000_000,
             self.now % 1_000_000_000 / 1000
         );
+        if let Ev::Fault(f) = ev {
+            self.fault(f)?;
+            self.emit_line(0);
+            return Ok(());
+        }
         let target = match &ev {
+            Ev::Fault(_) => unreachable!("handled above"),
             Ev::Deliver { to, .. } => *to,
             Ev::Timer { node, .. } | Ev::PersistDone { node, .. } | Ev::Tick { node } | Ev::Command { node, .. } => {
                 *node
@@ -438,7 +606,9 @@ impl World {
             self.emit_line(target);
             return Ok(());
         }
+        let now = self.now_at(target, self.now);
         let node = match ev {
+            Ev::Fault(_) => unreachable!("handled above"),
             Ev::Deliver { to, from, bytes } => {
                 self.stats.delivered += 1;
                 let _ = write!(self.line, "n{to} rx n{from} {}B", bytes.len());
@@ -462,7 +632,7 @@ impl World {
                 // stays in the past would spin the host forever.
                 self.stats.checks += 1;
                 if let Some(t) = self.nodes[node].peer.poll_timeout() {
-                    if t.as_nanos() <= self.now {
+                    if t.as_nanos() <= now.mono.as_nanos() {
                         let channels = self.nodes[node].peer.channels();
                         return Err(self.violation(
                             "timer-progress",
@@ -524,7 +694,11 @@ impl World {
     }
 
     fn arm_timer(&mut self, i: usize) {
-        let want = self.nodes[i].peer.poll_timeout().map(|t| t.as_nanos().max(self.now));
+        let off = self.nodes[i].mono_off;
+        let want = self.nodes[i]
+            .peer
+            .poll_timeout()
+            .map(|t| t.as_nanos().saturating_sub(off).max(self.now));
         if want != self.nodes[i].timer_at {
             self.nodes[i].timer_gen += 1;
             self.nodes[i].timer_at = want;
@@ -571,7 +745,36 @@ impl World {
         let Some(to) = node_of(to).filter(|n| *n < self.nodes.len()) else {
             return;
         };
-        let link = self.cfg.link;
+        if self.blocked.contains(&(from, to)) {
+            self.stats.partitioned += 1;
+            let _ = std::fmt::Write::write_str(&mut self.line, " partitioned");
+            return;
+        }
+        let link = if self.faults_on || !self.cfg.faults.any() {
+            self.cfg.link
+        } else {
+            // Liveness phase: a clean network (delays only).
+            LinkModel {
+                loss: 0,
+                dup: 0,
+                reorder: 0,
+                ..self.cfg.link
+            }
+        };
+        if let (true, Some((enter, stay))) = (self.faults_on, self.cfg.faults.burst) {
+            let in_burst = self.bursting.get(&(from, to)).copied().unwrap_or(false);
+            let next = if in_burst {
+                chance(&mut self.net, stay)
+            } else {
+                chance(&mut self.net, enter)
+            };
+            self.bursting.insert((from, to), next);
+            if next {
+                self.stats.burst_losses += 1;
+                let _ = std::fmt::Write::write_str(&mut self.line, " lost(burst)");
+                return;
+            }
+        }
         if chance(&mut self.net, link.loss) {
             self.stats.lost += 1;
             let _ = std::fmt::Write::write_str(&mut self.line, " lost");
@@ -703,6 +906,10 @@ impl World {
         use std::fmt::Write;
         let _ = write!(self.line, " | ev {}", event_name(&e, &self.ids));
         let soon = self.now + 1_000_000;
+        if let Event::Paired { peer, .. } = &e {
+            // A promise: this pairing must survive any crash from now on.
+            self.nodes[i].promised.insert(*peer);
+        }
         match e {
             Event::InviteCreated { code, .. } if i == 0 => {
                 if let Some(j) = (1..self.nodes.len()).find(|j| self.nodes[*j].code.is_none()) {
@@ -716,7 +923,7 @@ impl World {
                     );
                 }
             }
-            Event::Paired { peer, .. } if i != 0 && peer == self.ids[0] => {
+            Event::Paired { peer, .. } if i != 0 && peer == self.ids[0] && !self.nodes[i].paired_with_0 => {
                 self.nodes[i].paired_with_0 = true;
                 self.stats.pairings += 1;
                 if self.nodes.iter().skip(1).all(|n| n.paired_with_0) {
@@ -790,25 +997,237 @@ impl World {
     /// joiner pings again and device 0 sends again until both got through.
     fn tick(&mut self, i: usize) {
         let n = &self.nodes[i];
-        if n.pong && n.got_message {
+        if n.pong && n.got_message && !self.faults_on {
             return;
         }
-        let now = Self::now_of(self.now);
-        if !n.pong {
+        let now = self.now_at(i, self.now);
+        if !n.pong || self.faults_on {
             let _ = self.nodes[i]
                 .peer
                 .handle_input(now, Input::Command(Command::Ping { peer: self.ids[0] }));
         }
-        if !self.nodes[i].got_message {
+        if !self.nodes[i].got_message || self.faults_on {
             let data = Bytes::from(format!("welcome n{i}").into_bytes());
             let cmd = Command::Send {
                 peer: self.ids[i],
                 data,
             };
-            let _ = self.nodes[0].peer.handle_input(now, Input::Command(cmd));
-            self.drain_and_arm(0);
+            if !self.nodes[0].crashed {
+                let now0 = self.now_at(0, self.now);
+                let _ = self.nodes[0].peer.handle_input(now0, Input::Command(cmd));
+                self.drain_and_arm(0);
+            }
         }
         self.schedule(self.now + 1_000_000_000, Ev::Tick { node: i });
+    }
+
+    /// Injects or ends a fault.
+    fn fault(&mut self, f: Fault) -> Result<(), Violation> {
+        use std::fmt::Write;
+        let n = self.nodes.len();
+        let fc = self.cfg.faults.clone();
+        match f {
+            Fault::Crash => {
+                if !self.faults_on {
+                    return Ok(());
+                }
+                // Never crash the last running device: someone must carry the workload.
+                let up: Vec<usize> = (0..n).filter(|i| !self.nodes[*i].crashed).collect();
+                if up.len() > 1 {
+                    let i = up[uniform(&mut self.faults, 0, up.len() as u64 - 1) as usize];
+                    self.crash(i);
+                    let _ = write!(self.line, "fault crash n{i}");
+                    let down = uniform(
+                        &mut self.faults,
+                        fc.down_for.0.as_nanos() as u64,
+                        fc.down_for.1.as_nanos() as u64,
+                    );
+                    self.schedule(self.now + down, Ev::Fault(Fault::Restart(i)));
+                } else {
+                    let _ = write!(self.line, "fault crash skipped");
+                }
+                if let Some(e) = fc.crash_every {
+                    let t = exp_sample(&mut self.faults, e.as_nanos() as u64);
+                    self.schedule(self.now + t.max(1), Ev::Fault(Fault::Crash));
+                }
+            }
+            Fault::Restart(i) => {
+                if self.nodes[i].crashed {
+                    let _ = write!(self.line, "fault restart n{i}");
+                    self.restart_from_disk(i)?;
+                }
+            }
+            Fault::Partition => {
+                if !self.faults_on {
+                    return Ok(());
+                }
+                let kind = uniform(&mut self.faults, 0, 2);
+                let mut cut = Vec::new();
+                match kind {
+                    0 => {
+                        // Isolate one device, both ways.
+                        let x = uniform(&mut self.faults, 0, n as u64 - 1) as usize;
+                        for j in (0..n).filter(|j| *j != x) {
+                            cut.push((x, j));
+                            cut.push((j, x));
+                        }
+                        let _ = write!(self.line, "fault isolate n{x}");
+                    }
+                    1 => {
+                        // Split into two groups.
+                        let k = uniform(&mut self.faults, 1, n as u64 - 1) as usize;
+                        for a in 0..k {
+                            for b in k..n {
+                                cut.push((a, b));
+                                cut.push((b, a));
+                            }
+                        }
+                        let _ = write!(self.line, "fault split at n{k}");
+                    }
+                    _ => {
+                        // One way only.
+                        let a = uniform(&mut self.faults, 0, n as u64 - 1) as usize;
+                        let b = (a + 1 + uniform(&mut self.faults, 0, n as u64 - 2) as usize) % n;
+                        cut.push((a, b));
+                        let _ = write!(self.line, "fault one-way n{a}->n{b}");
+                    }
+                }
+                let fresh: Vec<(usize, usize)> = cut.into_iter().filter(|c| self.blocked.insert(*c)).collect();
+                self.stats.partitions += 1;
+                let dur = uniform(
+                    &mut self.faults,
+                    fc.partition_for.0.as_nanos() as u64,
+                    fc.partition_for.1.as_nanos() as u64,
+                );
+                self.schedule(self.now + dur, Ev::Fault(Fault::Heal(fresh)));
+                if let Some(e) = fc.partition_every {
+                    let t = exp_sample(&mut self.faults, e.as_nanos() as u64);
+                    self.schedule(self.now + t.max(1), Ev::Fault(Fault::Partition));
+                }
+            }
+            Fault::Heal(links) => {
+                for l in &links {
+                    self.blocked.remove(l);
+                }
+                let _ = write!(self.line, "fault heal {} links", links.len());
+            }
+            Fault::SafetyEnd => {
+                // Liveness phase: heal everything, bring every device back, stop faults.
+                self.faults_on = false;
+                self.blocked.clear();
+                self.bursting.clear();
+                let _ = write!(self.line, "phase liveness");
+                for i in 0..n {
+                    if self.nodes[i].crashed {
+                        self.restart_from_disk(i)?;
+                    }
+                }
+                // Connectivity must be shown again after the faults: fresh pings and messages.
+                for i in 1..n {
+                    self.nodes[i].pong = false;
+                    self.nodes[i].got_message = false;
+                    if self.nodes[i].paired_with_0 {
+                        self.schedule(self.now + 1_000_000, Ev::Tick { node: i });
+                    }
+                }
+                let bound = (fc.safety_for + fc.liveness_within).as_nanos() as u64;
+                if self.cfg.max_time.as_nanos() as u64 > bound {
+                    self.cfg.max_time = Duration::from_nanos(bound);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A crash: the device stops; each write not yet acknowledged either landed (the
+    /// record is on disk, the ack never came) or was torn away, by seed.
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].crashed = true;
+        self.stats.crashes += 1;
+        let pending: Vec<u64> = self
+            .evs
+            .iter()
+            .filter(|(_, e)| matches!(e, Ev::PersistDone { node, .. } if *node == i))
+            .map(|(k, _)| *k)
+            .collect();
+        // In order of issue, so a torn write also loses everything after it.
+        let mut torn = false;
+        for k in pending {
+            let Some(Ev::PersistDone { record, .. }) = self.evs.remove(&k) else {
+                continue;
+            };
+            self.evs.insert(k, Ev::Tick { node: usize::MAX });
+            torn = torn || chance(&mut self.faults, 500_000);
+            if torn {
+                self.stats.writes_lost += 1;
+            } else {
+                self.stats.writes_landed_unacked += 1;
+                self.nodes[i].durable.push(*record);
+            }
+        }
+    }
+
+    /// Restarts a crashed device from its durable records with a new incarnation seed,
+    /// and checks that nothing it had announced was lost.
+    fn restart_from_disk(&mut self, i: usize) -> Result<(), Violation> {
+        let seed = self.incarnations.bytes32();
+        let now = self.now_at(i, self.now);
+        let n = &mut self.nodes[i];
+        let durable = Durable {
+            secret: n.secret.clone(),
+            records: n.durable.clone(),
+        };
+        n.peer = Peer::restore(self.cfg.peer_config.clone(), durable, seed, now);
+        n.crashed = false;
+        n.timer_gen += 1;
+        n.timer_at = None;
+        self.stats.restarts += 1;
+        self.stats.checks += 1;
+        let paired: std::collections::BTreeSet<DeviceId> = self.nodes[i].peer.paired().map(|(d, _)| *d).collect();
+        if let Some(lost) = self.nodes[i].promised.iter().find(|d| !paired.contains(d)) {
+            return Err(self.violation(
+                "no-lost-promise",
+                format!("n{i} announced pairing with {} but lost it in a crash", lost.short()),
+            ));
+        }
+        if let Some((_, gk)) = self.nodes[i].authority {
+            if self.nodes[i].peer.authority().map(|v| v.group_key) != Some(gk) {
+                return Err(self.violation("no-lost-promise", format!("n{i} lost its authority in a crash")));
+            }
+        }
+        self.drain_and_arm(i);
+        if i != 0 && self.nodes[i].paired_with_0 {
+            self.schedule(self.now + 1_000_000, Ev::Tick { node: i });
+        }
+        if i == 0 {
+            self.reinvite();
+        }
+        if let (false, Some(code)) = (self.nodes[i].paired_with_0, self.nodes[i].code.clone()) {
+            // The user asks to join again (a join typed while the device was down is lost;
+            // one already recorded resumes by itself, and asking again is harmless).
+            if i != 0 {
+                self.schedule(
+                    self.now + 1_000_000,
+                    Ev::Command {
+                        node: i,
+                        cmd: Command::Join { code },
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The user of device 0 asks again for codes a crash swallowed before they were shown.
+    fn reinvite(&mut self) {
+        let missing = (1..self.nodes.len()).filter(|j| self.nodes[*j].code.is_none()).count();
+        for _ in 0..missing {
+            let cmd = Command::CreateInvite {
+                valid_for: Duration::from_secs(3600),
+                addr_hint: addr(0),
+            };
+            self.schedule(self.now + 1_000_000, Ev::Command { node: 0, cmd });
+        }
     }
 
     fn drain_and_arm(&mut self, i: usize) {

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use aura_sim::perfetto::PerfettoWriter;
-use aura_sim::{LinkModel, Ppm, Scenario, SimConfig, Violation, World};
+use aura_sim::{Faults, LinkModel, Ppm, Scenario, SimConfig, Violation, World};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -69,6 +69,26 @@ struct WorldArgs {
     /// Give up after this many simulated seconds.
     #[arg(long, default_value_t = 600)]
     max_time_s: u64,
+    /// Swarm mode: every seed draws its own link model and fault mix (overrides the link
+    /// and fault flags).
+    #[arg(long)]
+    swarm: bool,
+    /// Crash a random device every N simulated seconds on average (safety phase only).
+    #[arg(long, value_name = "N")]
+    crash_every_s: Option<u64>,
+    /// Start a random partition every N simulated seconds on average (safety phase only).
+    #[arg(long, value_name = "N")]
+    partition_every_s: Option<u64>,
+    /// Offset each device's clocks by up to this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    skew_ms: u64,
+    /// Length of the safety phase in simulated seconds; then faults stop and the workload
+    /// must finish within --liveness-s.
+    #[arg(long, default_value_t = 60)]
+    safety_s: u64,
+    /// Bound of the liveness phase in simulated seconds.
+    #[arg(long, default_value_t = 300)]
+    liveness_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -171,7 +191,25 @@ impl WorldArgs {
                 ScenarioArg::Pairing => Scenario::Pairing,
                 ScenarioArg::Authority => Scenario::Authority,
             },
+            faults: self.faults(),
             ..SimConfig::default()
+        }
+        .with_swarm(self.swarm)
+    }
+
+    fn faults(&self) -> Faults {
+        let f = Faults {
+            crash_every: self.crash_every_s.map(Duration::from_secs),
+            partition_every: self.partition_every_s.map(Duration::from_secs),
+            max_skew: Duration::from_millis(self.skew_ms),
+            safety_for: Duration::from_secs(self.safety_s),
+            liveness_within: Duration::from_secs(self.liveness_s),
+            ..Faults::default()
+        };
+        if f.any() {
+            f
+        } else {
+            Faults::default()
         }
     }
 
@@ -187,7 +225,30 @@ impl WorldArgs {
             self.min_delay_ms,
             self.mean_delay_ms,
             self.max_time_s
-        )
+        ) + &self.fault_flags()
+    }
+
+    fn fault_flags(&self) -> String {
+        let mut f = String::new();
+        if self.swarm {
+            f.push_str(" --swarm");
+        }
+        if let Some(n) = self.crash_every_s {
+            f.push_str(&format!(" --crash-every-s {n}"));
+        }
+        if let Some(n) = self.partition_every_s {
+            f.push_str(&format!(" --partition-every-s {n}"));
+        }
+        if self.skew_ms > 0 {
+            f.push_str(&format!(" --skew-ms {}", self.skew_ms));
+        }
+        if self.faults().any() || self.swarm {
+            f.push_str(&format!(
+                " --safety-s {} --liveness-s {}",
+                self.safety_s, self.liveness_s
+            ));
+        }
+        f
     }
 }
 
@@ -279,8 +340,8 @@ fn run(a: RunArgs) -> ExitCode {
         );
     }
     println!(
-        "faults: lost {} duplicated {} reordered {} crashed {}",
-        s.lost, s.duplicated, s.reordered, s.crashes
+        "faults: lost {} (in bursts {}) duplicated {} reordered {} partitioned {} | crashes {} restarts {} partitions {} | writes landed-unacked {} torn {}",
+        s.lost, s.burst_losses, s.duplicated, s.reordered, s.partitioned, s.crashes, s.restarts, s.partitions, s.writes_landed_unacked, s.writes_lost
     );
     println!("datagrams: sent {} delivered {}", s.sent, s.delivered);
     let drops: Vec<String> = s.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -105,3 +105,63 @@ fn authority_forms_and_signs_with_a_device_crashed_under_loss() {
     let (b, _) = run(authority(3, 4));
     assert_eq!(a, b, "authority runs replay bit for bit");
 }
+
+fn faulty(seed: u64) -> SimConfig {
+    SimConfig {
+        faults: aura_sim::Faults {
+            crash_every: Some(std::time::Duration::from_millis(700)),
+            partition_every: Some(std::time::Duration::from_secs(4)),
+            max_skew: std::time::Duration::from_secs(30),
+            burst: Some((5_000, 600_000)),
+            safety_for: std::time::Duration::from_secs(40),
+            ..aura_sim::Faults::default()
+        },
+        // A slow disk, so crashes catch writes in flight.
+        persist_latency: (
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_millis(400),
+        ),
+        ..lossy(seed, 4)
+    }
+}
+
+#[test]
+fn crashes_partitions_and_skew_then_liveness() {
+    let (mut crashes, mut restarts, mut partitions, mut landed, mut torn, mut bursts) = (0, 0, 0, 0, 0, 0);
+    for seed in 1..=25 {
+        let (_, w) = run(faulty(seed));
+        assert!(
+            w.done(),
+            "seed {seed}: not converged after the faults stopped: {:?}",
+            w.stats
+        );
+        crashes += w.stats.crashes;
+        restarts += w.stats.restarts;
+        partitions += w.stats.partitions;
+        landed += w.stats.writes_landed_unacked;
+        torn += w.stats.writes_lost;
+        bursts += w.stats.burst_losses;
+    }
+    // The rare paths actually ran (coverage), and every crashed device came back.
+    assert!(
+        crashes > 10 && partitions > 10 && bursts > 0,
+        "{crashes} {partitions} {bursts}"
+    );
+    assert_eq!(crashes, restarts);
+    assert!(landed + torn > 0, "no crash ever hit a pending write");
+    let (a, _) = run(faulty(7));
+    let (b, _) = run(faulty(7));
+    assert_eq!(a, b, "faulty runs replay bit for bit");
+}
+
+#[test]
+fn swarm_mode_draws_per_seed_and_converges() {
+    let mut models = std::collections::BTreeSet::new();
+    for seed in 1..=30 {
+        let cfg = lossy(seed, 4).with_swarm(true);
+        models.insert(format!("{:?}", cfg.link));
+        let (_, w) = run(cfg);
+        assert!(w.done(), "swarm seed {seed}: {:?}", w.stats);
+    }
+    assert!(models.len() > 25, "swarm seeds should differ in their link models");
+}
