@@ -21,8 +21,8 @@ use std::time::Duration;
 use aura_proto::rng::PeerRng;
 use aura_proto::wire::{self, Packet, MAX_DATAGRAM, PAD_BUCKETS};
 use aura_proto::{
-    Command, Config, DeviceId, DeviceSecret, DropReason, Durable, Event, Input, Invitation, Now, Output, Peer, Record,
-    Ticket,
+    Command, Config, DeviceId, DeviceSecret, DownReason, DropReason, Durable, Event, Input, Invitation, Now, Output,
+    Peer, Record, Ticket,
 };
 use bytes::Bytes;
 
@@ -245,6 +245,8 @@ pub struct Stats {
     pub writes_lost: u64,
     /// Handshake messages retransmitted (summed over peers at the end).
     pub handshake_retransmits: u64,
+    /// How often each rare path ran ("coverage marks"): faults, retries, drop reasons.
+    pub coverage: BTreeMap<String, u64>,
     /// Simulated time of the last pairing, ns.
     pub all_paired_at: Option<u64>,
     /// Drops by reason, summed over all peers.
@@ -347,6 +349,9 @@ pub struct World {
     bursting: BTreeMap<(usize, usize), bool>,
     /// Safety phase running.
     faults_on: bool,
+    /// Counters of incarnations that crashed.
+    retired_drops: BTreeMap<&'static str, u64>,
+    retired_retx: u64,
 }
 
 fn stream(seed: u64, label: &str) -> PeerRng {
@@ -435,6 +440,8 @@ impl World {
             blocked: Default::default(),
             bursting: Default::default(),
             faults_on: cfg.faults.any(),
+            retired_drops: BTreeMap::new(),
+            retired_retx: 0,
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
             cfg,
@@ -559,7 +566,8 @@ impl World {
     }
 
     fn collect_drops(&mut self) {
-        self.stats.drops.clear();
+        self.stats.drops = self.retired_drops.clone();
+        self.stats.handshake_retransmits = self.retired_retx;
         for n in &self.nodes {
             for r in DropReason::ALL {
                 let c = n.peer.metrics().drops(r);
@@ -567,7 +575,21 @@ impl World {
                     *self.stats.drops.entry(r.name()).or_default() += c;
                 }
             }
+            self.stats.handshake_retransmits += n.peer.metrics().handshake_retransmits;
         }
+        for (k, v) in self.stats.drops.clone() {
+            self.stats.coverage.insert(format!("drop:{k}"), v);
+        }
+        if self.stats.handshake_retransmits > 0 {
+            self.stats
+                .coverage
+                .insert("handshake-retransmit".into(), self.stats.handshake_retransmits);
+        }
+    }
+
+    /// Counts one run of a rare path.
+    fn mark(&mut self, name: &str) {
+        *self.stats.coverage.entry(name.to_owned()).or_default() += 1;
     }
 
     fn step(&mut self, ev: Ev) -> Result<(), Violation> {
@@ -771,6 +793,7 @@ impl World {
             self.bursting.insert((from, to), next);
             if next {
                 self.stats.burst_losses += 1;
+                self.mark("burst-loss");
                 let _ = std::fmt::Write::write_str(&mut self.line, " lost(burst)");
                 return;
             }
@@ -909,6 +932,25 @@ impl World {
         if let Event::Paired { peer, .. } = &e {
             // A promise: this pairing must survive any crash from now on.
             self.nodes[i].promised.insert(*peer);
+        }
+        match &e {
+            Event::PairingFailed { .. } => self.mark("pairing-failed"),
+            Event::ChannelDown {
+                reason: DownReason::Timeout,
+                ..
+            } => self.mark("dead-peer"),
+            Event::ChannelDown {
+                reason: DownReason::Idle,
+                ..
+            } => self.mark("idle-close"),
+            Event::ChannelDown {
+                reason: DownReason::PeerClosed,
+                ..
+            } => self.mark("peer-closed"),
+            Event::ChannelFailed { .. } => self.mark("link-failed"),
+            Event::SignFailed { .. } => self.mark("sign-failed"),
+            Event::AuthorityFailed { .. } => self.mark("dkg-failed"),
+            _ => {}
         }
         match e {
             Event::InviteCreated { code, .. } if i == 0 => {
@@ -1094,6 +1136,7 @@ impl World {
                 }
                 let fresh: Vec<(usize, usize)> = cut.into_iter().filter(|c| self.blocked.insert(*c)).collect();
                 self.stats.partitions += 1;
+                self.mark("partition");
                 let dur = uniform(
                     &mut self.faults,
                     fc.partition_for.0.as_nanos() as u64,
@@ -1144,6 +1187,15 @@ impl World {
     fn crash(&mut self, i: usize) {
         self.nodes[i].crashed = true;
         self.stats.crashes += 1;
+        self.mark("crash");
+        // Keep the counters of the incarnation that just died.
+        let m = self.nodes[i].peer.metrics().clone();
+        for r in DropReason::ALL {
+            if m.drops(r) > 0 {
+                *self.retired_drops.entry(r.name()).or_default() += m.drops(r);
+            }
+        }
+        self.retired_retx += m.handshake_retransmits;
         let pending: Vec<u64> = self
             .evs
             .iter()
@@ -1160,8 +1212,10 @@ impl World {
             torn = torn || chance(&mut self.faults, 500_000);
             if torn {
                 self.stats.writes_lost += 1;
+                self.mark("write-torn");
             } else {
                 self.stats.writes_landed_unacked += 1;
+                self.mark("write-landed-unacked");
                 self.nodes[i].durable.push(*record);
             }
         }
@@ -1182,6 +1236,7 @@ impl World {
         n.timer_gen += 1;
         n.timer_at = None;
         self.stats.restarts += 1;
+        self.mark("restart");
         self.stats.checks += 1;
         let paired: std::collections::BTreeSet<DeviceId> = self.nodes[i].peer.paired().map(|(d, _)| *d).collect();
         if let Some(lost) = self.nodes[i].promised.iter().find(|d| !paired.contains(d)) {
@@ -1196,6 +1251,13 @@ impl World {
             }
         }
         self.drain_and_arm(i);
+        // A pairing whose record landed just before the crash (its ack lost) holds: the
+        // device never announced it, but its state now says so.
+        if i != 0 && !self.nodes[i].paired_with_0 && self.nodes[i].peer.paired().any(|(d, _)| *d == self.ids[0]) {
+            self.nodes[i].paired_with_0 = true;
+            self.stats.pairings += 1;
+            self.mark("pairing-recovered");
+        }
         if i != 0 && self.nodes[i].paired_with_0 {
             self.schedule(self.now + 1_000_000, Ev::Tick { node: i });
         }

@@ -89,6 +89,10 @@ struct WorldArgs {
     /// Bound of the liveness phase in simulated seconds.
     #[arg(long, default_value_t = 300)]
     liveness_s: u64,
+    /// Storage write latency range in milliseconds, LO..HI (a slow disk lets crashes catch
+    /// writes in flight; 0 means 0.2 ms).
+    #[arg(long, value_parser = parse_range, default_value = "0..3")]
+    disk_ms: (u64, u64),
 }
 
 #[derive(clap::Args)]
@@ -114,6 +118,10 @@ struct SweepArgs {
     /// Parallel workers (default: the machine's cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Fail unless each of these coverage marks was hit at least once across the sweep
+    /// (comma-separated, e.g. crash,write-torn,dead-peer).
+    #[arg(long, value_delimiter = ',')]
+    require_coverage: Vec<String>,
     #[command(flatten)]
     world: WorldArgs,
 }
@@ -192,9 +200,19 @@ impl WorldArgs {
                 ScenarioArg::Authority => Scenario::Authority,
             },
             faults: self.faults(),
+            persist_latency: self.disk(),
             ..SimConfig::default()
         }
         .with_swarm(self.swarm)
+    }
+
+    fn disk(&self) -> (Duration, Duration) {
+        let lo = if self.disk_ms.0 == 0 {
+            Duration::from_micros(200)
+        } else {
+            Duration::from_millis(self.disk_ms.0)
+        };
+        (lo, Duration::from_millis(self.disk_ms.1).max(lo))
     }
 
     fn faults(&self) -> Faults {
@@ -247,6 +265,9 @@ impl WorldArgs {
                 " --safety-s {} --liveness-s {}",
                 self.safety_s, self.liveness_s
             ));
+        }
+        if self.disk_ms != (0, 3) {
+            f.push_str(&format!(" --disk-ms {}..{}", self.disk_ms.0, self.disk_ms.1));
         }
         f
     }
@@ -354,6 +375,11 @@ fn run(a: RunArgs) -> ExitCode {
         }
     );
     println!("records persisted: {}", s.persisted);
+    let cov: Vec<String> = s.coverage.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "coverage: {}",
+        if cov.is_empty() { "none".into() } else { cov.join(" ") }
+    );
     let sim = w.now_ns();
     let wall_s = wall.as_secs_f64().max(1e-9);
     println!(
@@ -409,7 +435,8 @@ fn sweep(a: SweepArgs) -> ExitCode {
     );
     let next = Arc::new(AtomicU64::new(first));
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(u64, Outcome, u64, u64)>();
+    type Done = (u64, Outcome, u64, u64, std::collections::BTreeMap<String, u64>);
+    let (tx, rx) = mpsc::channel::<Done>();
     let started = std::time::Instant::now();
     let mut handles = Vec::new();
     for _ in 0..jobs {
@@ -427,7 +454,8 @@ fn sweep(a: SweepArgs) -> ExitCode {
             if !matches!(outcome, Outcome::Ok) {
                 stop.store(true, Ordering::Relaxed);
             }
-            if tx.send((seed, outcome, w.stats.events, w.now_ns())).is_err() {
+            let cov = std::mem::take(&mut w.stats.coverage);
+            if tx.send((seed, outcome, w.stats.events, w.now_ns(), cov)).is_err() {
                 break;
             }
         }));
@@ -437,7 +465,11 @@ fn sweep(a: SweepArgs) -> ExitCode {
     let (mut done, mut events, mut sim_ns) = (0u64, 0u64, 0u64);
     let mut failures: Vec<(u64, Outcome)> = Vec::new();
     let mut last_pct = 0;
-    for (seed, outcome, ev, ns) in rx {
+    let mut coverage: std::collections::BTreeMap<String, u64> = Default::default();
+    for (seed, outcome, ev, ns, cov) in rx {
+        for (k, v) in cov {
+            *coverage.entry(k).or_default() += v;
+        }
         done += 1;
         events += ev;
         sim_ns += ns;
@@ -472,8 +504,22 @@ fn sweep(a: SweepArgs) -> ExitCode {
         events as f64 / wall,
         secs(sim_ns)
     );
+    let cov: Vec<String> = coverage.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "coverage: {}",
+        if cov.is_empty() { "none".into() } else { cov.join(" ") }
+    );
     failures.sort_by_key(|(s, _)| *s);
+    let missing: Vec<&String> = a
+        .require_coverage
+        .iter()
+        .filter(|m| !coverage.contains_key(*m))
+        .collect();
     match failures.first() {
+        None if !missing.is_empty() => {
+            println!("FAILED coverage: never hit {missing:?}; the sweep did not exercise what it must");
+            ExitCode::from(1)
+        }
         None => {
             println!("result: all {done} seeds ok");
             ExitCode::SUCCESS

@@ -101,3 +101,21 @@ fn sweep_reports_all_ok_or_the_first_failing_seed() {
     let (ok, _) = run(&["sweep", "--seeds", "9..2"]);
     assert!(!ok);
 }
+
+#[test]
+fn sweep_fails_when_required_coverage_is_missing() {
+    // No faults configured: crashes can never happen, so requiring them must fail.
+    let (ok, out) = run(&["sweep", "--seeds", "1..3", "--jobs", "1", "--require-coverage", "crash"]);
+    assert!(!ok);
+    assert!(out.contains("FAILED coverage"), "{out}");
+    let (ok, out) = run(&[
+        "sweep",
+        "--seeds",
+        "1..3",
+        "--jobs",
+        "1",
+        "--require-coverage",
+        "handshake-retransmit",
+    ]);
+    assert!(ok, "{out}");
+}
