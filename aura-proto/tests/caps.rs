@@ -130,3 +130,23 @@ fn tampered_tokens_and_bad_input_are_refused() {
     );
     assert!(matches!(err, Err(CapError::BadRight(_))));
 }
+
+#[test]
+fn tokens_for_other_authorities() {
+    let root = root_public(&SECRET);
+    let mut rng = PeerRng::from_seed([8; 32]);
+    let other = AuthorityId([0x42; 32]);
+    let t = issue(
+        &root_keypair(&SECRET),
+        &AuthorityId([1; 32]),
+        &Subject::Authority(other),
+        &rights(&["relay"]),
+        None,
+        &mut rng,
+    )
+    .unwrap();
+    let s = verify(&t, &root).unwrap();
+    assert_eq!(s.subject, Subject::Authority(other));
+    assert_eq!(s.budget, None);
+    assert!(s.rights.contains("relay"));
+}

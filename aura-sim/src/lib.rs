@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod perfetto;
+pub mod scenario;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -136,9 +137,50 @@ impl Faults {
     }
 }
 
+/// A scripted control action (scenario files, the simulator fuzz target).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Crash a device (writes in flight land or are torn, by seed).
+    Crash {
+        /// Device index.
+        node: usize,
+    },
+    /// Restart a crashed device from its durable records.
+    Restart {
+        /// Device index.
+        node: usize,
+    },
+    /// Cut every link from group `a` to group `b` (and back unless `one_way`).
+    Partition {
+        /// One side.
+        a: Vec<usize>,
+        /// The other side.
+        b: Vec<usize>,
+        /// Cut only a → b.
+        #[serde(default)]
+        one_way: bool,
+    },
+    /// Heal every partition.
+    Heal,
+    /// Change the link model from now on (unset fields keep their value).
+    SetLink {
+        /// Loss probability in parts per million.
+        loss_ppm: Option<Ppm>,
+        /// Duplication probability in parts per million.
+        dup_ppm: Option<Ppm>,
+        /// Reordering probability in parts per million.
+        reorder_ppm: Option<Ppm>,
+        /// Minimum delay, ms.
+        min_delay_ms: Option<u64>,
+    },
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Scripted actions: (simulated time, action).
+    pub script: Vec<(Duration, Action)>,
     /// Faults of the safety phase.
     pub faults: Faults,
     /// The workload.
@@ -183,6 +225,7 @@ impl Default for SimConfig {
             peer_config: Config::default(),
             scenario: Scenario::Pairing,
             faults: Faults::default(),
+            script: Vec::new(),
         }
     }
 }
@@ -281,6 +324,7 @@ enum Ev {
 
 #[derive(Debug)]
 enum Fault {
+    Scripted(Action),
     Crash,
     Restart(usize),
     Partition,
@@ -352,6 +396,8 @@ pub struct World {
     /// Counters of incarnations that crashed.
     retired_drops: BTreeMap<&'static str, u64>,
     retired_retx: u64,
+    /// Scripted actions not yet run.
+    script_pending: usize,
 }
 
 fn stream(seed: u64, label: &str) -> PeerRng {
@@ -442,6 +488,7 @@ impl World {
             faults_on: cfg.faults.any(),
             retired_drops: BTreeMap::new(),
             retired_retx: 0,
+            script_pending: 0,
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
             cfg,
@@ -476,6 +523,10 @@ impl World {
                 w.schedule(t, Ev::Fault(Fault::Partition));
             }
             w.schedule(f.safety_for.as_nanos() as u64, Ev::Fault(Fault::SafetyEnd));
+        }
+        for (at, a) in w.cfg.script.clone() {
+            w.script_pending += 1;
+            w.schedule(at.as_nanos() as u64, Ev::Fault(Fault::Scripted(a)));
         }
         // Device 0 invites every other device.
         for _ in 1..w.cfg.peers {
@@ -534,7 +585,7 @@ impl World {
 
     /// True when every joiner is paired, has a pong and has received a message.
     pub fn done(&self) -> bool {
-        if self.faults_on {
+        if self.faults_on || self.script_pending > 0 {
             return false; // the safety phase runs its full length
         }
         if self.cfg.scenario == Scenario::Authority {
@@ -1069,6 +1120,69 @@ impl World {
         let n = self.nodes.len();
         let fc = self.cfg.faults.clone();
         match f {
+            Fault::Scripted(a) => {
+                self.script_pending -= 1;
+                let valid = |i: &usize| *i < n;
+                match a {
+                    Action::Crash { node } if valid(&node) && !self.nodes[node].crashed => {
+                        self.crash(node);
+                        let _ = write!(self.line, "script crash n{node}");
+                    }
+                    Action::Restart { node } if valid(&node) && self.nodes[node].crashed => {
+                        let _ = write!(self.line, "script restart n{node}");
+                        self.restart_from_disk(node)?;
+                    }
+                    Action::Partition { a, b, one_way } => {
+                        for x in a.iter().filter(|i| valid(i)) {
+                            for y in b.iter().filter(|i| valid(i) && *i != x) {
+                                self.blocked.insert((*x, *y));
+                                if !one_way {
+                                    self.blocked.insert((*y, *x));
+                                }
+                            }
+                        }
+                        self.stats.partitions += 1;
+                        self.mark("partition");
+                        let _ = write!(
+                            self.line,
+                            "script partition {a:?}{}{b:?}",
+                            if one_way { "->" } else { "|" }
+                        );
+                    }
+                    Action::Heal => {
+                        self.blocked.clear();
+                        let _ = write!(self.line, "script heal");
+                    }
+                    Action::SetLink {
+                        loss_ppm,
+                        dup_ppm,
+                        reorder_ppm,
+                        min_delay_ms,
+                    } => {
+                        let l = &mut self.cfg.link;
+                        l.loss = loss_ppm.unwrap_or(l.loss).min(1_000_000);
+                        l.dup = dup_ppm.unwrap_or(l.dup).min(1_000_000);
+                        l.reorder = reorder_ppm.unwrap_or(l.reorder).min(1_000_000);
+                        if let Some(d) = min_delay_ms {
+                            l.min_delay = Duration::from_millis(d);
+                        }
+                        let _ = write!(self.line, "script set-link {:?}", self.cfg.link);
+                    }
+                    other => {
+                        let _ = write!(self.line, "script {other:?} (not applicable, skipped)");
+                    }
+                }
+                if self.script_pending == 0 {
+                    // After the script, connectivity must be shown again.
+                    for i in 1..n {
+                        self.nodes[i].pong = false;
+                        self.nodes[i].got_message = false;
+                        if self.nodes[i].paired_with_0 {
+                            self.schedule(self.now + 1_000_000, Ev::Tick { node: i });
+                        }
+                    }
+                }
+            }
             Fault::Crash => {
                 if !self.faults_on {
                     return Ok(());

@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use aura_sim::perfetto::PerfettoWriter;
+use aura_sim::scenario::ScenarioFile;
 use aura_sim::{Faults, LinkModel, Ppm, Scenario, SimConfig, Violation, World};
 use clap::{Parser, Subcommand};
 
@@ -108,6 +109,9 @@ struct RunArgs {
     /// Write a Chrome/Perfetto trace-event JSON file (open it at ui.perfetto.dev).
     #[arg(long, value_name = "FILE")]
     perfetto: Option<PathBuf>,
+    /// Run a hand-written scenario file (TOML) instead of the world flags.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -298,18 +302,47 @@ fn run_world(w: &mut World) -> Outcome {
 
 fn run(a: RunArgs) -> ExitCode {
     let wa = &a.world;
-    println!(
-        "aura-sim run: seed={} scenario={} peers={} loss={} dup={} reorder={} delay={}ms+exp({}ms)",
-        a.seed,
-        scenario_name(wa.scenario),
-        wa.peers,
-        pct(wa.loss),
-        pct(wa.dup),
-        pct(wa.reorder),
-        wa.min_delay_ms,
-        wa.mean_delay_ms
-    );
-    let mut w = World::new(wa.config(a.seed));
+    let (cfg, replay) = match &a.file {
+        None => {
+            println!(
+                "aura-sim run: seed={} scenario={} peers={} loss={} dup={} reorder={} delay={}ms+exp({}ms)",
+                a.seed,
+                scenario_name(wa.scenario),
+                wa.peers,
+                pct(wa.loss),
+                pct(wa.dup),
+                pct(wa.reorder),
+                wa.min_delay_ms,
+                wa.mean_delay_ms
+            );
+            (
+                wa.config(a.seed),
+                format!("aura-sim run --seed {} {} --trace", a.seed, wa.flags()),
+            )
+        }
+        Some(path) => {
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|t| ScenarioFile::parse(&t).map_err(|e| format!("{}: {e}", path.display())))
+                .and_then(|f| f.config().map_err(|e| format!("{}: {e}", path.display())));
+            match parsed {
+                Ok(c) => {
+                    println!(
+                        "aura-sim run: scenario file {} ({} scripted actions)",
+                        path.display(),
+                        c.script.len()
+                    );
+                    (c, format!("aura-sim run --file {} --trace", path.display()))
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let (peers, max_time_s) = (cfg.peers, cfg.max_time.as_secs());
+    let mut w = World::new(cfg);
     let perfetto = match &a.perfetto {
         Some(p) => match PerfettoWriter::create(p) {
             Ok(pw) => Some(Rc::new(RefCell::new(Some(pw)))),
@@ -347,14 +380,14 @@ fn run(a: RunArgs) -> ExitCode {
         }
     }
     let s = &w.stats;
-    let joiners = wa.peers as u64 - 1;
+    let joiners = peers as u64 - 1;
     println!(
         "pairings: {}/{joiners} complete{}",
         s.pairings,
         s.all_paired_at.map(|t| format!(" at {}", secs(t))).unwrap_or_default()
     );
     println!("pings answered: {}  messages delivered: {}", s.pongs, s.messages);
-    if matches!(wa.scenario, ScenarioArg::Authority) {
+    if s.authority_members > 0 || s.signatures > 0 {
         println!(
             "authority: {} devices created it; {} crashed; threshold signatures: {} (all verified)",
             s.authority_members, s.crashes, s.signatures
@@ -391,7 +424,6 @@ fn run(a: RunArgs) -> ExitCode {
         sim as f64 / 1e9 / wall_s
     );
     println!("invariants: {} checks", s.checks);
-    let replay = format!("aura-sim run --seed {} {} --trace", a.seed, wa.flags());
     let code = match outcome {
         Outcome::Violation(v) => {
             println!(
@@ -405,10 +437,7 @@ fn run(a: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
         Outcome::Unfinished => {
-            println!(
-                "FAILED liveness: workload not finished within {} s simulated",
-                wa.max_time_s
-            );
+            println!("FAILED liveness: workload not finished within {max_time_s} s simulated");
             println!("replay: {replay}");
             ExitCode::from(1)
         }

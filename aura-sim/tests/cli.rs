@@ -119,3 +119,15 @@ fn sweep_fails_when_required_coverage_is_missing() {
     ]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn scenario_files_run_from_the_command_line() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/partition-then-heal.toml");
+    let (ok, out) = run(&["run", "--file", file]);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 scripted actions") || out.contains("2 scripted actions"), "{out}");
+    hash_line(&out);
+    let out = Command::new(env!("CARGO_BIN_EXE_aura-sim")).args(["run", "--file", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
