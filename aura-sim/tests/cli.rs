@@ -125,9 +125,15 @@ fn scenario_files_run_from_the_command_line() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/partition-then-heal.toml");
     let (ok, out) = run(&["run", "--file", file]);
     assert!(ok, "{out}");
-    assert!(out.contains("3 scripted actions") || out.contains("2 scripted actions"), "{out}");
+    assert!(
+        out.contains("3 scripted actions") || out.contains("2 scripted actions"),
+        "{out}"
+    );
     hash_line(&out);
-    let out = Command::new(env!("CARGO_BIN_EXE_aura-sim")).args(["run", "--file", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aura-sim"))
+        .args(["run", "--file", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }

@@ -170,3 +170,70 @@ pub fn peer_datagrams(data: &[u8]) {
         }
     }
 }
+
+/// The whole simulator driven by fuzzer bytes: a seed, a device count and a schedule of
+/// crashes, restarts, partitions and link changes. Every run must keep every invariant and,
+/// once the schedule ends (everything healed and restarted), finish its workload. A failing
+/// input is a reproducible schedule that `cargo fuzz tmin sim <file>` shrinks.
+pub fn sim(data: &[u8]) {
+    use aura_sim::{Action, SimConfig, World};
+    let mut seed = [0u8; 8];
+    for (i, b) in data.iter().take(8).enumerate() {
+        seed[i] = *b;
+    }
+    let peers = 2 + data.get(8).map_or(1, |b| *b as usize % 4);
+    let mut script = Vec::new();
+    let mut t_end = 0u64;
+    for c in data.get(9..).unwrap_or(&[]).chunks_exact(4).take(32) {
+        let t = u16::from_be_bytes([c[0], c[1]]) as u64 * 10; // ms, up to ~11 minutes
+        let arg = c[3] as usize;
+        let action = match c[2] % 5 {
+            0 => Action::Crash { node: arg % peers },
+            1 => Action::Restart { node: arg % peers },
+            2 => Action::Partition {
+                a: vec![arg % peers],
+                b: (0..peers).filter(|n| *n != arg % peers).collect(),
+                one_way: arg & 0x80 != 0,
+            },
+            3 => Action::Heal,
+            _ => Action::SetLink {
+                loss_ppm: Some(c[3] as u32 * 3000),
+                dup_ppm: None,
+                reorder_ppm: None,
+                min_delay_ms: None,
+            },
+        };
+        t_end = t_end.max(t);
+        script.push((std::time::Duration::from_millis(t), action));
+    }
+    // End of the schedule: heal, a clean link, every device back.
+    let end = std::time::Duration::from_millis(t_end + 1);
+    script.push((end, Action::Heal));
+    script.push((
+        end,
+        Action::SetLink {
+            loss_ppm: Some(0),
+            dup_ppm: Some(0),
+            reorder_ppm: Some(0),
+            min_delay_ms: None,
+        },
+    ));
+    for n in 0..peers {
+        script.push((end, Action::Restart { node: n }));
+    }
+    let cfg = SimConfig {
+        seed: u64::from_le_bytes(seed),
+        peers,
+        script,
+        max_time: std::time::Duration::from_millis(t_end) + std::time::Duration::from_secs(300),
+        ..SimConfig::default()
+    };
+    let mut w = World::new(cfg);
+    if let Err(v) = w.run() {
+        panic!(
+            "invariant {} broke at event {}: {}",
+            v.invariant, v.event_index, v.detail
+        );
+    }
+    assert!(w.done(), "workload unfinished after the schedule ended: {:?}", w.stats);
+}

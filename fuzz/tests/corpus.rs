@@ -23,3 +23,8 @@ fn frame_decode_corpus() {
 fn peer_datagrams_corpus() {
     replay("peer_datagrams", aura_fuzz::peer_datagrams);
 }
+
+#[test]
+fn sim_corpus() {
+    replay("sim", aura_fuzz::sim);
+}
