@@ -166,6 +166,19 @@ pub enum Action {
     },
     /// Heal every partition.
     Heal,
+    /// Freeze a device for a while: nothing reaches it, its timers wait, then it resumes
+    /// where it was (a laptop lid closed, a stalled process).
+    Pause {
+        /// Device index.
+        node: usize,
+        /// For how long, ms.
+        for_ms: u64,
+    },
+    /// Lose a device for good (stolen, broken): it crashes and never comes back.
+    Lose {
+        /// Device index.
+        node: usize,
+    },
     /// Change the link model from now on (unset fields keep their value).
     SetLink {
         /// Loss probability in parts per million.
@@ -244,6 +257,9 @@ pub struct Violation {
     pub time_ns: u64,
     /// What was seen.
     pub detail: String,
+    /// The last trace lines before the failure, oldest first (the failing event's own
+    /// line, as far as it got, last).
+    pub last_lines: Vec<String>,
 }
 
 /// Totals for the final report.
@@ -355,6 +371,10 @@ struct Node {
     unix_off: i64,
     /// Devices this device announced as paired (must survive any crash).
     promised: std::collections::BTreeSet<DeviceId>,
+    /// Frozen until this time.
+    paused_until: Option<u64>,
+    /// Gone for good.
+    lost: bool,
 }
 
 /// One processed event, as handed to a trace sink.
@@ -401,7 +421,12 @@ pub struct World {
     retired_retx: u64,
     /// Scripted actions not yet run.
     script_pending: usize,
+    /// The last trace lines, for failure reports.
+    recent: std::collections::VecDeque<String>,
 }
+
+/// How many trace lines a failure report carries.
+const RECENT_LINES: usize = 16;
 
 fn stream(seed: u64, label: &str) -> PeerRng {
     let mut k = [0u8; 32];
@@ -481,6 +506,8 @@ impl World {
                 mono_off: 0,
                 unix_off: 0,
                 promised: Default::default(),
+                paused_until: None,
+                lost: false,
             });
         }
         let mut w = World {
@@ -492,6 +519,7 @@ impl World {
             retired_drops: BTreeMap::new(),
             retired_retx: 0,
             script_pending: 0,
+            recent: std::collections::VecDeque::with_capacity(RECENT_LINES),
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
             cfg,
@@ -597,9 +625,11 @@ impl World {
         if self.cfg.scenario == Scenario::Keepalive {
             return false;
         }
+        // Devices lost for good are excused; everyone else must have made it.
         self.nodes
             .iter()
             .skip(1)
+            .filter(|n| !n.lost)
             .all(|n| n.paired_with_0 && n.pong && n.got_message)
     }
 
@@ -614,11 +644,14 @@ impl World {
     }
 
     fn violation(&self, invariant: &'static str, detail: String) -> Violation {
+        let mut last_lines: Vec<String> = self.recent.iter().cloned().collect();
+        last_lines.push(self.line.clone());
         Violation {
             invariant,
             event_index: self.stats.events,
             time_ns: self.now,
             detail,
+            last_lines,
         }
     }
 
@@ -679,6 +712,16 @@ impl World {
                 *node
             }
         };
+        if let Some(until) = self.nodes[target].paused_until {
+            if self.now < until {
+                // Frozen: the event waits until the device resumes.
+                let _ = write!(self.line, "n{target} paused");
+                self.emit_line(target);
+                self.schedule(until, ev);
+                return Ok(());
+            }
+            self.nodes[target].paused_until = None;
+        }
         if self.nodes[target].crashed {
             // Datagrams to a crashed device vanish; its unacknowledged writes are lost.
             let _ = write!(self.line, "n{target} down");
@@ -763,6 +806,15 @@ impl World {
     fn emit_line(&mut self, node: usize) {
         self.hasher.update(self.line.as_bytes());
         self.hasher.update(b"\n");
+        // Reuse the oldest line's buffer: no allocation per event.
+        let mut buf = if self.recent.len() == RECENT_LINES {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        buf.clear();
+        buf.push_str(&self.line);
+        self.recent.push_back(buf);
         if let Some(t) = self.trace.as_mut() {
             t(&TraceEvent {
                 time_ns: self.now,
@@ -1134,7 +1186,21 @@ impl World {
                         self.crash(node);
                         let _ = write!(self.line, "script crash n{node}");
                     }
-                    Action::Restart { node } if valid(&node) && self.nodes[node].crashed => {
+                    Action::Pause { node, for_ms } if valid(&node) => {
+                        let until = self.now + for_ms.saturating_mul(1_000_000);
+                        self.nodes[node].paused_until = Some(until);
+                        self.mark("pause");
+                        let _ = write!(self.line, "script pause n{node} for {for_ms} ms");
+                    }
+                    Action::Lose { node } if valid(&node) && !self.nodes[node].lost => {
+                        if !self.nodes[node].crashed {
+                            self.crash(node);
+                        }
+                        self.nodes[node].lost = true;
+                        self.mark("device-lost");
+                        let _ = write!(self.line, "script lose n{node}");
+                    }
+                    Action::Restart { node } if valid(&node) && self.nodes[node].crashed && !self.nodes[node].lost => {
                         let _ = write!(self.line, "script restart n{node}");
                         self.restart_from_disk(node)?;
                     }
@@ -1214,7 +1280,7 @@ impl World {
                 }
             }
             Fault::Restart(i) => {
-                if self.nodes[i].crashed {
+                if self.nodes[i].crashed && !self.nodes[i].lost {
                     let _ = write!(self.line, "fault restart n{i}");
                     self.restart_from_disk(i)?;
                 }
@@ -1281,7 +1347,7 @@ impl World {
                 self.bursting.clear();
                 let _ = write!(self.line, "phase liveness");
                 for i in 0..n {
-                    if self.nodes[i].crashed {
+                    if self.nodes[i].crashed && !self.nodes[i].lost {
                         self.restart_from_disk(i)?;
                     }
                 }

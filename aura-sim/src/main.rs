@@ -433,6 +433,10 @@ fn run(a: RunArgs) -> ExitCode {
                 secs(v.time_ns),
                 v.detail
             );
+            println!("last events:");
+            for l in &v.last_lines {
+                println!("  {l}");
+            }
             println!("replay: {replay}");
             ExitCode::from(1)
         }

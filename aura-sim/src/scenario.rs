@@ -115,7 +115,8 @@ impl ScenarioFile {
         }
         for s in &f.at {
             let nodes: Vec<usize> = match &s.action {
-                Action::Crash { node } | Action::Restart { node } => vec![*node],
+                Action::Crash { node } | Action::Restart { node } | Action::Lose { node } => vec![*node],
+                Action::Pause { node, .. } => vec![*node],
                 Action::Partition { a, b, .. } => a.iter().chain(b).copied().collect(),
                 Action::Heal | Action::SetLink { .. } => vec![],
             };

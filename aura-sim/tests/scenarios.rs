@@ -30,6 +30,7 @@ fn scenario_files_finish_and_keep_their_traces() {
         "partition-then-heal.toml",
         "joiner-crash-mid-pairing.toml",
         "lossy-then-clean.toml",
+        "pause-and-lose.toml",
     ] {
         let (trace, w) = run_file(name);
         assert!(w.done(), "{name} did not finish: {:?}", w.stats);
