@@ -181,6 +181,12 @@ fn raw_handshake(ka: &[u8; 32], kb: &[u8; 32], pub_b: &[u8], psk: &[u8; 32], see
     t.elapsed()
 }
 
+fn x25519_public(private: &[u8; 32]) -> Vec<u8> {
+    let mut dh = DefaultResolver.resolve_dh(&DHChoice::Curve25519).unwrap();
+    dh.set(private);
+    dh.pubkey().to_vec()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -198,11 +204,7 @@ fn main() {
     ka.copy_from_slice(&blake3::derive_key("bench a", b"k"));
     let mut kb = [0u8; 32];
     kb.copy_from_slice(&blake3::derive_key("bench b", b"k"));
-    let pub_b = {
-        let mut dh = DefaultResolver.resolve_dh(&DHChoice::Curve25519).unwrap();
-        dh.set(&kb);
-        dh.pubkey().to_vec()
-    };
+    let pub_b = x25519_public(&kb);
     let psk = [9u8; 32];
     let (mut hs_ratio, mut hs_peer, mut hs_raw) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -314,11 +316,7 @@ fn snow_transport_pair() -> (snow::StatelessTransportState, snow::StatelessTrans
     let params: snow::params::NoiseParams = NOISE_PATTERN.parse().unwrap();
     let res = |s: u8| Box::new(Res(Cell::new(Some(PeerRng::from_seed([s; 32])))));
     let kb = [5u8; 32];
-    let pub_b = {
-        let mut dh = DefaultResolver.resolve_dh(&DHChoice::Curve25519).unwrap();
-        dh.set(&kb);
-        dh.pubkey().to_vec()
-    };
+    let pub_b = x25519_public(&kb);
     let psk = [1u8; 32];
     let mut i = snow::Builder::with_resolver(params.clone(), res(1))
         .local_private_key(&[6u8; 32])

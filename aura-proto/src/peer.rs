@@ -509,13 +509,19 @@ fn pairing_psk(secret: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key(CTX_PAIRING_PSK, secret)
 }
 
-fn link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
+/// A key for the pair {a, b} from a secret they share: the same on both sides, different
+/// for every pair, and useless without the secret.
+fn pair_key(ctx: &str, secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     let mut m = [0u8; 96];
     m[..32].copy_from_slice(secret);
     m[32..64].copy_from_slice(&lo.0);
     m[64..].copy_from_slice(&hi.0);
-    blake3::derive_key(CTX_LINK_PSK, &m)
+    blake3::derive_key(ctx, &m)
+}
+
+fn link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
+    pair_key(CTX_LINK_PSK, secret, a, b)
 }
 
 impl Peer {

@@ -127,12 +127,7 @@ fn ident(i: u16) -> Option<Identifier> {
 }
 
 fn member_link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    let mut m = [0u8; 96];
-    m[..32].copy_from_slice(secret);
-    m[32..64].copy_from_slice(&lo.0);
-    m[64..].copy_from_slice(&hi.0);
-    blake3::derive_key(CTX_MEMBER_LINK_PSK, &m)
+    super::pair_key(CTX_MEMBER_LINK_PSK, secret, a, b)
 }
 
 fn hpke_seal(rng: &mut PeerRng, to: &[u8; 32], aad: &[u8], info: &[u8], plain: &[u8]) -> Option<([u8; 32], Vec<u8>)> {
