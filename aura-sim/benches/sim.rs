@@ -28,6 +28,14 @@ fn measure(label: &str, cfg: SimConfig, runs: u64) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only null` or `--only authority` runs one workload, e.g. under a profiler.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let keepalive = SimConfig {
         scenario: Scenario::Keepalive,
         peers: 4,
@@ -39,7 +47,9 @@ fn main() {
         },
         ..SimConfig::default()
     };
-    measure("null workload (4 devices, keepalives every 250 ms)", keepalive, 2);
+    if wants("null") {
+        measure("null workload (4 devices, keepalives every 250 ms)", keepalive, 2);
+    }
     let authority = SimConfig {
         scenario: Scenario::Authority,
         peers: 3,
@@ -50,9 +60,11 @@ fn main() {
         },
         ..SimConfig::default()
     };
-    measure(
-        "authority scenario (3 devices, DKG + signing, 10% loss)",
-        authority,
-        if quick { 10 } else { 50 },
-    );
+    if wants("authority") {
+        measure(
+            "authority scenario (3 devices, DKG + signing, 10% loss)",
+            authority,
+            if quick { 10 } else { 50 },
+        );
+    }
 }
