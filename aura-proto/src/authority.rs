@@ -71,7 +71,8 @@ impl AuthorityView {
             members: genesis
                 .members
                 .iter()
-                .filter_map(|m| Some((m.cert.verify()?, m.clone())))
+                // Genesis certs were verified before the fact entered the journal.
+                .map(|m| (m.cert.id(), m.clone()))
                 .collect(),
             epoch: 0,
             commitment: next_commitment(&[0; 32], &gid),

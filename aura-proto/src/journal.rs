@@ -321,7 +321,8 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
                 return Err(FactError::WrongNamespace);
             }
             check_genesis(g)?;
-            if !g.members.iter().any(|m| m.cert.verify() == Some(fact.author)) {
+            // `check_genesis` verified every cert.
+            if !g.members.iter().any(|m| m.cert.id() == fact.author) {
                 return Err(FactError::UnknownAuthor);
             }
             schnorr_ok(&g.group_key, &msg, sig)

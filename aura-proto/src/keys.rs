@@ -13,6 +13,7 @@ const CTX_SIGNING: &str = "aura 2026-11 device signing key";
 const CTX_NOISE: &str = "aura 2026-11 device noise static key";
 const CTX_HPKE: &str = "aura 2026-11 device hpke key";
 const CTX_DEVICE_ID: &str = "aura 2026-11 device id";
+const CTX_AUTHORITY_SECRET: &str = "aura 2026-11 authority secret";
 const CTX_CERT: &[u8] = b"aura device cert v1";
 
 /// The one secret a device holds. Never printed: `Debug` is redacted.
@@ -141,6 +142,14 @@ impl DeviceCert {
         Some(device_id_of(&self.signing))
     }
 
+    /// The device this cert names, without checking its signature. Only for certs verified
+    /// when they entered local state (paired peers, members of a DKG session, members of a
+    /// genesis in the journal): a Schnorr verification costs tens of microseconds, and
+    /// members are looked up on every authority message.
+    pub fn id(&self) -> DeviceId {
+        device_id_of(&self.signing)
+    }
+
     /// True when both certs name the same keys (signatures may differ: Schnorr is randomized).
     pub fn same_keys(&self, other: &DeviceCert) -> bool {
         self.signing == other.signing && self.noise == other.noise && self.hpke == other.hpke
@@ -246,6 +255,17 @@ impl DeviceKeys {
             .expect("signature serializes")
             .try_into()
             .expect("ristretto signatures are 64 bytes")
+    }
+
+    /// The authority secret this device chooses when it coordinates key generation
+    /// `session`. Derived rather than drawn, so a coordinator that restarts before the
+    /// genesis is recorded rebuilds the very same genesis (whose capability root comes from
+    /// this secret) instead of forking the authority.
+    pub(crate) fn authority_secret(&self, session: &[u8; 32]) -> [u8; 32] {
+        let mut m = [0u8; 64];
+        m[..32].copy_from_slice(&self.secret.0);
+        m[32..].copy_from_slice(session);
+        blake3::derive_key(CTX_AUTHORITY_SECRET, &m)
     }
 
     /// The secret these keys came from.

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub handshakes: u64,
     /// Handshake messages sent again after a timeout.
     pub handshake_retransmits: u64,
+    /// Key generations that formed an authority although some members never reported a
+    /// share (a threshold of them did).
+    pub dkg_partial: u64,
     /// Records handed out for persistence.
     pub persists: u64,
     /// Rejected facts by typed reason (`FactError` name).

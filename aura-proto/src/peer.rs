@@ -322,6 +322,10 @@ pub enum Event {
         threshold: u16,
         /// Number of members.
         members: u16,
+        /// Whether this device holds a share. `false` when it lost its key generation
+        /// state in a crash before its share was durable while a threshold of the others
+        /// finished: it is listed as a member but cannot take part in signing.
+        has_share: bool,
     },
     /// Key generation this device coordinated failed.
     AuthorityFailed {
@@ -481,6 +485,10 @@ pub struct Peer {
     views: Views,
     /// This device's shares, by group key.
     shares: BTreeMap<[u8; 32], Share>,
+    /// Shares whose genesis is not in the journal yet, by group key.
+    pending_genesis: BTreeMap<[u8; 32], crate::record::ShareOrigin>,
+    /// When a member next asks for a genesis it is missing.
+    genesis_poll_at: Instant,
     auth_secrets: BTreeMap<AuthorityId, [u8; 32]>,
     nonce_counter: u64,
     dkg: BTreeMap<[u8; 32], Dkg>,
@@ -554,6 +562,8 @@ impl Peer {
             journal: Journal::new(),
             views: Views::default(),
             shares: BTreeMap::new(),
+            pending_genesis: BTreeMap::new(),
+            genesis_poll_at: Instant(0),
             auth_secrets: BTreeMap::new(),
             nonce_counter: 0,
             dkg: BTreeMap::new(),
@@ -586,6 +596,9 @@ impl Peer {
         for inv in resumable {
             p.start_pairing(inv);
         }
+        // A key generation this device coordinated finished, but its genesis was never
+        // recorded: sign it now (its content is deterministic, so a retry cannot fork).
+        p.resume_geneses();
         p
     }
 
@@ -601,8 +614,9 @@ impl Peer {
             Record::Share {
                 key_package,
                 public_key_package,
+                origin,
                 ..
-            } => self.restore_share(&key_package, &public_key_package),
+            } => self.restore_share(&key_package, &public_key_package, origin),
             Record::Fact(f) => self.apply_fact(f),
             Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
             Record::Capability(t) => self.tokens.push(t),

@@ -29,7 +29,7 @@ use crate::journal::{
 };
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
-use crate::record::{PairedPeer, Record};
+use crate::record::{PairedPeer, Record, ShareOrigin};
 use crate::rng::PeerRng;
 use crate::time::Instant;
 use crate::wire;
@@ -37,6 +37,8 @@ use crate::wire;
 const RETRY: Duration = Duration::from_millis(800);
 const DKG_TIMEOUT: Duration = Duration::from_secs(120);
 const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a member with a share but no genesis asks its coordinator for it.
+const GENESIS_POLL: Duration = Duration::from_secs(5);
 const HPKE_INFO_DKG: &[u8] = b"aura dkg round2 v1";
 const HPKE_INFO_SECRET: &[u8] = b"aura authority secret v1";
 const CTX_MEMBER_LINK_PSK: &str = "aura 2026-11 member link psk";
@@ -66,9 +68,6 @@ pub(crate) struct Dkg {
 
 #[derive(Default)]
 pub(crate) struct DkgCoord {
-    /// The authority secret, chosen before the genesis so the genesis can carry the
-    /// capability root derived from it.
-    secret: Option<[u8; 32]>,
     r1: BTreeMap<u16, Vec<u8>>,
     r2: BTreeMap<u16, Vec<Sealed>>,
     done: BTreeMap<u16, [u8; 32]>,
@@ -253,10 +252,7 @@ impl Peer {
 
     /// The member identifier `from` must have in `members`.
     fn identifier_of(members: &[Member], d: &DeviceId) -> Option<u16> {
-        members
-            .iter()
-            .find(|m| m.cert.verify().as_ref() == Some(d))
-            .map(|m| m.identifier)
+        members.iter().find(|m| m.cert.id() == *d).map(|m| m.identifier)
     }
 
     // ----- key generation -----------------------------------------------------------
@@ -308,7 +304,7 @@ impl Peer {
             },
         );
         for m in &members {
-            let to = m.cert.verify().expect("checked certs");
+            let to = m.cert.id();
             self.send_auth(
                 to,
                 AuthMsg::DkgInvite {
@@ -335,7 +331,9 @@ impl Peer {
         let coord = self.dkg.get_mut(&session).and_then(|d| d.coord.take());
         let fresh = coord.is_none();
         let n = members.len();
-        let valid_ids = members.iter().enumerate().all(|(i, m)| m.identifier as usize == i + 1);
+        // Verified once here; the session then looks members up by `DeviceCert::id`.
+        let valid_ids = members.iter().enumerate().all(|(i, m)| m.identifier as usize == i + 1)
+            && members.iter().all(|m| m.cert.verify().is_some());
         let Some(me) = Self::identifier_of(&members, &self.keys.id) else {
             self.restore_coord(&session, coord);
             return self.refuse();
@@ -403,7 +401,7 @@ impl Peer {
         c.r1.insert(i, package);
         if c.r1.len() == d.members.len() {
             let packages: Vec<(u16, Vec<u8>)> = c.r1.iter().map(|(k, v)| (*k, v.clone())).collect();
-            let to: Vec<DeviceId> = d.members.iter().filter_map(|m| m.cert.verify()).collect();
+            let to: Vec<DeviceId> = d.members.iter().map(|m| m.cert.id()).collect();
             for t in to {
                 self.send_auth(
                     t,
@@ -509,15 +507,13 @@ impl Peer {
                             .map(|(_, e, ct)| (*from, *e, ct.clone()))
                     })
                     .collect();
-            if let Some(to) = m.cert.verify() {
-                out.push((
-                    to,
-                    AuthMsg::DkgRound2Deliver {
-                        session: *session,
-                        packages,
-                    },
-                ));
-            }
+            out.push((
+                m.cert.id(),
+                AuthMsg::DkgRound2Deliver {
+                    session: *session,
+                    packages,
+                },
+            ));
         }
         for (to, m) in out {
             self.send_auth(to, m);
@@ -526,7 +522,12 @@ impl Peer {
 
     fn on_dkg_deliver(&mut self, from: DeviceId, session: [u8; 32], packages: Vec<(u16, [u8; 32], Vec<u8>)>) {
         let Some(d) = self.dkg.get_mut(&session) else {
-            return self.refuse();
+            // A restart lost the session, but if the share was durable, answer as the
+            // session would have: the coordinator is still waiting for our `DkgDone`.
+            return match self.done_from_origin(&session, &from) {
+                Some(m) => self.send_auth(from, m),
+                None => self.refuse(),
+            };
         };
         if d.coordinator != from {
             return self.refuse();
@@ -563,6 +564,12 @@ impl Peer {
             group_key,
             key_package: ser(key.serialize()),
             public_key_package: ser(public.serialize()),
+            origin: ShareOrigin {
+                session,
+                coordinator: d.coordinator,
+                threshold: d.threshold,
+                members: d.members.clone(),
+            },
         };
         self.persist(
             record,
@@ -578,6 +585,15 @@ impl Peer {
         let group_key = group_key_of(&share.public);
         self.shares.insert(group_key, share);
         let Some(d) = self.dkg.get_mut(&session) else { return };
+        self.pending_genesis.insert(
+            group_key,
+            ShareOrigin {
+                session,
+                coordinator: d.coordinator,
+                threshold: d.threshold,
+                members: d.members.clone(),
+            },
+        );
         let msg = AuthMsg::DkgDone {
             session,
             from: d.me,
@@ -594,9 +610,8 @@ impl Peer {
     }
 
     fn on_dkg_done(&mut self, from: DeviceId, session: [u8; 32], i: u16, group_key: [u8; 32]) {
-        let me = self.keys.id;
         let Some(d) = self.coord_mut(&session) else {
-            return self.refuse();
+            return self.send_genesis_to(from, session, i);
         };
         if Self::identifier_of(&d.members, &from) != Some(i) {
             return self.refuse();
@@ -614,32 +629,114 @@ impl Peer {
             return;
         }
         c.genesis_started = true;
-        let (threshold, members) = (d.threshold, d.members.clone());
-        let Some(share) = self.shares.get(&group_key) else {
+        self.sign_genesis(group_key);
+    }
+
+    /// Starts (or restarts) the signing of the genesis of a key generation this device
+    /// coordinated. Everything in it follows from the key generation's outcome, so every
+    /// attempt signs the same genesis.
+    fn sign_genesis(&mut self, group_key: [u8; 32]) {
+        let (Some(o), Some(share)) = (self.pending_genesis.get(&group_key), self.shares.get(&group_key)) else {
             return;
         };
-        let verifying_shares = members
+        if o.coordinator != self.keys.id {
+            return;
+        }
+        let verifying_shares = o
+            .members
             .iter()
             .filter_map(|m| {
                 let vs = share.public.verifying_shares().get(&ident(m.identifier)?)?;
                 Some((m.identifier, ser(vs.serialize()).try_into().ok()?))
             })
             .collect();
-        let secret = self.rng.bytes32();
-        if let Some(c) = self.dkg.get_mut(&session).and_then(|d| d.coord.as_mut()) {
-            c.secret = Some(secret);
-        }
-        let cap_root = crate::caps::root_public(&secret);
+        let secret = self.keys.authority_secret(&o.session);
         let genesis = Genesis {
-            session,
-            threshold,
-            members,
+            session: o.session,
+            threshold: o.threshold,
+            members: o.members.clone(),
             group_key,
             verifying_shares,
-            cap_root,
+            cap_root: crate::caps::root_public(&secret),
         };
-        let unsigned = genesis_unsigned(me, genesis);
+        let session = o.session;
+        let unsigned = genesis_unsigned(self.keys.id, genesis);
         self.start_signing(group_key, unsigned, SignPurpose::Genesis { dkg: session });
+    }
+
+    /// A member reports a key generation done after its session ended here (a restart on
+    /// either side, or a lost push): if the genesis is recorded, send it the facts it needs
+    /// to join (the genesis and the sealed authority secrets).
+    fn send_genesis_to(&mut self, from: DeviceId, session: [u8; 32], i: u16) {
+        let found = self.journal.namespaces().find_map(|ns| {
+            let g = self.journal.facts(ns).find_map(|f| match &f.body {
+                FactBody::Genesis(g) if g.session == session => Some(g),
+                _ => None,
+            })?;
+            g.members
+                .iter()
+                .any(|m| m.identifier == i && m.cert.id() == from)
+                .then_some(*ns)
+        });
+        let Some(ns) = found else {
+            return self.refuse();
+        };
+        let facts: Vec<Vec<u8>> = self
+            .journal
+            .facts(&ns)
+            .filter(|f| matches!(f.body, FactBody::Genesis(_) | FactBody::SealedSecret(_)))
+            .map(|f| f.encode())
+            .collect();
+        self.send_auth(from, AuthMsg::Facts { facts });
+    }
+
+    /// The `DkgDone` this device sent (or would have) for a key generation whose share is
+    /// durable but whose genesis is not recorded yet.
+    fn done_from_origin(&self, session: &[u8; 32], coordinator: &DeviceId) -> Option<AuthMsg> {
+        let (group_key, o) = self
+            .pending_genesis
+            .iter()
+            .find(|(_, o)| o.session == *session && o.coordinator == *coordinator)?;
+        let me = o.members.iter().find(|m| m.cert.id() == self.keys.id)?;
+        Some(AuthMsg::DkgDone {
+            session: *session,
+            from: me.identifier,
+            group_key: *group_key,
+        })
+    }
+
+    /// After a restart: sign the geneses this device coordinated and never recorded.
+    /// A member keeps asking (see `auth_timeout`) until the genesis arrives.
+    pub(super) fn resume_geneses(&mut self) {
+        let mine: Vec<[u8; 32]> = self
+            .pending_genesis
+            .iter()
+            .filter(|(_, o)| o.coordinator == self.keys.id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in mine {
+            self.sign_genesis(k);
+        }
+        // Geneses this device recorded as coordinator: which members acknowledged the push
+        // was not durable, so push the genesis and sealed secrets to every member again
+        // (each acknowledges once; anti-entropy will make this unnecessary).
+        let me = self.keys.id;
+        let mut push = Vec::new();
+        for v in self.views.0.values() {
+            let ns = Namespace::Authority(v.id);
+            let others: BTreeSet<DeviceId> = v.members.keys().copied().filter(|d| *d != me).collect();
+            for f in self.journal.facts(&ns) {
+                let founding = matches!(f.body, FactBody::Genesis(_) | FactBody::SealedSecret(_));
+                if founding && f.author == me && !others.is_empty() {
+                    push.push((f.id(), others.clone()));
+                }
+            }
+        }
+        let any = !push.is_empty();
+        self.fact_push.extend(push);
+        if any || !self.pending_genesis.is_empty() {
+            self.arm_auth_tick();
+        }
     }
 
     // ----- signing ------------------------------------------------------------------
@@ -670,16 +767,10 @@ impl Peer {
         if let Some(v) = self.views.0.values().find(|v| v.group_key == *group_key) {
             return Some((v.threshold, v.members.iter().map(|(d, m)| (*d, m.identifier)).collect()));
         }
-        let d = self
-            .dkg
-            .values()
-            .find(|d| d.done.is_some() && self.shares.contains_key(group_key))?;
+        let o = self.pending_genesis.get(group_key)?;
         Some((
-            d.threshold,
-            d.members
-                .iter()
-                .filter_map(|m| Some((m.cert.verify()?, m.identifier)))
-                .collect(),
+            o.threshold,
+            o.members.iter().map(|m| (m.cert.id(), m.identifier)).collect(),
         ))
     }
 
@@ -739,10 +830,12 @@ impl Peer {
             FactBody::Genesis(g) => {
                 g.group_key == *group_key
                     && fact.namespace == Namespace::Authority(g.authority_id())
-                    && self
-                        .dkg
-                        .get(&g.session)
-                        .is_some_and(|d| d.done.is_some() && d.coordinator == *from)
+                    && self.pending_genesis.get(group_key).is_some_and(|o| {
+                        o.session == g.session
+                            && o.coordinator == *from
+                            && o.threshold == g.threshold
+                            && o.members == g.members
+                    })
             }
             // A statement by a member of the authority that owns this key.
             FactBody::Statement(_) => self.views.0.values().any(|v| {
@@ -1018,17 +1111,17 @@ impl Peer {
     // ----- genesis and facts --------------------------------------------------------
 
     fn genesis_signed(&mut self, session: [u8; 32], genesis: Fact) {
-        let Some(d) = self.dkg.get(&session) else { return };
-        let members = d.members.clone();
-        let Some(secret) = d.coord.as_ref().and_then(|c| c.secret) else {
+        let FactBody::Genesis(g) = &genesis.body else { return };
+        let Some(o) = self.pending_genesis.get(&g.group_key).filter(|o| o.session == session) else {
             return;
         };
-        let FactBody::Genesis(g) = &genesis.body else { return };
+        let members = o.members.clone();
+        let secret = self.keys.authority_secret(&session);
         let ns = Namespace::Authority(g.authority_id());
         // The authority secret, sealed to every member's HPKE key.
         let mut facts = vec![genesis];
         for (k, m) in members.iter().enumerate() {
-            let Some(to) = m.cert.verify() else { continue };
+            let to = m.cert.id();
             let aad = to.0;
             let Some((enc, ciphertext)) = hpke_seal(&mut self.rng, &m.cert.hpke, &aad, HPKE_INFO_SECRET, &secret)
             else {
@@ -1053,7 +1146,7 @@ impl Peer {
         }
         let others: BTreeSet<DeviceId> = members
             .iter()
-            .filter_map(|m| m.cert.verify())
+            .map(|m| m.cert.id())
             .filter(|d| *d != self.keys.id)
             .collect();
         self.record_facts(facts, Some(others));
@@ -1129,12 +1222,14 @@ impl Peer {
         let mine = view.members.contains_key(&self.keys.id);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
         self.views.0.insert(id, view.clone());
+        self.pending_genesis.remove(&view.group_key);
         if created && !self.restoring {
             self.event(Event::AuthorityCreated {
                 authority: id,
                 group_key: view.group_key,
                 threshold: view.threshold,
                 members: view.members.len() as u16,
+                has_share: self.shares.contains_key(&view.group_key),
             });
         }
         // Open the authority secret sealed to us, and link with the other members.
@@ -1240,7 +1335,7 @@ impl Peer {
             }
             let Some(c) = &d.coord else { continue };
             for m in &d.members {
-                let Some(to) = m.cert.verify() else { continue };
+                let to = m.cert.id();
                 let i = m.identifier;
                 if !c.r1.contains_key(&i) {
                     resend.push((
@@ -1281,10 +1376,30 @@ impl Peer {
             })
             .collect();
         for s in failed {
-            self.dkg.remove(&s);
-            self.event(Event::AuthorityFailed {
-                reason: "key generation timed out".into(),
+            let Some(d) = self.dkg.remove(&s) else { continue };
+            // Round 2 finished, so the group key is fixed; if at least a threshold of
+            // members (this one included) hold durable shares, the authority can sign, and
+            // a member that lost its round state in a crash only makes it less redundant.
+            // Failing here instead would strand the shares that do exist.
+            let usable = d.coord.as_ref().and_then(|c| {
+                let key = *c.done.values().next()?;
+                let agreed = c.done.values().all(|k| *k == key);
+                (c.r2.len() == d.members.len()
+                    && agreed
+                    && c.done.len() >= d.threshold as usize
+                    && !c.genesis_started
+                    && self.pending_genesis.get(&key).is_some_and(|o| o.session == s))
+                .then_some(key)
             });
+            match usable {
+                Some(key) => {
+                    self.metrics.dkg_partial += 1;
+                    self.sign_genesis(key);
+                }
+                None => self.event(Event::AuthorityFailed {
+                    reason: "key generation timed out".into(),
+                }),
+            }
         }
         for (s, only) in redeliver {
             if !only.is_empty() {
@@ -1332,7 +1447,13 @@ impl Peer {
             }
         }
         for s in sign_failed {
-            self.sign_coord.remove(&s);
+            let Some(c) = self.sign_coord.remove(&s) else { continue };
+            if let SignPurpose::Genesis { .. } = c.purpose {
+                // Members may be down for a while; the genesis is worth waiting for (the
+                // shares are useless without it), and every attempt signs the same one.
+                self.sign_genesis(c.group_key);
+                continue;
+            }
             self.event(Event::SignFailed {
                 reason: "not enough members answered in time".into(),
             });
@@ -1358,25 +1479,43 @@ impl Peer {
                 ));
             }
         }
+        // A member whose share is durable but who has no genesis yet, and no session to
+        // retransmit from (a restart ended it), asks the coordinator again now and then.
+        if self.genesis_poll_at <= now {
+            self.genesis_poll_at = now.saturating_add(GENESIS_POLL);
+            let me = self.keys.id;
+            for o in self.pending_genesis.values() {
+                if o.coordinator != me && !self.dkg.contains_key(&o.session) {
+                    if let Some(m) = self.done_from_origin(&o.session, &o.coordinator) {
+                        resend.push((o.coordinator, m));
+                    }
+                }
+            }
+        }
         for (to, m) in resend {
             self.send_auth(to, m);
         }
         let busy = !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
             || !self.fact_push.is_empty()
-            || !self.sign_part.is_empty();
+            || !self.sign_part.is_empty()
+            || !self.pending_genesis.is_empty();
         if busy {
             self.arm_auth_tick();
         }
     }
 
     /// Restores a share from its record.
-    pub(super) fn restore_share(&mut self, key_package: &[u8], public_key_package: &[u8]) {
+    pub(super) fn restore_share(&mut self, key_package: &[u8], public_key_package: &[u8], origin: ShareOrigin) {
         if let (Ok(key), Ok(public)) = (
             KeyPackage::deserialize(key_package),
             PublicKeyPackage::deserialize(public_key_package),
         ) {
-            self.shares.insert(group_key_of(&public), Share { key, public });
+            let group_key = group_key_of(&public);
+            if !self.views.0.values().any(|v| v.group_key == group_key) {
+                self.pending_genesis.insert(group_key, origin);
+            }
+            self.shares.insert(group_key, Share { key, public });
         }
     }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::invite::Invitation;
-use crate::journal::Fact;
+use crate::journal::{Fact, Member};
 use crate::keys::{DeviceCert, DeviceId};
 use crate::wire::{self, DecodeError};
 
@@ -32,6 +32,20 @@ pub struct PairedPeer {
     pub invite: [u8; 32],
 }
 
+/// The key generation a share came from: enough to sign (or agree to sign) its genesis
+/// after a restart, since the key generation session itself lives only in memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareOrigin {
+    /// Key generation session id.
+    pub session: [u8; 32],
+    /// The device that ran it (and signs the genesis).
+    pub coordinator: DeviceId,
+    /// Signing threshold.
+    pub threshold: u16,
+    /// Members, in identifier order.
+    pub members: Vec<Member>,
+}
+
 /// One durable fact about this device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
@@ -49,6 +63,8 @@ pub enum Record {
         key_package: Vec<u8>,
         /// Serialized frost `PublicKeyPackage`.
         public_key_package: Vec<u8>,
+        /// The key generation it came from.
+        origin: ShareOrigin,
     },
     /// A journal fact this device holds.
     Fact(Fact),

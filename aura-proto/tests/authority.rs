@@ -21,18 +21,7 @@ fn created(n: &Node) -> Option<(journal::AuthorityId, [u8; 32])> {
 
 /// Three devices paired through device 0, then a 2-of-3 authority.
 fn authority_net(loss_every: Option<usize>) -> Net {
-    let mut net = default_net(3);
-    net.pair(0, 1);
-    net.pair(0, 2);
-    let (b, c) = (net.id(1), net.id(2));
-    net.cmd(
-        0,
-        Command::CreateAuthority {
-            devices: vec![b, c],
-            threshold: 2,
-        },
-    )
-    .unwrap();
+    let mut net = start_authority();
     match loss_every {
         None => net.run(),
         Some(k) => net.run_lossy(k),
@@ -350,4 +339,144 @@ fn capabilities_are_rooted_at_the_authority_and_survive_restore() {
         ),
         Err(CommandError::NotInAuthority)
     );
+}
+
+// ----- key generation interrupted by crashes (each found by the simulator) -------------
+
+fn has_share_record(n: &Node) -> bool {
+    n.records.iter().any(|r| matches!(r, Record::Share { .. }))
+}
+
+fn created_with_share(n: &Node) -> Option<bool> {
+    n.events.iter().find_map(|e| match e {
+        Event::AuthorityCreated { has_share, .. } => Some(*has_share),
+        _ => None,
+    })
+}
+
+/// Replaces device `i`'s peer by one restored from its durable records (the first
+/// `keep` of them), as after a crash: everything in memory is gone.
+fn crash_and_restore(net: &mut Net, i: usize, keep: usize, seed: u8) {
+    let n = &mut net.nodes[i];
+    n.records.truncate(keep);
+    n.held.clear();
+    n.hold_persist = false;
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [seed; 32], now(net.now_ns));
+    net.drain(i);
+}
+
+/// Delivers datagrams one at a time until `stop` holds (or the wire is empty).
+fn run_until(net: &mut Net, stop: impl Fn(&Net) -> bool) {
+    while !stop(net) {
+        let Some((from, to, bytes)) = net.wire.pop_front() else {
+            return;
+        };
+        let Some(j) = net.nodes.iter().position(|n| n.addr == to) else {
+            continue;
+        };
+        let from = net.nodes[from].addr.clone();
+        net.input(j, Input::Datagram { from, bytes }).unwrap();
+    }
+}
+
+/// Three devices paired through device 0; device 0 asks for a 2-of-3 authority.
+fn start_authority() -> Net {
+    let mut net = default_net(3);
+    net.pair(0, 1);
+    net.pair(0, 2);
+    let (b, c) = (net.id(1), net.id(2));
+    net.cmd(
+        0,
+        Command::CreateAuthority {
+            devices: vec![b, c],
+            threshold: 2,
+        },
+    )
+    .unwrap();
+    net
+}
+
+fn sign_and_verify(net: &mut Net, signer: usize) {
+    net.cmd(
+        signer,
+        Command::Sign {
+            statement: b"after the crash".to_vec(),
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 20_000);
+    let s = signed(&net.nodes[signer]);
+    assert_eq!(s.len(), 1, "{:?}", net.nodes[signer].events);
+    assert!(frost_verifies(&s[0].0, &s[0].1, &s[0].2));
+}
+
+#[test]
+fn a_coordinator_restarted_after_its_share_still_records_the_genesis() {
+    let mut net = start_authority();
+    run_until(&mut net, |n| has_share_record(&n.nodes[0]));
+    assert!(created(&net.nodes[0]).is_none());
+    let keep = net.nodes[0].records.len();
+    crash_and_restore(&mut net, 0, keep, 77);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 90_000);
+    let first = created(&net.nodes[0]).expect("the restarted coordinator recorded the genesis");
+    for i in 0..3 {
+        assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
+        assert_eq!(created_with_share(&net.nodes[i]), Some(true));
+    }
+    sign_and_verify(&mut net, 1);
+}
+
+#[test]
+fn a_member_restarted_after_its_share_asks_the_coordinator_again() {
+    let mut net = start_authority();
+    // Device 2's share lands on disk but it crashes before the acknowledgement, so it never
+    // sends `DkgDone`: the coordinator waits for a member that forgot the session.
+    net.nodes[2].hold_persist = true;
+    run_until(&mut net, |n| has_share_record(&n.nodes[2]));
+    let keep = net.nodes[2].records.len();
+    crash_and_restore(&mut net, 2, keep, 78);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    let first = created(&net.nodes[0]).expect("the genesis formed");
+    for i in 0..3 {
+        assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
+        assert_eq!(created_with_share(&net.nodes[i]), Some(true));
+    }
+}
+
+#[test]
+fn a_member_that_lost_its_round_state_leaves_a_usable_authority_without_its_share() {
+    let mut net = start_authority();
+    // Device 2's share never becomes durable: it crashes with the write in flight.
+    let before = net.nodes[2].records.len();
+    net.nodes[2].hold_persist = true;
+    run_until(&mut net, |n| n.nodes[2].records.len() > before);
+    assert!(matches!(net.nodes[2].records.last(), Some(Record::Share { .. })));
+    crash_and_restore(&mut net, 2, before, 79);
+    net.run();
+    // The coordinator waits for key generation to time out, then goes ahead with the
+    // threshold of shares that exist.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 200_000);
+    let first = created(&net.nodes[0]).expect("the genesis formed with two shares");
+    assert_eq!(net.nodes[0].peer.metrics().dkg_partial, 1);
+    assert_eq!(created_with_share(&net.nodes[0]), Some(true));
+    assert_eq!(created_with_share(&net.nodes[1]), Some(true));
+    assert_eq!(
+        created(&net.nodes[2]),
+        Some(first),
+        "the shareless member still learns the authority"
+    );
+    assert_eq!(created_with_share(&net.nodes[2]), Some(false));
+    assert!(!has_share_record(&net.nodes[2]));
+    assert!(!net.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::AuthorityFailed { .. })));
+    sign_and_verify(&mut net, 1);
 }

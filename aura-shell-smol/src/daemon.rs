@@ -256,10 +256,11 @@ fn on_event(ev: Event, w: &mut Waiters) {
             group_key,
             threshold,
             members,
+            has_share,
         } => {
-            tracing::info!(authority = %authority.short(), threshold, members, "authority created");
+            tracing::info!(authority = %authority.short(), threshold, members, has_share, "authority created");
             if let Some(r) = w.authority.pop_front() {
-                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "threshold": threshold, "members": members }));
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "threshold": threshold, "members": members, "has_share": has_share }));
             }
         }
         Event::AuthorityFailed { reason } => {
