@@ -89,6 +89,12 @@ pub struct Faults {
     /// Bursty loss per directed link (Gilbert model): chance to enter a burst per datagram,
     /// and chance to stay in it; every datagram inside a burst is lost.
     pub burst: Option<(Ppm, Ppm)>,
+    /// Mean time between clogs: one device's network interface stops moving datagrams
+    /// for a while; what it sends or should receive meanwhile is held, not lost, and
+    /// arrives in a rush when the clog clears.
+    pub clog_every: Option<Duration>,
+    /// How long a clog lasts.
+    pub clog_for: (Duration, Duration),
     /// Length of the safety phase. Afterwards every partition heals, every crashed device
     /// restarts, the link turns clean, and the workload must finish within `liveness_within`.
     pub safety_for: Duration,
@@ -105,6 +111,8 @@ impl Default for Faults {
             partition_for: (Duration::from_secs(1), Duration::from_secs(20)),
             max_skew: Duration::ZERO,
             burst: None,
+            clog_every: None,
+            clog_for: (Duration::from_millis(100), Duration::from_secs(5)),
             safety_for: Duration::ZERO,
             liveness_within: Duration::from_secs(300),
         }
@@ -114,7 +122,11 @@ impl Default for Faults {
 impl Faults {
     /// Whether any fault is configured.
     pub fn any(&self) -> bool {
-        self.crash_every.is_some() || self.partition_every.is_some() || self.burst.is_some() || !self.max_skew.is_zero()
+        self.crash_every.is_some()
+            || self.partition_every.is_some()
+            || self.burst.is_some()
+            || self.clog_every.is_some()
+            || !self.max_skew.is_zero()
     }
 
     /// Fault rates drawn from a seed (swarm testing: every seed tries a different mix).
@@ -128,7 +140,7 @@ impl Faults {
             dup: pick(&mut r, 50_000),
             reorder: pick(&mut r, 200_000),
         };
-        let faults = Faults {
+        let mut faults = Faults {
             crash_every: (pick(&mut r, 3) > 0).then(|| Duration::from_secs(5 + pick(&mut r, 40) as u64)),
             partition_every: (pick(&mut r, 3) > 0).then(|| Duration::from_secs(5 + pick(&mut r, 40) as u64)),
             max_skew: Duration::from_millis(pick(&mut r, 120_000) as u64),
@@ -136,6 +148,8 @@ impl Faults {
             safety_for: Duration::from_secs(30 + pick(&mut r, 90) as u64),
             ..Faults::default()
         };
+        // Drawn last so that adding it kept every earlier draw of a seed unchanged.
+        faults.clog_every = (pick(&mut r, 2) > 0).then(|| Duration::from_secs(3 + pick(&mut r, 30) as u64));
         (faults, link)
     }
 }
@@ -178,6 +192,14 @@ pub enum Action {
     Lose {
         /// Device index.
         node: usize,
+    },
+    /// Clog a device's network interface: datagrams from and to it are held (not lost)
+    /// and delivered after the clog clears.
+    Clog {
+        /// Device index.
+        node: usize,
+        /// For how long, ms.
+        for_ms: u64,
     },
     /// Change the link model from now on (unset fields keep their value).
     SetLink {
@@ -301,6 +323,10 @@ pub struct Stats {
     pub partitioned: u64,
     /// Datagrams lost inside a loss burst.
     pub burst_losses: u64,
+    /// Clogs started.
+    pub clogs: u64,
+    /// Datagrams held back by a clog.
+    pub clogged: u64,
     /// Writes that landed on disk but whose acknowledgement a crash swallowed.
     pub writes_landed_unacked: u64,
     /// Writes torn away by a crash.
@@ -326,10 +352,10 @@ enum Ev {
         node: usize,
         gen: u64,
     },
+    /// A write lands (unless a crash voided it: then it is no longer in flight).
     PersistDone {
         node: usize,
-        ticket: Ticket,
-        record: Box<Record>,
+        write: u64,
     },
     Command {
         node: usize,
@@ -348,6 +374,7 @@ enum Fault {
     Restart(usize),
     Partition,
     Heal(Vec<(usize, usize)>),
+    Clog,
     SafetyEnd,
 }
 
@@ -366,6 +393,8 @@ struct Node {
     crashed: bool,
     authority: Option<([u8; 32], [u8; 32])>,
     shares: usize,
+    /// Reported a share with its authority.
+    has_share: bool,
     /// Clock offsets of this device (monotone ns, wall ms).
     mono_off: u64,
     unix_off: i64,
@@ -373,8 +402,36 @@ struct Node {
     promised: std::collections::BTreeSet<DeviceId>,
     /// Frozen until this time.
     paused_until: Option<u64>,
+    /// Writes issued and not yet landed, by issue order.
+    in_flight: BTreeMap<u64, (Ticket, Record)>,
     /// Gone for good.
     lost: bool,
+}
+
+/// A queued event, ordered by time and then by the order it was scheduled in (ties
+/// resolve the same way on every run).
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Scheduled) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Scheduled) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Scheduled) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
 }
 
 /// One processed event, as handed to a trace sink.
@@ -396,8 +453,9 @@ pub struct World {
     cfg: SimConfig,
     now: u64,
     seq: u64,
-    heap: BinaryHeap<Reverse<(u64, u64)>>,
-    evs: BTreeMap<u64, Ev>,
+    heap: BinaryHeap<Reverse<Scheduled>>,
+    /// Issue order of writes (keys of `Node::in_flight`).
+    next_write: u64,
     nodes: Vec<Node>,
     net: PeerRng,
     store: PeerRng,
@@ -414,6 +472,8 @@ pub struct World {
     blocked: std::collections::BTreeSet<(usize, usize)>,
     /// Links inside a loss burst.
     bursting: BTreeMap<(usize, usize), bool>,
+    /// Devices whose interface is clogged, and until when (ns).
+    clogged_until: BTreeMap<usize, u64>,
     /// Safety phase running.
     faults_on: bool,
     /// Counters of incarnations that crashed.
@@ -421,6 +481,10 @@ pub struct World {
     retired_retx: u64,
     /// Scripted actions not yet run.
     script_pending: usize,
+    /// The signer was asked to sign.
+    sign_asked: bool,
+    /// The device that asks for the signature (1 unless it holds no share).
+    signer: usize,
     /// The last trace lines, for failure reports.
     recent: std::collections::VecDeque<String>,
 }
@@ -503,10 +567,12 @@ impl World {
                 crashed: false,
                 authority: None,
                 shares: 0,
+                has_share: false,
                 mono_off: 0,
                 unix_off: 0,
                 promised: Default::default(),
                 paused_until: None,
+                in_flight: BTreeMap::new(),
                 lost: false,
             });
         }
@@ -515,10 +581,13 @@ impl World {
             incarnations: stream(cfg.seed, "incarnations"),
             blocked: Default::default(),
             bursting: Default::default(),
+            clogged_until: Default::default(),
             faults_on: cfg.faults.any(),
             retired_drops: BTreeMap::new(),
             retired_retx: 0,
             script_pending: 0,
+            sign_asked: false,
+            signer: 1,
             recent: std::collections::VecDeque::with_capacity(RECENT_LINES),
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
@@ -526,7 +595,7 @@ impl World {
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
-            evs: BTreeMap::new(),
+            next_write: 0,
             nodes,
             hasher: blake3::Hasher::new(),
             trace: None,
@@ -552,6 +621,10 @@ impl World {
             if let Some(e) = f.partition_every {
                 let t = exp_sample(&mut w.faults, e.as_nanos() as u64);
                 w.schedule(t, Ev::Fault(Fault::Partition));
+            }
+            if let Some(e) = f.clog_every {
+                let t = exp_sample(&mut w.faults, e.as_nanos() as u64);
+                w.schedule(t, Ev::Fault(Fault::Clog));
             }
             w.schedule(f.safety_for.as_nanos() as u64, Ev::Fault(Fault::SafetyEnd));
         }
@@ -589,14 +662,13 @@ impl World {
     fn schedule(&mut self, at: u64, ev: Ev) {
         let s = self.seq;
         self.seq += 1;
-        self.heap.push(Reverse((at, s)));
-        self.evs.insert(s, ev);
+        self.heap.push(Reverse(Scheduled { at, seq: s, ev }));
     }
 
     /// Runs until the workload completes, the time limit passes, or an invariant breaks.
     pub fn run(&mut self) -> Result<(), Violation> {
         let limit = u64::try_from(self.cfg.max_time.as_nanos()).unwrap_or(u64::MAX);
-        while let Some(Reverse((t, s))) = self.heap.pop() {
+        while let Some(Reverse(Scheduled { at: t, ev, .. })) = self.heap.pop() {
             if t > limit {
                 break;
             }
@@ -604,7 +676,6 @@ impl World {
                 return Err(self.violation("monotone-time", format!("event at {t} before now {}", self.now)));
             }
             self.now = t;
-            let ev = self.evs.remove(&s).expect("every heap entry has an event");
             self.step(ev)?;
             if self.done() {
                 break;
@@ -666,6 +737,9 @@ impl World {
                 }
             }
             self.stats.handshake_retransmits += n.peer.metrics().handshake_retransmits;
+            if n.peer.metrics().dkg_partial > 0 {
+                *self.stats.coverage.entry("dkg-partial".into()).or_default() += n.peer.metrics().dkg_partial;
+            }
         }
         for (k, v) in self.stats.drops.clone() {
             self.stats.coverage.insert(format!("drop:{k}"), v);
@@ -688,8 +762,10 @@ impl World {
                 return Ok(()); // superseded: neither an event nor part of the trace
             }
         }
-        if matches!(ev, Ev::Tick { node: usize::MAX }) {
-            return Ok(()); // a write a crash voided
+        if let Ev::PersistDone { node, write } = &ev {
+            if !self.nodes[*node].in_flight.contains_key(write) {
+                return Ok(()); // a write a crash voided: not an event
+            }
         }
         self.stats.events += 1;
         self.line.clear();
@@ -767,16 +843,17 @@ impl World {
                 }
                 node
             }
-            Ev::PersistDone { node, ticket, record } => {
+            Ev::PersistDone { node, write } => {
+                let (ticket, record) = self.nodes[node].in_flight.remove(&write).expect("checked above");
                 self.stats.persisted += 1;
                 let _ = write!(self.line, "n{node} persisted #{}", ticket.0);
-                if matches!(*record, Record::Share { .. }) {
+                if matches!(record, Record::Share { .. }) {
                     self.nodes[node].shares += 1;
                     if self.nodes[node].shares > 1 {
                         return Err(self.violation("one-share-per-device", format!("n{node} persisted a second share")));
                     }
                 }
-                self.nodes[node].durable.push(*record);
+                self.nodes[node].durable.push(record);
                 let _ = self.nodes[node].peer.handle_input(now, Input::PersistDone(ticket));
                 node
             }
@@ -853,14 +930,10 @@ impl World {
                     let _ = write!(self.line, " | persist #{}", ticket.0);
                     let (lo, hi) = self.cfg.persist_latency;
                     let d = uniform(&mut self.store, lo.as_nanos() as u64, hi.as_nanos() as u64);
-                    self.schedule(
-                        self.now + d,
-                        Ev::PersistDone {
-                            node: i,
-                            ticket,
-                            record: Box::new(record),
-                        },
-                    );
+                    let write = self.next_write;
+                    self.next_write += 1;
+                    self.nodes[i].in_flight.insert(write, (ticket, record));
+                    self.schedule(self.now + d, Ev::PersistDone { node: i, write });
                 }
                 Output::Event(e) => {
                     self.check_event(i, &e)?;
@@ -871,7 +944,7 @@ impl World {
         Ok(())
     }
 
-    fn transmit(&mut self, from: usize, to: &str, bytes: Vec<u8>) {
+    fn transmit(&mut self, from: usize, to: &str, mut bytes: Vec<u8>) {
         self.stats.sent += 1;
         let Some(to) = node_of(to).filter(|n| *n < self.nodes.len()) else {
             return;
@@ -912,6 +985,18 @@ impl World {
             let _ = std::fmt::Write::write_str(&mut self.line, " lost");
             return;
         }
+        // A clog at either end holds the datagram until the clog clears.
+        let clear_at = [from, to]
+            .iter()
+            .filter_map(|n| self.clogged_until.get(n).copied())
+            .filter(|u| *u > self.now)
+            .max();
+        if clear_at.is_some() {
+            self.stats.clogged += 1;
+            self.mark("clogged");
+            let _ = std::fmt::Write::write_str(&mut self.line, " clogged");
+        }
+        let depart = clear_at.unwrap_or(self.now);
         let copies = if chance(&mut self.net, link.dup) { 2 } else { 1 };
         for c in 0..copies {
             let mut d = link.min_delay.as_nanos() as u64 + exp_sample(&mut self.net, link.mean_extra.as_nanos() as u64);
@@ -922,14 +1007,12 @@ impl World {
             if c == 1 {
                 self.stats.duplicated += 1;
             }
-            self.schedule(
-                self.now + d,
-                Ev::Deliver {
-                    to,
-                    from,
-                    bytes: bytes.clone(),
-                },
-            );
+            let bytes = if c + 1 == copies {
+                std::mem::take(&mut bytes)
+            } else {
+                bytes.clone()
+            };
+            self.schedule(depart + d, Ev::Deliver { to, from, bytes });
         }
     }
 
@@ -968,7 +1051,10 @@ impl World {
         self.stats.checks += 1;
         match e {
             Event::AuthorityCreated {
-                authority, group_key, ..
+                authority,
+                group_key,
+                has_share,
+                ..
             } => {
                 let mine = (authority.0, *group_key);
                 if let Some((j, other)) = self
@@ -982,11 +1068,11 @@ impl World {
                         format!("n{i} has group key {} but n{j} has {}", hex(&mine.1), hex(&other.1)),
                     ));
                 }
-                let has_share = self.nodes[i]
+                let durable_share = self.nodes[i]
                     .durable
                     .iter()
                     .any(|r| matches!(r, Record::Share { group_key: g, .. } if g == group_key));
-                if !has_share {
+                if *has_share && !durable_share {
                     return Err(self.violation(
                         "durable-before-promise",
                         format!("n{i} announced an authority without a durable share"),
@@ -1106,23 +1192,42 @@ impl World {
                 self.nodes[i].got_message = true;
             }
             Event::AuthorityCreated {
-                authority, group_key, ..
+                authority,
+                group_key,
+                threshold,
+                has_share,
+                ..
             } => {
                 self.nodes[i].authority = Some((authority.0, group_key));
+                self.nodes[i].has_share = has_share;
                 self.stats.authority_members += 1;
                 if self.nodes.iter().all(|n| n.authority.is_some()) {
-                    // Everyone has it: crash the last device, then device 1 asks for a signature.
+                    // Everyone has it: crash the last device if enough shares remain without
+                    // it (a member that lost its key generation state in a crash holds none),
+                    // then a device with a share asks for a signature.
+                    let holders: Vec<usize> = (0..self.nodes.len()).filter(|j| self.nodes[*j].has_share).collect();
                     let last = self.nodes.len() - 1;
-                    if last >= 2 {
+                    let left = holders.iter().filter(|j| **j != last).count();
+                    if last >= 2 && left >= threshold as usize {
                         self.nodes[last].crashed = true;
                         self.stats.crashes += 1;
                         let _ = write!(self.line, " | crash n{last}");
                     }
+                    self.signer = holders
+                        .iter()
+                        .copied()
+                        .filter(|j| !self.nodes[*j].crashed)
+                        .min_by_key(|j| (*j != 1, *j))
+                        .unwrap_or(1);
+                    if self.signer != 1 {
+                        self.mark("signer-not-1");
+                    }
+                    self.sign_asked = true;
                     let statement = format!("signed in simulation seed {}", self.cfg.seed).into_bytes();
                     self.schedule(
                         soon,
                         Ev::Command {
-                            node: 1,
+                            node: self.signer,
                             cmd: Command::Sign { statement },
                         },
                     );
@@ -1220,6 +1325,10 @@ impl World {
                             "script partition {a:?}{}{b:?}",
                             if one_way { "->" } else { "|" }
                         );
+                    }
+                    Action::Clog { node, for_ms } if valid(&node) => {
+                        self.clog(node, for_ms.saturating_mul(1_000_000));
+                        let _ = write!(self.line, "script clog n{node} for {for_ms} ms");
                     }
                     Action::Heal => {
                         self.blocked.clear();
@@ -1334,6 +1443,23 @@ impl World {
                     self.schedule(self.now + t.max(1), Ev::Fault(Fault::Partition));
                 }
             }
+            Fault::Clog => {
+                if !self.faults_on {
+                    return Ok(());
+                }
+                let x = uniform(&mut self.faults, 0, n as u64 - 1) as usize;
+                let dur = uniform(
+                    &mut self.faults,
+                    fc.clog_for.0.as_nanos() as u64,
+                    fc.clog_for.1.as_nanos() as u64,
+                );
+                self.clog(x, dur);
+                let _ = write!(self.line, "fault clog n{x} for {} ms", dur / 1_000_000);
+                if let Some(e) = fc.clog_every {
+                    let t = exp_sample(&mut self.faults, e.as_nanos() as u64);
+                    self.schedule(self.now + t.max(1), Ev::Fault(Fault::Clog));
+                }
+            }
             Fault::Heal(links) => {
                 for l in &links {
                     self.blocked.remove(l);
@@ -1345,6 +1471,7 @@ impl World {
                 self.faults_on = false;
                 self.blocked.clear();
                 self.bursting.clear();
+                self.clogged_until.clear();
                 let _ = write!(self.line, "phase liveness");
                 for i in 0..n {
                     if self.nodes[i].crashed && !self.nodes[i].lost {
@@ -1368,6 +1495,15 @@ impl World {
         Ok(())
     }
 
+    /// Clogs device `i`'s interface for `dur_ns` (extending a clog already in place).
+    fn clog(&mut self, i: usize, dur_ns: u64) {
+        let until = self.now.saturating_add(dur_ns);
+        let e = self.clogged_until.entry(i).or_insert(until);
+        *e = (*e).max(until);
+        self.stats.clogs += 1;
+        self.mark("clog");
+    }
+
     /// A crash: the device stops; each write not yet acknowledged either landed (the
     /// record is on disk, the ack never came) or was torn away, by seed.
     fn crash(&mut self, i: usize) {
@@ -1382,19 +1518,13 @@ impl World {
             }
         }
         self.retired_retx += m.handshake_retransmits;
-        let pending: Vec<u64> = self
-            .evs
-            .iter()
-            .filter(|(_, e)| matches!(e, Ev::PersistDone { node, .. } if *node == i))
-            .map(|(k, _)| *k)
-            .collect();
-        // In order of issue, so a torn write also loses everything after it.
+        if m.dkg_partial > 0 {
+            *self.stats.coverage.entry("dkg-partial".into()).or_default() += m.dkg_partial;
+        }
+        // In order of issue, so a torn write also loses everything after it. Their
+        // `PersistDone` events stay queued and are skipped when they come due.
         let mut torn = false;
-        for k in pending {
-            let Some(Ev::PersistDone { record, .. }) = self.evs.remove(&k) else {
-                continue;
-            };
-            self.evs.insert(k, Ev::Tick { node: usize::MAX });
+        for (_, (_, record)) in std::mem::take(&mut self.nodes[i].in_flight) {
             torn = torn || chance(&mut self.faults, 500_000);
             if torn {
                 self.stats.writes_lost += 1;
@@ -1402,7 +1532,7 @@ impl World {
             } else {
                 self.stats.writes_landed_unacked += 1;
                 self.mark("write-landed-unacked");
-                self.nodes[i].durable.push(*record);
+                self.nodes[i].durable.push(record);
             }
         }
     }
@@ -1449,6 +1579,25 @@ impl World {
         }
         if i == 0 {
             self.reinvite();
+            // The user asked for an authority and the coordinator went down before it
+            // formed: the session died with it (it lives in memory), so the user asks again.
+            let paired = self.nodes.iter().skip(1).all(|n| n.paired_with_0);
+            if self.cfg.scenario == Scenario::Authority && paired && self.nodes[0].peer.authority().is_none() {
+                self.mark("authority-retry");
+                self.create_authority();
+            }
+        }
+        if i == self.signer && self.sign_asked && self.stats.signatures == 0 {
+            // The signing session died with the device; the user asks again.
+            self.mark("sign-retry");
+            let statement = format!("signed in simulation seed {} (after restart)", self.cfg.seed).into_bytes();
+            self.schedule(
+                self.now + 1_000_000,
+                Ev::Command {
+                    node: i,
+                    cmd: Command::Sign { statement },
+                },
+            );
         }
         if let (false, Some(code)) = (self.nodes[i].paired_with_0, self.nodes[i].code.clone()) {
             // The user asks to join again (a join typed while the device was down is lost;

@@ -80,6 +80,10 @@ struct WorldArgs {
     /// Start a random partition every N simulated seconds on average (safety phase only).
     #[arg(long, value_name = "N")]
     partition_every_s: Option<u64>,
+    /// Clog a random device's network interface every N simulated seconds on average
+    /// (datagrams held, not lost, for 0.1-5 s; safety phase only).
+    #[arg(long, value_name = "N")]
+    clog_every_s: Option<u64>,
     /// Offset each device's clocks by up to this many milliseconds.
     #[arg(long, default_value_t = 0)]
     skew_ms: u64,
@@ -223,6 +227,7 @@ impl WorldArgs {
         let f = Faults {
             crash_every: self.crash_every_s.map(Duration::from_secs),
             partition_every: self.partition_every_s.map(Duration::from_secs),
+            clog_every: self.clog_every_s.map(Duration::from_secs),
             max_skew: Duration::from_millis(self.skew_ms),
             safety_for: Duration::from_secs(self.safety_s),
             liveness_within: Duration::from_secs(self.liveness_s),
@@ -260,6 +265,9 @@ impl WorldArgs {
         }
         if let Some(n) = self.partition_every_s {
             f.push_str(&format!(" --partition-every-s {n}"));
+        }
+        if let Some(n) = self.clog_every_s {
+            f.push_str(&format!(" --clog-every-s {n}"));
         }
         if self.skew_ms > 0 {
             f.push_str(&format!(" --skew-ms {}", self.skew_ms));
@@ -394,8 +402,8 @@ fn run(a: RunArgs) -> ExitCode {
         );
     }
     println!(
-        "faults: lost {} (in bursts {}) duplicated {} reordered {} partitioned {} | crashes {} restarts {} partitions {} | writes landed-unacked {} torn {}",
-        s.lost, s.burst_losses, s.duplicated, s.reordered, s.partitioned, s.crashes, s.restarts, s.partitions, s.writes_landed_unacked, s.writes_lost
+        "faults: lost {} (in bursts {}) duplicated {} reordered {} partitioned {} clogged {} | crashes {} restarts {} partitions {} clogs {} | writes landed-unacked {} torn {}",
+        s.lost, s.burst_losses, s.duplicated, s.reordered, s.partitioned, s.clogged, s.crashes, s.restarts, s.partitions, s.clogs, s.writes_landed_unacked, s.writes_lost
     );
     println!("datagrams: sent {} delivered {}", s.sent, s.delivered);
     let drops: Vec<String> = s.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -116,7 +116,7 @@ impl ScenarioFile {
         for s in &f.at {
             let nodes: Vec<usize> = match &s.action {
                 Action::Crash { node } | Action::Restart { node } | Action::Lose { node } => vec![*node],
-                Action::Pause { node, .. } => vec![*node],
+                Action::Pause { node, .. } | Action::Clog { node, .. } => vec![*node],
                 Action::Partition { a, b, .. } => a.iter().chain(b).copied().collect(),
                 Action::Heal | Action::SetLink { .. } => vec![],
             };

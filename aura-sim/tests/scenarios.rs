@@ -31,6 +31,7 @@ fn scenario_files_finish_and_keep_their_traces() {
         "joiner-crash-mid-pairing.toml",
         "lossy-then-clean.toml",
         "pause-and-lose.toml",
+        "clogged-inviter.toml",
     ] {
         let (trace, w) = run_file(name);
         assert!(w.done(), "{name} did not finish: {:?}", w.stats);
@@ -38,6 +39,26 @@ fn scenario_files_finish_and_keep_their_traces() {
         assert_eq!(trace, again, "{name} does not replay");
         insta::assert_snapshot!(name.trim_end_matches(".toml").replace('-', "_"), trace);
     }
+}
+
+#[test]
+fn a_clog_holds_datagrams_until_it_clears() {
+    let (trace, w) = run_file("clogged-inviter.toml");
+    assert!(w.stats.clogged > 0, "{:?}", w.stats);
+    assert_eq!(w.stats.lost, 0);
+    // Nothing moves to or from device 0 while its interface is clogged (1 ms .. 2001 ms),
+    // and what was held arrives afterwards.
+    let at_ms = |line: &str| -> f64 { line.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1000.0 };
+    let involves_0 = |line: &str| line.contains("n0 rx") || line.contains("rx n0 ");
+    let during = trace
+        .lines()
+        .filter(|l| l.contains(" rx ") && involves_0(l))
+        .filter(|l| (1.0..2001.0).contains(&at_ms(l)))
+        .count();
+    assert_eq!(during, 0, "datagrams of device 0 moved during the clog:\n{trace}");
+    assert!(trace
+        .lines()
+        .any(|l| l.contains(" rx ") && involves_0(l) && at_ms(l) >= 2001.0));
 }
 
 #[test]

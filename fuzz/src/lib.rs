@@ -172,7 +172,7 @@ pub fn peer_datagrams(data: &[u8]) {
 }
 
 /// The whole simulator driven by fuzzer bytes: a seed, a device count and a schedule of
-/// crashes, restarts, partitions and link changes. Every run must keep every invariant and,
+/// crashes, restarts, partitions, clogs, pauses and link changes. Every run must keep every invariant and,
 /// once the schedule ends (everything healed and restarted), finish its workload. A failing
 /// input is a reproducible schedule that `cargo fuzz tmin sim <file>` shrinks.
 pub fn sim(data: &[u8]) {
@@ -187,7 +187,7 @@ pub fn sim(data: &[u8]) {
     for c in data.get(9..).unwrap_or(&[]).chunks_exact(4).take(32) {
         let t = u16::from_be_bytes([c[0], c[1]]) as u64 * 10; // ms, up to ~11 minutes
         let arg = c[3] as usize;
-        let action = match c[2] % 5 {
+        let action = match c[2] % 7 {
             0 => Action::Crash { node: arg % peers },
             1 => Action::Restart { node: arg % peers },
             2 => Action::Partition {
@@ -196,6 +196,14 @@ pub fn sim(data: &[u8]) {
                 one_way: arg & 0x80 != 0,
             },
             3 => Action::Heal,
+            4 => Action::Clog {
+                node: arg % peers,
+                for_ms: (arg as u64 & 0x7f) * 40, // up to ~5 s
+            },
+            5 => Action::Pause {
+                node: arg % peers,
+                for_ms: (arg as u64 & 0x7f) * 40,
+            },
             _ => Action::SetLink {
                 loss_ppm: Some(c[3] as u32 * 3000),
                 dup_ppm: None,
