@@ -302,7 +302,7 @@ pub trait KeyLookup {
     fn device_key(&self, ns: &Namespace, device: &DeviceId) -> Option<[u8; 32]>;
 }
 
-fn schnorr_ok(key: &[u8; 32], msg: &[u8], sig: &Sig64) -> bool {
+pub(crate) fn schnorr_ok(key: &[u8; 32], msg: &[u8], sig: &Sig64) -> bool {
     let (Ok(vk), Ok(sig)) = (VerifyingKey::deserialize(key), Signature::deserialize(&sig.0)) else {
         return false;
     };

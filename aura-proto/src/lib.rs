@@ -39,11 +39,13 @@
 pub mod authority;
 pub mod caps;
 mod channel;
+pub mod guard;
 pub mod invite;
 pub mod journal;
 pub mod keys;
 pub mod metrics;
 mod peer;
+pub mod receipt;
 pub mod record;
 pub mod rng;
 pub mod time;

@@ -1,0 +1,329 @@
+//! Receipts: a signed, hash-chained record of every costed send.
+//!
+//! Each send that spends flow budget appends a [`Receipt`] to the chain of its
+//! (context, sender, epoch): the receipt names the previous one by hash, and nonces count
+//! up from 0 with no gaps. Signing every receipt would cost a Schnorr signature per
+//! message, so the sender signs a [`Seal`] over the chain's head now and then; because
+//! each receipt commits to its predecessor, one seal vouches for every receipt up to its
+//! head. The verifier takes the sender's signing key from its own reduced state (via
+//! [`KeyLookup`]), never from the receipt, so a receipt cannot bring its own key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{ContextId, KeyLookup, Namespace, Sig64};
+use crate::keys::DeviceId;
+use crate::wire;
+
+const CTX_RECEIPT_ID: &str = "aura 2026-11 receipt id";
+const SEAL_DOMAIN: &[u8] = b"aura receipt seal v1";
+
+/// The `prev` of the first receipt of a chain.
+pub const CHAIN_START: [u8; 32] = [0; 32];
+
+/// One costed send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Context of the channel.
+    pub context: ContextId,
+    /// Sending device.
+    pub src: DeviceId,
+    /// Receiving device.
+    pub dst: DeviceId,
+    /// Context epoch.
+    pub epoch: u64,
+    /// Flow units charged.
+    pub cost: u64,
+    /// Position in the (context, src, epoch) chain, from 0.
+    pub nonce: u64,
+    /// Hash of the previous receipt of the chain ([`CHAIN_START`] for nonce 0).
+    pub prev: [u8; 32],
+}
+
+impl Receipt {
+    /// Domain-separated hash of the canonical encoding.
+    pub fn id(&self) -> [u8; 32] {
+        blake3::derive_key(CTX_RECEIPT_ID, &wire::encode(self))
+    }
+}
+
+/// The sender's signature over a chain head.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Context.
+    pub context: ContextId,
+    /// Sending device (whose key must verify `sig`).
+    pub src: DeviceId,
+    /// Epoch.
+    pub epoch: u64,
+    /// Nonce of the head receipt.
+    pub nonce: u64,
+    /// Hash of the head receipt.
+    pub head: [u8; 32],
+    /// Schnorr signature (ristretto255) by the sender's device signing key.
+    pub sig: Sig64,
+}
+
+impl Seal {
+    /// The bytes the signature covers.
+    pub fn signed_bytes(context: &ContextId, src: &DeviceId, epoch: u64, nonce: u64, head: &[u8; 32]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(SEAL_DOMAIN.len() + 32 * 3 + 16);
+        m.extend_from_slice(SEAL_DOMAIN);
+        m.extend_from_slice(&context.0);
+        m.extend_from_slice(&src.0);
+        m.extend_from_slice(&epoch.to_be_bytes());
+        m.extend_from_slice(&nonce.to_be_bytes());
+        m.extend_from_slice(head);
+        m
+    }
+}
+
+/// The sending side of one chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainWriter {
+    context: ContextId,
+    src: DeviceId,
+    epoch: u64,
+    next_nonce: u64,
+    head: [u8; 32],
+}
+
+impl ChainWriter {
+    /// A fresh chain (a new epoch starts one).
+    pub fn new(context: ContextId, src: DeviceId, epoch: u64) -> ChainWriter {
+        ChainWriter {
+            context,
+            src,
+            epoch,
+            next_nonce: 0,
+            head: CHAIN_START,
+        }
+    }
+
+    /// The receipt for the next send.
+    pub fn append(&mut self, dst: DeviceId, cost: u64) -> Receipt {
+        let r = Receipt {
+            context: self.context,
+            src: self.src,
+            dst,
+            epoch: self.epoch,
+            cost,
+            nonce: self.next_nonce,
+            prev: self.head,
+        };
+        self.head = r.id();
+        self.next_nonce += 1;
+        r
+    }
+
+    /// What a seal over the current head signs, or `None` before the first receipt.
+    pub fn seal_bytes(&self) -> Option<(u64, [u8; 32], Vec<u8>)> {
+        let nonce = self.next_nonce.checked_sub(1)?;
+        Some((
+            nonce,
+            self.head,
+            Seal::signed_bytes(&self.context, &self.src, self.epoch, nonce, &self.head),
+        ))
+    }
+}
+
+/// Why a receipt or seal was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReceiptError {
+    /// A nonce was skipped (or the chain did not start at 0).
+    Gap,
+    /// A second, different receipt at a nonce already taken, or a `prev` that does not
+    /// name the receipt before it.
+    Fork,
+    /// The sender is not a member device of the context (as reduced state knows it), or
+    /// the seal's signature does not verify with that device's key.
+    ForeignKey,
+    /// A seal for a head this verifier has not seen.
+    UnknownHead,
+    /// The receipt belongs to another chain.
+    WrongChain,
+}
+
+/// The verifying side of one (context, src, epoch) chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainVerifier {
+    context: ContextId,
+    src: DeviceId,
+    epoch: u64,
+    /// Receipt ids by nonce, as accepted (signed or not).
+    ids: BTreeMap<u64, [u8; 32]>,
+    /// Receipts up to this nonce are covered by a verified seal.
+    sealed_through: Option<u64>,
+}
+
+impl ChainVerifier {
+    /// An empty chain.
+    pub fn new(context: ContextId, src: DeviceId, epoch: u64) -> ChainVerifier {
+        ChainVerifier {
+            context,
+            src,
+            epoch,
+            ids: BTreeMap::new(),
+            sealed_through: None,
+        }
+    }
+
+    /// Accepts the next receipt of the chain. A repeat of an accepted receipt is fine (and
+    /// changes nothing); anything else out of line is refused.
+    pub fn push(&mut self, r: &Receipt) -> Result<(), ReceiptError> {
+        if r.context != self.context || r.src != self.src || r.epoch != self.epoch {
+            return Err(ReceiptError::WrongChain);
+        }
+        let id = r.id();
+        if let Some(known) = self.ids.get(&r.nonce) {
+            return if *known == id { Ok(()) } else { Err(ReceiptError::Fork) };
+        }
+        let expected = self.ids.len() as u64;
+        if r.nonce != expected {
+            return Err(ReceiptError::Gap);
+        }
+        let prev = match r.nonce.checked_sub(1) {
+            None => CHAIN_START,
+            Some(p) => self.ids[&p],
+        };
+        if r.prev != prev {
+            return Err(ReceiptError::Fork);
+        }
+        self.ids.insert(r.nonce, id);
+        Ok(())
+    }
+
+    /// Verifies a seal with the sender's key from `keys` and marks every receipt up to its
+    /// head as authentic.
+    pub fn seal(&mut self, s: &Seal, keys: &dyn KeyLookup) -> Result<(), ReceiptError> {
+        if s.context != self.context || s.src != self.src || s.epoch != self.epoch {
+            return Err(ReceiptError::WrongChain);
+        }
+        if self.ids.get(&s.nonce) != Some(&s.head) {
+            return Err(ReceiptError::UnknownHead);
+        }
+        let key = keys
+            .device_key(&Namespace::Context(self.context), &self.src)
+            .ok_or(ReceiptError::ForeignKey)?;
+        let msg = Seal::signed_bytes(&s.context, &s.src, s.epoch, s.nonce, &s.head);
+        if !crate::journal::schnorr_ok(&key, &msg, &s.sig) {
+            return Err(ReceiptError::ForeignKey);
+        }
+        self.sealed_through = Some(self.sealed_through.map_or(s.nonce, |t| t.max(s.nonce)));
+        Ok(())
+    }
+
+    /// Receipts accepted so far.
+    pub fn len(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    /// Whether no receipt was accepted yet.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// How many receipts a verified seal covers.
+    pub fn sealed(&self) -> u64 {
+        self.sealed_through.map_or(0, |t| t + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{DeviceKeys, DeviceSecret};
+    use crate::rng::PeerRng;
+
+    struct Members(BTreeMap<DeviceId, [u8; 32]>);
+    impl KeyLookup for Members {
+        fn group_key(&self, _: &Namespace) -> Option<[u8; 32]> {
+            None
+        }
+        fn device_key(&self, _: &Namespace, d: &DeviceId) -> Option<[u8; 32]> {
+            self.0.get(d).copied()
+        }
+    }
+
+    fn keys(i: u8) -> DeviceKeys {
+        DeviceKeys::derive(&DeviceSecret::from_bytes([i; 32]), &mut PeerRng::from_seed([i; 32]))
+    }
+
+    fn setup() -> (DeviceKeys, Members, ChainWriter, ChainVerifier, PeerRng) {
+        let k = keys(1);
+        let m = Members([(k.id, k.cert.signing)].into_iter().collect());
+        let ctx = ContextId([7; 32]);
+        let w = ChainWriter::new(ctx, k.id, 3);
+        let v = ChainVerifier::new(ctx, k.id, 3);
+        (k, m, w, v, PeerRng::from_seed([9; 32]))
+    }
+
+    fn seal(k: &DeviceKeys, w: &ChainWriter, rng: &mut PeerRng) -> Seal {
+        let (nonce, head, msg) = w.seal_bytes().unwrap();
+        Seal {
+            context: w.context,
+            src: w.src,
+            epoch: w.epoch,
+            nonce,
+            head,
+            sig: Sig64(k.sign(rng, &msg)),
+        }
+    }
+
+    #[test]
+    fn one_seal_vouches_for_the_whole_chain() {
+        let (k, m, mut w, mut v, mut rng) = setup();
+        let dst = DeviceId([2; 32]);
+        for _ in 0..5 {
+            let r = w.append(dst, 4);
+            v.push(&r).unwrap();
+            v.push(&r).unwrap(); // a duplicate changes nothing
+        }
+        assert_eq!(v.sealed(), 0);
+        v.seal(&seal(&k, &w, &mut rng), &m).unwrap();
+        assert_eq!((v.len(), v.sealed()), (5, 5));
+    }
+
+    #[test]
+    fn gaps_forks_foreign_keys_and_unknown_heads_are_refused() {
+        let (k, m, mut w, mut v, mut rng) = setup();
+        let dst = DeviceId([2; 32]);
+        let r0 = w.append(dst, 1);
+        let r1 = w.append(dst, 1);
+        let r2 = w.append(dst, 1);
+        assert_eq!(v.push(&r1), Err(ReceiptError::Gap));
+        v.push(&r0).unwrap();
+        // Same nonce, different content.
+        let mut other = r0.clone();
+        other.cost = 99;
+        assert_eq!(v.push(&other), Err(ReceiptError::Fork));
+        // Right nonce, wrong predecessor.
+        let mut bent = r1.clone();
+        bent.prev = [5; 32];
+        assert_eq!(v.push(&bent), Err(ReceiptError::Fork));
+        assert_eq!(v.push(&r2), Err(ReceiptError::Gap));
+        v.push(&r1).unwrap();
+        v.push(&r2).unwrap();
+        // A seal signed by another device's key, even one claiming to be the sender.
+        let stranger = keys(3);
+        let mut forged = seal(&k, &w, &mut rng);
+        let (_, _, msg) = w.seal_bytes().unwrap();
+        forged.sig = Sig64(stranger.sign(&mut rng, &msg));
+        assert_eq!(v.seal(&forged, &m), Err(ReceiptError::ForeignKey));
+        // A sender reduced state does not know.
+        let nobody = Members(BTreeMap::new());
+        assert_eq!(v.seal(&seal(&k, &w, &mut rng), &nobody), Err(ReceiptError::ForeignKey));
+        // A head this verifier never saw.
+        let mut ahead = w.clone();
+        ahead.append(dst, 1);
+        assert_eq!(v.seal(&seal(&k, &ahead, &mut rng), &m), Err(ReceiptError::UnknownHead));
+        // Another epoch's chain.
+        let mut later = r0.clone();
+        later.epoch = 4;
+        assert_eq!(v.push(&later), Err(ReceiptError::WrongChain));
+        assert_eq!(v.sealed(), 0);
+        v.seal(&seal(&k, &w, &mut rng), &m).unwrap();
+        assert_eq!(v.sealed(), 3);
+    }
+}
