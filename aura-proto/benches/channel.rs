@@ -239,7 +239,7 @@ fn main() {
         .find(|n| {
             let mut v = Vec::new();
             wire::pad_frame(&wire::Frame::App { data: &vec![0; *n] }, &mut v).unwrap();
-            v.len() + wire::TAG_LEN == 1024
+            v.len() == 1024
         })
         .unwrap();
     let mut frame_results = Vec::new();
@@ -251,7 +251,7 @@ fn main() {
         let raw_t = snow_transport_pair();
         let (mut ratios, mut peer_ns, mut raw_ns) = (Vec::new(), Vec::new(), Vec::new());
         let mut nonce = 0u64;
-        let raw_plain = vec![0xabu8; 1024 - wire::TAG_LEN];
+        let raw_plain = vec![0xabu8; 1024];
         let (mut m, mut p) = (vec![0u8; 2048], vec![0u8; 2048]);
         for _ in 0..rounds {
             let t = Instant::now();

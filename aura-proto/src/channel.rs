@@ -17,7 +17,7 @@ use snow::{HandshakeState, StatelessTransportState};
 use crate::keys::{DeviceCert, DeviceId};
 use crate::rng::PeerRng;
 use crate::time::Instant;
-use crate::wire::{self, Frame, Packet, Purpose, MAX_NOISE_MSG, TAG_LEN, WIRE_VERSION};
+use crate::wire::{self, Frame, Purpose, MAX_NOISE_MSG, TAG_LEN, WIRE_VERSION};
 
 /// The Noise protocol name every channel uses.
 pub const NOISE_PATTERN: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -227,11 +227,17 @@ impl Channel {
     pub(crate) fn seal(&mut self, frame: &Frame<'_>, plain: &mut Vec<u8>, now: Instant) -> Option<Vec<u8>> {
         let transport = self.transport.as_ref()?;
         wire::pad_frame(frame, plain).ok()?;
-        let mut ct = vec![0u8; plain.len() + TAG_LEN];
-        debug_assert!(ct.len() <= MAX_NOISE_MSG);
-        let n = transport.write_message(self.send_nonce, plain, &mut ct).ok()?;
-        ct.truncate(n);
+        let ct_len = plain.len() + TAG_LEN;
+        debug_assert!(ct_len <= MAX_NOISE_MSG);
         let nonce = self.send_nonce;
+        let mut datagram = Vec::with_capacity(ct_len + 24);
+        wire::data_header(&mut datagram, self.remote_idx, nonce, ct_len);
+        let start = datagram.len();
+        datagram.resize(start + ct_len, 0);
+        let n = transport.write_message(nonce, plain, &mut datagram[start..]).ok()?;
+        if n != ct_len {
+            return None; // cannot happen with ChaChaPoly; never send a mislabelled length
+        }
         self.send_nonce += 1;
         self.last_sent = now;
         self.owe_keepalive = false;
@@ -239,11 +245,7 @@ impl Channel {
             self.last_sent_payload = now;
             self.unanswered_since.get_or_insert(now);
         }
-        Some(wire::encode_packet(&Packet::Data {
-            receiver: self.remote_idx,
-            nonce,
-            ciphertext: &ct,
-        }))
+        Some(datagram)
     }
 
     /// Earliest instant this channel wants a timeout.

@@ -19,9 +19,17 @@ pub const MAX_NOISE_MSG: usize = 65535;
 pub const TAG_LEN: usize = 16;
 /// Largest datagram a peer sends or accepts: a full Noise message plus packet header.
 pub const MAX_DATAGRAM: usize = MAX_NOISE_MSG + 32;
-/// Encrypted frame sizes. Every frame is padded up to the first bucket that fits, so the
-/// size on the wire reveals only the bucket.
-pub const PAD_BUCKETS: [usize; 5] = [256, 1024, 4096, 16384, MAX_NOISE_MSG];
+/// Padded plaintext sizes. Every frame is padded up to the first bucket that fits, so the
+/// size on the wire (bucket + 16-byte tag) reveals only the bucket. Buckets are whole
+/// multiples of four 64-byte ChaCha blocks: the vector backends make keystream four blocks
+/// at a time, and a ragged tail costs a full batch per block (measured: sealing a
+/// 240-byte plaintext took as long as 1 KiB).
+pub const PAD_BUCKETS: [usize; 5] = [256, 1024, 4096, 16384, MAX_NOISE_MSG - TAG_LEN];
+
+/// Whether a ciphertext is exactly one padded bucket plus the tag.
+pub fn is_bucket_ciphertext(len: usize) -> bool {
+    len >= TAG_LEN && PAD_BUCKETS.contains(&(len - TAG_LEN))
+}
 /// Bytes of a frame's length prefix inside the padded plaintext.
 const LEN_PREFIX: usize = 2;
 /// Largest encoded inner frame.
@@ -198,9 +206,36 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     encode_into(v, Vec::new())
 }
 
+/// Starts a `Packet::Data` datagram whose `len`-byte ciphertext the caller appends right
+/// after: the exact bytes `encode_packet` would produce before the ciphertext (version,
+/// variant index, then postcard's LEB128 varints). Lets a channel seal straight into the
+/// datagram instead of sealing into a buffer and copying it into a second allocation.
+pub fn data_header(out: &mut Vec<u8>, receiver: u32, nonce: u64, len: usize) {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out.push(WIRE_VERSION);
+    varint(out, 2); // `Packet::Data` is the third variant
+    varint(out, u64::from(receiver));
+    varint(out, nonce);
+    varint(out, len as u64);
+}
+
 /// Builds a datagram: version byte, then the packet.
 pub fn encode_packet(p: &Packet<'_>) -> Vec<u8> {
-    encode_into(p, vec![WIRE_VERSION])
+    // Sized up front: growing from one byte would reallocate half a dozen times per
+    // datagram (measured at ~5% of the simulator's null workload).
+    let body = match p {
+        Packet::HandshakeInit { noise, .. } | Packet::HandshakeResp { noise, .. } => noise.len(),
+        Packet::Data { ciphertext, .. } => ciphertext.len(),
+    };
+    let mut out = Vec::with_capacity(body + 32);
+    out.push(WIRE_VERSION);
+    encode_into(p, out)
 }
 
 /// Parses a datagram strictly.
@@ -227,10 +262,7 @@ pub fn decode_packet<'a>(bytes: &'a [u8], scratch: &mut Vec<u8>) -> Result<Packe
 
 /// Size of the padded plaintext for an encoded frame of `len` bytes, or `None` if too big.
 pub fn padded_len(len: usize) -> Option<usize> {
-    PAD_BUCKETS
-        .iter()
-        .map(|b| b - TAG_LEN)
-        .find(|cap| len + LEN_PREFIX <= *cap)
+    PAD_BUCKETS.iter().copied().find(|cap| len + LEN_PREFIX <= *cap)
 }
 
 /// Encodes `frame` into a zero-padded plaintext ready for sealing.
@@ -260,7 +292,9 @@ pub fn unpad_frame<'a>(plain: &'a [u8], scratch: &mut Vec<u8>) -> Result<Frame<'
         return Err(DecodeError::Malformed);
     }
     let (body, pad) = plain[LEN_PREFIX..].split_at(len);
-    if pad.iter().any(|b| *b != 0) {
+    // OR-fold rather than `any`: no early exit, so it vectorises (padding is most of a
+    // small frame) and takes the same time whatever the bytes are.
+    if pad.iter().fold(0u8, |acc, b| acc | b) != 0 {
         return Err(DecodeError::Malformed);
     }
     strict_decode(body, scratch)
@@ -302,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn data_header_matches_postcard() {
+        for (receiver, nonce, len) in [
+            (0u32, 0u64, 0usize),
+            (127, 127, 127),
+            (128, 128, 272),
+            (u32::MAX, u64::MAX, 65_535),
+            (300, 1 << 35, 1040),
+        ] {
+            let ct = vec![0x5a; len];
+            let mut manual = Vec::new();
+            data_header(&mut manual, receiver, nonce, len);
+            manual.extend_from_slice(&ct);
+            let p = Packet::Data {
+                receiver,
+                nonce,
+                ciphertext: &ct,
+            };
+            assert_eq!(manual, encode_packet(&p), "{receiver} {nonce} {len}");
+        }
+    }
+
+    #[test]
     fn padding_hits_buckets_and_is_strict() {
         let mut s = Vec::new();
         let mut out = Vec::new();
@@ -311,11 +367,12 @@ mod tests {
             (300, 1024),
             (2000, 4096),
             (10_000, 16384),
-            (40_000, 65535),
+            (40_000, 65519),
         ] {
             let data = vec![0xaa; n];
             pad_frame(&Frame::App { data: &data }, &mut out).unwrap();
-            assert_eq!(out.len() + TAG_LEN, bucket, "payload {n}");
+            assert_eq!(out.len(), bucket, "payload {n}");
+            assert!(is_bucket_ciphertext(out.len() + TAG_LEN));
             assert_eq!(unpad_frame(&out, &mut s), Ok(Frame::App { data: &data }));
         }
         let huge = vec![0; MAX_FRAME];
