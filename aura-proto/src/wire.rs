@@ -225,6 +225,28 @@ pub fn data_header(out: &mut Vec<u8>, receiver: u32, nonce: u64, len: usize) {
     varint(out, len as u64);
 }
 
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Length of the canonical postcard encoding of a `Packet::Data` (0 for other variants).
+fn canonical_data_len(p: &Packet<'_>) -> usize {
+    match p {
+        Packet::Data {
+            receiver,
+            nonce,
+            ciphertext,
+        } => {
+            varint_len(2)
+                + varint_len(u64::from(*receiver))
+                + varint_len(*nonce)
+                + varint_len(ciphertext.len() as u64)
+                + ciphertext.len()
+        }
+        _ => 0,
+    }
+}
+
 /// Builds a datagram: version byte, then the packet.
 pub fn encode_packet(p: &Packet<'_>) -> Vec<u8> {
     // Sized up front: growing from one byte would reallocate half a dozen times per
@@ -246,7 +268,21 @@ pub fn decode_packet<'a>(bytes: &'a [u8], scratch: &mut Vec<u8>) -> Result<Packe
     match bytes.first() {
         None => Err(DecodeError::Truncated),
         Some(&WIRE_VERSION) => {
-            let p: Packet<'a> = strict_decode(&bytes[1..], scratch)?;
+            let body = &bytes[1..];
+            // Data packets (all traffic after the handshake) get a cheaper strictness
+            // check with the same meaning: postcard's encoding of a `Data` is a sequence of
+            // LEB128 varints and raw bytes, each with exactly one minimal form, and a
+            // non-minimal one is longer, so the input is canonical exactly when its length
+            // is the canonical length. Everything else takes the re-encode comparison.
+            let p: Packet<'a> = match postcard::take_from_bytes::<Packet<'a>>(body) {
+                Ok((p @ Packet::Data { .. }, [])) => {
+                    if canonical_data_len(&p) != body.len() {
+                        return Err(DecodeError::Malformed);
+                    }
+                    p
+                }
+                _ => strict_decode(body, scratch)?,
+            };
             let inner = match &p {
                 Packet::HandshakeInit { noise, .. } | Packet::HandshakeResp { noise, .. } => noise.len(),
                 Packet::Data { ciphertext, .. } => ciphertext.len(),
@@ -333,6 +369,48 @@ mod tests {
         // oversized
         let big = vec![WIRE_VERSION; MAX_DATAGRAM + 1];
         assert_eq!(decode_packet(&big, &mut s), Err(DecodeError::Oversized));
+    }
+
+    /// The fast strictness check for data packets agrees with the general one on
+    /// arbitrary bytes and on valid packets with overlong varints spliced in.
+    #[test]
+    fn data_fast_path_agrees_with_reencoding() {
+        fn general(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+            let mut s = Vec::new();
+            match bytes.split_first() {
+                Some((&WIRE_VERSION, body)) => strict_decode::<Packet<'_>>(body, &mut s).map(|p| encode_packet(&p)),
+                _ => Err(DecodeError::WrongVersion),
+            }
+        }
+        fn fast(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+            decode_packet(bytes, &mut Vec::new()).map(|p| encode_packet(&p))
+        }
+        fn prop(receiver: u32, nonce: u64, ct: Vec<u8>, junk: Vec<u8>, at: u8) -> bool {
+            let good = encode_packet(&Packet::Data {
+                receiver,
+                nonce,
+                ciphertext: &ct,
+            });
+            // Overlong forms: a varint byte gets a continuation bit and a zero group.
+            let mut overlong = good.clone();
+            let i = 2 + (at as usize) % 3;
+            if i < overlong.len() && overlong[i] < 0x80 {
+                overlong[i] |= 0x80;
+                overlong.insert(i + 1, 0);
+            }
+            let mut raw = vec![WIRE_VERSION];
+            raw.extend_from_slice(&junk);
+            [good, overlong, raw, junk].iter().all(|b| {
+                let (g, f) = (general(b), fast(b));
+                g.is_ok() == f.is_ok() && (g.is_err() || g == f)
+            })
+        }
+        quickcheck::QuickCheck::new()
+            .tests(2000)
+            .quickcheck(prop as fn(u32, u64, Vec<u8>, Vec<u8>, u8) -> bool);
+        // One overlong receiver by hand: 5 encoded as 0x85 0x00.
+        let bad = [WIRE_VERSION, 2, 0x85, 0x00, 1, 1, 0xaa];
+        assert_eq!(decode_packet(&bad, &mut Vec::new()), Err(DecodeError::Malformed));
     }
 
     #[test]

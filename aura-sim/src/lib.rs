@@ -524,9 +524,7 @@ fn push_num(s: &mut String, mut v: u64, width: usize, pad: char) {
     for _ in (buf.len() - i)..width {
         s.push(pad);
     }
-    for d in &buf[i..] {
-        s.push(char::from(*d));
-    }
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("?"));
 }
 
 fn addr(i: usize) -> String {
