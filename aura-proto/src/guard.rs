@@ -232,9 +232,43 @@ impl Denial {
     }
 }
 
+/// The effects of an allowed send, in order (at most seven; kept inline because every
+/// send builds one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effects {
+    list: [Effect; 7],
+    len: usize,
+}
+
+impl Effects {
+    fn new() -> Effects {
+        Effects {
+            list: [Effect::Transmit; 7],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, e: Effect) {
+        self.list[self.len] = e;
+        self.len += 1;
+    }
+
+    /// The effects, in the order the peer carries them out.
+    pub fn as_slice(&self) -> &[Effect] {
+        &self.list[..self.len]
+    }
+}
+
+impl core::ops::Deref for Effects {
+    type Target = [Effect];
+    fn deref(&self) -> &[Effect] {
+        self.as_slice()
+    }
+}
+
 /// Runs the chain. `Ok` effects always end with exactly one [`Effect::Transmit`]; a
 /// denial carries out nothing.
-pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Vec<Effect>, Denial> {
+pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Effects, Denial> {
     let Request {
         context,
         peer,
@@ -276,7 +310,7 @@ pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Vec<Effect>, Denial> {
         }
     }
     // 5. Transmit, preceded by its effects in chain order.
-    let mut out = Vec::with_capacity(7);
+    let mut out = Effects::new();
     if price.flow > 0 {
         if after > flow.reserved {
             out.push(Effect::Reserve {

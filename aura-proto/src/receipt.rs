@@ -8,13 +8,10 @@
 //! head. The verifier takes the sender's signing key from its own reduced state (via
 //! [`KeyLookup`]), never from the receipt, so a receipt cannot bring its own key.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{ContextId, KeyLookup, Namespace, Sig64};
 use crate::keys::DeviceId;
-use crate::wire;
 
 const CTX_RECEIPT_ID: &str = "aura 2026-11 receipt id";
 const SEAL_DOMAIN: &[u8] = b"aura receipt seal v1";
@@ -41,10 +38,32 @@ pub struct Receipt {
     pub prev: [u8; 32],
 }
 
+/// The key every receipt id of one chain is hashed under: it binds the chain's
+/// (context, src, epoch), so each receipt hashes only its own 80 bytes (two BLAKE3 blocks
+/// instead of three; every send computes two ids, one on each side).
+pub fn chain_key(context: &ContextId, src: &DeviceId, epoch: u64) -> [u8; 32] {
+    let mut m = [0u8; 72];
+    m[..32].copy_from_slice(&context.0);
+    m[32..64].copy_from_slice(&src.0);
+    m[64..].copy_from_slice(&epoch.to_be_bytes());
+    blake3::derive_key(CTX_RECEIPT_ID, &m)
+}
+
 impl Receipt {
-    /// Domain-separated hash of the canonical encoding.
+    /// The receipt's id: BLAKE3 keyed with [`chain_key`] over
+    /// `dst || cost (u64 BE) || nonce (u64 BE) || prev`.
     pub fn id(&self) -> [u8; 32] {
-        blake3::derive_key(CTX_RECEIPT_ID, &wire::encode(self))
+        self.id_under(&chain_key(&self.context, &self.src, self.epoch))
+    }
+
+    /// [`Receipt::id`] with the chain key already at hand.
+    pub fn id_under(&self, chain_key: &[u8; 32]) -> [u8; 32] {
+        let mut m = [0u8; 80];
+        m[..32].copy_from_slice(&self.dst.0);
+        m[32..40].copy_from_slice(&self.cost.to_be_bytes());
+        m[40..48].copy_from_slice(&self.nonce.to_be_bytes());
+        m[48..].copy_from_slice(&self.prev);
+        *blake3::keyed_hash(chain_key, &m).as_bytes()
     }
 }
 
@@ -82,6 +101,7 @@ impl Seal {
 /// The sending side of one chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainWriter {
+    key: [u8; 32],
     context: ContextId,
     src: DeviceId,
     epoch: u64,
@@ -93,6 +113,7 @@ impl ChainWriter {
     /// A fresh chain (a new epoch starts one).
     pub fn new(context: ContextId, src: DeviceId, epoch: u64) -> ChainWriter {
         ChainWriter {
+            key: chain_key(&context, &src, epoch),
             context,
             src,
             epoch,
@@ -112,7 +133,7 @@ impl ChainWriter {
             nonce: self.next_nonce,
             prev: self.head,
         };
-        self.head = r.id();
+        self.head = r.id_under(&self.key);
         self.next_nonce += 1;
         r
     }
@@ -148,11 +169,12 @@ pub enum ReceiptError {
 /// The verifying side of one (context, src, epoch) chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainVerifier {
+    key: [u8; 32],
     context: ContextId,
     src: DeviceId,
     epoch: u64,
-    /// Receipt ids by nonce, as accepted (signed or not).
-    ids: BTreeMap<u64, [u8; 32]>,
+    /// Receipt ids, indexed by nonce (nonces start at 0 and have no gaps).
+    ids: Vec<[u8; 32]>,
     /// Receipts up to this nonce are covered by a verified seal.
     sealed_through: Option<u64>,
 }
@@ -161,10 +183,11 @@ impl ChainVerifier {
     /// An empty chain.
     pub fn new(context: ContextId, src: DeviceId, epoch: u64) -> ChainVerifier {
         ChainVerifier {
+            key: chain_key(&context, &src, epoch),
             context,
             src,
             epoch,
-            ids: BTreeMap::new(),
+            ids: Vec::new(),
             sealed_through: None,
         }
     }
@@ -175,22 +198,18 @@ impl ChainVerifier {
         if r.context != self.context || r.src != self.src || r.epoch != self.epoch {
             return Err(ReceiptError::WrongChain);
         }
-        let id = r.id();
-        if let Some(known) = self.ids.get(&r.nonce) {
+        let id = r.id_under(&self.key);
+        let known = usize::try_from(r.nonce).ok().and_then(|n| self.ids.get(n));
+        if let Some(known) = known {
             return if *known == id { Ok(()) } else { Err(ReceiptError::Fork) };
         }
-        let expected = self.ids.len() as u64;
-        if r.nonce != expected {
+        if r.nonce != self.ids.len() as u64 {
             return Err(ReceiptError::Gap);
         }
-        let prev = match r.nonce.checked_sub(1) {
-            None => CHAIN_START,
-            Some(p) => self.ids[&p],
-        };
-        if r.prev != prev {
+        if r.prev != *self.ids.last().unwrap_or(&CHAIN_START) {
             return Err(ReceiptError::Fork);
         }
-        self.ids.insert(r.nonce, id);
+        self.ids.push(id);
         Ok(())
     }
 
@@ -200,7 +219,8 @@ impl ChainVerifier {
         if s.context != self.context || s.src != self.src || s.epoch != self.epoch {
             return Err(ReceiptError::WrongChain);
         }
-        if self.ids.get(&s.nonce) != Some(&s.head) {
+        let at = usize::try_from(s.nonce).ok().and_then(|n| self.ids.get(n));
+        if at != Some(&s.head) {
             return Err(ReceiptError::UnknownHead);
         }
         let key = keys
@@ -235,6 +255,7 @@ mod tests {
     use super::*;
     use crate::keys::{DeviceKeys, DeviceSecret};
     use crate::rng::PeerRng;
+    use std::collections::BTreeMap;
 
     struct Members(BTreeMap<DeviceId, [u8; 32]>);
     impl KeyLookup for Members {
@@ -269,6 +290,29 @@ mod tests {
             head,
             sig: Sig64(k.sign(rng, &msg)),
         }
+    }
+
+    #[test]
+    fn ids_cover_every_field() {
+        let r = Receipt {
+            context: ContextId([0xff; 32]),
+            src: DeviceId([0xff; 32]),
+            dst: DeviceId([0xff; 32]),
+            epoch: u64::MAX,
+            cost: u64::MAX,
+            nonce: u64::MAX,
+            prev: [0xff; 32],
+        };
+        let mut other = r.clone();
+        other.cost -= 1;
+        assert_ne!(r.id(), other.id());
+        // Every field counts, the chain's own fields through the key.
+        let mut other = r.clone();
+        other.epoch -= 1;
+        assert_ne!(r.id(), other.id());
+        let mut other = r.clone();
+        other.src = DeviceId([0xfe; 32]);
+        assert_ne!(r.id(), other.id());
     }
 
     #[test]
