@@ -16,6 +16,11 @@ use crate::wire::{self, DecodeError};
 
 const CTX_FACT_ID: &str = "aura 2026-11 fact id";
 const CTX_AUTHORITY_ID: &str = "aura 2026-11 authority id";
+const CTX_CONTEXT_ID: &str = "aura 2026-11 context id";
+/// Most authorities one relational context may join.
+pub const MAX_CONTEXT_AUTHORITIES: usize = 16;
+/// Most devices one relational context may name.
+pub const MAX_CONTEXT_MEMBERS: usize = 64;
 const FACT_SIGNING_PREFIX: &[u8] = b"aura fact v1";
 /// Encoding version of a fact (first byte of [`Fact::encode`]).
 pub const FACT_VERSION: u8 = 1;
@@ -175,6 +180,45 @@ pub struct SealedSecret {
     pub ciphertext: Vec<u8>,
 }
 
+/// A device taking part in a relational context, and the authority it speaks for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContextMember {
+    /// The authority the device belongs to (checked by each peer against that
+    /// authority's own journal before it trusts the context).
+    pub authority: AuthorityId,
+    /// The device's public keys.
+    pub cert: DeviceCert,
+    /// Where the device was last reached.
+    pub addr: String,
+}
+
+/// The creation of a relational context between two or more authorities. Signed by its
+/// creator (a member device); the context is *established* once a member of every other
+/// authority has accepted it ([`ContextAccept`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContextGenesis {
+    /// The authorities, strictly ascending, at least two.
+    pub authorities: Vec<AuthorityId>,
+    /// Member devices, strictly ascending by device id.
+    pub members: Vec<ContextMember>,
+    /// Makes every context unique (two contexts between the same authorities differ).
+    pub nonce: [u8; 32],
+}
+
+impl ContextGenesis {
+    /// `ContextId` = BLAKE3 of the canonical creation body.
+    pub fn context_id(&self) -> ContextId {
+        ContextId(blake3::derive_key(CTX_CONTEXT_ID, &wire::encode(self)))
+    }
+}
+
+/// A member of an authority other than the creator's accepts a context.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContextAccept {
+    /// The creation fact accepted.
+    pub genesis: FactId,
+}
+
 /// What a fact says.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum FactBody {
@@ -186,6 +230,10 @@ pub enum FactBody {
     SealedSecret(SealedSecret),
     /// A statement the authority signed (group-signed), kept as evidence.
     Statement(Vec<u8>),
+    /// Relational context creation (device-signed by its creator).
+    ContextGenesis(ContextGenesis),
+    /// Relational context acceptance (device-signed by a member).
+    ContextAccept(ContextAccept),
 }
 
 impl FactBody {
@@ -196,6 +244,8 @@ impl FactBody {
             FactBody::TreeOp(_) => "tree-op",
             FactBody::SealedSecret(_) => "sealed-secret",
             FactBody::Statement(_) => "statement",
+            FactBody::ContextGenesis(_) => "context-genesis",
+            FactBody::ContextAccept(_) => "context-accept",
         }
     }
 }
@@ -335,7 +385,31 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
         }
         (FactBody::SealedSecret(_), FactSig::Device(sig)) => {
-            keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
+            if let Namespace::Authority(_) = ns {
+                keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
+            }
+            let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
+        }
+        (FactBody::ContextGenesis(g), FactSig::Device(sig)) => {
+            if *ns != Namespace::Context(g.context_id()) {
+                return Err(FactError::WrongNamespace);
+            }
+            check_context_genesis(g)?;
+            // The creator's key comes from the (self-certifying) member list itself.
+            let m = g
+                .members
+                .iter()
+                .find(|m| m.cert.id() == fact.author)
+                .ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&m.cert.signing, &msg, sig)
+                .then_some(())
+                .ok_or(FactError::BadSignature)
+        }
+        (FactBody::ContextAccept(_), FactSig::Device(sig)) => {
+            if !matches!(ns, Namespace::Context(_)) {
+                return Err(FactError::WrongNamespace);
+            }
             let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
         }
@@ -354,6 +428,32 @@ fn check_genesis(g: &Genesis) -> Result<(), FactError> {
         if m.identifier as usize != i + 1 || *vi != m.identifier || m.cert.verify().is_none() {
             return Err(FactError::Invalid);
         }
+    }
+    Ok(())
+}
+
+/// Structural checks of a context creation: at least two authorities, strictly ascending;
+/// members strictly ascending by device id, each of a listed authority, every authority
+/// with a member, every certificate self-consistent; within the size limits.
+fn check_context_genesis(g: &ContextGenesis) -> Result<(), FactError> {
+    let ascending_authorities = g.authorities.windows(2).all(|w| w[0] < w[1]);
+    let ids: Vec<DeviceId> = g.members.iter().map(|m| m.cert.id()).collect();
+    let ascending_members = ids.windows(2).all(|w| w[0] < w[1]);
+    let sizes = (2..=MAX_CONTEXT_AUTHORITIES).contains(&g.authorities.len())
+        && (1..=MAX_CONTEXT_MEMBERS).contains(&g.members.len());
+    let known = g
+        .members
+        .iter()
+        .all(|m| g.authorities.binary_search(&m.authority).is_ok());
+    let covered = g
+        .authorities
+        .iter()
+        .all(|a| g.members.iter().any(|m| m.authority == *a));
+    if !(sizes && ascending_authorities && ascending_members && known && covered) {
+        return Err(FactError::Invalid);
+    }
+    if g.members.iter().any(|m| m.cert.verify().is_none()) {
+        return Err(FactError::Invalid);
     }
     Ok(())
 }

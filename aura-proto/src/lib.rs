@@ -39,6 +39,7 @@
 pub mod authority;
 pub mod caps;
 mod channel;
+pub mod context;
 pub mod guard;
 pub mod invite;
 pub mod journal;

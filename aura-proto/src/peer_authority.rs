@@ -843,8 +843,12 @@ impl Peer {
                     && fact.namespace == Namespace::Authority(v.id)
                     && v.members.contains_key(from)
             }),
-            // Tree operations need agreement (consensus), not one member's request.
-            FactBody::TreeOp(_) | FactBody::SealedSecret(_) => false,
+            // Tree operations need agreement (consensus), not one member's request; the rest
+            // are device-signed, never group-signed.
+            FactBody::TreeOp(_)
+            | FactBody::SealedSecret(_)
+            | FactBody::ContextGenesis(_)
+            | FactBody::ContextAccept(_) => false,
         }
     }
 

@@ -3,10 +3,13 @@
 
 use aura_proto::authority::{AuthorityView, TreeOpReject, Views};
 use aura_proto::journal::*;
-use aura_proto::keys::{DeviceKeys, DeviceSecret};
+use aura_proto::keys::DeviceKeys;
 use aura_proto::rng::PeerRng;
 use frost_ristretto255::SigningKey;
 use quickcheck::{QuickCheck, TestResult};
+
+mod common;
+use common::{encoding_text, test_devices};
 
 struct World {
     devices: Vec<DeviceKeys>,
@@ -16,16 +19,9 @@ struct World {
     ns: Namespace,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl World {
     fn new() -> World {
-        let mut rng = PeerRng::from_seed([42; 32]);
-        let devices: Vec<DeviceKeys> = (1..=4u8)
-            .map(|i| DeviceKeys::derive(&DeviceSecret::from_bytes([i; 32]), &mut rng))
-            .collect();
+        let (devices, rng) = test_devices(42, 4);
         // Tests may use a single key as the "group" key: a FROST group signature is a
         // plain Schnorr signature under the group key, so verification is the same.
         let mut sk = [7u8; 32];
@@ -362,14 +358,6 @@ fn canonical_encoding_of_every_fact_kind() {
     let pick = |kind: &str| pool.iter().find(|f| f.body.kind() == kind).unwrap().clone();
     for kind in ["genesis", "tree-op", "sealed-secret", "statement"] {
         let f = pick(kind);
-        let enc = f.encode();
-        assert_eq!(Fact::decode(&enc).unwrap(), f);
-        let text = format!(
-            "kind: {kind}\nfact_id: {}\nbytes: {}\nencoding: {}",
-            f.id().to_hex(),
-            enc.len(),
-            hex(&enc)
-        );
-        insta::assert_snapshot!(format!("fact_{}", kind.replace('-', "_")), text);
+        insta::assert_snapshot!(format!("fact_{}", kind.replace('-', "_")), encoding_text(&f));
     }
 }

@@ -254,3 +254,30 @@ impl Net {
         }
     }
 }
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `n` devices with secrets `[1; 32]`, `[2; 32]`, …, and the RNG that signed their certs.
+pub fn test_devices(seed: u8, n: u8) -> (Vec<DeviceKeys>, aura_proto::rng::PeerRng) {
+    let mut rng = aura_proto::rng::PeerRng::from_seed([seed; 32]);
+    let devices = (1..=n)
+        .map(|i| DeviceKeys::derive(&DeviceSecret::from_bytes([i; 32]), &mut rng))
+        .collect();
+    (devices, rng)
+}
+
+/// What a fact-encoding snapshot records: kind, id, size and the bytes.
+pub fn encoding_text(f: &aura_proto::journal::Fact) -> String {
+    let enc = f.encode();
+    assert_eq!(aura_proto::journal::Fact::decode(&enc).as_ref(), Ok(f));
+    format!(
+        "kind: {}\nfact_id: {}\nbytes: {}\nencoding: {}",
+        f.body.kind(),
+        f.id().to_hex(),
+        enc.len(),
+        hex(&enc)
+    )
+}
