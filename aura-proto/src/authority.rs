@@ -268,6 +268,12 @@ pub enum AuthMsg {
         /// Fact ids.
         ids: Vec<FactId>,
     },
+    /// Coordinator → members: this key generation was given up (its genesis was never
+    /// recorded, so the key was never used); drop its shares.
+    DkgAbandoned {
+        /// Session.
+        session: [u8; 32],
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

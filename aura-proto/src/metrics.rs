@@ -95,6 +95,8 @@ pub struct Metrics {
     /// Key generations that formed an authority although some members never reported a
     /// share (a threshold of them did).
     pub dkg_partial: u64,
+    /// Key generations given up by their coordinator because too few members held shares.
+    pub dkg_abandoned: u64,
     /// Records handed out for persistence.
     pub persists: u64,
     /// Rejected facts by typed reason (`FactError` name).

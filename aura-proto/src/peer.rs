@@ -422,6 +422,11 @@ enum Pending {
         session: [u8; 32],
         share: Box<Share>,
     },
+    /// A share is durably given up.
+    Abandoned {
+        session: [u8; 32],
+        group_key: [u8; 32],
+    },
     /// The nonce counter is durable: commit for this signing session.
     Commit {
         session: [u8; 32],
@@ -489,6 +494,10 @@ pub struct Peer {
     pending_genesis: BTreeMap<[u8; 32], crate::record::ShareOrigin>,
     /// When a member next asks for a genesis it is missing.
     genesis_poll_at: Instant,
+    /// Failed genesis signing attempts this incarnation, by group key.
+    genesis_attempts: BTreeMap<[u8; 32], u32>,
+    /// Key generations given up (durably), by session.
+    abandoned: BTreeSet<[u8; 32]>,
     auth_secrets: BTreeMap<AuthorityId, [u8; 32]>,
     nonce_counter: u64,
     dkg: BTreeMap<[u8; 32], Dkg>,
@@ -564,6 +573,8 @@ impl Peer {
             shares: BTreeMap::new(),
             pending_genesis: BTreeMap::new(),
             genesis_poll_at: Instant(0),
+            genesis_attempts: BTreeMap::new(),
+            abandoned: BTreeSet::new(),
             auth_secrets: BTreeMap::new(),
             nonce_counter: 0,
             dkg: BTreeMap::new(),
@@ -620,6 +631,7 @@ impl Peer {
             Record::Fact(f) => self.apply_fact(f),
             Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
             Record::Capability(t) => self.tokens.push(t),
+            Record::ShareAbandoned { session, group_key } => self.drop_share(session, group_key),
         }
     }
 
@@ -1571,6 +1583,7 @@ impl Peer {
                 self.start_pairing(inv);
             }
             Pending::ShareDurable { session, share } => self.share_durable(session, *share),
+            Pending::Abandoned { session, group_key } => self.abandon_durable(session, group_key),
             Pending::Commit { session, counter } => self.commit_durable(session, counter),
             Pending::TokenDurable(token) => {
                 self.tokens.push(token.clone());

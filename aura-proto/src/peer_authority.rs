@@ -39,6 +39,9 @@ const DKG_TIMEOUT: Duration = Duration::from_secs(120);
 const SIGN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a member with a share but no genesis asks its coordinator for it.
 const GENESIS_POLL: Duration = Duration::from_secs(5);
+/// Failed genesis signing sessions (each `SIGN_TIMEOUT` long) before a coordinator gives
+/// the key generation up.
+const GENESIS_ATTEMPTS: u32 = 3;
 const HPKE_INFO_DKG: &[u8] = b"aura dkg round2 v1";
 const HPKE_INFO_SECRET: &[u8] = b"aura authority secret v1";
 const CTX_MEMBER_LINK_PSK: &str = "aura 2026-11 member link psk";
@@ -239,6 +242,7 @@ impl Peer {
                 share,
             } => self.on_sign_share(from, session, i, share),
             AuthMsg::Facts { facts } => self.on_facts(from, facts),
+            AuthMsg::DkgAbandoned { session } => self.on_dkg_abandoned(from, session),
             AuthMsg::FactsAck { ids } => {
                 for id in ids {
                     if let Some(waiting) = self.fact_push.get_mut(&id) {
@@ -679,6 +683,10 @@ impl Peer {
                 .then_some(*ns)
         });
         let Some(ns) = found else {
+            // A key generation this device gave up: tell the member to drop its share too.
+            if self.abandoned.contains(&session) {
+                return self.send_auth(from, AuthMsg::DkgAbandoned { session });
+            }
             return self.refuse();
         };
         let facts: Vec<Vec<u8>> = self
@@ -688,6 +696,65 @@ impl Peer {
             .map(|f| f.encode())
             .collect();
         self.send_auth(from, AuthMsg::Facts { facts });
+    }
+
+    /// Gives up a key generation whose genesis was never recorded: durably drop the
+    /// share, then tell the members (and the user).
+    fn abandon(&mut self, session: [u8; 32], group_key: [u8; 32]) {
+        if self.abandoned.contains(&session) || !self.pending_genesis.contains_key(&group_key) {
+            return;
+        }
+        self.abandoned.insert(session);
+        self.persist(
+            Record::ShareAbandoned { session, group_key },
+            Pending::Abandoned { session, group_key },
+        );
+    }
+
+    pub(super) fn abandon_durable(&mut self, session: [u8; 32], group_key: [u8; 32]) {
+        let origin = self.pending_genesis.get(&group_key).cloned();
+        self.drop_share(session, group_key);
+        let Some(o) = origin.filter(|o| o.session == session) else {
+            return;
+        };
+        if o.coordinator == self.keys.id {
+            self.metrics.dkg_abandoned += 1;
+            for m in &o.members {
+                self.send_auth(m.cert.id(), AuthMsg::DkgAbandoned { session });
+            }
+            self.event(Event::AuthorityFailed {
+                reason: "key generation could not finish: too few members hold shares (a crash lost the \
+                         round state); create the authority again"
+                    .into(),
+            });
+        }
+    }
+
+    /// Forgets a share that was given up (live, or while restoring its record).
+    pub(super) fn drop_share(&mut self, session: [u8; 32], group_key: [u8; 32]) {
+        self.abandoned.insert(session);
+        if self
+            .pending_genesis
+            .get(&group_key)
+            .is_some_and(|o| o.session == session)
+        {
+            self.pending_genesis.remove(&group_key);
+            self.shares.remove(&group_key);
+            self.genesis_attempts.remove(&group_key);
+        }
+    }
+
+    /// The coordinator gave up a key generation: drop our share of it, durably.
+    fn on_dkg_abandoned(&mut self, from: DeviceId, session: [u8; 32]) {
+        let found = self
+            .pending_genesis
+            .iter()
+            .find(|(_, o)| o.session == session && o.coordinator == from)
+            .map(|(k, _)| *k);
+        match found {
+            Some(group_key) => self.abandon(session, group_key),
+            None => self.refuse(),
+        }
     }
 
     /// The `DkgDone` this device sent (or would have) for a key generation whose share is
@@ -1395,12 +1462,21 @@ impl Peer {
                     && self.pending_genesis.get(&key).is_some_and(|o| o.session == s))
                 .then_some(key)
             });
-            match usable {
-                Some(key) => {
+            // Without enough shares, a share this device already holds for the session is
+            // dead weight that would block every later key generation: give it up (that
+            // also tells the members and the user).
+            let mine = self
+                .pending_genesis
+                .iter()
+                .find(|(_, o)| o.session == s)
+                .map(|(k, _)| *k);
+            match (usable, mine) {
+                (Some(key), _) => {
                     self.metrics.dkg_partial += 1;
                     self.sign_genesis(key);
                 }
-                None => self.event(Event::AuthorityFailed {
+                (None, Some(key)) => self.abandon(s, key),
+                (None, None) => self.event(Event::AuthorityFailed {
                     reason: "key generation timed out".into(),
                 }),
             }
@@ -1452,10 +1528,18 @@ impl Peer {
         }
         for s in sign_failed {
             let Some(c) = self.sign_coord.remove(&s) else { continue };
-            if let SignPurpose::Genesis { .. } = c.purpose {
+            if let SignPurpose::Genesis { dkg } = c.purpose {
                 // Members may be down for a while; the genesis is worth waiting for (the
-                // shares are useless without it), and every attempt signs the same one.
-                self.sign_genesis(c.group_key);
+                // shares are useless without it), and every attempt signs the same one. But
+                // if too few members ever got their shares (the round state died with a
+                // crashed coordinator), no attempt can succeed: give up after a few.
+                let n = self.genesis_attempts.entry(c.group_key).or_default();
+                *n += 1;
+                if *n >= GENESIS_ATTEMPTS {
+                    self.abandon(dkg, c.group_key);
+                } else {
+                    self.sign_genesis(c.group_key);
+                }
                 continue;
             }
             self.event(Event::SignFailed {

@@ -72,6 +72,14 @@ pub enum Record {
     NonceCounter(u64),
     /// A capability token this device issued or holds.
     Capability(Vec<u8>),
+    /// The share of this key generation was given up before any genesis was recorded
+    /// (too few members ever held shares); it is dropped on restore.
+    ShareAbandoned {
+        /// Key generation session.
+        session: [u8; 32],
+        /// The group key of the dropped share.
+        group_key: [u8; 32],
+    },
 }
 
 impl Record {

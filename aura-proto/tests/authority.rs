@@ -388,6 +388,12 @@ fn start_authority() -> Net {
     let mut net = default_net(3);
     net.pair(0, 1);
     net.pair(0, 2);
+    ask_for_authority(&mut net);
+    net
+}
+
+/// Device 0 asks for a 2-of-3 authority with devices 1 and 2.
+fn ask_for_authority(net: &mut Net) {
     let (b, c) = (net.id(1), net.id(2));
     net.cmd(
         0,
@@ -397,7 +403,6 @@ fn start_authority() -> Net {
         },
     )
     .unwrap();
-    net
 }
 
 fn sign_and_verify(net: &mut Net, signer: usize) {
@@ -479,4 +484,47 @@ fn a_member_that_lost_its_round_state_leaves_a_usable_authority_without_its_shar
         .iter()
         .any(|e| matches!(e, Event::AuthorityFailed { .. })));
     sign_and_verify(&mut net, 1);
+}
+
+#[test]
+fn a_key_generation_no_one_else_finished_is_given_up_and_can_be_redone() {
+    let mut net = start_authority();
+    // The members' shares never land; the coordinator's does, then all three crash.
+    let before: Vec<usize> = net.nodes.iter().map(|n| n.records.len()).collect();
+    net.nodes[1].hold_persist = true;
+    net.nodes[2].hold_persist = true;
+    run_until(&mut net, |n| has_share_record(&n.nodes[0]));
+    let keep0 = net.nodes[0].records.len();
+    net.wire.clear();
+    crash_and_restore(&mut net, 0, keep0, 80);
+    crash_and_restore(&mut net, 1, before[1], 81);
+    crash_and_restore(&mut net, 2, before[2], 82);
+    net.run();
+    // The restarted coordinator tries to have the genesis signed; nobody else holds a
+    // share, so after a few failed sessions it gives the key generation up.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 240_000);
+    assert!(created(&net.nodes[0]).is_none());
+    assert_eq!(net.nodes[0].peer.metrics().dkg_abandoned, 1);
+    assert!(net.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::AuthorityFailed { reason } if reason.contains("too few"))));
+    assert!(net.nodes[0]
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::ShareAbandoned { .. })));
+    // The user asks again, and this time it works.
+    ask_for_authority(&mut net);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    let first = created(&net.nodes[0]).expect("the second key generation formed the authority");
+    for i in 0..3 {
+        assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
+        assert_eq!(created_with_share(&net.nodes[i]), Some(true));
+    }
+    // The abandoned share stays dropped across a restart: one live share, the new one.
+    let keep = net.nodes[0].records.len();
+    crash_and_restore(&mut net, 0, keep, 83);
+    net.run();
+    sign_and_verify(&mut net, 0);
 }

@@ -890,8 +890,15 @@ impl World {
                 if matches!(record, Record::Share { .. }) {
                     self.nodes[node].shares += 1;
                     if self.nodes[node].shares > 1 {
-                        return Err(self.violation("one-share-per-device", format!("n{node} persisted a second share")));
+                        return Err(
+                            self.violation("one-share-per-device", format!("n{node} persisted a second live share"))
+                        );
                     }
+                }
+                if matches!(record, Record::ShareAbandoned { .. }) {
+                    // A key generation given up before its genesis: that share never counted.
+                    self.nodes[node].shares = self.nodes[node].shares.saturating_sub(1);
+                    self.mark("share-abandoned");
                 }
                 self.nodes[node].durable.push(record);
                 let _ = self.nodes[node].peer.handle_input(now, Input::PersistDone(ticket));
@@ -1581,6 +1588,12 @@ impl World {
             } else {
                 self.stats.writes_landed_unacked += 1;
                 self.mark("write-landed-unacked");
+                // Landed is landed: it counts for the share invariant like any other write.
+                match record {
+                    Record::Share { .. } => self.nodes[i].shares += 1,
+                    Record::ShareAbandoned { .. } => self.nodes[i].shares = self.nodes[i].shares.saturating_sub(1),
+                    _ => {}
+                }
                 self.nodes[i].durable.push(record);
             }
         }
