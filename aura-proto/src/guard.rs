@@ -368,7 +368,7 @@ pub fn apply(snap: &mut Snapshot, effects: &[Effect]) {
                 cost,
             } => {
                 let f = snap.flow.entry((context, peer, epoch)).or_default();
-                f.spent += cost;
+                f.spent = f.spent.saturating_add(cost);
             }
             Effect::Leak {
                 context,
@@ -376,7 +376,8 @@ pub fn apply(snap: &mut Snapshot, effects: &[Effect]) {
                 epoch,
                 cost,
             } => {
-                snap.leakage.entry((context, observer, epoch)).or_default().spent += cost;
+                let l = snap.leakage.entry((context, observer, epoch)).or_default();
+                l.spent = l.spent.saturating_add(cost);
             }
             Effect::Receipt { .. } | Effect::Transmit => {}
         }

@@ -496,8 +496,8 @@ pub struct Peer {
     genesis_poll_at: Instant,
     /// Failed genesis signing attempts this incarnation, by group key.
     genesis_attempts: BTreeMap<[u8; 32], u32>,
-    /// Key generations given up (durably), by session.
-    abandoned: BTreeSet<[u8; 32]>,
+    /// Key generations being given up (their `ShareAbandoned` not yet durable).
+    abandoning: BTreeSet<[u8; 32]>,
     auth_secrets: BTreeMap<AuthorityId, [u8; 32]>,
     nonce_counter: u64,
     dkg: BTreeMap<[u8; 32], Dkg>,
@@ -574,7 +574,7 @@ impl Peer {
             pending_genesis: BTreeMap::new(),
             genesis_poll_at: Instant(0),
             genesis_attempts: BTreeMap::new(),
-            abandoned: BTreeSet::new(),
+            abandoning: BTreeSet::new(),
             auth_secrets: BTreeMap::new(),
             nonce_counter: 0,
             dkg: BTreeMap::new(),

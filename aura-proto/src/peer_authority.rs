@@ -263,7 +263,8 @@ impl Peer {
 
     /// `Command::CreateAuthority`.
     pub(super) fn create_authority(&mut self, devices: Vec<DeviceId>, threshold: u16) -> Result<(), CommandError> {
-        if !self.shares.is_empty() {
+        // A member without a share (its round state died in a crash) is still a member.
+        if !self.shares.is_empty() || self.my_authority().is_some() {
             return Err(CommandError::AlreadyInAuthority);
         }
         let mut ids: BTreeSet<DeviceId> = devices.into_iter().collect();
@@ -347,7 +348,7 @@ impl Peer {
             || threshold < 2
             || threshold as usize > n
             || Self::identifier_of(&members, &from).is_none()
-            || (fresh && !self.shares.is_empty())
+            || (fresh && (!self.shares.is_empty() || self.my_authority().is_some()))
             || (from != self.keys.id && !self.peers.contains_key(&from))
         {
             self.restore_coord(&session, coord);
@@ -588,16 +589,19 @@ impl Peer {
     pub(super) fn share_durable(&mut self, session: [u8; 32], share: Share) {
         let group_key = group_key_of(&share.public);
         self.shares.insert(group_key, share);
+        let known = self.views.0.values().any(|v| v.group_key == group_key);
         let Some(d) = self.dkg.get_mut(&session) else { return };
-        self.pending_genesis.insert(
-            group_key,
-            ShareOrigin {
-                session,
-                coordinator: d.coordinator,
-                threshold: d.threshold,
-                members: d.members.clone(),
-            },
-        );
+        if !known {
+            self.pending_genesis.insert(
+                group_key,
+                ShareOrigin {
+                    session,
+                    coordinator: d.coordinator,
+                    threshold: d.threshold,
+                    members: d.members.clone(),
+                },
+            );
+        }
         let msg = AuthMsg::DkgDone {
             session,
             from: d.me,
@@ -626,10 +630,19 @@ impl Peer {
             return;
         }
         if c.done.values().any(|k| *k != group_key) {
-            self.event(Event::AuthorityFailed {
-                reason: "members computed different group keys".into(),
-            });
             self.dkg.remove(&session);
+            // Our own share of this session (if any) can never get a genesis.
+            let mine = self
+                .pending_genesis
+                .iter()
+                .find(|(_, o)| o.session == session)
+                .map(|(k, _)| *k);
+            match mine {
+                Some(key) => self.abandon(session, key),
+                None => self.event(Event::AuthorityFailed {
+                    reason: "members computed different group keys".into(),
+                }),
+            }
             return;
         }
         c.genesis_started = true;
@@ -683,11 +696,17 @@ impl Peer {
                 .then_some(*ns)
         });
         let Some(ns) = found else {
-            // A key generation this device gave up: tell the member to drop its share too.
-            if self.abandoned.contains(&session) {
-                return self.send_auth(from, AuthMsg::DkgAbandoned { session });
+            // No live round, no share of ours, no genesis: this device can never record a
+            // genesis for the session (that takes its own share), so the member's share is
+            // dead weight. Tell it to drop it. (A share of ours still pending, or being
+            // given up, is not dead yet: no answer then.)
+            let live = self.dkg.contains_key(&session)
+                || self.abandoning.contains(&session)
+                || self.pending_genesis.values().any(|o| o.session == session);
+            if live {
+                return self.refuse();
             }
-            return self.refuse();
+            return self.send_auth(from, AuthMsg::DkgAbandoned { session });
         };
         let facts: Vec<Vec<u8>> = self
             .journal
@@ -701,10 +720,13 @@ impl Peer {
     /// Gives up a key generation whose genesis was never recorded: durably drop the
     /// share, then tell the members (and the user).
     fn abandon(&mut self, session: [u8; 32], group_key: [u8; 32]) {
-        if self.abandoned.contains(&session) || !self.pending_genesis.contains_key(&group_key) {
+        if self.abandoning.contains(&session) || !self.pending_genesis.contains_key(&group_key) {
             return;
         }
-        self.abandoned.insert(session);
+        self.abandoning.insert(session);
+        // A genesis signing of this session still running must not finish.
+        self.sign_coord
+            .retain(|_, c| !matches!(c.purpose, SignPurpose::Genesis { dkg } if dkg == session));
         self.persist(
             Record::ShareAbandoned { session, group_key },
             Pending::Abandoned { session, group_key },
@@ -713,14 +735,16 @@ impl Peer {
 
     pub(super) fn abandon_durable(&mut self, session: [u8; 32], group_key: [u8; 32]) {
         let origin = self.pending_genesis.get(&group_key).cloned();
+        self.abandoning.remove(&session);
         self.drop_share(session, group_key);
         let Some(o) = origin.filter(|o| o.session == session) else {
             return;
         };
         if o.coordinator == self.keys.id {
             self.metrics.dkg_abandoned += 1;
-            for m in &o.members {
-                self.send_auth(m.cert.id(), AuthMsg::DkgAbandoned { session });
+            let me = self.keys.id;
+            for to in o.members.iter().map(|m| m.cert.id()).filter(|d| *d != me) {
+                self.send_auth(to, AuthMsg::DkgAbandoned { session });
             }
             self.event(Event::AuthorityFailed {
                 reason: "key generation could not finish: too few members hold shares (a crash lost the \
@@ -732,7 +756,6 @@ impl Peer {
 
     /// Forgets a share that was given up (live, or while restoring its record).
     pub(super) fn drop_share(&mut self, session: [u8; 32], group_key: [u8; 32]) {
-        self.abandoned.insert(session);
         if self
             .pending_genesis
             .get(&group_key)
@@ -1183,6 +1206,9 @@ impl Peer {
 
     fn genesis_signed(&mut self, session: [u8; 32], genesis: Fact) {
         let FactBody::Genesis(g) = &genesis.body else { return };
+        if self.abandoning.contains(&session) {
+            return; // given up while this signature was on its way: never record it
+        }
         let Some(o) = self.pending_genesis.get(&g.group_key).filter(|o| o.session == session) else {
             return;
         };
@@ -1340,6 +1366,14 @@ impl Peer {
                 Err(_) => self.fact_rejected(FactError::Malformed),
             }
         }
+        // Context facts arrive through the context flow (not built yet), never as a push:
+        // storing self-certifying context creations from any paired device would let it
+        // fill the journal with contexts that do not concern us.
+        let before = decoded.len();
+        decoded.retain(|f| matches!(f.namespace, Namespace::Authority(_)));
+        for _ in decoded.len()..before {
+            self.fact_rejected(FactError::WrongNamespace);
+        }
         // Genesis first: the other facts are verified against it.
         decoded.sort_by_key(|f| !matches!(f.body, FactBody::Genesis(_)));
         let mut views = self.views.clone();
@@ -1448,6 +1482,11 @@ impl Peer {
             .collect();
         for s in failed {
             let Some(d) = self.dkg.remove(&s) else { continue };
+            if d.coord.as_ref().is_some_and(|c| c.genesis_started) {
+                // Key generation finished; its genesis signing has its own retries and
+                // limit (see the sign_failed loop below). The round state is no longer needed.
+                continue;
+            }
             // Round 2 finished, so the group key is fixed; if at least a threshold of
             // members (this one included) hold durable shares, the authority can sign, and
             // a member that lost its round state in a crash only makes it less redundant.
@@ -1567,13 +1606,16 @@ impl Peer {
                 ));
             }
         }
-        // A member whose share is durable but who has no genesis yet, and no session to
-        // retransmit from (a restart ended it), asks the coordinator again now and then.
+        // A member whose share is durable but who has no genesis yet asks the coordinator
+        // again now and then (its `DkgDone` may have been lost, or a restart ended a round).
         if self.genesis_poll_at <= now {
             self.genesis_poll_at = now.saturating_add(GENESIS_POLL);
             let me = self.keys.id;
             for o in self.pending_genesis.values() {
-                if o.coordinator != me && !self.dkg.contains_key(&o.session) {
+                // A live round that got this far has nothing left to retransmit on our
+                // side either: our `DkgDone` may be what was lost.
+                let round_done = self.dkg.get(&o.session).is_none_or(|d| d.done.is_some());
+                if o.coordinator != me && round_done {
                     if let Some(m) = self.done_from_origin(&o.session, &o.coordinator) {
                         resend.push((o.coordinator, m));
                     }

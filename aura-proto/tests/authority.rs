@@ -528,3 +528,37 @@ fn a_key_generation_no_one_else_finished_is_given_up_and_can_be_redone() {
     net.run();
     sign_and_verify(&mut net, 0);
 }
+
+#[test]
+fn members_drop_shares_a_coordinator_lost_before_its_own_was_durable() {
+    let mut net = start_authority();
+    let before0 = net.nodes[0].records.len();
+    net.nodes[0].hold_persist = true;
+    run_until(&mut net, |n| {
+        has_share_record(&n.nodes[1]) && has_share_record(&n.nodes[2])
+    });
+    // The coordinator's own share never lands; it crashes and forgets the round.
+    net.wire.clear();
+    crash_and_restore(&mut net, 0, before0, 84);
+    net.run();
+    // The members keep asking for the genesis (over fresh channels once they notice the
+    // old ones died with the coordinator's memory); the coordinator, which can never make
+    // one (it has no share of that session), tells them to drop theirs.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 120_000);
+    for i in [1, 2] {
+        assert!(
+            net.nodes[i]
+                .records
+                .iter()
+                .any(|r| matches!(r, Record::ShareAbandoned { .. })),
+            "device {i} still holds a dead share"
+        );
+    }
+    ask_for_authority(&mut net);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    let first = created(&net.nodes[0]).expect("a fresh key generation works");
+    for i in 0..3 {
+        assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
+    }
+}
