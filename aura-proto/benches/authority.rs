@@ -59,6 +59,7 @@ impl Net {
                     self.peers[i].handle_input(now(), Input::PersistDone(ticket)).unwrap()
                 }
                 Output::Event(e) => self.events.push((i, e)),
+                Output::Egress(_) => {}
             }
         }
     }

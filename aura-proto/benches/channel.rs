@@ -52,6 +52,7 @@ fn drain(p: &mut Peer, records: &mut Vec<Record>, events: &mut Vec<Event>) -> Ve
                 p.handle_input(now(), Input::PersistDone(ticket)).unwrap();
             }
             Output::Event(e) => events.push(e),
+            Output::Egress(_) => {}
         }
     }
     tx

@@ -14,10 +14,11 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{HandshakeState, StatelessTransportState};
 
+use crate::journal::ContextId;
 use crate::keys::{DeviceCert, DeviceId};
 use crate::rng::PeerRng;
 use crate::time::Instant;
-use crate::wire::{self, Frame, Purpose, MAX_NOISE_MSG, TAG_LEN, WIRE_VERSION};
+use crate::wire::{self, Purpose, MAX_NOISE_MSG, TAG_LEN, WIRE_VERSION};
 
 /// The Noise protocol name every channel uses.
 pub const NOISE_PATTERN: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -53,6 +54,8 @@ fn prologue(purpose: Purpose) -> [u8; 15] {
     p[14] = match purpose {
         Purpose::Pairing => 1,
         Purpose::Link => 2,
+        Purpose::ContextJoin => 3,
+        Purpose::Context => 4,
     };
     p
 }
@@ -154,6 +157,10 @@ pub(crate) struct Channel {
     pub remote_idx: u32,
     pub role: Role,
     pub purpose: Purpose,
+    /// The scope the channel serves: `ContextId::OWN` between one person's devices, else
+    /// a relational context (its PSK comes from that context's secret of `epoch`).
+    pub scope: ContextId,
+    pub epoch: u64,
     pub addr: String,
     pub peer: Option<DeviceId>,
     pub remote_cert: Option<DeviceCert>,
@@ -199,6 +206,8 @@ impl Channel {
             remote_idx: 0,
             role,
             purpose,
+            scope: ContextId::OWN,
+            epoch: 0,
             addr,
             peer: None,
             remote_cert: None,
@@ -223,10 +232,10 @@ impl Channel {
         }
     }
 
-    /// Pads, encrypts and frames `frame`. `plain` and the returned buffer are scratch.
-    pub(crate) fn seal(&mut self, frame: &Frame<'_>, plain: &mut Vec<u8>, now: Instant) -> Option<Vec<u8>> {
+    /// Encrypts and frames an already padded frame (`wire::pad_frame`); `keepalive` says
+    /// whether it carries nothing (keepalives do not count as payload for liveness).
+    pub(crate) fn seal_padded(&mut self, plain: &[u8], keepalive: bool, now: Instant) -> Option<Vec<u8>> {
         let transport = self.transport.as_ref()?;
-        wire::pad_frame(frame, plain).ok()?;
         let ct_len = plain.len() + TAG_LEN;
         debug_assert!(ct_len <= MAX_NOISE_MSG);
         let nonce = self.send_nonce;
@@ -241,7 +250,7 @@ impl Channel {
         self.send_nonce += 1;
         self.last_sent = now;
         self.owe_keepalive = false;
-        if !matches!(frame, Frame::Keepalive) {
+        if !keepalive {
             self.last_sent_payload = now;
             self.unanswered_since.get_or_insert(now);
         }

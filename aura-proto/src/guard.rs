@@ -23,6 +23,11 @@ use crate::keys::DeviceId;
 /// ride on an earlier durable write.
 pub const RESERVE_AHEAD: u64 = 64;
 
+/// A flow limit meaning "not metered". Traffic among one person's own devices (the
+/// [`ContextId::OWN`] scope) is not paid for: nobody else's budget is spent, so there is
+/// nothing to reserve, charge or receipt. It still needs its right and pays leakage.
+pub const UNMETERED: u64 = u64::MAX;
+
 /// Who may observe a message, for leakage accounting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Observer {
@@ -204,8 +209,57 @@ pub enum Effect {
     Transmit,
 }
 
+/// What the audit ledger keeps of one datagram that left: never content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    /// Send sequence number (per peer incarnation; a denied send's number never
+    /// appears in an egress record).
+    pub seq: u64,
+    /// Wall-clock time of the send.
+    pub unix_ms: u64,
+    /// Receiving device, when known (not for the first message of a pairing).
+    pub peer: Option<DeviceId>,
+    /// Destination address.
+    pub addr: String,
+    /// Scope: a relational context or [`ContextId::OWN`].
+    pub context: ContextId,
+    /// Epoch of the context.
+    pub epoch: u64,
+    /// What left.
+    pub kind: EgressKind,
+    /// Padded size class (plaintext bucket; for handshakes the datagram length).
+    pub bucket: usize,
+    /// Flow units charged (0 when unmetered or free).
+    pub cost: u64,
+    /// Flow spent in (context, peer, epoch) after this send.
+    pub spent: u64,
+    /// Leakage charged per observer class, in [`Observer::ALL`] order.
+    pub leakage: [u64; 3],
+}
+
+/// The kind of datagram in an [`Egress`] record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EgressKind {
+    /// A handshake message (gated when the channel is set up, not charged).
+    Handshake,
+    /// A frame of the given kind.
+    Frame(MsgKind),
+}
+
+impl EgressKind {
+    /// Short stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EgressKind::Handshake => "handshake",
+            EgressKind::Frame(MsgKind::App) => "app",
+            EgressKind::Frame(MsgKind::Proto) => "proto",
+            EgressKind::Frame(MsgKind::Control) => "control",
+        }
+    }
+}
+
 /// Why a send was refused. Local only: nothing of it leaves the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Denial {
     /// No capability grants the needed right towards this peer in this context.
     NoCapability,
@@ -283,9 +337,10 @@ pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Effects, Denial> {
         return Err(Denial::NoCapability);
     }
     // 2. Flow budget.
+    let metered = grant.flow_limit != UNMETERED && price.flow > 0;
     let flow = snap.flow.get(&(context, peer, epoch)).copied().unwrap_or_default();
-    let after = flow.spent.checked_add(price.flow).ok_or(Denial::BudgetExhausted)?;
-    if price.flow > 0 && after > grant.flow_limit {
+    let after = flow.spent.saturating_add(price.flow);
+    if metered && (after > grant.flow_limit || flow.spent.checked_add(price.flow).is_none()) {
         return Err(Denial::BudgetExhausted);
     }
     // 3. Journal coupling: the charge and receipt must be recordable in the context's
@@ -311,7 +366,7 @@ pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Effects, Denial> {
     }
     // 5. Transmit, preceded by its effects in chain order.
     let mut out = Effects::new();
-    if price.flow > 0 {
+    if metered {
         if after > flow.reserved {
             out.push(Effect::Reserve {
                 context,

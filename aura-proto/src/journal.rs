@@ -60,6 +60,13 @@ id32!(
     /// A relational context: BLAKE3 of its creation fact (contexts arrive in a later milestone).
     ContextId
 );
+
+impl ContextId {
+    /// Not a relational context: the scope of one person's own devices (paired devices
+    /// and co-members of their authority). A real `ContextId` is a hash and is never all
+    /// zeros. The guard chain treats this scope as unmetered (see `guard::UNMETERED`).
+    pub const OWN: ContextId = ContextId([0; 32]);
+}
 id32!(
     /// A fact: BLAKE3 of its canonical signed bytes.
     FactId

@@ -35,11 +35,14 @@ pub enum DropReason {
     Overloaded,
     /// A journal fact failed verification (reason in `Metrics::fact_rejects`).
     BadFact,
+    /// A context handshake for a context this device does not have ready, a stale
+    /// epoch, or from a device that is not a member of the context's other authority.
+    WrongContext,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for reports).
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::Truncated,
         DropReason::Oversized,
@@ -55,6 +58,7 @@ impl DropReason {
         DropReason::UnexpectedFrame,
         DropReason::Overloaded,
         DropReason::BadFact,
+        DropReason::WrongContext,
     ];
 
     /// Short snake_case name.
@@ -75,6 +79,7 @@ impl DropReason {
             DropReason::UnexpectedFrame => "unexpected_frame",
             DropReason::Overloaded => "overloaded",
             DropReason::BadFact => "bad_fact",
+            DropReason::WrongContext => "wrong_context",
         }
     }
 }
@@ -83,7 +88,7 @@ impl DropReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Drops by reason, indexed as [`DropReason::ALL`].
-    pub dropped: [u64; 15],
+    pub dropped: [u64; 16],
     /// Datagrams handed to the peer.
     pub datagrams_in: u64,
     /// Datagrams the peer asked to send.
@@ -101,6 +106,12 @@ pub struct Metrics {
     pub persists: u64,
     /// Rejected facts by typed reason (`FactError` name).
     pub fact_rejects: std::collections::BTreeMap<String, u64>,
+    /// Sends the guard chain refused, by denial name (`guard::Denial::name`).
+    pub denied: std::collections::BTreeMap<String, u64>,
+    /// Sends the guard chain let out (one per `Output::Egress`).
+    pub egress: u64,
+    /// Sends that waited for a flow reservation to become durable.
+    pub reserves: u64,
 }
 
 impl Metrics {

@@ -11,11 +11,18 @@ use snow::params::NoiseParams;
 
 #[path = "peer_authority.rs"]
 mod authority_impl;
+#[path = "peer_context.rs"]
+mod context_impl;
+#[path = "peer_guard.rs"]
+mod guard_impl;
+
+use context_impl::{CtxInvite, CtxJoin, CtxState, CtxStep};
 
 use crate::authority::Views;
 use crate::channel::{self, backoff, Channel, Pairing, Phase, Role, NOISE_PATTERN, PSK_LOCATION};
+use crate::guard::{self, Denial, Egress, MsgKind};
 use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
-use crate::journal::{AuthorityId, Fact, FactId, Journal};
+use crate::journal::{AuthorityId, ContextId, Fact, FactId, Journal};
 use crate::keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
 use crate::metrics::{DropReason, Metrics};
 use crate::record::{PairedPeer, Record, Ticket};
@@ -62,6 +69,11 @@ pub struct Config {
     pub max_queued: usize,
     /// Channels allowed at once.
     pub max_channels: usize,
+    /// Flow budget per (context, device, epoch) this device's authority grants the other
+    /// authority when it creates or joins a context (units of 256 padded bytes).
+    pub context_flow_limit: u64,
+    /// Leakage budget per (context, observer class, epoch) for this device's sends.
+    pub leakage_limit: u64,
 }
 
 impl Default for Config {
@@ -79,6 +91,8 @@ impl Default for Config {
             max_half_open: 64,
             max_queued: 64,
             max_channels: 1024,
+            context_flow_limit: 1000,
+            leakage_limit: 1_000_000,
         }
     }
 }
@@ -160,6 +174,29 @@ pub enum Command {
         /// The statement.
         statement: Vec<u8>,
     },
+    /// Issue a context invitation: whoever redeems it (a member device of another
+    /// authority) creates a relational context between the two authorities with us.
+    CreateContextInvite {
+        /// Lifetime of the code.
+        valid_for: Duration,
+        /// Address the joiner should send its handshake to.
+        addr_hint: String,
+    },
+    /// Redeem a context invitation from a member device of another authority.
+    JoinContext {
+        /// The code as pasted.
+        code: String,
+    },
+    /// Send application bytes to a member device of the other authority of a context
+    /// (through the guard chain; sets up the context channel if needed).
+    ContextSend {
+        /// The context.
+        context: ContextId,
+        /// Destination device.
+        peer: DeviceId,
+        /// Payload, at most [`MAX_APP_PAYLOAD`] bytes.
+        data: Bytes,
+    },
     /// Issue a capability token from this device's authority.
     IssueCapability {
         /// Holder.
@@ -214,6 +251,17 @@ pub enum CommandError {
     /// The capability could not be made.
     #[error(transparent)]
     Capability(#[from] crate::caps::CapError),
+    /// No ready context has this id on this device.
+    #[error("no ready context {0:?} on this device")]
+    UnknownContext(ContextId),
+    /// The device is not a member of the context's other authority.
+    #[error("{peer:?} is not a device of another authority in context {context:?}")]
+    NotContextPeer {
+        /// The context.
+        context: ContextId,
+        /// The device.
+        peer: DeviceId,
+    },
 }
 
 /// Why a handshake failed.
@@ -355,6 +403,52 @@ pub enum Event {
         /// The token (Biscuit bytes).
         token: Vec<u8>,
     },
+    /// A context invitation is durable; `code` may be shown.
+    ContextInviteCreated {
+        /// The code to hand to a member device of the other authority.
+        code: String,
+        /// Wall-clock expiry.
+        expires_unix_ms: u64,
+    },
+    /// A relational context is ready on this device: established by every authority,
+    /// its members checked against their authorities' journals, and the current epoch's
+    /// secret opened. Sends in it may start.
+    ContextReady {
+        /// The context.
+        context: ContextId,
+        /// The other authority.
+        with: AuthorityId,
+        /// Current epoch.
+        epoch: u64,
+    },
+    /// Redeeming a context invitation failed.
+    ContextJoinFailed {
+        /// Invitation id.
+        invite: [u8; 32],
+        /// Why.
+        reason: String,
+    },
+    /// Application data arrived in a context.
+    ContextReceived {
+        /// The context.
+        context: ContextId,
+        /// Sender device.
+        peer: DeviceId,
+        /// Payload.
+        data: Bytes,
+    },
+    /// The guard chain refused a send: nothing left the device, and nothing remote can
+    /// tell it was attempted.
+    SendDenied {
+        /// The send's sequence number (never seen in an `Output::Egress`).
+        seq: u64,
+        /// Scope of the send.
+        context: ContextId,
+        /// Intended receiver.
+        peer: DeviceId,
+        /// Which stage refused.
+        reason: Denial,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -378,6 +472,9 @@ pub enum Output {
     },
     /// Tell the application.
     Event(Event),
+    /// The audit record of the `Transmit` that follows it: what left, to whom, in which
+    /// scope, at what cost (never the content). Hosts keep these as the egress ledger.
+    Egress(Egress),
 }
 
 /// Channel state as shown by `status`.
@@ -404,8 +501,12 @@ pub struct ChannelInfo {
     pub version: u16,
     /// Our handshake role.
     pub role: Role,
-    /// Pairing or link.
+    /// Pairing, link, context join or context channel.
     pub purpose: Purpose,
+    /// The context it serves (`ContextId::OWN` between one's own devices).
+    pub context: ContextId,
+    /// The context epoch its keys come from.
+    pub epoch: u64,
 }
 
 /// What to do when a ticket comes back.
@@ -434,6 +535,21 @@ enum Pending {
     },
     /// An issued token is durable.
     TokenDurable(Vec<u8>),
+    ShowContextInvite(Invitation),
+    StartContextJoin(Invitation),
+    /// A context record is durable; `step` says what follows.
+    Context {
+        idx: u32,
+        step: CtxStep,
+        record: Box<Record>,
+    },
+    /// A flow reservation is durable: the sends held behind it may go.
+    Reserved {
+        context: ContextId,
+        peer: DeviceId,
+        epoch: u64,
+        up_to: u64,
+    },
     /// A fact is durable.
     FactDurable {
         fact: Box<Fact>,
@@ -447,6 +563,16 @@ struct IssuedInvite {
     inv: Invitation,
     /// Device that redeemed it (durably, or being persisted).
     redeemed_by: Option<DeviceId>,
+}
+
+/// A padded frame waiting for its flow reservation to become durable.
+#[derive(Debug)]
+struct Held {
+    idx: u32,
+    plain: Vec<u8>,
+    kind: MsgKind,
+    keepalive: bool,
+    seq: u64,
 }
 
 #[derive(Debug)]
@@ -475,9 +601,9 @@ pub struct Peer {
     peers: BTreeMap<DeviceId, PairedPeer>,
     by_noise: BTreeMap<[u8; 32], DeviceId>,
     channels: BTreeMap<u32, Channel>,
-    /// The channel carrying traffic for each device.
-    active: BTreeMap<DeviceId, u32>,
-    queued: BTreeMap<DeviceId, Vec<Queued>>,
+    /// The channel carrying traffic for each (scope, device).
+    active: BTreeMap<(ContextId, DeviceId), u32>,
+    queued: BTreeMap<(ContextId, DeviceId), Vec<Queued>>,
     /// Handshake-init hash → (channel it created, when seen).
     seen_init: BTreeMap<[u8; 32], (u32, Instant)>,
     /// Version rejections by handshake-init hash, resent if the initiator asks again
@@ -511,6 +637,19 @@ pub struct Peer {
     restoring: bool,
     /// Capability tokens held or issued.
     tokens: Vec<Vec<u8>>,
+    // ----- guard chain -----
+    /// What the guard chain reads (grants, flow, contexts, leakage).
+    guard: guard::Snapshot,
+    /// Sends waiting for a flow reservation to become durable, per (scope, device), in
+    /// order: nothing for that pair overtakes them.
+    held: BTreeMap<(ContextId, DeviceId), VecDeque<Held>>,
+    next_seq: u64,
+    // ----- contexts (see peer_context.rs) -----
+    contexts: BTreeMap<ContextId, CtxState>,
+    ctx_invites: BTreeMap<[u8; 32], CtxInvite>,
+    ctx_joins: BTreeMap<[u8; 32], CtxJoin>,
+    /// Last address each context peer was reached at.
+    ctx_addrs: BTreeMap<DeviceId, String>,
 }
 
 impl core::fmt::Debug for Peer {
@@ -546,7 +685,7 @@ impl Peer {
     pub fn new(cfg: Config, secret: DeviceSecret, seed: [u8; 32], now: Now) -> Peer {
         let mut rng = PeerRng::from_seed(seed);
         let keys = DeviceKeys::derive(&secret, &mut rng);
-        Peer {
+        let mut p = Peer {
             cfg,
             keys,
             rng,
@@ -585,7 +724,16 @@ impl Peer {
             local: VecDeque::new(),
             restoring: false,
             tokens: Vec::new(),
-        }
+            guard: guard::Snapshot::default(),
+            held: BTreeMap::new(),
+            next_seq: 0,
+            contexts: BTreeMap::new(),
+            ctx_invites: BTreeMap::new(),
+            ctx_joins: BTreeMap::new(),
+            ctx_addrs: BTreeMap::new(),
+        };
+        p.refresh_guard();
+        p
     }
 
     /// Rebuilds a peer from its durable records. Use a fresh `seed` per restart (an
@@ -598,6 +746,7 @@ impl Peer {
             p.apply_record(r);
         }
         p.restoring = false;
+        p.refresh_guard();
         let resumable: Vec<Invitation> = p
             .joins
             .iter()
@@ -606,6 +755,17 @@ impl Peer {
             .collect();
         for inv in resumable {
             p.start_pairing(inv);
+        }
+        // Context joins whose acceptance never became durable start over (the inviter
+        // answers a repeated join with the context it already created).
+        let joins: Vec<[u8; 32]> = p
+            .ctx_joins
+            .iter()
+            .filter(|(_, j)| j.context.is_none() && j.inv.check_expiry(now.unix_ms).is_ok())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in joins {
+            p.start_context_join(id);
         }
         // A key generation this device coordinated finished, but its genesis was never
         // recorded: sign it now (its content is deterministic, so a retry cannot fork).
@@ -632,7 +792,54 @@ impl Peer {
             Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
             Record::Capability(t) => self.tokens.push(t),
             Record::ShareAbandoned { session, group_key } => self.drop_share(session, group_key),
+            Record::ContextInviteIssued(inv) => {
+                self.ctx_invites.insert(
+                    inv.id(),
+                    CtxInvite {
+                        inv,
+                        redeemed_by: None,
+                        created: None,
+                        persisting: false,
+                    },
+                );
+            }
+            Record::ContextJoinStarted(inv) => self.add_ctx_join(inv),
+            Record::Context {
+                invite,
+                peer,
+                addr,
+                context,
+                facts,
+                tokens,
+                sent_token,
+            } => self.apply_context_record(invite, (peer, addr), context, facts, tokens, sent_token),
+            Record::Reserve {
+                context,
+                peer,
+                epoch,
+                up_to,
+            } => {
+                // What was spent of it before the crash is unknown: count it all.
+                let f = self.guard.flow.entry((context, peer, epoch)).or_default();
+                f.reserved = f.reserved.max(up_to);
+                f.spent = f.spent.max(up_to);
+            }
         }
+    }
+
+    fn add_ctx_join(&mut self, inv: Invitation) {
+        self.ctx_joins.insert(
+            inv.id(),
+            CtxJoin {
+                inv,
+                context: None,
+                sent_token: None,
+                persisting: false,
+                done: false,
+                retry_at: None,
+                tries: 0,
+            },
+        );
     }
 
     fn add_peer(&mut self, p: PairedPeer) {
@@ -644,6 +851,9 @@ impl Peer {
         }
         self.by_noise.insert(p.cert.noise, p.id);
         self.peers.insert(p.id, p);
+        if !self.restoring {
+            self.refresh_guard();
+        }
     }
 
     /// This device's id.
@@ -706,6 +916,8 @@ impl Peer {
                 version: c.version,
                 role: c.role,
                 purpose: c.purpose,
+                context: c.scope,
+                epoch: c.epoch,
             })
             .collect()
     }
@@ -722,7 +934,7 @@ impl Peer {
             .values()
             .map(|(_, t)| t.saturating_add(SEEN_INIT_TTL))
             .min();
-        if let Some(t) = self.auth_deadline() {
+        for t in [self.auth_deadline(), self.ctx_deadline()].into_iter().flatten() {
             d = Some(d.map_or(t, |x| x.min(t)));
         }
         for c in self.channels.values() {
@@ -765,14 +977,6 @@ impl Peer {
 
     // ----- outputs ------------------------------------------------------------------
 
-    fn transmit(&mut self, to: &str, bytes: Vec<u8>) {
-        self.metrics.datagrams_out += 1;
-        self.out.push_back(Output::Transmit {
-            to: to.to_owned(),
-            bytes,
-        });
-    }
-
     fn event(&mut self, e: Event) {
         self.out.push_back(Output::Event(e));
     }
@@ -783,16 +987,6 @@ impl Peer {
         self.metrics.persists += 1;
         self.pending.insert(ticket, then);
         self.out.push_back(Output::Persist { ticket, record });
-    }
-
-    fn send_frame(&mut self, idx: u32, frame: &Frame<'_>) {
-        let now = self.now.mono;
-        let Some(c) = self.channels.get_mut(&idx) else { return };
-        if let Some(bytes) = c.seal(frame, &mut self.plain, now) {
-            let to = c.addr.clone();
-            self.metrics.datagrams_out += 1;
-            self.out.push_back(Output::Transmit { to, bytes });
-        }
     }
 
     // ----- commands -----------------------------------------------------------------
@@ -849,13 +1043,24 @@ impl Peer {
                 if !self.peers.contains_key(&peer) {
                     return Err(CommandError::UnknownPeer(peer));
                 }
-                if !self.active.contains_key(&peer) && !self.initiating_to(&peer) {
+                if !self.active.contains_key(&(ContextId::OWN, peer)) && !self.initiating_to(ContextId::OWN, &peer) {
                     self.start_link(peer)?;
                 }
                 Ok(())
             }
             Command::CreateAuthority { devices, threshold } => self.create_authority(devices, threshold),
             Command::Sign { statement } => self.sign_statement(statement),
+            Command::CreateContextInvite { valid_for, addr_hint } => self.create_context_invite(valid_for, addr_hint),
+            Command::JoinContext { code } => self.join_context(&code),
+            Command::ContextSend { context, peer, data } => {
+                if data.len() > MAX_APP_PAYLOAD {
+                    return Err(CommandError::PayloadTooLarge {
+                        len: data.len(),
+                        max: MAX_APP_PAYLOAD,
+                    });
+                }
+                self.context_send(context, peer, data)
+            }
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
                 let id = v.id;
@@ -869,7 +1074,7 @@ impl Peer {
                 if !self.peers.contains_key(&peer) {
                     return Err(CommandError::UnknownPeer(peer));
                 }
-                if let Some(idx) = self.active.get(&peer).copied() {
+                if let Some(idx) = self.active.get(&(ContextId::OWN, peer)).copied() {
                     self.send_frame(idx, &Frame::Close);
                     self.remove_channel(idx, Some(DownReason::LocalClose));
                 }
@@ -878,28 +1083,49 @@ impl Peer {
         }
     }
 
-    fn initiating_to(&self, peer: &DeviceId) -> bool {
-        self.channels
-            .values()
-            .any(|c| c.peer.as_ref() == Some(peer) && matches!(c.phase, Phase::InitSent { .. }))
+    fn initiating_to(&self, scope: ContextId, peer: &DeviceId) -> bool {
+        self.channels.values().any(|c| {
+            c.scope == scope
+                && c.purpose != Purpose::ContextJoin
+                && c.peer.as_ref() == Some(peer)
+                && matches!(c.phase, Phase::InitSent { .. })
+        })
     }
 
     fn send_or_queue(&mut self, peer: DeviceId, q: Queued) -> Result<(), CommandError> {
         if !self.peers.contains_key(&peer) {
             return Err(CommandError::UnknownPeer(peer));
         }
-        if let Some(idx) = self.active.get(&peer).copied() {
+        self.send_or_queue_in(ContextId::OWN, peer, q)
+    }
+
+    /// Sends on the channel of (scope, peer), or queues and sets the channel up. A
+    /// channel is only set up when upkeep towards the peer would pass the guard chain:
+    /// a refused scope sees no handshake either.
+    fn send_or_queue_in(&mut self, scope: ContextId, peer: DeviceId, q: Queued) -> Result<(), CommandError> {
+        let key = (scope, peer);
+        if let Some(idx) = self.active.get(&key).copied() {
             self.send_queued(idx, q);
             return Ok(());
         }
-        let queue = self.queued.entry(peer).or_default();
+        let epoch = self.guard.contexts.get(&scope).map_or(0, |c| c.epoch);
+        if let Err(d) = self.upkeep_allowed(scope, peer, epoch) {
+            self.deny_upkeep(scope, peer, d);
+            return Ok(());
+        }
+        let queue = self.queued.entry(key).or_default();
         if queue.len() >= self.cfg.max_queued {
             return Err(CommandError::QueueFull(peer));
         }
         queue.push(q);
-        if !self.initiating_to(&peer) {
-            if let Err(e) = self.start_link(peer) {
-                self.queued.remove(&peer);
+        if !self.initiating_to(scope, &peer) {
+            let r = if scope == ContextId::OWN {
+                self.start_link(peer)
+            } else {
+                self.start_context_link(scope, peer)
+            };
+            if let Err(e) = r {
+                self.queued.remove(&key);
                 return Err(e);
             }
         }
@@ -949,7 +1175,7 @@ impl Peer {
         }
         let psk = pairing_psk(&inv.secret);
         let addr = inv.addr_hint.clone();
-        if let Err(e) = self.start_handshake(Purpose::Pairing, inv.inviter_noise, psk, addr, None, Some(id)) {
+        if let Err(e) = self.start_handshake(Purpose::Pairing, inv.inviter_noise, psk, addr, None, Some(id), None) {
             // Only a full channel table gets here; report it as a timeout-like failure.
             let _ = e;
             self.event(Event::PairingFailed {
@@ -962,9 +1188,10 @@ impl Peer {
     fn start_link(&mut self, peer: DeviceId) -> Result<(), CommandError> {
         let p = self.peers.get(&peer).ok_or(CommandError::UnknownPeer(peer))?;
         let (noise, psk, addr) = (p.cert.noise, p.link_psk, p.addr.clone());
-        self.start_handshake(Purpose::Link, noise, psk, addr, Some(peer), None)
+        self.start_handshake(Purpose::Link, noise, psk, addr, Some(peer), None, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_handshake(
         &mut self,
         purpose: Purpose,
@@ -973,6 +1200,7 @@ impl Peer {
         addr: String,
         peer: Option<DeviceId>,
         invite: Option<[u8; 32]>,
+        context: Option<(ContextId, u64)>,
     ) -> Result<(), CommandError> {
         if self.channels.len() >= self.cfg.max_channels {
             return Err(CommandError::TooManyChannels);
@@ -994,6 +1222,7 @@ impl Peer {
             caps: 0,
             cert: self.keys.cert.clone(),
             invite,
+            context,
         });
         let mut msg = vec![0u8; wire::MAX_NOISE_MSG];
         let n = hs
@@ -1019,10 +1248,15 @@ impl Peer {
         c.peer = peer;
         c.invite = invite;
         c.remote_static = remote;
+        if let Some((ctx, epoch)) = context {
+            c.scope = ctx;
+            c.epoch = epoch;
+        }
         c.retx_at = Some(now.saturating_add(self.cfg.handshake_retry));
         c.tries = 1;
+        let scope = c.scope;
         self.channels.insert(idx, c);
-        self.transmit(&addr, datagram);
+        self.transmit_handshake(&addr, datagram, scope, peer);
         Ok(())
     }
 
@@ -1063,7 +1297,7 @@ impl Peer {
         let h: [u8; 32] = blake3::hash(noise).into();
         if let Some(d) = self.rejected.get(&h).cloned() {
             self.metrics.handshake_retransmits += 1;
-            self.transmit(&from, d);
+            self.transmit_handshake(&from, d, ContextId::OWN, None);
             return;
         }
         if let Some((idx, _)) = self.seen_init.get(&h).copied() {
@@ -1072,12 +1306,14 @@ impl Peer {
             if let Some(Channel {
                 phase: Phase::RespSent { datagram },
                 addr,
+                scope,
+                peer,
                 ..
             }) = self.channels.get(&idx)
             {
-                let (to, d) = (addr.clone(), datagram.clone());
+                let (to, d, scope, peer) = (addr.clone(), datagram.clone(), *scope, *peer);
                 self.metrics.handshake_retransmits += 1;
-                self.transmit(&to, d);
+                self.transmit_handshake(&to, d, scope, peer);
             } else {
                 self.metrics.drop(DropReason::Replayed);
             }
@@ -1117,8 +1353,12 @@ impl Peer {
             self.metrics.drop(DropReason::BadCert);
             return;
         }
+        if (purpose == Purpose::Context) != payload.context.is_some() {
+            self.metrics.drop(DropReason::Malformed);
+            return;
+        }
         // Who is this, and which PSK proves it?
-        let (peer_id, psk) = match (purpose, payload.invite) {
+        let (peer_id, psk, scope, epoch) = match (purpose, payload.invite) {
             (Purpose::Pairing, Some(inv_id)) => {
                 let Some(issued) = self.invites.get(&inv_id) else {
                     self.metrics.drop(DropReason::UnknownInvite);
@@ -1136,7 +1376,42 @@ impl Peer {
                     self.metrics.drop(DropReason::ReusedInvite);
                     return;
                 }
-                (id, pairing_psk(&issued.inv.secret))
+                (id, pairing_psk(&issued.inv.secret), ContextId::OWN, 0)
+            }
+            (Purpose::ContextJoin, Some(inv_id)) => {
+                let Some(issued) = self.ctx_invites.get(&inv_id) else {
+                    self.metrics.drop(DropReason::UnknownInvite);
+                    return;
+                };
+                let Some(id) = payload.cert.verify() else {
+                    self.metrics.drop(DropReason::BadCert);
+                    return;
+                };
+                match issued.redeemed_by {
+                    Some(d) if d != id => {
+                        self.metrics.drop(DropReason::ReusedInvite);
+                        return;
+                    }
+                    // Its redeemer may come back after expiry (it restarted mid-join).
+                    Some(_) => {}
+                    None if issued.inv.check_expiry(self.now.unix_ms).is_err() => {
+                        self.metrics.drop(DropReason::ExpiredInvite);
+                        return;
+                    }
+                    None => {}
+                }
+                (id, context_impl::join_psk(&issued.inv.secret), ContextId::OWN, 0)
+            }
+            (Purpose::Context, None) => {
+                let (ctx, epoch) = payload.context.expect("checked above");
+                let Some((id, psk)) = self.context_responder(ctx, epoch, &remote_static, &payload.cert) else {
+                    return;
+                };
+                if self.keys.id < id && self.initiating_to(ctx, &id) {
+                    self.metrics.drop(DropReason::UnexpectedFrame);
+                    return;
+                }
+                (id, psk, ctx, epoch)
             }
             (Purpose::Link, None) => {
                 let Some(id) = self.by_noise.get(&remote_static).copied() else {
@@ -1149,11 +1424,11 @@ impl Peer {
                     return;
                 }
                 // Simultaneous open: the device with the smaller id keeps its own attempt.
-                if self.keys.id < id && self.initiating_to(&id) {
+                if self.keys.id < id && self.initiating_to(ContextId::OWN, &id) {
                     self.metrics.drop(DropReason::UnexpectedFrame);
                     return;
                 }
-                (id, p.link_psk)
+                (id, p.link_psk, ContextId::OWN, 0)
             }
             _ => {
                 self.metrics.drop(DropReason::Malformed);
@@ -1191,18 +1466,23 @@ impl Peer {
         if !ok {
             // A clear answer and no channel: a rejected version gets no state but the answer.
             self.rejected.insert(h, datagram.clone());
-            self.transmit(&from, datagram);
+            self.transmit_handshake(&from, datagram, scope, Some(peer_id));
             return;
         }
         let Ok(transport) = hs.into_stateless_transport_mode() else {
             return;
         };
         // Simultaneous open, larger id: abandon our own attempt in favour of theirs.
-        if purpose == Purpose::Link {
+        if matches!(purpose, Purpose::Link | Purpose::Context) {
             let ours: Vec<u32> = self
                 .channels
                 .values()
-                .filter(|c| c.peer == Some(peer_id) && matches!(c.phase, Phase::InitSent { .. }))
+                .filter(|c| {
+                    c.scope == scope
+                        && c.purpose == purpose
+                        && c.peer == Some(peer_id)
+                        && matches!(c.phase, Phase::InitSent { .. })
+                })
                 .map(|c| c.local_idx)
                 .collect();
             for i in ours {
@@ -1226,9 +1506,12 @@ impl Peer {
         c.invite = payload.invite;
         c.version = version;
         c.transport = Some(transport);
+        c.scope = scope;
+        c.epoch = epoch;
         self.channels.insert(idx, c);
+        self.grant_upkeep(idx);
         self.metrics.handshakes += 1;
-        self.transmit(&from, datagram);
+        self.transmit_handshake(&from, datagram, scope, Some(peer_id));
     }
 
     fn remember_init(&mut self, h: [u8; 32], idx: u32, now: Instant) {
@@ -1321,9 +1604,31 @@ impl Peer {
                     return;
                 }
             },
+            Purpose::ContextJoin => match cert.verify() {
+                Some(id) if cert.noise == c.remote_static => id,
+                _ => {
+                    self.metrics.drop(DropReason::BadCert);
+                    self.fail_initiator(receiver, FailReason::BadCert);
+                    return;
+                }
+            },
             Purpose::Link => {
                 let id = peer.expect("link channels know their peer");
                 if !self.peers.get(&id).is_some_and(|p| p.cert.same_keys(&cert)) {
+                    self.metrics.drop(DropReason::BadCert);
+                    self.fail_initiator(receiver, FailReason::BadCert);
+                    return;
+                }
+                id
+            }
+            Purpose::Context => {
+                let id = peer.expect("context channels know their peer");
+                let known = self
+                    .contexts
+                    .get(&c.scope)
+                    .and_then(|s| s.view.members.get(&id))
+                    .is_some_and(|m| m.cert.same_keys(&cert));
+                if !known {
                     self.metrics.drop(DropReason::BadCert);
                     self.fail_initiator(receiver, FailReason::BadCert);
                     return;
@@ -1347,6 +1652,7 @@ impl Peer {
         c.retx_at = None;
         c.tries = 0;
         self.metrics.handshakes += 1;
+        self.grant_upkeep(receiver);
         self.send_frame(receiver, &Frame::Confirm);
         match (purpose, invite) {
             (Purpose::Pairing, Some(_)) => {
@@ -1354,6 +1660,12 @@ impl Peer {
                 c.pairing = Pairing::AwaitAck;
                 c.tries = 1;
                 c.retx_at = Some(now.saturating_add(self.cfg.handshake_retry));
+            }
+            (Purpose::ContextJoin, _) => {
+                let c = self.channels.get_mut(&receiver).expect("present");
+                c.retx_at = None;
+                c.tries = 0;
+                self.context_join_up(receiver);
             }
             _ => self.activate(receiver),
         }
@@ -1364,12 +1676,25 @@ impl Peer {
         let tries = c.tries;
         let psk = match (c.purpose, c.invite, c.peer) {
             (Purpose::Pairing, Some(inv), _) => self.joins.get(&inv).map(|i| pairing_psk(&i.secret)),
+            (Purpose::ContextJoin, Some(inv), _) => {
+                self.ctx_joins.get(&inv).map(|j| context_impl::join_psk(&j.inv.secret))
+            }
             (Purpose::Link, _, Some(p)) => self.peers.get(&p).map(|p| p.link_psk),
+            (Purpose::Context, _, Some(p)) => self.context_psk_for(c.scope, c.epoch, &p),
             _ => None,
         };
         let Some(psk) = psk else { return };
+        let context = (c.purpose == Purpose::Context).then_some((c.scope, c.epoch));
         if self
-            .start_handshake(c.purpose, c.remote_static, psk, c.addr.clone(), c.peer, c.invite)
+            .start_handshake(
+                c.purpose,
+                c.remote_static,
+                psk,
+                c.addr.clone(),
+                c.peer,
+                c.invite,
+                context,
+            )
             .is_ok()
         {
             // Keep the retry budget: a forged answer must not buy an attacker endless tries.
@@ -1387,8 +1712,12 @@ impl Peer {
         let Some(c) = self.channels.remove(&idx) else { return };
         match (c.purpose, c.invite, c.peer) {
             (Purpose::Pairing, Some(invite), _) => self.event(Event::PairingFailed { invite, reason }),
+            (Purpose::ContextJoin, Some(invite), _) => self.event(Event::ContextJoinFailed {
+                invite,
+                reason: format!("{reason:?}"),
+            }),
             (_, _, Some(peer)) => {
-                let discarded = self.queued.remove(&peer).map_or(0, |q| q.len());
+                let discarded = self.queued.remove(&(c.scope, peer)).map_or(0, |q| q.len());
                 self.event(Event::ChannelFailed {
                     peer,
                     reason,
@@ -1405,17 +1734,21 @@ impl Peer {
         c.pairing = Pairing::None;
         c.retx_at = None;
         let Some(peer) = c.peer else { return };
-        let (addr, version) = (c.addr.clone(), c.version);
-        if let Some(old) = self.active.insert(peer, idx) {
+        let (addr, version, scope) = (c.addr.clone(), c.version, c.scope);
+        if let Some(old) = self.active.insert((scope, peer), idx) {
             if old != idx {
                 self.channels.remove(&old);
             }
         }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.addr = addr.clone();
+        if scope == ContextId::OWN {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.addr = addr.clone();
+            }
+            self.event(Event::ChannelUp { peer, addr, version });
+        } else {
+            self.ctx_addrs.insert(peer, addr);
         }
-        self.event(Event::ChannelUp { peer, addr, version });
-        for q in self.queued.remove(&peer).unwrap_or_default() {
+        for q in self.queued.remove(&(scope, peer)).unwrap_or_default() {
             self.send_queued(idx, q);
         }
     }
@@ -1474,12 +1807,12 @@ impl Peer {
         if first {
             c.phase = Phase::Established;
         }
-        let (purpose, role, peer, pairing) = (c.purpose, c.role, c.peer, c.pairing);
+        let (purpose, role, peer, pairing, scope) = (c.purpose, c.role, c.peer, c.pairing, c.scope);
         let peer = peer.expect("established channels know their peer");
-        if first && purpose == Purpose::Link {
+        if first && matches!(purpose, Purpose::Link | Purpose::Context) {
             self.activate(idx);
         }
-        let usable = self.active.get(&peer) == Some(&idx);
+        let usable = self.active.get(&(scope, peer)) == Some(&idx);
         match frame {
             Frame::Confirm => {
                 if purpose == Purpose::Pairing && role == Role::Responder {
@@ -1505,6 +1838,7 @@ impl Peer {
             Frame::Close => {
                 self.remove_channel(idx, Some(DownReason::PeerClosed));
             }
+            Frame::Proto { data } if purpose == Purpose::ContextJoin => self.on_ctx_msg(idx, peer, data),
             _ if !usable => self.metrics.drop(DropReason::UnexpectedFrame),
             Frame::Ping { id } => {
                 self.send_frame(idx, &Frame::Pong { id });
@@ -1519,9 +1853,18 @@ impl Peer {
                     None => self.metrics.drop(DropReason::UnexpectedFrame),
                 }
             }
-            Frame::Proto { data } => self.on_proto(peer, data),
-            Frame::App { data } => {
+            // Sub-protocols between one person's devices only; contexts have none yet.
+            Frame::Proto { data } if scope == ContextId::OWN => self.on_proto(peer, data),
+            Frame::Proto { .. } => self.metrics.drop(DropReason::UnexpectedFrame),
+            Frame::App { data } if scope == ContextId::OWN => {
                 self.event(Event::Received {
+                    peer,
+                    data: Bytes::copy_from_slice(data),
+                });
+            }
+            Frame::App { data } => {
+                self.event(Event::ContextReceived {
+                    context: scope,
                     peer,
                     data: Bytes::copy_from_slice(data),
                 });
@@ -1585,6 +1928,32 @@ impl Peer {
             Pending::ShareDurable { session, share } => self.share_durable(session, *share),
             Pending::Abandoned { session, group_key } => self.abandon_durable(session, group_key),
             Pending::Commit { session, counter } => self.commit_durable(session, counter),
+            Pending::ShowContextInvite(inv) => {
+                let code = inv.to_code();
+                let expires_unix_ms = inv.expires_unix_ms;
+                self.ctx_invites.insert(
+                    inv.id(),
+                    CtxInvite {
+                        inv,
+                        redeemed_by: None,
+                        created: None,
+                        persisting: false,
+                    },
+                );
+                self.event(Event::ContextInviteCreated { code, expires_unix_ms });
+            }
+            Pending::StartContextJoin(inv) => {
+                let id = inv.id();
+                self.add_ctx_join(inv);
+                self.start_context_join(id);
+            }
+            Pending::Context { idx, step, record } => self.context_durable(idx, step, *record),
+            Pending::Reserved {
+                context,
+                peer,
+                epoch,
+                up_to,
+            } => self.reserved_durable(context, peer, epoch, up_to),
             Pending::TokenDurable(token) => {
                 self.tokens.push(token.clone());
                 self.event(Event::CapabilityIssued { token });
@@ -1618,6 +1987,7 @@ impl Peer {
             self.channel_timeout(idx, now);
         }
         self.auth_timeout();
+        self.ctx_timeout();
     }
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {
@@ -1632,8 +2002,8 @@ impl Peer {
             self.metrics.handshake_retransmits += 1;
             match &c.phase {
                 Phase::InitSent { datagram, .. } => {
-                    let (to, d) = (c.addr.clone(), datagram.clone());
-                    self.transmit(&to, d);
+                    let (to, d, scope, peer) = (c.addr.clone(), datagram.clone(), c.scope, c.peer);
+                    self.transmit_handshake(&to, d, scope, peer);
                 }
                 _ => self.send_frame(idx, &Frame::Confirm),
             }
@@ -1672,9 +2042,9 @@ impl Peer {
     fn remove_channel(&mut self, idx: u32, reason: Option<DownReason>) {
         let Some(c) = self.channels.remove(&idx) else { return };
         if let Some(peer) = c.peer {
-            if self.active.get(&peer) == Some(&idx) {
-                self.active.remove(&peer);
-                if let Some(reason) = reason {
+            if self.active.get(&(c.scope, peer)) == Some(&idx) {
+                self.active.remove(&(c.scope, peer));
+                if let (Some(reason), true) = (reason, c.scope == ContextId::OWN) {
                     self.event(Event::ChannelDown { peer, reason });
                 }
             }

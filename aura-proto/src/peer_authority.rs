@@ -132,7 +132,13 @@ fn member_link_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
     super::pair_key(CTX_MEMBER_LINK_PSK, secret, a, b)
 }
 
-fn hpke_seal(rng: &mut PeerRng, to: &[u8; 32], aad: &[u8], info: &[u8], plain: &[u8]) -> Option<([u8; 32], Vec<u8>)> {
+pub(super) fn hpke_seal(
+    rng: &mut PeerRng,
+    to: &[u8; 32],
+    aad: &[u8],
+    info: &[u8],
+    plain: &[u8],
+) -> Option<([u8; 32], Vec<u8>)> {
     let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(to).ok()?;
     let (enc, ct) = hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
         &OpModeS::Base,
@@ -146,7 +152,7 @@ fn hpke_seal(rng: &mut PeerRng, to: &[u8; 32], aad: &[u8], info: &[u8], plain: &
     Some((enc.to_bytes().into(), ct))
 }
 
-fn hpke_open(sk: &[u8; 32], enc: &[u8; 32], aad: &[u8], info: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn hpke_open(sk: &[u8; 32], enc: &[u8; 32], aad: &[u8], info: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
     let sk = <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(sk).ok()?;
     let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(enc).ok()?;
     hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(&OpModeR::Base, &sk, &enc, info, ct, aad)
@@ -891,7 +897,7 @@ impl Peer {
         // they do not answer. Fewer requests mean fewer nonces drawn and persisted.
         let me = self.keys.id;
         let mut others: Vec<DeviceId> = members.iter().map(|(d, _)| *d).filter(|d| *d != me).collect();
-        others.sort_by_key(|d| !self.active.contains_key(d));
+        others.sort_by_key(|d| !self.active.contains_key(&(crate::journal::ContextId::OWN, *d)));
         let mut ask: Vec<DeviceId> = others.into_iter().take(threshold as usize).collect();
         if members.iter().any(|(d, _)| *d == me) {
             ask.truncate(threshold as usize - 1);
@@ -1304,7 +1310,10 @@ impl Peer {
         if !self.journal.insert(fact) {
             return;
         }
-        let Namespace::Authority(id) = ns else { return };
+        let id = match ns {
+            Namespace::Authority(id) => id,
+            Namespace::Context(c) => return self.refresh_context(c),
+        };
         // Only a genesis or a tree operation changes the view; re-reducing on every
         // statement would make each insert cost the whole journal.
         let changes_view = is_genesis || matches!(kind, Kind::TreeOp) || !self.views.0.contains_key(&id);
@@ -1320,6 +1329,9 @@ impl Peer {
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
         self.views.0.insert(id, view.clone());
         self.pending_genesis.remove(&view.group_key);
+        if changes_view {
+            self.refresh_contexts_of(id);
+        }
         if created && !self.restoring {
             self.event(Event::AuthorityCreated {
                 authority: id,
@@ -1407,7 +1419,7 @@ impl Peer {
         }
     }
 
-    fn fact_rejected(&mut self, e: FactError) {
+    pub(super) fn fact_rejected(&mut self, e: FactError) {
         self.metrics.drop(DropReason::BadFact);
         *self.metrics.fact_rejects.entry(format!("{e:?}")).or_default() += 1;
     }

@@ -72,6 +72,41 @@ pub enum Record {
     NonceCounter(u64),
     /// A capability token this device issued or holds.
     Capability(Vec<u8>),
+    /// This device issued a context invitation (the code may be shown once durable).
+    ContextInviteIssued(Invitation),
+    /// This device started redeeming a context invitation.
+    ContextJoinStarted(Invitation),
+    /// A step of a context creation: facts to merge and tokens to keep, for the
+    /// invitation `invite` redeemed by (or from) `peer`.
+    Context {
+        /// Invitation id.
+        invite: [u8; 32],
+        /// The device on the other side of the invitation.
+        peer: DeviceId,
+        /// Where that device was reached (context members' own hints may be empty).
+        addr: String,
+        /// The context.
+        context: crate::journal::ContextId,
+        /// Facts (foreign authority genesis, creation, sealed secrets, acceptance).
+        facts: Vec<Fact>,
+        /// Capability tokens received.
+        tokens: Vec<Vec<u8>>,
+        /// The token this device's authority issued to the other (kept to resend).
+        sent_token: Option<Vec<u8>>,
+    },
+    /// Flow budget of (context, peer, epoch) reserved up to `up_to`: durable before any
+    /// send spends it (charge before send). On restore the whole reservation counts as
+    /// spent, so a crash can waste budget but never spend it twice.
+    Reserve {
+        /// Context.
+        context: crate::journal::ContextId,
+        /// Receiving device.
+        peer: DeviceId,
+        /// Epoch.
+        epoch: u64,
+        /// Reserved units.
+        up_to: u64,
+    },
     /// The share of this key generation was given up before any genesis was recorded
     /// (too few members ever held shares); it is dropped on restore.
     ShareAbandoned {

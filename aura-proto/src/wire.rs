@@ -51,6 +51,12 @@ pub enum Purpose {
     Pairing,
     /// Between paired devices, keyed by their link secret.
     Link,
+    /// A member device of one authority redeeming another's context invitation, keyed by
+    /// the invitation's one-time secret.
+    ContextJoin,
+    /// Between member devices of a relational context, keyed by the context secret of
+    /// the current epoch; the context travels in the (encrypted) first payload.
+    Context,
 }
 
 /// The outer packet (after the version byte).
@@ -99,8 +105,10 @@ pub struct InitPayload {
     pub caps: u64,
     /// The initiator's public keys.
     pub cert: DeviceCert,
-    /// For pairing: which invitation this handshake redeems.
+    /// For pairing and context joins: which invitation this handshake redeems.
     pub invite: Option<[u8; 32]>,
+    /// For context channels: the context and the epoch whose secret keys the PSK.
+    pub context: Option<(crate::journal::ContextId, u64)>,
 }
 
 /// Payload of the second handshake message (encrypted and PSK-authenticated).

@@ -288,6 +288,17 @@ fn on_event(ev: Event, w: &mut Waiters) {
             }
         }
         Event::CapabilityIssued { token } => tracing::info!(len = token.len(), "capability issued"),
+        Event::SendDenied { peer, reason, .. } => {
+            tracing::info!(peer = %peer.short(), reason = reason.name(), "send denied by the guard chain")
+        }
+        Event::ContextInviteCreated { .. } => tracing::info!("context invitation created"),
+        Event::ContextReady { context, with, epoch } => {
+            tracing::info!(context = %context.short(), with = %with.short(), epoch, "context ready")
+        }
+        Event::ContextJoinFailed { reason, .. } => tracing::warn!(%reason, "context join failed"),
+        Event::ContextReceived { context, peer, data } => {
+            tracing::info!(context = %context.short(), peer = %peer.short(), len = data.len(), "received in context")
+        }
         Event::Received { peer, data } => tracing::info!(peer = %peer.short(), len = data.len(), "received"),
         Event::Pong { peer, rtt } => {
             tracing::debug!(peer = %peer.short(), rtt_us = rtt.as_micros() as u64, "pong");

@@ -34,6 +34,8 @@ pub struct Host {
     pub peer: Peer,
     /// The data directory.
     pub store: Store,
+    /// The egress audit ledger (`audit.log`).
+    ledger: crate::audit::Ledger,
     origin: std::time::Instant,
 }
 
@@ -56,7 +58,16 @@ impl Host {
         let now = Self::now_from(origin);
         let peer = Peer::restore(cfg, durable, os_random(), now);
         tracing::debug!(records = store.records.len(), device = %peer.id().short(), "restored");
-        Ok(Host { peer, store, origin })
+        let ledger = crate::audit::Ledger::open(dir).map_err(|source| StoreError::Io {
+            context: format!("opening {}", dir.join(crate::audit::FILE).display()),
+            source,
+        })?;
+        Ok(Host {
+            peer,
+            store,
+            ledger,
+            origin,
+        })
     }
 
     fn now_from(origin: std::time::Instant) -> Now {
@@ -93,6 +104,8 @@ impl Host {
                     // PersistDone never fails.
                     let _ = self.peer.handle_input(now, Input::PersistDone(ticket));
                 }
+                // The ledger line goes out before its datagram does.
+                Output::Egress(e) => self.ledger.append(&e)?,
                 Output::Transmit { to, bytes } => out.push(Effect::Transmit { to, bytes }),
                 Output::Event(e) => out.push(Effect::Event(e)),
             }

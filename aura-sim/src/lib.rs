@@ -289,6 +289,8 @@ pub struct Violation {
 pub struct Stats {
     /// Events processed.
     pub events: u64,
+    /// Egress records checked (one per datagram the peers sent).
+    pub egress: u64,
     /// Datagrams handed to the network.
     pub sent: u64,
     /// Datagrams delivered (duplicates included).
@@ -406,6 +408,12 @@ struct Node {
     in_flight: BTreeMap<u64, (Ticket, Record)>,
     /// Gone for good.
     lost: bool,
+    /// Durable flow reservations by (context, peer, epoch), from landed `Reserve` records.
+    reserved: BTreeMap<(aura_proto::journal::ContextId, DeviceId, u64), u64>,
+    /// Send numbers the guard chain refused in this incarnation.
+    denied: std::collections::BTreeSet<u64>,
+    /// The egress record announcing the next `Transmit`.
+    egress: Option<aura_proto::guard::Egress>,
 }
 
 /// A queued event, ordered by time and then by the order it was scheduled in (ties
@@ -603,6 +611,9 @@ impl World {
                 paused_until: None,
                 in_flight: BTreeMap::new(),
                 lost: false,
+                reserved: BTreeMap::new(),
+                denied: Default::default(),
+                egress: None,
             });
         }
         let mut w = World {
@@ -900,7 +911,7 @@ impl World {
                     self.nodes[node].shares = self.nodes[node].shares.saturating_sub(1);
                     self.mark("share-abandoned");
                 }
-                self.nodes[node].durable.push(record);
+                self.landed(node, record);
                 let _ = self.nodes[node].peer.handle_input(now, Input::PersistDone(ticket));
                 node
             }
@@ -968,10 +979,57 @@ impl World {
         }
     }
 
+    /// A write of node `i` is on disk.
+    fn landed(&mut self, i: usize, record: Record) {
+        if let Record::Reserve {
+            context,
+            peer,
+            epoch,
+            up_to,
+        } = &record
+        {
+            let r = self.nodes[i].reserved.entry((*context, *peer, *epoch)).or_default();
+            *r = (*r).max(*up_to);
+        }
+        self.nodes[i].durable.push(record);
+    }
+
+    /// The guard chain's promises about one egress record: a refused send never leaves,
+    /// and a charged send leaves only within a durable reservation (charge before send).
+    fn check_egress(&mut self, i: usize, e: &aura_proto::guard::Egress) -> Result<(), Violation> {
+        let n = &self.nodes[i];
+        if n.denied.contains(&e.seq) {
+            return Err(self.violation("denied-send-left", format!("n{i} send #{} left after a denial", e.seq)));
+        }
+        if e.cost > 0 {
+            let peer = e.peer.expect("charged sends name their peer");
+            let reserved = n.reserved.get(&(e.context, peer, e.epoch)).copied().unwrap_or(0);
+            if reserved < e.spent {
+                return Err(self.violation(
+                    "charge-before-send",
+                    format!("n{i} spent {} of a durable reservation of {reserved}", e.spent),
+                ));
+            }
+            self.mark("charged-send");
+        }
+        Ok(())
+    }
+
     fn drain(&mut self, i: usize) -> Result<(), Violation> {
         while let Some(o) = self.nodes[i].peer.poll_output() {
             match o {
+                Output::Egress(e) => {
+                    self.check_egress(i, &e)?;
+                    self.stats.egress += 1;
+                    self.nodes[i].egress = Some(e);
+                }
                 Output::Transmit { to, bytes } => {
+                    if self.nodes[i].egress.take().is_none() {
+                        return Err(self.violation(
+                            "transmit-through-guard",
+                            format!("n{i} transmitted to {to} without an egress record"),
+                        ));
+                    }
                     self.check_frame(i, &bytes)?;
                     let l = &mut self.line;
                     l.push_str(" | tx ");
@@ -1106,6 +1164,10 @@ impl World {
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
         match e {
+            Event::SendDenied { seq, .. } => {
+                self.nodes[i].denied.insert(*seq);
+                self.mark("send-denied");
+            }
             Event::AuthorityCreated {
                 authority,
                 group_key,
@@ -1594,7 +1656,7 @@ impl World {
                     Record::ShareAbandoned { .. } => self.nodes[i].shares = self.nodes[i].shares.saturating_sub(1),
                     _ => {}
                 }
-                self.nodes[i].durable.push(record);
+                self.landed(i, record);
             }
         }
     }
@@ -1610,6 +1672,9 @@ impl World {
             records: n.durable.clone(),
         };
         n.peer = Peer::restore(self.cfg.peer_config.clone(), durable, seed, now);
+        // Send numbers start again with the new incarnation.
+        n.denied.clear();
+        n.egress = None;
         n.crashed = false;
         n.timer_gen += 1;
         n.timer_at = None;
@@ -1705,6 +1770,8 @@ impl World {
             records: n.durable.clone(),
         };
         n.peer = Peer::restore(self.cfg.peer_config.clone(), durable, seed, Self::now_of(self.now));
+        n.denied.clear();
+        n.egress = None;
         n.timer_gen += 1;
         n.timer_at = None;
         self.drain_and_arm(i);
@@ -1722,6 +1789,9 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::CreateAuthority { .. } => "create-authority",
         Command::Sign { .. } => "sign",
         Command::IssueCapability { .. } => "issue-capability",
+        Command::CreateContextInvite { .. } => "context-invite",
+        Command::JoinContext { .. } => "join-context",
+        Command::ContextSend { .. } => "context-send",
     }
 }
 
@@ -1751,6 +1821,13 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::Signed { signature, .. } => format!("signed {}", hex(&signature[..8])),
         Event::SignFailed { reason } => format!("sign-failed {reason}"),
         Event::CapabilityIssued { token } => format!("capability {}B", token.len()),
+        Event::ContextInviteCreated { .. } => "context-invite-created".into(),
+        Event::ContextReady { context, epoch, .. } => format!("context-ready {} e{epoch}", context.short()),
+        Event::ContextJoinFailed { reason, .. } => format!("context-join-failed {reason}"),
+        Event::ContextReceived { context, peer, data } => {
+            format!("context-recv {} {} {}B", context.short(), who(peer), data.len())
+        }
+        Event::SendDenied { seq, peer, reason, .. } => format!("denied #{seq} {} {}", who(peer), reason.name()),
     }
 }
 

@@ -79,7 +79,7 @@ fn paired_records() -> &'static (Vec<Record>, Vec<Record>) {
                     }
                     Output::Transmit { bytes, .. } => wire.push((to_b, bytes)),
                     Output::Event(Event::InviteCreated { code: c, .. }) => *code = Some(c),
-                    Output::Event(_) => {}
+                    Output::Event(_) | Output::Egress(_) => {}
                 }
             }
         };

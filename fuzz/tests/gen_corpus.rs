@@ -40,7 +40,7 @@ fn generate_seed_corpus() {
                 }
                 Output::Transmit { bytes, .. } => queue.push((to_b, bytes)),
                 Output::Event(Event::InviteCreated { code: c, .. }) => *code = c,
-                Output::Event(_) => {}
+                Output::Event(_) | Output::Egress(_) => {}
             }
         }
     };

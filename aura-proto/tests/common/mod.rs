@@ -19,6 +19,8 @@ pub struct Node {
     pub hold_persist: bool,
     pub secret: DeviceSecret,
     pub log: Vec<String>,
+    /// Egress records, in order.
+    pub egress: Vec<guard::Egress>,
 }
 
 pub struct Net {
@@ -51,6 +53,7 @@ impl Net {
                 hold_persist: false,
                 secret,
                 log: vec![],
+                egress: vec![],
             });
         }
         Net {
@@ -69,8 +72,11 @@ impl Net {
                 break;
             };
             self.nodes[i].log.push(format!("{o:?}").chars().take(80).collect());
+            let announced = matches!(self.nodes[i].log.iter().rev().nth(1), Some(l) if l.starts_with("Egress"));
             match o {
+                Output::Egress(e) => self.nodes[i].egress.push(e),
                 Output::Transmit { to, bytes } => {
+                    assert!(announced, "node {i}: a transmit without its egress record");
                     self.sent.push((i, bytes.clone()));
                     if self.drop_from == Some(i) {
                     } else if self.drop_next > 0 {

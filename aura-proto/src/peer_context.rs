@@ -1,0 +1,1121 @@
+//! Relational contexts in [`Peer`]: invitation, creation, acceptance, and the state the
+//! guard chain and context channels read.
+//!
+//! Creation, between a device `a` of authority A (the inviter) and `b` of B (the joiner):
+//!
+//! 1. `a` issues a context invitation code (durable before it is shown).
+//! 2. `b` redeems it over a `ContextJoin` handshake keyed by the code's secret and sends
+//!    `Join`: B's genesis fact and a capability B issues to A.
+//! 3. `a` checks the genesis (self-certifying), that `b` is one of its members, and the
+//!    token (rooted at B, naming A); writes the creation (every member device of A and B),
+//!    the epoch-0 context secret sealed to each member, and its own token for B; once
+//!    that is durable, answers `Created` with A's genesis, those facts and the token.
+//! 4. `b` checks the same from its side, and that the member list is exactly the two
+//!    authorities' members; writes its acceptance; once durable answers `Accept`.
+//! 5. `a` records the acceptance and answers `Done`.
+//!
+//! A context is *ready* on a device when it is established (every authority accepted),
+//! every member's claimed authority lists it in that authority's own reduced journal
+//! (known here), and this device opened the current epoch's secret. Only ready contexts
+//! get grants, channels and sends.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::authority_impl::{hpke_open, hpke_seal};
+use super::{pair_key, CommandError, Event, Peer, Pending, Queued};
+use crate::authority::AuthorityView;
+use crate::caps::{self, Subject};
+use crate::channel::Phase;
+use crate::context::ContextView;
+use crate::guard::{ContextState, Grant, Leak, Observer};
+use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
+use crate::journal::{
+    verify_fact, AuthorityId, ContextAccept, ContextGenesis, ContextId, ContextMember, Fact, FactBody, FactSig,
+    Journal, Namespace, SealedSecret, Sig64,
+};
+use crate::keys::DeviceId;
+use crate::metrics::DropReason;
+use crate::record::Record;
+use crate::time::Instant;
+use crate::wire::{self, Frame, Purpose};
+
+const CTX_JOIN_PSK: &str = "aura 2026-11 context join psk";
+const CTX_CONTEXT_PSK: &str = "aura 2026-11 context channel psk";
+const HPKE_INFO_CONTEXT: &[u8] = b"aura context secret v1";
+/// Rights each side grants the other authority when a context is created.
+const CONTEXT_RIGHTS: [&str; 3] = ["send", "sync", "member"];
+
+pub(super) fn join_psk(secret: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(CTX_JOIN_PSK, secret)
+}
+
+/// `PSK = KDF(context secret of the epoch, sorted device ids)`.
+pub(super) fn context_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8; 32] {
+    pair_key(CTX_CONTEXT_PSK, secret, a, b)
+}
+
+fn secret_aad(ctx: &ContextId, to: &DeviceId, epoch: u64) -> [u8; 72] {
+    let mut a = [0u8; 72];
+    a[..32].copy_from_slice(&ctx.0);
+    a[32..64].copy_from_slice(&to.0);
+    a[64..].copy_from_slice(&epoch.to_be_bytes());
+    a
+}
+
+/// Messages on a `ContextJoin` channel (inside `Frame::Proto`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum CtxMsg {
+    /// Joiner → inviter: its authority's genesis fact and a token its authority issues
+    /// to the inviter's.
+    Join {
+        /// Encoded genesis fact.
+        genesis: Vec<u8>,
+        /// Capability token.
+        token: Vec<u8>,
+    },
+    /// Inviter → joiner: its authority's genesis, the creation and sealed secrets, and its
+    /// token for the joiner's authority.
+    Created {
+        /// Encoded genesis fact of the inviter's authority.
+        genesis: Vec<u8>,
+        /// Encoded context facts (creation first).
+        facts: Vec<Vec<u8>>,
+        /// Capability token.
+        token: Vec<u8>,
+    },
+    /// Joiner → inviter: the joiner's acceptance, and its authority's token for the
+    /// inviter's authority (the one in `Join` could only name the inviter's device).
+    Accept {
+        /// Encoded acceptance fact.
+        fact: Vec<u8>,
+        /// Capability token.
+        token: Vec<u8>,
+    },
+    /// Inviter → joiner: the acceptance is durable; the join is over.
+    Done,
+}
+
+/// What follows a durable context record.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum CtxStep {
+    /// Inviter: the creation is durable; send `Created`.
+    Created,
+    /// Joiner: the acceptance is durable; send `Accept`.
+    Joined,
+    /// Inviter: the joiner's acceptance is durable; send `Done`.
+    Accepted,
+}
+
+/// A context this device is a member of.
+#[derive(Clone, Debug)]
+pub(super) struct CtxState {
+    pub view: ContextView,
+    /// Opened context secrets by epoch.
+    pub secrets: BTreeMap<u64, [u8; 32]>,
+    pub ready: bool,
+}
+
+/// A context invitation this device issued.
+#[derive(Debug)]
+pub(super) struct CtxInvite {
+    pub inv: Invitation,
+    pub redeemed_by: Option<DeviceId>,
+    /// The context created for it, and the token issued to the joiner's authority.
+    pub created: Option<(ContextId, Vec<u8>)>,
+    /// A creation is being persisted.
+    pub persisting: bool,
+}
+
+/// A context invitation this device is redeeming.
+#[derive(Debug)]
+pub(super) struct CtxJoin {
+    pub inv: Invitation,
+    /// The context it led to, once our acceptance is durable.
+    pub context: Option<ContextId>,
+    /// The token our authority issued to the inviter's (sent with the acceptance).
+    pub sent_token: Option<Vec<u8>>,
+    pub persisting: bool,
+    pub done: bool,
+    pub retry_at: Option<Instant>,
+    pub tries: u32,
+}
+
+impl Peer {
+    // ----- commands -----------------------------------------------------------------
+
+    /// `Command::CreateContextInvite`.
+    pub(super) fn create_context_invite(&mut self, valid_for: Duration, addr_hint: String) -> Result<(), CommandError> {
+        if addr_hint.len() > MAX_ADDR_HINT {
+            return Err(InviteError::AddrTooLong.into());
+        }
+        if valid_for.is_zero() {
+            return Err(CommandError::ZeroLifetime);
+        }
+        self.context_authority()?;
+        let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
+        let inv = Invitation {
+            version: CODE_VERSION,
+            inviter_noise: self.keys.cert.noise,
+            secret: self.rng.bytes32(),
+            expires_unix_ms: self.now.unix_ms.saturating_add(ms),
+            addr_hint,
+        };
+        self.persist(
+            Record::ContextInviteIssued(inv.clone()),
+            Pending::ShowContextInvite(inv),
+        );
+        Ok(())
+    }
+
+    /// `Command::JoinContext`.
+    pub(super) fn join_context(&mut self, code: &str) -> Result<(), CommandError> {
+        let inv = Invitation::from_code(code)?;
+        inv.check_expiry(self.now.unix_ms)?;
+        if inv.inviter_noise == self.keys.cert.noise {
+            return Err(InviteError::OwnCode.into());
+        }
+        self.context_authority()?;
+        let id = inv.id();
+        match self.ctx_joins.get(&id) {
+            Some(j) if j.done || j.context.is_some() => Err(InviteError::AlreadyUsed.into()),
+            Some(_) => {
+                self.start_context_join(id);
+                Ok(())
+            }
+            None => {
+                self.persist(Record::ContextJoinStarted(inv.clone()), Pending::StartContextJoin(inv));
+                Ok(())
+            }
+        }
+    }
+
+    /// This device's authority and its secret (needed to issue the capability a context
+    /// creation exchanges).
+    fn context_authority(&self) -> Result<(AuthorityView, [u8; 32]), CommandError> {
+        let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
+        let s = self.auth_secrets.get(&v.id).ok_or(CommandError::NotInAuthority)?;
+        Ok((v.clone(), *s))
+    }
+
+    /// `Command::ContextSend`: application bytes to a member device of another authority
+    /// in a ready context.
+    pub(super) fn context_send(
+        &mut self,
+        context: ContextId,
+        peer: DeviceId,
+        data: bytes::Bytes,
+    ) -> Result<(), CommandError> {
+        let st = self
+            .contexts
+            .get(&context)
+            .filter(|s| s.ready)
+            .ok_or(CommandError::UnknownContext(context))?;
+        let mine = self.my_authority().map(|v| v.id);
+        if st.view.authority_of(&peer).is_none() || st.view.authority_of(&peer) == mine {
+            return Err(CommandError::NotContextPeer { context, peer });
+        }
+        self.send_or_queue_in(context, peer, Queued::App(data))
+    }
+
+    // ----- the joiner ---------------------------------------------------------------
+
+    pub(super) fn start_context_join(&mut self, id: [u8; 32]) {
+        let Some(j) = self.ctx_joins.get_mut(&id) else { return };
+        if j.done || j.context.is_some() {
+            return;
+        }
+        if self
+            .channels
+            .values()
+            .any(|c| c.invite == Some(id) && c.purpose == Purpose::ContextJoin)
+        {
+            return;
+        }
+        j.tries = 0;
+        j.retry_at = None;
+        let (noise, psk, addr) = (j.inv.inviter_noise, join_psk(&j.inv.secret), j.inv.addr_hint.clone());
+        if self
+            .start_handshake(Purpose::ContextJoin, noise, psk, addr, None, Some(id), None)
+            .is_err()
+        {
+            self.event(Event::ContextJoinFailed {
+                invite: id,
+                reason: "too many channels".into(),
+            });
+        }
+    }
+
+    /// The join channel `idx` completed its handshake (joiner side): say who we are.
+    pub(super) fn context_join_up(&mut self, idx: u32) {
+        let Some(id) = self.channels.get(&idx).and_then(|c| c.invite) else {
+            return;
+        };
+        self.send_join(id, idx);
+    }
+
+    fn send_join(&mut self, id: [u8; 32], idx: u32) {
+        let Ok((auth, secret)) = self.context_authority() else {
+            return;
+        };
+        let Some(genesis) = self.genesis_fact(&auth.id) else {
+            return;
+        };
+        // The inviter's authority is not known yet: the token names the inviter's device;
+        // it is re-issued to the authority once `Created` reveals it.
+        let Some(peer) = self.channels.get(&idx).and_then(|c| c.peer) else {
+            return;
+        };
+        let kp = caps::root_keypair(&secret);
+        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
+        let Ok(token) = caps::issue(
+            &kp,
+            &auth.id,
+            &Subject::Device(peer),
+            &rights,
+            Some(self.cfg.context_flow_limit),
+            &mut self.rng,
+        ) else {
+            return;
+        };
+        self.send_ctx(
+            idx,
+            &CtxMsg::Join {
+                genesis: genesis.encode(),
+                token,
+            },
+        );
+        if let Some(j) = self.ctx_joins.get_mut(&id) {
+            j.retry_at = Some(self.now.mono.saturating_add(self.cfg.handshake_retry));
+            j.tries += 1;
+        }
+    }
+
+    fn send_ctx(&mut self, idx: u32, msg: &CtxMsg) {
+        let bytes = wire::encode(msg);
+        self.send_frame(idx, &Frame::Proto { data: &bytes });
+    }
+
+    fn genesis_fact(&self, id: &AuthorityId) -> Option<Fact> {
+        self.journal
+            .facts(&Namespace::Authority(*id))
+            .find(|f| matches!(f.body, FactBody::Genesis(_)))
+            .cloned()
+    }
+
+    /// Verifies an authority genesis offered by another device; returns its view.
+    fn foreign_genesis(&mut self, bytes: &[u8]) -> Option<(Fact, AuthorityView)> {
+        let f = match Fact::decode(bytes) {
+            Ok(f) => f,
+            Err(_) => {
+                self.metrics.drop(DropReason::BadFact);
+                return None;
+            }
+        };
+        let FactBody::Genesis(g) = &f.body else {
+            self.metrics.drop(DropReason::BadFact);
+            return None;
+        };
+        let ns = Namespace::Authority(g.authority_id());
+        if let Err(e) = verify_fact(&f, &ns, &self.views) {
+            self.fact_rejected(e);
+            return None;
+        }
+        let mut j = Journal::new();
+        j.insert(f.clone());
+        let v = AuthorityView::reduce(&j, g.authority_id())?;
+        Some((f, v))
+    }
+
+    fn on_created(&mut self, idx: u32, peer: DeviceId, genesis: &[u8], facts: &[Vec<u8>], token: &[u8]) {
+        let Some(invite) = self.channels.get(&idx).and_then(|c| c.invite) else {
+            return;
+        };
+        let Some(j) = self.ctx_joins.get(&invite) else { return };
+        if j.persisting || j.context.is_some() {
+            // Our acceptance is on its way or sent: answer again once it is durable.
+            if let Some(ctx) = j.context {
+                self.send_accept(idx, invite, ctx);
+            }
+            return;
+        }
+        let Ok((mine, secret)) = self.context_authority() else {
+            return;
+        };
+        let Some((gfact, theirs)) = self.foreign_genesis(genesis) else {
+            return;
+        };
+        let their_cert = self.channels.get(&idx).and_then(|c| c.remote_cert.clone());
+        if !theirs
+            .members
+            .get(&peer)
+            .is_some_and(|m| their_cert.as_ref().is_some_and(|c| c.same_keys(&m.cert)))
+        {
+            return self.refuse_ctx();
+        }
+        // The creation, self-certifying, naming exactly both authorities' members.
+        let Some(cfact) = facts.first().and_then(|b| Fact::decode(b).ok()) else {
+            return self.refuse_ctx();
+        };
+        let FactBody::ContextGenesis(cg) = &cfact.body else {
+            return self.refuse_ctx();
+        };
+        let ctx = cg.context_id();
+        let ns = Namespace::Context(ctx);
+        if let Err(e) = verify_fact(&cfact, &ns, &self.views) {
+            return self.fact_rejected(e);
+        }
+        if cfact.author != peer || *cg != expected_genesis(&mine, &theirs, cg.nonce) {
+            return self.refuse_ctx();
+        }
+        let mut j = Journal::new();
+        j.insert(cfact.clone());
+        let Some(view) = ContextView::reduce(&j, ctx) else {
+            return;
+        };
+        let mut all = vec![gfact, cfact.clone()];
+        for b in &facts[1..] {
+            let Ok(f) = Fact::decode(b) else {
+                return self.refuse_ctx();
+            };
+            if !matches!(f.body, FactBody::SealedSecret(_)) {
+                return self.refuse_ctx();
+            }
+            if let Err(e) = verify_fact(&f, &ns, &view) {
+                return self.fact_rejected(e);
+            }
+            all.push(f);
+        }
+        let me = self.keys.id;
+        let opened = all.iter().any(|f| match &f.body {
+            FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 => self.open_secret(&ctx, s).is_some(),
+            _ => false,
+        });
+        if !opened {
+            return self.refuse_ctx();
+        }
+        match caps::verify(token, &theirs.cap_root) {
+            Ok(s) if s.issuer == theirs.id && s.subject == Subject::Authority(mine.id) => {}
+            _ => return self.refuse_ctx(),
+        }
+        // Our acceptance, and our token for their authority (the one sent in `Join`
+        // named only their device).
+        let accept = self.device_fact(ns, FactBody::ContextAccept(ContextAccept { genesis: cfact.id() }), &all);
+        all.push(accept);
+        let kp = caps::root_keypair(&secret);
+        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
+        let Ok(my_token) = caps::issue(
+            &kp,
+            &mine.id,
+            &Subject::Authority(theirs.id),
+            &rights,
+            Some(self.cfg.context_flow_limit),
+            &mut self.rng,
+        ) else {
+            return;
+        };
+        self.ctx_joins.get_mut(&invite).expect("checked").persisting = true;
+        self.persist_context(
+            idx,
+            CtxStep::Joined,
+            invite,
+            peer,
+            ctx,
+            all,
+            vec![token.to_vec()],
+            Some(my_token),
+        );
+    }
+
+    fn send_accept(&mut self, idx: u32, invite: [u8; 32], ctx: ContextId) {
+        let Some(token) = self.ctx_joins.get(&invite).and_then(|j| j.sent_token.clone()) else {
+            return;
+        };
+        let me = self.keys.id;
+        let Some(f) = self
+            .journal
+            .facts(&Namespace::Context(ctx))
+            .find(|f| f.author == me && matches!(f.body, FactBody::ContextAccept(_)))
+            .cloned()
+        else {
+            return;
+        };
+        self.send_ctx(
+            idx,
+            &CtxMsg::Accept {
+                fact: f.encode(),
+                token,
+            },
+        );
+    }
+
+    /// The joiner's acceptance is durable.
+    pub(super) fn context_joined(&mut self, idx: u32, invite: [u8; 32], ctx: ContextId) {
+        if let Some(j) = self.ctx_joins.get_mut(&invite) {
+            j.tries = 1;
+            j.retry_at = Some(self.now.mono.saturating_add(self.cfg.handshake_retry));
+        }
+        if self.channels.contains_key(&idx) {
+            self.send_accept(idx, invite, ctx);
+        }
+    }
+
+    // ----- the inviter --------------------------------------------------------------
+
+    fn on_join(&mut self, idx: u32, peer: DeviceId, genesis: &[u8], token: &[u8]) {
+        let Some(invite) = self.channels.get(&idx).and_then(|c| c.invite) else {
+            return;
+        };
+        let Some(issued) = self.ctx_invites.get(&invite) else {
+            return;
+        };
+        if issued.persisting {
+            return;
+        }
+        if let Some((ctx, my_token)) = issued.created.clone() {
+            // Created before (our answer was lost, or we restarted): answer again.
+            if issued.redeemed_by == Some(peer) {
+                self.send_created(idx, ctx, my_token);
+            }
+            return;
+        }
+        let Ok((mine, secret)) = self.context_authority() else {
+            return;
+        };
+        let Some((gfact, theirs)) = self.foreign_genesis(genesis) else {
+            return;
+        };
+        let their_cert = self.channels.get(&idx).and_then(|c| c.remote_cert.clone());
+        if theirs.id == mine.id
+            || !theirs
+                .members
+                .get(&peer)
+                .is_some_and(|m| their_cert.as_ref().is_some_and(|c| c.same_keys(&m.cert)))
+        {
+            return self.refuse_ctx();
+        }
+        match caps::verify(token, &theirs.cap_root) {
+            Ok(s) if s.issuer == theirs.id && s.subject == Subject::Device(self.keys.id) => {}
+            _ => return self.refuse_ctx(),
+        }
+        // The creation, and the epoch-0 secret sealed to every member.
+        let g = expected_genesis(&mine, &theirs, self.rng.bytes32());
+        let ctx = g.context_id();
+        let ns = Namespace::Context(ctx);
+        let cfact = self.device_fact(ns, FactBody::ContextGenesis(g.clone()), &[]);
+        let secret0 = self.rng.bytes32();
+        let mut facts = vec![gfact, cfact];
+        for m in &g.members {
+            let to = m.cert.id();
+            let Some((enc, ciphertext)) = hpke_seal(
+                &mut self.rng,
+                &m.cert.hpke,
+                &secret_aad(&ctx, &to, 0),
+                HPKE_INFO_CONTEXT,
+                &secret0,
+            ) else {
+                continue;
+            };
+            let body = FactBody::SealedSecret(SealedSecret {
+                to,
+                epoch: 0,
+                enc,
+                ciphertext,
+            });
+            let f = self.device_fact(ns, body, &facts);
+            facts.push(f);
+        }
+        let kp = caps::root_keypair(&secret);
+        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
+        let Ok(my_token) = caps::issue(
+            &kp,
+            &mine.id,
+            &Subject::Authority(theirs.id),
+            &rights,
+            Some(self.cfg.context_flow_limit),
+            &mut self.rng,
+        ) else {
+            return;
+        };
+        let issued = self.ctx_invites.get_mut(&invite).expect("checked");
+        issued.persisting = true;
+        issued.redeemed_by = Some(peer);
+        self.persist_context(
+            idx,
+            CtxStep::Created,
+            invite,
+            peer,
+            ctx,
+            facts,
+            vec![token.to_vec()],
+            Some(my_token),
+        );
+    }
+
+    /// Persists a context record; `step` says what follows once it is durable.
+    #[allow(clippy::too_many_arguments)]
+    fn persist_context(
+        &mut self,
+        idx: u32,
+        step: CtxStep,
+        invite: [u8; 32],
+        peer: DeviceId,
+        context: ContextId,
+        facts: Vec<Fact>,
+        tokens: Vec<Vec<u8>>,
+        sent_token: Option<Vec<u8>>,
+    ) {
+        let addr = self.channels.get(&idx).map(|c| c.addr.clone()).unwrap_or_default();
+        let record = Record::Context {
+            invite,
+            peer,
+            addr,
+            context,
+            facts,
+            tokens,
+            sent_token,
+        };
+        self.persist(
+            record.clone(),
+            Pending::Context {
+                idx,
+                step,
+                record: Box::new(record),
+            },
+        );
+    }
+
+    /// A context record is durable: apply it, then take the next step.
+    pub(super) fn context_durable(&mut self, idx: u32, step: CtxStep, record: Record) {
+        let Record::Context {
+            invite,
+            peer,
+            addr,
+            context,
+            facts,
+            tokens,
+            sent_token,
+        } = record
+        else {
+            return;
+        };
+        self.apply_context_record(invite, (peer, addr), context, facts, tokens, sent_token);
+        match step {
+            CtxStep::Created => self.context_created(idx, invite),
+            CtxStep::Joined => self.context_joined(idx, invite, context),
+            CtxStep::Accepted => self.context_accepted(idx),
+        }
+    }
+
+    /// The inviter's creation is durable: tell the joiner.
+    pub(super) fn context_created(&mut self, idx: u32, invite: [u8; 32]) {
+        let Some((ctx, token)) = self.ctx_invites.get(&invite).and_then(|i| i.created.clone()) else {
+            return;
+        };
+        if self.channels.contains_key(&idx) {
+            self.send_created(idx, ctx, token);
+        }
+    }
+
+    /// A durable `Record::Context` (after its write, and on restore): facts, tokens and
+    /// the invitation's progress.
+    pub(super) fn apply_context_record(
+        &mut self,
+        invite: [u8; 32],
+        (peer, addr): (DeviceId, String),
+        ctx: ContextId,
+        facts: Vec<Fact>,
+        tokens: Vec<Vec<u8>>,
+        sent_token: Option<Vec<u8>>,
+    ) {
+        if !addr.is_empty() {
+            self.ctx_addrs.insert(peer, addr);
+        }
+        for f in facts {
+            self.apply_fact(f);
+        }
+        for t in tokens.into_iter().chain(sent_token.clone()) {
+            if !self.tokens.contains(&t) {
+                self.tokens.push(t);
+            }
+        }
+        if let Some(i) = self.ctx_invites.get_mut(&invite) {
+            i.persisting = false;
+            i.redeemed_by = Some(peer);
+            if let Some(t) = sent_token.clone() {
+                i.created = Some((ctx, t));
+            }
+        }
+        if let Some(j) = self.ctx_joins.get_mut(&invite) {
+            j.persisting = false;
+            j.context = Some(ctx);
+            j.sent_token = sent_token.or(j.sent_token.take());
+        }
+        self.refresh_context(ctx);
+    }
+
+    fn send_created(&mut self, idx: u32, ctx: ContextId, token: Vec<u8>) {
+        let Some(mine) = self.my_authority().map(|v| v.id) else {
+            return;
+        };
+        let Some(genesis) = self.genesis_fact(&mine) else {
+            return;
+        };
+        let me = self.keys.id;
+        let ns = Namespace::Context(ctx);
+        let mut facts: Vec<Vec<u8>> = Vec::new();
+        if let Some(g) = self
+            .journal
+            .facts(&ns)
+            .find(|f| matches!(f.body, FactBody::ContextGenesis(_)))
+        {
+            facts.push(g.encode());
+        }
+        facts.extend(
+            self.journal
+                .facts(&ns)
+                .filter(|f| f.author == me && matches!(&f.body, FactBody::SealedSecret(s) if s.epoch == 0))
+                .map(|f| f.encode()),
+        );
+        self.send_ctx(
+            idx,
+            &CtxMsg::Created {
+                genesis: genesis.encode(),
+                facts,
+                token,
+            },
+        );
+    }
+
+    fn on_accept(&mut self, idx: u32, peer: DeviceId, fact: &[u8], token: &[u8]) {
+        let Some(invite) = self.channels.get(&idx).and_then(|c| c.invite) else {
+            return;
+        };
+        let Some((ctx, _)) = self.ctx_invites.get(&invite).and_then(|i| i.created.clone()) else {
+            return;
+        };
+        let Ok(f) = Fact::decode(fact) else {
+            return self.refuse_ctx();
+        };
+        if f.author != peer || !matches!(f.body, FactBody::ContextAccept(_)) {
+            return self.refuse_ctx();
+        }
+        if self.journal.contains(&f) {
+            self.send_ctx(idx, &CtxMsg::Done);
+            return;
+        }
+        let Some(view) = self.contexts.get(&ctx).map(|s| s.view.clone()) else {
+            return;
+        };
+        if let Err(e) = verify_fact(&f, &Namespace::Context(ctx), &view) {
+            return self.fact_rejected(e);
+        }
+        let Some(their) = view.authority_of(&peer).and_then(|a| self.views.0.get(&a)) else {
+            return;
+        };
+        let mine = self.my_authority().map(|v| v.id);
+        match caps::verify(token, &their.cap_root) {
+            Ok(s) if s.issuer == their.id && Some(s.subject) == mine.map(Subject::Authority) => {}
+            _ => return self.refuse_ctx(),
+        }
+        self.persist_context(
+            idx,
+            CtxStep::Accepted,
+            invite,
+            peer,
+            ctx,
+            vec![f],
+            vec![token.to_vec()],
+            None,
+        );
+    }
+
+    pub(super) fn context_accepted(&mut self, idx: u32) {
+        if self.channels.contains_key(&idx) {
+            self.send_ctx(idx, &CtxMsg::Done);
+        }
+    }
+
+    // ----- both ---------------------------------------------------------------------
+
+    /// A `Frame::Proto` on a `ContextJoin` channel.
+    pub(super) fn on_ctx_msg(&mut self, idx: u32, peer: DeviceId, data: &[u8]) {
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let msg: Result<CtxMsg, _> = wire::strict_decode(data, &mut scratch);
+        self.scratch = scratch;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => return self.count_decode(e),
+        };
+        let role = self.channels.get(&idx).map(|c| c.role);
+        let inviter = role == Some(crate::channel::Role::Responder);
+        match msg {
+            CtxMsg::Join { genesis, token } if inviter => self.on_join(idx, peer, &genesis, &token),
+            CtxMsg::Accept { fact, token } if inviter => self.on_accept(idx, peer, &fact, &token),
+            CtxMsg::Created { genesis, facts, token } if !inviter => {
+                self.on_created(idx, peer, &genesis, &facts, &token)
+            }
+            CtxMsg::Done if !inviter => {
+                let Some(invite) = self.channels.get(&idx).and_then(|c| c.invite) else {
+                    return;
+                };
+                if let Some(j) = self.ctx_joins.get_mut(&invite) {
+                    if j.context.is_some() {
+                        j.done = true;
+                        j.retry_at = None;
+                        self.send_frame(idx, &Frame::Close);
+                        self.remove_channel(idx, None);
+                    }
+                }
+            }
+            _ => self.refuse_ctx(),
+        }
+    }
+
+    fn refuse_ctx(&mut self) {
+        self.metrics.drop(DropReason::UnexpectedFrame);
+    }
+
+    /// A device-signed fact by this device in `ns`, with a Lamport clock past the
+    /// journal's and `batch`'s.
+    fn device_fact(&mut self, ns: Namespace, body: FactBody, batch: &[Fact]) -> Fact {
+        let lamport = batch
+            .iter()
+            .filter(|f| f.namespace == ns)
+            .map(|f| f.lamport + 1)
+            .max()
+            .unwrap_or(0)
+            .max(self.journal.next_lamport(&ns));
+        let msg = Fact::signing_bytes(&ns, lamport, &self.keys.id, &body);
+        let sig = self.keys.sign(&mut self.rng, &msg);
+        Fact {
+            namespace: ns,
+            lamport,
+            author: self.keys.id,
+            body,
+            sig: FactSig::Device(Sig64(sig)),
+        }
+    }
+
+    fn open_secret(&self, ctx: &ContextId, s: &SealedSecret) -> Option<[u8; 32]> {
+        let me = self.keys.id;
+        hpke_open(
+            self.keys.hpke_private(),
+            &s.enc,
+            &secret_aad(ctx, &me, s.epoch),
+            HPKE_INFO_CONTEXT,
+            &s.ciphertext,
+        )
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+    }
+
+    /// Re-reduces context `id` from the journal and decides whether it is ready here.
+    pub(super) fn refresh_context(&mut self, id: ContextId) {
+        let Some(view) = ContextView::reduce(&self.journal, id) else {
+            return;
+        };
+        let me = self.keys.id;
+        if !view.members.contains_key(&me) {
+            return;
+        }
+        // Every member must really belong to the authority it claims, as that
+        // authority's own journal says (a context cannot vouch for that itself).
+        let trusted = view.authorities.iter().all(|a| self.views.0.contains_key(a))
+            && view.members.iter().all(|(d, m)| {
+                self.views
+                    .0
+                    .get(&m.authority)
+                    .and_then(|a| a.members.get(d))
+                    .is_some_and(|am| am.cert.same_keys(&m.cert))
+            });
+        let mut secrets = self.contexts.get(&id).map(|s| s.secrets.clone()).unwrap_or_default();
+        let was_ready = self.contexts.get(&id).is_some_and(|s| s.ready);
+        let old_epoch = self.contexts.get(&id).map(|s| s.view.epoch);
+        let sealed: Vec<SealedSecret> = self
+            .journal
+            .facts(&Namespace::Context(id))
+            .filter_map(|f| match &f.body {
+                FactBody::SealedSecret(s) if s.to == me && view.members.contains_key(&f.author) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        for s in sealed {
+            if let std::collections::btree_map::Entry::Vacant(e) = secrets.entry(s.epoch) {
+                if let Some(k) = self.open_secret(&id, &s) {
+                    e.insert(k);
+                }
+            }
+        }
+        let ready = trusted && view.established() && secrets.contains_key(&view.epoch);
+        let epoch = view.epoch;
+        let other = view
+            .authorities
+            .iter()
+            .copied()
+            .find(|a| Some(*a) != self.my_authority().map(|v| v.id));
+        self.contexts.insert(id, CtxState { view, secrets, ready });
+        if old_epoch.is_some_and(|e| e < epoch) {
+            // A new epoch: channels keyed by the old secret go (no goodbye: a frame of the
+            // old epoch would no longer pass the guard).
+            let stale: Vec<u32> = self
+                .channels
+                .iter()
+                .filter(|(_, c)| c.scope == id && c.epoch < epoch)
+                .map(|(i, _)| *i)
+                .collect();
+            for i in stale {
+                self.remove_channel(i, None);
+            }
+        }
+        if ready && !was_ready && !self.restoring {
+            self.event(Event::ContextReady {
+                context: id,
+                with: other.unwrap_or(AuthorityId([0; 32])),
+                epoch,
+            });
+        }
+        if !self.restoring {
+            self.refresh_guard();
+        }
+    }
+
+    /// Every context naming `authority` (its view just changed).
+    pub(super) fn refresh_contexts_of(&mut self, authority: AuthorityId) {
+        let ids: Vec<ContextId> = self
+            .journal
+            .namespaces()
+            .filter_map(|n| match n {
+                Namespace::Context(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        for c in ids {
+            let names = self
+                .contexts
+                .get(&c)
+                .is_none_or(|s| s.view.authorities.contains(&authority));
+            if names {
+                self.refresh_context(c);
+            }
+        }
+    }
+
+    /// Grants, context states and leakage limits of ready contexts, for the guard.
+    pub(super) fn refresh_context_grants(&mut self) {
+        self.guard.grants.retain(|(c, _), _| *c == ContextId::OWN);
+        self.guard.contexts.retain(|c, _| *c == ContextId::OWN);
+        let mine = self.my_authority().map(|v| v.id);
+        let me = self.keys.id;
+        let mut by_issuer: BTreeMap<AuthorityId, Option<Grant>> = BTreeMap::new();
+        type Peers = Vec<(DeviceId, AuthorityId)>;
+        let ready: Vec<(ContextId, u64, Peers)> = self
+            .contexts
+            .iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(id, s)| {
+                let peers = s
+                    .view
+                    .members
+                    .iter()
+                    .filter(|(_, m)| Some(m.authority) != mine)
+                    .map(|(d, m)| (*d, m.authority))
+                    .collect();
+                (*id, s.view.epoch, peers)
+            })
+            .collect();
+        for (ctx, epoch, peers) in ready {
+            self.guard.contexts.insert(ctx, ContextState { epoch, writable: true });
+            for o in Observer::ALL {
+                self.guard.leakage.entry((ctx, o, epoch)).or_insert(Leak {
+                    limit: self.cfg.leakage_limit,
+                    spent: 0,
+                });
+            }
+            for (d, a) in peers {
+                let g = by_issuer
+                    .entry(a)
+                    .or_insert_with(|| {
+                        grant_from(
+                            &self.tokens,
+                            self.views.0.get(&a),
+                            mine,
+                            me,
+                            self.cfg.context_flow_limit,
+                        )
+                    })
+                    .clone();
+                if let Some(g) = g {
+                    self.guard.grants.insert((ctx, d), g);
+                }
+            }
+        }
+    }
+
+    /// Opens a channel to `peer` in context `ctx` (its current epoch).
+    pub(super) fn start_context_link(&mut self, ctx: ContextId, peer: DeviceId) -> Result<(), CommandError> {
+        let st = self
+            .contexts
+            .get(&ctx)
+            .filter(|s| s.ready)
+            .ok_or(CommandError::UnknownContext(ctx))?;
+        let m = st
+            .view
+            .members
+            .get(&peer)
+            .ok_or(CommandError::NotContextPeer { context: ctx, peer })?;
+        let epoch = st.view.epoch;
+        let secret = st.secrets[&epoch];
+        let psk = context_psk(&secret, &self.keys.id, &peer);
+        let noise = m.cert.noise;
+        let addr = self.ctx_addrs.get(&peer).cloned().unwrap_or_else(|| m.addr.clone());
+        self.start_handshake(Purpose::Context, noise, psk, addr, Some(peer), None, Some((ctx, epoch)))
+    }
+
+    /// Who the initiator of a context handshake is, and its PSK, if it may open one.
+    pub(super) fn context_responder(
+        &mut self,
+        ctx: ContextId,
+        epoch: u64,
+        remote_static: &[u8; 32],
+        cert: &crate::keys::DeviceCert,
+    ) -> Option<(DeviceId, [u8; 32])> {
+        let mine = self.my_authority().map(|v| v.id);
+        let found = self
+            .contexts
+            .get(&ctx)
+            .filter(|s| s.ready && s.view.epoch == epoch)
+            .and_then(|s| {
+                s.view
+                    .members
+                    .iter()
+                    .find(|(_, m)| {
+                        m.cert.noise == *remote_static && Some(m.authority) != mine && m.cert.same_keys(cert)
+                    })
+                    .map(|(d, _)| (*d, s.secrets[&epoch]))
+            });
+        let Some((id, secret)) = found else {
+            self.metrics.drop(DropReason::WrongContext);
+            return None;
+        };
+        if let Err(d) = self.upkeep_allowed(ctx, id, epoch) {
+            self.deny_upkeep(ctx, id, d);
+            return None;
+        }
+        Some((id, context_psk(&secret, &self.keys.id, &id)))
+    }
+
+    /// The PSK a context channel initiator uses again after a failed answer.
+    pub(super) fn context_psk_for(&self, ctx: ContextId, epoch: u64, peer: &DeviceId) -> Option<[u8; 32]> {
+        let s = self.contexts.get(&ctx)?.secrets.get(&epoch)?;
+        Some(context_psk(s, &self.keys.id, peer))
+    }
+
+    // ----- timers -------------------------------------------------------------------
+
+    pub(super) fn ctx_deadline(&self) -> Option<Instant> {
+        self.ctx_joins.values().filter_map(|j| j.retry_at).min()
+    }
+
+    pub(super) fn ctx_timeout(&mut self) {
+        let now = self.now.mono;
+        let due: Vec<[u8; 32]> = self
+            .ctx_joins
+            .iter()
+            .filter(|(_, j)| j.retry_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let tries = self.ctx_joins[&id].tries;
+            let idx = self
+                .channels
+                .iter()
+                .find(|(_, c)| {
+                    c.invite == Some(id) && c.purpose == Purpose::ContextJoin && matches!(c.phase, Phase::Established)
+                })
+                .map(|(i, _)| *i);
+            if tries >= self.cfg.handshake_tries {
+                let j = self.ctx_joins.get_mut(&id).expect("listed");
+                j.retry_at = None;
+                if let Some(i) = idx {
+                    self.remove_channel(i, None);
+                }
+                self.event(Event::ContextJoinFailed {
+                    invite: id,
+                    reason: "the inviter stopped answering".into(),
+                });
+                continue;
+            }
+            let j = self.ctx_joins.get_mut(&id).expect("listed");
+            j.retry_at = Some(now.saturating_add(crate::channel::backoff(self.cfg.handshake_retry, tries)));
+            j.tries += 1;
+            let ctx = j.context;
+            match (idx, ctx) {
+                (Some(i), Some(c)) => self.send_accept(i, id, c),
+                (Some(i), None) => {
+                    if !self.ctx_joins[&id].persisting {
+                        let t = self.ctx_joins[&id].tries;
+                        self.send_join(id, i);
+                        if let Some(j) = self.ctx_joins.get_mut(&id) {
+                            j.tries = t;
+                        }
+                    }
+                }
+                (None, _) => {}
+            }
+        }
+    }
+}
+
+/// The creation both sides expect: the two authorities, every member device of each
+/// (with the authority it belongs to), and `nonce`.
+fn expected_genesis(a: &AuthorityView, b: &AuthorityView, nonce: [u8; 32]) -> ContextGenesis {
+    let mut authorities = vec![a.id, b.id];
+    authorities.sort();
+    let mut members: Vec<ContextMember> = a
+        .members
+        .values()
+        .map(|m| (a.id, m))
+        .chain(b.members.values().map(|m| (b.id, m)))
+        .map(|(authority, m)| ContextMember {
+            authority,
+            cert: m.cert.clone(),
+            addr: m.addr.clone(),
+        })
+        .collect();
+    members.sort_by_key(|m| m.cert.id());
+    members.dedup_by_key(|m| m.cert.id());
+    ContextGenesis {
+        authorities,
+        members,
+        nonce,
+    }
+}
+
+/// The grant a member of `issuer` gives this device: rights and flow limit from every
+/// token rooted at `issuer` that names this device or its authority.
+fn grant_from(
+    tokens: &[Vec<u8>],
+    issuer: Option<&AuthorityView>,
+    mine: Option<AuthorityId>,
+    me: DeviceId,
+    default_limit: u64,
+) -> Option<Grant> {
+    let v = issuer?;
+    let mut g: Option<Grant> = None;
+    for t in tokens {
+        let Ok(s) = caps::verify(t, &v.cap_root) else { continue };
+        let names_us = match s.subject {
+            Subject::Authority(a) => Some(a) == mine,
+            Subject::Device(d) => d == me,
+        };
+        if s.issuer != v.id || !names_us {
+            continue;
+        }
+        let e = g.get_or_insert_with(Grant::default);
+        e.rights.extend(s.rights.iter().cloned());
+        e.flow_limit = e.flow_limit.max(s.budget.unwrap_or(default_limit));
+    }
+    g
+}

@@ -1,0 +1,351 @@
+//! Relational contexts between running peers: creation from an invitation, context
+//! channels, isolation, and the guard chain on every send (budgets, reservations,
+//! leakage, denials that leave no packet).
+
+mod common;
+
+use std::time::Duration;
+
+use aura_proto::guard::{Denial, EgressKind, MsgKind, Observer};
+use aura_proto::journal::ContextId;
+use aura_proto::wire::{self, Packet};
+use aura_proto::*;
+use bytes::Bytes;
+use common::*;
+
+/// Devices 0+1 form authority A, devices 2+3 authority B (2-of-2 each).
+fn two_authorities(cfgs: Vec<Config>) -> Net {
+    let mut net = Net::new(4, cfgs);
+    net.pair(0, 1);
+    net.pair(2, 3);
+    for (c, other) in [(0, 1), (2, 3)] {
+        let d = net.id(other);
+        net.cmd(
+            c,
+            Command::CreateAuthority {
+                devices: vec![d],
+                threshold: 2,
+            },
+        )
+        .unwrap();
+    }
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    for i in 0..4 {
+        assert!(net.nodes[i].peer.authority().is_some(), "device {i} has no authority");
+    }
+    net
+}
+
+fn ready(n: &Node) -> Vec<ContextId> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ContextReady { context, .. } => Some(*context),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Device `inviter` invites, device `joiner` joins; returns the new context.
+fn make_context(net: &mut Net, inviter: usize, joiner: usize) -> ContextId {
+    let before = ready(&net.nodes[inviter]).len();
+    let addr = net.nodes[inviter].addr.clone();
+    net.cmd(
+        inviter,
+        Command::CreateContextInvite {
+            valid_for: Duration::from_secs(600),
+            addr_hint: addr,
+        },
+    )
+    .unwrap();
+    let code = net.nodes[inviter]
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::ContextInviteCreated { code, .. } => Some(code.clone()),
+            _ => None,
+        })
+        .expect("context invitation shown");
+    net.cmd(joiner, Command::JoinContext { code }).unwrap();
+    net.run();
+    let a = ready(&net.nodes[inviter]);
+    let b = ready(&net.nodes[joiner]);
+    assert_eq!(a.len(), before + 1, "inviter: {:?}", net.nodes[inviter].events);
+    assert_eq!(b.last(), a.last(), "both sides name the same context");
+    *a.last().unwrap()
+}
+
+fn context_received(n: &Node, ctx: ContextId) -> Vec<Bytes> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ContextReceived { context, data, .. } if *context == ctx => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn denials(n: &Node) -> Vec<Denial> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SendDenied { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(net: &mut Net, from: usize, to: usize, ctx: ContextId, data: &'static [u8]) {
+    let peer = net.id(to);
+    net.cmd(
+        from,
+        Command::ContextSend {
+            context: ctx,
+            peer,
+            data: Bytes::from_static(data),
+        },
+    )
+    .unwrap();
+    net.run();
+}
+
+#[test]
+fn two_authorities_create_a_context_and_talk_in_it() {
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    let (a, b) = (
+        net.nodes[0].peer.authority().unwrap().id,
+        net.nodes[2].peer.authority().unwrap().id,
+    );
+    // Each side names the other authority.
+    assert!(net.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ContextReady { context, with, epoch: 0 } if *context == ctx && *with == b)));
+    assert!(net.nodes[2]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ContextReady { context, with, .. } if *context == ctx && *with == a)));
+
+    send(&mut net, 0, 2, ctx, b"hello from A");
+    send(&mut net, 2, 0, ctx, b"hello from B");
+    assert_eq!(
+        context_received(&net.nodes[2], ctx),
+        vec![Bytes::from_static(b"hello from A")]
+    );
+    assert_eq!(
+        context_received(&net.nodes[0], ctx),
+        vec![Bytes::from_static(b"hello from B")]
+    );
+    // Nothing of it surfaced as traffic between one's own devices.
+    assert!(received(&net.nodes[2]).is_empty());
+
+    // The application frame left charged, after a durable reservation, and is in the
+    // egress ledger under the context.
+    let app: Vec<_> = net.nodes[0]
+        .egress
+        .iter()
+        .filter(|e| e.kind == EgressKind::Frame(MsgKind::App))
+        .collect();
+    assert_eq!(app.len(), 1);
+    assert_eq!((app[0].context, app[0].cost, app[0].spent), (ctx, 1, 1));
+    assert_eq!(app[0].leakage, [1, 1, 1]);
+    assert!(net.nodes[0].records.iter().any(|r| matches!(
+        r,
+        Record::Reserve { context, peer, up_to, .. } if *context == ctx && *peer == net.id(2) && *up_to >= 1
+    )));
+    // Context channels show their context in status.
+    assert!(net.nodes[0]
+        .peer
+        .channels()
+        .iter()
+        .any(|c| c.context == ctx && c.peer == Some(net.id(2))));
+
+    // A device that is not in the context's other authority cannot be addressed.
+    let own = net.id(1);
+    assert_eq!(
+        net.cmd(
+            0,
+            Command::ContextSend {
+                context: ctx,
+                peer: own,
+                data: Bytes::from_static(b"x"),
+            },
+        ),
+        Err(CommandError::NotContextPeer {
+            context: ctx,
+            peer: own
+        })
+    );
+}
+
+#[test]
+fn a_message_of_one_context_is_never_accepted_in_another() {
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let c1 = make_context(&mut net, 0, 2);
+    let c2 = make_context(&mut net, 0, 2);
+    assert_ne!(c1, c2);
+    send(&mut net, 0, 2, c1, b"in one");
+    send(&mut net, 0, 2, c2, b"in two");
+    assert_eq!(context_received(&net.nodes[2], c1), vec![Bytes::from_static(b"in one")]);
+    assert_eq!(context_received(&net.nodes[2], c2), vec![Bytes::from_static(b"in two")]);
+
+    // The last two data packets node 0 sent: one per context channel.
+    let data: Vec<(u32, u64, Vec<u8>)> = net
+        .sent
+        .iter()
+        .filter(|(from, _)| *from == 0)
+        .filter_map(|(_, b)| match wire::decode_packet(b, &mut Vec::new()) {
+            Ok(Packet::Data {
+                receiver,
+                nonce,
+                ciphertext,
+            }) => Some((receiver, nonce, ciphertext.to_vec())),
+            _ => None,
+        })
+        .collect();
+    let (r1, _, ct1) = data
+        .iter()
+        .rev()
+        .find(|d| d.0 != data.last().unwrap().0)
+        .unwrap()
+        .clone();
+    let (r2, _, _) = data.last().unwrap().clone();
+    assert_ne!(r1, r2);
+    // Context 1's frame addressed to context 2's channel (fresh nonce): refused.
+    let forged = wire::encode_packet(&Packet::Data {
+        receiver: r2,
+        nonce: 1 << 20,
+        ciphertext: &ct1,
+    });
+    assert_eq!(net.inject(2, forged), DropReason::Unauthenticated);
+    assert_eq!(context_received(&net.nodes[2], c2).len(), 1);
+    let _ = r1;
+}
+
+#[test]
+fn an_exhausted_budget_denies_without_a_packet() {
+    // B grants A 6 units per epoch; a small message costs 1.
+    let tight = Config {
+        context_flow_limit: 6,
+        ..Config::default()
+    };
+    let mut net = two_authorities(vec![Config::default(), Config::default(), tight.clone(), tight]);
+    let ctx = make_context(&mut net, 0, 2);
+    for _ in 0..6 {
+        send(&mut net, 0, 2, ctx, b"m");
+    }
+    assert_eq!(context_received(&net.nodes[2], ctx).len(), 6);
+    let sent_before = net.sent.len();
+    let egress_before = net.nodes[0].egress.len();
+    send(&mut net, 0, 2, ctx, b"one too many");
+    assert_eq!(net.sent.len(), sent_before, "a denied send emits no packet");
+    assert_eq!(net.nodes[0].egress.len(), egress_before);
+    assert_eq!(denials(&net.nodes[0]), vec![Denial::BudgetExhausted]);
+    assert_eq!(net.nodes[0].peer.metrics().denied.get("budget-exhausted"), Some(&1));
+    assert_eq!(context_received(&net.nodes[2], ctx).len(), 6);
+    // The other direction has its own budget (A granted B the default).
+    send(&mut net, 2, 0, ctx, b"still fine");
+    assert_eq!(context_received(&net.nodes[0], ctx).len(), 1);
+    // Reservations never ran past the limit.
+    assert!(net.nodes[0]
+        .records
+        .iter()
+        .all(|r| !matches!(r, Record::Reserve { up_to, .. } if *up_to > 6)));
+}
+
+#[test]
+fn a_crash_wastes_reserved_budget_but_never_spends_it_twice() {
+    let b = Config {
+        context_flow_limit: 100,
+        ..Config::default()
+    };
+    let mut net = two_authorities(vec![Config::default(), Config::default(), b.clone(), b]);
+    let ctx = make_context(&mut net, 0, 2);
+    for _ in 0..3 {
+        send(&mut net, 0, 2, ctx, b"before");
+    }
+    // One reservation covers the three sends: 1 + 64 ahead.
+    let reserves: Vec<u64> = net.nodes[0]
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Reserve { up_to, .. } => Some(*up_to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reserves, vec![65]);
+
+    // Crash: on restore the whole reservation counts as spent.
+    let egress_before = net.nodes[0].egress.len();
+    let n = &mut net.nodes[0];
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [77; 32], now(net.now_ns));
+    net.drain(0);
+    for _ in 0..40 {
+        send(&mut net, 0, 2, ctx, b"after");
+    }
+    let delivered = context_received(&net.nodes[2], ctx).len();
+    assert_eq!(delivered, 3 + 35, "65 spent before the crash, 35 left of 100");
+    assert_eq!(denials(&net.nodes[0]).len(), 5);
+    let spent: u64 = net.nodes[0].egress[egress_before..].iter().map(|e| e.cost).sum();
+    assert_eq!(spent, 35, "this incarnation charged only what was left");
+}
+
+#[test]
+fn an_exhausted_leakage_budget_denies_without_a_packet() {
+    // Channel upkeep and two data frames fit; more do not.
+    let a = Config {
+        leakage_limit: 4,
+        ..Config::default()
+    };
+    let mut net = two_authorities(vec![a, Config::default(), Config::default(), Config::default()]);
+    let ctx = make_context(&mut net, 0, 2);
+    send(&mut net, 0, 2, ctx, b"1");
+    send(&mut net, 0, 2, ctx, b"2");
+    let external: u64 = net.nodes[0]
+        .egress
+        .iter()
+        .filter(|e| e.context == ctx)
+        .map(|e| e.leakage[Observer::External as usize])
+        .sum();
+    let sent_before = net.sent.len();
+    for _ in 0..4 {
+        send(&mut net, 0, 2, ctx, b"more");
+    }
+    let extra = net.sent.len() - sent_before;
+    let after: u64 = net.nodes[0]
+        .egress
+        .iter()
+        .filter(|e| e.context == ctx)
+        .map(|e| e.leakage[Observer::External as usize])
+        .sum();
+    assert!(after <= 4, "external leakage {after} passed its limit");
+    assert_eq!(extra as u64, after - external);
+    assert!(denials(&net.nodes[0]).contains(&Denial::LeakageExhausted(Observer::External)));
+}
+
+#[test]
+fn a_context_survives_restart_and_sends_resume() {
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    for i in [0, 2] {
+        let n = &mut net.nodes[i];
+        let d = Durable {
+            secret: n.secret.clone(),
+            records: n.records.clone(),
+        };
+        n.peer = Peer::restore(Config::default(), d, [50 + i as u8; 32], now(net.now_ns));
+        net.drain(i);
+    }
+    send(&mut net, 2, 0, ctx, b"after restart");
+    assert_eq!(
+        context_received(&net.nodes[0], ctx),
+        vec![Bytes::from_static(b"after restart")]
+    );
+}
