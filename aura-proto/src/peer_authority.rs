@@ -1366,6 +1366,9 @@ impl Peer {
                     self.by_noise.insert(p.cert.noise, p.id);
                     self.peers.insert(p.id, p);
                 }
+                if !self.restoring {
+                    self.refresh_guard();
+                }
             }
         }
     }

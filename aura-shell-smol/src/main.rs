@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aura_proto::{Command, Config, Event, Input};
+use aura_shell_smol::audit;
 use aura_shell_smol::control::{AuthorityInfo, Request, Status};
 use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
@@ -111,6 +112,18 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the egress audit ledger: every datagram that left this device, with time,
+    /// peer, address, context, size bucket, flow cost and leakage charged (never content).
+    ///
+    /// Reads DIR/audit.log directly, so it works whether or not the peer is running.
+    Audit {
+        /// Only datagrams sent within this long before now (e.g. 10m, 2h, 1d).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -409,6 +422,53 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Audit { since, json } => {
+            if !dir.join("device.key").exists() {
+                return Err(StoreError::NotInitialized(dir.display().to_string()).into());
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let from = since.map_or(0, |d| now_ms.saturating_sub(d.as_millis() as u64));
+            let (entries, torn) =
+                audit::read(dir, from).map_err(|e| fail(exit::DATA_DIR, format!("reading audit.log: {e}")))?;
+            if torn > 0 {
+                eprintln!("audit.log: skipped {torn} unreadable line(s) (a crash mid-write)");
+            }
+            if json {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e).expect("serializes"));
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<23} {:<16} {:<21} {:<16} {:>5} {:<9} {:>6} {:>5} {:>11}",
+                "time (UTC)", "peer", "address", "context", "epoch", "kind", "bucket", "cost", "leak e/n/g"
+            );
+            for e in &entries {
+                let peer = e.peer.as_deref().map_or("-", |p| &p[..16.min(p.len())]);
+                let ctx = &e.context[..16.min(e.context.len())];
+                println!(
+                    "{:<23} {:<16} {:<21} {:<16} {:>5} {:<9} {:>6} {:>5} {:>11}",
+                    utc(e.unix_ms),
+                    peer,
+                    e.addr,
+                    ctx,
+                    e.epoch,
+                    e.kind,
+                    e.bucket,
+                    e.cost,
+                    format!("{}/{}/{}", e.leakage[0], e.leakage[1], e.leakage[2])
+                );
+            }
+            let cost: u64 = entries.iter().map(|e| e.cost).sum();
+            let bytes: usize = entries.iter().map(|e| e.bucket).sum();
+            println!(
+                "{} datagrams, {bytes} padded bytes, {cost} flow units charged",
+                entries.len()
+            );
+            Ok(())
+        }
         Cmd::Stop => {
             let v = ask(dir, &Request::Stop, quick)?.ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer"))?;
             ok(v)?;
@@ -416,6 +476,29 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (days to civil date after Howard Hinnant's method).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let tod = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60,
+        unix_ms % 1000
+    )
 }
 
 fn print_status(s: &Status) {
@@ -453,6 +536,13 @@ fn print_status(s: &Status) {
 mod tests {
     use super::parse_duration;
     use std::time::Duration;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(super::utc(1_795_651_199_999), "2026-11-25 23:59:59.999");
+    }
 
     #[test]
     fn durations() {

@@ -118,6 +118,21 @@ fn two_processes_pair_ping_and_stop() {
     let human = ok(&a, &["status"]);
     assert!(human.contains("up") && human.contains("version"), "{human}");
 
+    // The egress ledger lists what b sent to a (handshake, pings), and no content.
+    let ledger = ok(&b, &["audit", "--json"]);
+    let lines: Vec<serde_json::Value> = ledger.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["kind"] == "handshake"), "{ledger}");
+    let pings: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "control" && l["peer"] == a_id.as_str())
+        .collect();
+    assert!(pings.len() >= 2, "{ledger}");
+    assert!(pings.iter().all(|l| l["context"] == "own" && l["bucket"] == 256));
+    let table = ok(&b, &["audit", "--since", "10m"]);
+    assert!(table.contains("datagrams") && table.contains("own"), "{table}");
+    let nowhere = tempdir("no-audit");
+    assert_eq!(smol(&nowhere, &["audit"]).status.code(), Some(3));
+
     // A second process cannot take a directory in use.
     let out = smol(&b, &["run"]);
     assert_eq!(out.status.code(), Some(3));

@@ -1164,7 +1164,24 @@ impl World {
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
         match e {
-            Event::SendDenied { seq, .. } => {
+            Event::SendDenied {
+                seq,
+                context,
+                peer,
+                reason,
+            } => {
+                // One's own devices are unmetered and always granted: a denial there means
+                // a grant went missing (the peer would stop talking to its own devices).
+                if *context == aura_proto::journal::ContextId::OWN {
+                    return Err(self.violation(
+                        "own-devices-never-denied",
+                        format!(
+                            "n{i} denied send #{seq} to own device {} ({})",
+                            short(peer),
+                            reason.name()
+                        ),
+                    ));
+                }
                 self.nodes[i].denied.insert(*seq);
                 self.mark("send-denied");
             }
