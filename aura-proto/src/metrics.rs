@@ -38,11 +38,13 @@ pub enum DropReason {
     /// A context handshake for a context this device does not have ready, a stale
     /// epoch, or from a device that is not a member of the context's other authority.
     WrongContext,
+    /// A receipt batch that failed verification (reason in `Metrics::receipt_rejects`).
+    BadReceipt,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for reports).
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::Truncated,
         DropReason::Oversized,
@@ -59,6 +61,7 @@ impl DropReason {
         DropReason::Overloaded,
         DropReason::BadFact,
         DropReason::WrongContext,
+        DropReason::BadReceipt,
     ];
 
     /// Short snake_case name.
@@ -80,6 +83,7 @@ impl DropReason {
             DropReason::Overloaded => "overloaded",
             DropReason::BadFact => "bad_fact",
             DropReason::WrongContext => "wrong_context",
+            DropReason::BadReceipt => "bad_receipt",
         }
     }
 }
@@ -88,7 +92,7 @@ impl DropReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Drops by reason, indexed as [`DropReason::ALL`].
-    pub dropped: [u64; 16],
+    pub dropped: [u64; 17],
     /// Datagrams handed to the peer.
     pub datagrams_in: u64,
     /// Datagrams the peer asked to send.
@@ -106,6 +110,8 @@ pub struct Metrics {
     pub persists: u64,
     /// Rejected facts by typed reason (`FactError` name).
     pub fact_rejects: std::collections::BTreeMap<String, u64>,
+    /// Rejected receipt batches by reason (`ReceiptError` name).
+    pub receipt_rejects: std::collections::BTreeMap<String, u64>,
     /// Sends the guard chain refused, by denial name (`guard::Denial::name`).
     pub denied: std::collections::BTreeMap<String, u64>,
     /// Sends the guard chain let out (one per `Output::Egress`).

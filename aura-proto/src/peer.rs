@@ -15,6 +15,8 @@ mod authority_impl;
 mod context_impl;
 #[path = "peer_guard.rs"]
 mod guard_impl;
+#[path = "peer_receipts.rs"]
+mod receipts_impl;
 
 use context_impl::{CtxInvite, CtxJoin, CtxState, CtxStep};
 
@@ -543,6 +545,8 @@ enum Pending {
         step: CtxStep,
         record: Box<Record>,
     },
+    /// A sealed receipt batch is durable: send it.
+    ReceiptsDurable(Box<crate::receipt::ReceiptBatch>),
     /// A flow reservation is durable: the sends held behind it may go.
     Reserved {
         context: ContextId,
@@ -580,6 +584,7 @@ enum Queued {
     App(Bytes),
     Ping,
     Proto(Vec<u8>),
+    Accounting(Vec<u8>),
 }
 
 /// One device's protocol engine. See the crate documentation for the contract.
@@ -650,6 +655,10 @@ pub struct Peer {
     ctx_joins: BTreeMap<[u8; 32], CtxJoin>,
     /// Last address each context peer was reached at.
     ctx_addrs: BTreeMap<DeviceId, String>,
+    // ----- receipts (see peer_receipts.rs) -----
+    out_chains: BTreeMap<(ContextId, u64), receipts_impl::OutChain>,
+    in_chains: BTreeMap<(ContextId, DeviceId, u64), crate::receipt::ChainVerifier>,
+    acct_tick: Option<Instant>,
 }
 
 impl core::fmt::Debug for Peer {
@@ -731,6 +740,9 @@ impl Peer {
             ctx_invites: BTreeMap::new(),
             ctx_joins: BTreeMap::new(),
             ctx_addrs: BTreeMap::new(),
+            out_chains: BTreeMap::new(),
+            in_chains: BTreeMap::new(),
+            acct_tick: None,
         };
         p.refresh_guard();
         p
@@ -813,6 +825,7 @@ impl Peer {
                 tokens,
                 sent_token,
             } => self.apply_context_record(invite, (peer, addr), context, facts, tokens, sent_token),
+            Record::Receipts(batch) => self.batch_durable(batch, false),
             Record::Reserve {
                 context,
                 peer,
@@ -934,7 +947,10 @@ impl Peer {
             .values()
             .map(|(_, t)| t.saturating_add(SEEN_INIT_TTL))
             .min();
-        for t in [self.auth_deadline(), self.ctx_deadline()].into_iter().flatten() {
+        for t in [self.auth_deadline(), self.ctx_deadline(), self.acct_deadline()]
+            .into_iter()
+            .flatten()
+        {
             d = Some(d.map_or(t, |x| x.min(t)));
         }
         for c in self.channels.values() {
@@ -1137,6 +1153,7 @@ impl Peer {
         match q {
             Queued::App(data) => self.send_frame(idx, &Frame::App { data: &data }),
             Queued::Proto(data) => self.send_frame(idx, &Frame::Proto { data: &data }),
+            Queued::Accounting(data) => self.send_frame(idx, &Frame::Accounting { data: &data }),
             Queued::Ping => {
                 let id = self.rng.next_u64();
                 if let Some(c) = self.channels.get_mut(&idx) {
@@ -1856,6 +1873,8 @@ impl Peer {
             // Sub-protocols between one person's devices only; contexts have none yet.
             Frame::Proto { data } if scope == ContextId::OWN => self.on_proto(peer, data),
             Frame::Proto { .. } => self.metrics.drop(DropReason::UnexpectedFrame),
+            Frame::Accounting { data } if scope != ContextId::OWN => self.on_accounting(scope, peer, data),
+            Frame::Accounting { .. } => self.metrics.drop(DropReason::UnexpectedFrame),
             Frame::App { data } if scope == ContextId::OWN => {
                 self.event(Event::Received {
                     peer,
@@ -1948,6 +1967,7 @@ impl Peer {
                 self.start_context_join(id);
             }
             Pending::Context { idx, step, record } => self.context_durable(idx, step, *record),
+            Pending::ReceiptsDurable(batch) => self.batch_durable(*batch, true),
             Pending::Reserved {
                 context,
                 peer,
@@ -1988,6 +2008,7 @@ impl Peer {
         }
         self.auth_timeout();
         self.ctx_timeout();
+        self.acct_timeout();
     }
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {

@@ -141,6 +141,8 @@ impl Peer {
         }) = effects.first()
         {
             self.metrics.reserves += 1;
+            // Receipts so far become durable before the budget that follows them.
+            self.seal_chain(context, epoch);
             self.held.entry((scope, peer)).or_default().push_front(h);
             self.persist(
                 Record::Reserve {
@@ -164,6 +166,12 @@ impl Peer {
         for e in effects.iter() {
             match *e {
                 Effect::Charge { cost: c, .. } => cost = c,
+                Effect::Receipt {
+                    context,
+                    peer,
+                    epoch,
+                    cost,
+                } => self.append_receipt(context, peer, epoch, cost),
                 Effect::Leak { observer, cost, .. } => leakage[observer as usize] = cost,
                 _ => {}
             }

@@ -138,6 +138,20 @@ impl ChainWriter {
         r
     }
 
+    /// A writer continuing a chain whose next nonce and head are known (after restore).
+    pub fn resume(context: ContextId, src: DeviceId, epoch: u64, next_nonce: u64, head: [u8; 32]) -> ChainWriter {
+        ChainWriter {
+            next_nonce,
+            head,
+            ..ChainWriter::new(context, src, epoch)
+        }
+    }
+
+    /// Next nonce and current head (the id of the last receipt, or [`CHAIN_START`]).
+    pub fn position(&self) -> (u64, [u8; 32]) {
+        (self.next_nonce, self.head)
+    }
+
     /// What a seal over the current head signs, or `None` before the first receipt.
     pub fn seal_bytes(&self) -> Option<(u64, [u8; 32], Vec<u8>)> {
         let nonce = self.next_nonce.checked_sub(1)?;
@@ -247,6 +261,74 @@ impl ChainVerifier {
     /// How many receipts a verified seal covers.
     pub fn sealed(&self) -> u64 {
         self.sealed_through.map_or(0, |t| t + 1)
+    }
+}
+
+/// A sealed stretch of one sender's chain: receipts `first ..` (each `(dst, cost)`),
+/// the first naming `prev`, and the seal's signature over the last one. Sent to every
+/// device it names, which verifies it against its own view of the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBatch {
+    /// Context.
+    pub context: ContextId,
+    /// Sender.
+    pub src: DeviceId,
+    /// Epoch.
+    pub epoch: u64,
+    /// Nonce of the first receipt.
+    pub first: u64,
+    /// Id of the receipt before the first ([`CHAIN_START`] for nonce 0).
+    pub prev: [u8; 32],
+    /// Receiver and cost of each receipt, in nonce order (at least one).
+    pub entries: Vec<(DeviceId, u64)>,
+    /// Seal signature over the last receipt.
+    pub sig: Sig64,
+}
+
+impl ReceiptBatch {
+    /// The receipts, rebuilt from `prev` (ids are recomputed, never taken on trust).
+    pub fn receipts(&self) -> Vec<Receipt> {
+        let key = chain_key(&self.context, &self.src, self.epoch);
+        let mut prev = self.prev;
+        let mut out = Vec::with_capacity(self.entries.len());
+        for (i, (dst, cost)) in self.entries.iter().enumerate() {
+            let r = Receipt {
+                context: self.context,
+                src: self.src,
+                dst: *dst,
+                epoch: self.epoch,
+                cost: *cost,
+                nonce: self.first.saturating_add(i as u64),
+                prev,
+            };
+            prev = r.id_under(&key);
+            out.push(r);
+        }
+        out
+    }
+
+    /// The seal over the batch's last receipt (`None` for an empty batch).
+    pub fn seal(&self) -> Option<Seal> {
+        let last = self.receipts().pop()?;
+        Some(Seal {
+            context: self.context,
+            src: self.src,
+            epoch: self.epoch,
+            nonce: last.nonce,
+            head: last.id(),
+            sig: self.sig,
+        })
+    }
+
+    /// Checks the seal's signature with the sender's key from `keys` alone, before any
+    /// receipt of the batch touches a verifier.
+    pub fn signed_by_sender(&self, keys: &dyn KeyLookup) -> bool {
+        let Some(s) = self.seal() else { return false };
+        let Some(key) = keys.device_key(&Namespace::Context(self.context), &self.src) else {
+            return false;
+        };
+        let msg = Seal::signed_bytes(&s.context, &s.src, s.epoch, s.nonce, &s.head);
+        crate::journal::schnorr_ok(&key, &msg, &s.sig)
     }
 }
 

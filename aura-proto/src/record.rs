@@ -94,6 +94,8 @@ pub enum Record {
         /// The token this device's authority issued to the other (kept to resend).
         sent_token: Option<Vec<u8>>,
     },
+    /// A sealed stretch of this device's receipt chain.
+    Receipts(crate::receipt::ReceiptBatch),
     /// Flow budget of (context, peer, epoch) reserved up to `up_to`: durable before any
     /// send spends it (charge before send). On restore the whole reservation counts as
     /// spent, so a crash can waste budget but never spend it twice.

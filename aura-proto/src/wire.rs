@@ -166,6 +166,13 @@ pub enum Frame<'a> {
         #[serde(borrow, serialize_with = "ser_bytes")]
         data: &'a [u8],
     },
+    /// Flow accounting inside a context (sealed receipt batches and their acks): costs
+    /// no flow budget, like channel upkeep.
+    Accounting {
+        /// Encoded accounting message.
+        #[serde(borrow, serialize_with = "ser_bytes")]
+        data: &'a [u8],
+    },
 }
 
 /// Why a byte string failed to decode.
