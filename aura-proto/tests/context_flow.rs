@@ -97,6 +97,17 @@ fn denials(n: &Node) -> Vec<Denial> {
         .collect()
 }
 
+/// Device `i` crashes and comes back from its durable records.
+fn restart(net: &mut Net, i: usize, seed: u8) {
+    let n = &mut net.nodes[i];
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [seed; 32], now(net.now_ns));
+    net.drain(i);
+}
+
 fn send(net: &mut Net, from: usize, to: usize, ctx: ContextId, data: &'static [u8]) {
     let peer = net.id(to);
     net.cmd(
@@ -291,13 +302,7 @@ fn a_crash_wastes_reserved_budget_but_never_spends_it_twice() {
 
     // Crash: on restore the whole reservation counts as spent.
     let egress_before = net.nodes[0].egress.len();
-    let n = &mut net.nodes[0];
-    let d = Durable {
-        secret: n.secret.clone(),
-        records: n.records.clone(),
-    };
-    n.peer = Peer::restore(Config::default(), d, [77; 32], now(net.now_ns));
-    net.drain(0);
+    restart(&mut net, 0, 77);
     for _ in 0..40 {
         send(&mut net, 0, 2, ctx, b"after");
     }
@@ -354,13 +359,7 @@ fn a_receipt_chain_continues_across_a_restart_and_verifies() {
     }
     net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
     assert_eq!(net.nodes[2].peer.receipts_from(ctx, net.id(0)), Some((5, 5)));
-    let n = &mut net.nodes[0];
-    let d = Durable {
-        secret: n.secret.clone(),
-        records: n.records.clone(),
-    };
-    n.peer = Peer::restore(Config::default(), d, [78; 32], now(net.now_ns));
-    net.drain(0);
+    restart(&mut net, 0, 78);
     for _ in 0..4 {
         send(&mut net, 0, 2, ctx, b"after");
     }
@@ -375,13 +374,7 @@ fn a_context_survives_restart_and_sends_resume() {
     let mut net = two_authorities(vec![Config::default(); 4]);
     let ctx = make_context(&mut net, 0, 2);
     for i in [0, 2] {
-        let n = &mut net.nodes[i];
-        let d = Durable {
-            secret: n.secret.clone(),
-            records: n.records.clone(),
-        };
-        n.peer = Peer::restore(Config::default(), d, [50 + i as u8; 32], now(net.now_ns));
-        net.drain(i);
+        restart(&mut net, i, 50 + i as u8);
     }
     send(&mut net, 2, 0, ctx, b"after restart");
     assert_eq!(
