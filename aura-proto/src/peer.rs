@@ -545,6 +545,8 @@ enum Pending {
         step: CtxStep,
         record: Box<Record>,
     },
+    /// Nothing follows.
+    Nothing,
     /// A sealed receipt batch is durable: send it.
     ReceiptsDurable(Box<crate::receipt::ReceiptBatch>),
     /// A flow reservation is durable: the sends held behind it may go.
@@ -773,7 +775,7 @@ impl Peer {
         let joins: Vec<[u8; 32]> = p
             .ctx_joins
             .iter()
-            .filter(|(_, j)| j.context.is_none() && j.inv.check_expiry(now.unix_ms).is_ok())
+            .filter(|(_, j)| !j.done && (j.context.is_some() || j.inv.check_expiry(now.unix_ms).is_ok()))
             .map(|(id, _)| *id)
             .collect();
         for id in joins {
@@ -816,6 +818,11 @@ impl Peer {
                 );
             }
             Record::ContextJoinStarted(inv) => self.add_ctx_join(inv),
+            Record::ContextJoinDone(invite) => {
+                if let Some(j) = self.ctx_joins.get_mut(&invite) {
+                    j.done = true;
+                }
+            }
             Record::Context {
                 invite,
                 peer,
@@ -900,6 +907,15 @@ impl Peer {
                     .values()
                     .find_map(|v| crate::caps::verify(t, &v.cap_root).ok().filter(|s| s.issuer == v.id))
             })
+            .collect()
+    }
+
+    /// Relational contexts ready on this device, ascending.
+    pub fn contexts(&self) -> Vec<ContextId> {
+        self.contexts
+            .iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -1968,6 +1984,7 @@ impl Peer {
             }
             Pending::Context { idx, step, record } => self.context_durable(idx, step, *record),
             Pending::ReceiptsDurable(batch) => self.batch_durable(*batch, true),
+            Pending::Nothing => {}
             Pending::Reserved {
                 context,
                 peer,

@@ -180,7 +180,8 @@ impl Peer {
         self.context_authority()?;
         let id = inv.id();
         match self.ctx_joins.get(&id) {
-            Some(j) if j.done || j.context.is_some() => Err(InviteError::AlreadyUsed.into()),
+            Some(j) if j.done => Err(InviteError::AlreadyUsed.into()),
+            // Not finished (or our acceptance never reached the inviter): try again.
             Some(_) => {
                 self.start_context_join(id);
                 Ok(())
@@ -224,7 +225,7 @@ impl Peer {
 
     pub(super) fn start_context_join(&mut self, id: [u8; 32]) {
         let Some(j) = self.ctx_joins.get_mut(&id) else { return };
-        if j.done || j.context.is_some() {
+        if j.done {
             return;
         }
         if self
@@ -253,7 +254,18 @@ impl Peer {
         let Some(id) = self.channels.get(&idx).and_then(|c| c.invite) else {
             return;
         };
-        self.send_join(id, idx);
+        // An acceptance already durable (a restart interrupted the join) is resent;
+        // otherwise the join starts.
+        match self.ctx_joins.get(&id).and_then(|j| j.context) {
+            Some(ctx) => {
+                if let Some(j) = self.ctx_joins.get_mut(&id) {
+                    j.tries = 1;
+                    j.retry_at = Some(self.now.mono.saturating_add(self.cfg.handshake_retry));
+                }
+                self.send_accept(idx, id, ctx);
+            }
+            None => self.send_join(id, idx),
+        }
     }
 
     fn send_join(&mut self, id: [u8; 32], idx: u32) {
@@ -761,13 +773,19 @@ impl Peer {
                 let Some(invite) = self.channels.get(&idx).and_then(|c| c.invite) else {
                     return;
                 };
-                if let Some(j) = self.ctx_joins.get_mut(&invite) {
-                    if j.context.is_some() {
+                let finished = self.ctx_joins.get_mut(&invite).is_some_and(|j| {
+                    let first = j.context.is_some() && !j.done;
+                    if first {
                         j.done = true;
                         j.retry_at = None;
-                        self.send_frame(idx, &Frame::Close);
-                        self.remove_channel(idx, None);
                     }
+                    first
+                });
+                if finished {
+                    self.send_frame(idx, &Frame::Close);
+                    self.remove_channel(idx, None);
+                    // So a restart does not contact the inviter again.
+                    self.persist(Record::ContextJoinDone(invite), Pending::Nothing);
                 }
             }
             _ => self.refuse_ctx(),

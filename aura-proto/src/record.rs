@@ -76,6 +76,8 @@ pub enum Record {
     ContextInviteIssued(Invitation),
     /// This device started redeeming a context invitation.
     ContextJoinStarted(Invitation),
+    /// The inviter confirmed it holds this device's acceptance: the join is over.
+    ContextJoinDone([u8; 32]),
     /// A step of a context creation: facts to merge and tokens to keep, for the
     /// invitation `invite` redeemed by (or from) `peer`.
     Context {

@@ -71,7 +71,19 @@ pub enum Scenario {
     /// Pairing, then nothing but keepalives until the time limit (a null workload for
     /// measuring the simulator itself; it never counts as done).
     Keepalive,
+    /// Two people: devices `0..n/2` pair with device 0 and `n/2..n` with device `n/2`,
+    /// and each half forms an authority. Device 0 invites device `n/2` into a relational
+    /// context; both then send context messages every 250 ms until the flow budget the
+    /// other authority granted ([`CONTEXT_BUDGET`] units) is spent and the guard chain
+    /// refuses. Needs at least 4 devices.
+    Context,
 }
+
+/// Flow budget each authority grants the other in the context scenario (1 unit per
+/// small message; a reservation covers 64 units, so a run crosses several).
+pub const CONTEXT_BUDGET: u64 = 160;
+/// Interval between context messages in the context scenario.
+const CONTEXT_EVERY_NS: u64 = 250_000_000;
 
 /// Faults injected during the safety phase. All off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -366,6 +378,10 @@ enum Ev {
     Tick {
         node: usize,
     },
+    /// A context-scenario leader sends its next context message.
+    CtxTick {
+        node: usize,
+    },
     Fault(Fault),
 }
 
@@ -499,6 +515,16 @@ pub struct World {
     signer: usize,
     /// Device addresses, by index (cloned per delivery instead of formatted).
     addrs: Vec<String>,
+    /// Context scenario: the code device 0 handed to device n/2.
+    ctx_code: Option<String>,
+    /// Context scenario: leaders that announced the context ready.
+    ctx_ready: std::collections::BTreeSet<usize>,
+    /// Context scenario: context messages each leader received, by leader.
+    ctx_received: BTreeMap<usize, u64>,
+    /// Context scenario: leaders whose sends the guard refused for budget.
+    ctx_exhausted: std::collections::BTreeSet<usize>,
+    /// Context scenario: next message number per leader.
+    ctx_seq: BTreeMap<usize, u64>,
     /// The last trace lines, for failure reports.
     recent: std::collections::VecDeque<String>,
 }
@@ -578,7 +604,11 @@ fn short(id: &DeviceId) -> String {
 
 impl World {
     /// Builds the world: `peers` devices with secrets and seeds drawn from the root seed.
-    pub fn new(cfg: SimConfig) -> World {
+    pub fn new(mut cfg: SimConfig) -> World {
+        if cfg.scenario == Scenario::Context {
+            assert!(cfg.peers >= 4, "the context scenario needs at least 4 devices");
+            cfg.peer_config.context_flow_limit = CONTEXT_BUDGET;
+        }
         let mut devices = stream(cfg.seed, "devices");
         let mut nodes = Vec::new();
         let mut ids = Vec::new();
@@ -628,6 +658,11 @@ impl World {
             script_pending: 0,
             sign_asked: false,
             signer: 1,
+            ctx_code: None,
+            ctx_ready: Default::default(),
+            ctx_received: BTreeMap::new(),
+            ctx_exhausted: Default::default(),
+            ctx_seq: BTreeMap::new(),
             recent: std::collections::VecDeque::with_capacity(RECENT_LINES),
             addrs: (0..cfg.peers).map(addr).collect(),
             net: stream(cfg.seed, "network"),
@@ -674,15 +709,35 @@ impl World {
             w.script_pending += 1;
             w.schedule(at.as_nanos() as u64, Ev::Fault(Fault::Scripted(a)));
         }
-        // Device 0 invites every other device.
-        for _ in 1..w.cfg.peers {
+        // Each leader (device 0; in the context scenario also device n/2) invites the
+        // devices of its half.
+        for j in 0..w.cfg.peers {
+            let l = w.leader(j);
+            if l == j {
+                continue;
+            }
             let cmd = Command::CreateInvite {
                 valid_for: Duration::from_secs(3600),
-                addr_hint: addr(0),
+                addr_hint: addr(l),
             };
-            w.schedule(0, Ev::Command { node: 0, cmd });
+            w.schedule(0, Ev::Command { node: l, cmd });
         }
         w
+    }
+
+    /// The device `i` pairs with: device 0, or in the context scenario the first device
+    /// of `i`'s half.
+    fn leader(&self, i: usize) -> usize {
+        let h = self.nodes.len() / 2;
+        if self.cfg.scenario == Scenario::Context && i >= h {
+            h
+        } else {
+            0
+        }
+    }
+
+    fn is_leader(&self, i: usize) -> bool {
+        self.leader(i) == i
     }
 
     /// Calls `f` with every trace line as it is produced.
@@ -737,6 +792,13 @@ impl World {
         }
         if self.cfg.scenario == Scenario::Keepalive {
             return false;
+        }
+        if self.cfg.scenario == Scenario::Context {
+            // Both leaders talked and then ran into the budget the other side granted.
+            let h = self.nodes.len() / 2;
+            return [0, h]
+                .iter()
+                .all(|l| self.ctx_exhausted.contains(l) && self.ctx_received.get(l).copied().unwrap_or(0) > 0);
         }
         // Devices lost for good are excused; everyone else must have made it.
         self.nodes
@@ -826,9 +888,11 @@ impl World {
         let target = match &ev {
             Ev::Fault(_) => unreachable!("handled above"),
             Ev::Deliver { to, .. } => *to,
-            Ev::Timer { node, .. } | Ev::PersistDone { node, .. } | Ev::Tick { node } | Ev::Command { node, .. } => {
-                *node
-            }
+            Ev::Timer { node, .. }
+            | Ev::PersistDone { node, .. }
+            | Ev::Tick { node }
+            | Ev::CtxTick { node }
+            | Ev::Command { node, .. } => *node,
         };
         if let Some(until) = self.nodes[target].paused_until {
             if self.now < until {
@@ -918,6 +982,11 @@ impl World {
             Ev::Tick { node } => {
                 let _ = write!(self.line, "n{node} tick");
                 self.tick(node);
+                node
+            }
+            Ev::CtxTick { node } => {
+                let _ = write!(self.line, "n{node} ctx-tick");
+                self.ctx_tick(node);
                 node
             }
             Ev::Command { node, cmd } => {
@@ -1147,13 +1216,23 @@ impl World {
     }
 
     fn create_authority(&mut self) {
-        let n = self.nodes.len();
-        let devices = self.ids[1..].to_vec();
-        let threshold = (n as u16 - 1).max(2);
+        self.create_authority_of(0);
+        if self.cfg.scenario == Scenario::Context {
+            self.create_authority_of(self.nodes.len() / 2);
+        }
+    }
+
+    /// Leader `l` asks for an authority of its half ((k-1)-of-k, at least 2).
+    fn create_authority_of(&mut self, l: usize) {
+        let devices: Vec<DeviceId> = (0..self.nodes.len())
+            .filter(|j| *j != l && self.leader(*j) == l)
+            .map(|j| self.ids[j])
+            .collect();
+        let threshold = (devices.len() as u16).max(2);
         self.schedule(
             self.now + 1_000_000,
             Ev::Command {
-                node: 0,
+                node: l,
                 cmd: Command::CreateAuthority { devices, threshold },
             },
         );
@@ -1164,6 +1243,18 @@ impl World {
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
         match e {
+            Event::ContextReceived { .. } if self.cfg.scenario == Scenario::Context => {
+                // Every context message costs one unit of the budget the receiver's
+                // authority granted: more arriving than it allows means budget was spent
+                // twice (say, across a crash).
+                let got = self.ctx_received.get(&i).copied().unwrap_or(0) + 1;
+                if got > CONTEXT_BUDGET {
+                    return Err(self.violation(
+                        "flow-budget-overspent",
+                        format!("n{i} received {got} context messages on a budget of {CONTEXT_BUDGET}"),
+                    ));
+                }
+            }
             Event::SendDenied {
                 seq,
                 context,
@@ -1191,11 +1282,14 @@ impl World {
                 has_share,
                 ..
             } => {
+                // Devices of one person (one leader) agree on their authority.
                 let mine = (authority.0, *group_key);
+                let l = self.leader(i);
                 if let Some((j, other)) = self
                     .nodes
                     .iter()
                     .enumerate()
+                    .filter(|(j, _)| self.leader(*j) == l)
                     .find_map(|(j, n)| n.authority.filter(|a| *a != mine).map(|a| (j, a)))
                 {
                     return Err(self.violation(
@@ -1283,8 +1377,10 @@ impl World {
             _ => {}
         }
         match e {
-            Event::InviteCreated { code, .. } if i == 0 => {
-                if let Some(j) = (1..self.nodes.len()).find(|j| self.nodes[*j].code.is_none()) {
+            Event::InviteCreated { code, .. } if self.is_leader(i) => {
+                if let Some(j) =
+                    (0..self.nodes.len()).find(|j| *j != i && self.leader(*j) == i && self.nodes[*j].code.is_none())
+                {
                     self.nodes[j].code = Some(code.clone());
                     self.schedule(
                         soon,
@@ -1295,18 +1391,20 @@ impl World {
                     );
                 }
             }
-            Event::Paired { peer, .. } if i != 0 && peer == self.ids[0] && !self.nodes[i].paired_with_0 => {
+            Event::Paired { peer, .. }
+                if !self.is_leader(i) && peer == self.ids[self.leader(i)] && !self.nodes[i].paired_with_0 =>
+            {
                 self.nodes[i].paired_with_0 = true;
                 self.stats.pairings += 1;
-                if self.nodes.iter().skip(1).all(|n| n.paired_with_0) {
+                if self.all_paired() {
                     self.stats.all_paired_at = Some(self.now);
-                    if self.cfg.scenario == Scenario::Authority {
+                    if matches!(self.cfg.scenario, Scenario::Authority | Scenario::Context) {
                         self.create_authority();
                     }
                 }
                 self.schedule(soon, Ev::Tick { node: i });
             }
-            Event::PairingFailed { .. } if i != 0 => {
+            Event::PairingFailed { .. } if !self.is_leader(i) => {
                 // The code stays spent on this device; asking again retries the handshake.
                 if let Some(code) = self.nodes[i].code.clone() {
                     self.schedule(
@@ -1318,11 +1416,11 @@ impl World {
                     );
                 }
             }
-            Event::Pong { .. } if i != 0 => {
+            Event::Pong { .. } if !self.is_leader(i) => {
                 self.stats.pongs += 1;
                 self.nodes[i].pong = true;
             }
-            Event::Received { .. } if i != 0 => {
+            Event::Received { .. } if !self.is_leader(i) => {
                 self.stats.messages += 1;
                 self.nodes[i].got_message = true;
             }
@@ -1336,7 +1434,11 @@ impl World {
                 self.nodes[i].authority = Some((authority.0, group_key));
                 self.nodes[i].has_share = has_share;
                 self.stats.authority_members += 1;
-                if self.nodes.iter().all(|n| n.authority.is_some()) {
+                if self.cfg.scenario == Scenario::Context {
+                    if self.nodes.iter().all(|n| n.authority.is_some()) && self.ctx_code.is_none() {
+                        self.ask_context_invite();
+                    }
+                } else if self.nodes.iter().all(|n| n.authority.is_some()) {
                     // Everyone has it: crash the last device if enough shares remain without
                     // it (a member that lost its key generation state in a crash holds none),
                     // then a device with a share asks for a signature.
@@ -1368,7 +1470,40 @@ impl World {
                     );
                 }
             }
-            Event::AuthorityFailed { .. } if i == 0 => self.create_authority(),
+            Event::AuthorityFailed { .. } if self.is_leader(i) => self.create_authority_of(i),
+            Event::ContextInviteCreated { code, .. } if i == 0 => {
+                self.ctx_code = Some(code.clone());
+                let h = self.nodes.len() / 2;
+                self.schedule(
+                    soon,
+                    Ev::Command {
+                        node: h,
+                        cmd: Command::JoinContext { code },
+                    },
+                );
+            }
+            Event::ContextJoinFailed { .. } => {
+                self.mark("context-join-retry");
+                if let Some(code) = self.ctx_code.clone() {
+                    self.schedule(
+                        self.now + 1_000_000_000,
+                        Ev::Command {
+                            node: i,
+                            cmd: Command::JoinContext { code },
+                        },
+                    );
+                }
+            }
+            Event::ContextReady { .. } if self.ctx_ready.insert(i) => {
+                self.schedule(soon, Ev::CtxTick { node: i });
+            }
+            Event::ContextReceived { .. } => *self.ctx_received.entry(i).or_default() += 1,
+            Event::SendDenied {
+                reason: aura_proto::guard::Denial::BudgetExhausted,
+                ..
+            } => {
+                self.ctx_exhausted.insert(i);
+            }
             Event::SignFailed { .. } => {
                 let statement = format!("signed in simulation seed {} (retry)", self.cfg.seed).into_bytes();
                 self.schedule(
@@ -1384,18 +1519,66 @@ impl World {
         }
     }
 
+    /// Whether every device but the leaders is paired with its leader.
+    fn all_paired(&self) -> bool {
+        (0..self.nodes.len())
+            .filter(|j| !self.is_leader(*j))
+            .all(|j| self.nodes[j].paired_with_0)
+    }
+
+    /// Context scenario: device 0's user asks for a context invitation.
+    fn ask_context_invite(&mut self) {
+        self.schedule(
+            self.now + 1_000_000,
+            Ev::Command {
+                node: 0,
+                cmd: Command::CreateContextInvite {
+                    valid_for: Duration::from_secs(3600),
+                    addr_hint: addr(0),
+                },
+            },
+        );
+    }
+
+    /// Context scenario: a leader sends its next context message to the other leader,
+    /// until the guard chain refuses for budget.
+    fn ctx_tick(&mut self, i: usize) {
+        if self.ctx_exhausted.contains(&i) {
+            return;
+        }
+        let h = self.nodes.len() / 2;
+        let other = if i == 0 { h } else { 0 };
+        let ctx = self.nodes[i].peer.contexts().first().copied();
+        if let Some(context) = ctx {
+            let seq = self.ctx_seq.entry(i).or_default();
+            *seq += 1;
+            let data = Bytes::from(format!("n{i} context message {seq}").into_bytes());
+            let cmd = Command::ContextSend {
+                context,
+                peer: self.ids[other],
+                data,
+            };
+            let now = self.now_at(i, self.now);
+            if let Err(e) = self.nodes[i].peer.handle_input(now, Input::Command(cmd)) {
+                let _ = std::fmt::Write::write_fmt(&mut self.line, format_args!(" err={e}"));
+            }
+        }
+        self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+    }
+
     /// Pings and messages are plain datagrams that may be lost: every second, a paired
-    /// joiner pings again and device 0 sends again until both got through.
+    /// joiner pings its leader again and the leader sends again until both got through.
     fn tick(&mut self, i: usize) {
         let n = &self.nodes[i];
         if n.pong && n.got_message && !self.faults_on {
             return;
         }
+        let l = self.leader(i);
         let now = self.now_at(i, self.now);
         if !n.pong || self.faults_on {
             let _ = self.nodes[i]
                 .peer
-                .handle_input(now, Input::Command(Command::Ping { peer: self.ids[0] }));
+                .handle_input(now, Input::Command(Command::Ping { peer: self.ids[l] }));
         }
         if !self.nodes[i].got_message || self.faults_on {
             let data = Bytes::from(format!("welcome n{i}").into_bytes());
@@ -1403,10 +1586,10 @@ impl World {
                 peer: self.ids[i],
                 data,
             };
-            if !self.nodes[0].crashed {
-                let now0 = self.now_at(0, self.now);
-                let _ = self.nodes[0].peer.handle_input(now0, Input::Command(cmd));
-                self.drain_and_arm(0);
+            if !self.nodes[l].crashed {
+                let now0 = self.now_at(l, self.now);
+                let _ = self.nodes[l].peer.handle_input(now0, Input::Command(cmd));
+                self.drain_and_arm(l);
             }
         }
         self.schedule(self.now + 1_000_000_000, Ev::Tick { node: i });
@@ -1490,7 +1673,7 @@ impl World {
                 }
                 if self.script_pending == 0 {
                     // After the script, connectivity must be shown again.
-                    for i in 1..n {
+                    for i in (0..n).filter(|j| !self.is_leader(*j)).collect::<Vec<_>>() {
                         self.nodes[i].pong = false;
                         self.nodes[i].got_message = false;
                         if self.nodes[i].paired_with_0 {
@@ -1614,7 +1797,7 @@ impl World {
                     }
                 }
                 // Connectivity must be shown again after the faults: fresh pings and messages.
-                for i in 1..n {
+                for i in (0..n).filter(|j| !self.is_leader(*j)).collect::<Vec<_>>() {
                     self.nodes[i].pong = false;
                     self.nodes[i].got_message = false;
                     if self.nodes[i].paired_with_0 {
@@ -1713,23 +1896,27 @@ impl World {
         self.drain_and_arm(i);
         // A pairing whose record landed just before the crash (its ack lost) holds: the
         // device never announced it, but its state now says so.
-        if i != 0 && !self.nodes[i].paired_with_0 && self.nodes[i].peer.paired().any(|(d, _)| *d == self.ids[0]) {
+        let l = self.leader(i);
+        if i != l && !self.nodes[i].paired_with_0 && self.nodes[i].peer.paired().any(|(d, _)| *d == self.ids[l]) {
             self.nodes[i].paired_with_0 = true;
             self.stats.pairings += 1;
             self.mark("pairing-recovered");
         }
-        if i != 0 && self.nodes[i].paired_with_0 {
+        if i != l && self.nodes[i].paired_with_0 {
             self.schedule(self.now + 1_000_000, Ev::Tick { node: i });
         }
-        if i == 0 {
-            self.reinvite();
+        if i == l {
+            self.reinvite(l);
             // The user asked for an authority and the coordinator went down before it
             // formed: the session died with it (it lives in memory), so the user asks again.
-            let paired = self.nodes.iter().skip(1).all(|n| n.paired_with_0);
-            if self.cfg.scenario == Scenario::Authority && paired && self.nodes[0].peer.authority().is_none() {
+            let asks = matches!(self.cfg.scenario, Scenario::Authority | Scenario::Context);
+            if asks && self.all_paired() && self.nodes[l].peer.authority().is_none() {
                 self.mark("authority-retry");
-                self.create_authority();
+                self.create_authority_of(l);
             }
+        }
+        if self.cfg.scenario == Scenario::Context {
+            self.ctx_restarted(i);
         }
         if i == self.signer && self.sign_asked && self.stats.signatures == 0 {
             // The signing session died with the device; the user asks again.
@@ -1746,7 +1933,7 @@ impl World {
         if let (false, Some(code)) = (self.nodes[i].paired_with_0, self.nodes[i].code.clone()) {
             // The user asks to join again (a join typed while the device was down is lost;
             // one already recorded resumes by itself, and asking again is harmless).
-            if i != 0 {
+            if i != l {
                 self.schedule(
                     self.now + 1_000_000,
                     Ev::Command {
@@ -1759,15 +1946,42 @@ impl World {
         Ok(())
     }
 
-    /// The user of device 0 asks again for codes a crash swallowed before they were shown.
-    fn reinvite(&mut self) {
-        let missing = (1..self.nodes.len()).filter(|j| self.nodes[*j].code.is_none()).count();
+    /// The user of leader `l` asks again for codes a crash swallowed before they were shown.
+    fn reinvite(&mut self, l: usize) {
+        let missing = (0..self.nodes.len())
+            .filter(|j| *j != l && self.leader(*j) == l && self.nodes[*j].code.is_none())
+            .count();
         for _ in 0..missing {
             let cmd = Command::CreateInvite {
                 valid_for: Duration::from_secs(3600),
-                addr_hint: addr(0),
+                addr_hint: addr(l),
             };
-            self.schedule(self.now + 1_000_000, Ev::Command { node: 0, cmd });
+            self.schedule(self.now + 1_000_000, Ev::Command { node: l, cmd });
+        }
+    }
+
+    /// Context scenario, after device `i` restarted: the users pick up where the crash
+    /// interrupted them (an invitation never shown, a join typed while down), and a
+    /// leader's message loop starts again.
+    fn ctx_restarted(&mut self, i: usize) {
+        let h = self.nodes.len() / 2;
+        let ready_here = !self.nodes[i].peer.contexts().is_empty();
+        if i == 0 && self.ctx_code.is_none() && self.nodes.iter().all(|n| n.authority.is_some()) {
+            self.ask_context_invite();
+        }
+        if i == h && !ready_here {
+            if let Some(code) = self.ctx_code.clone() {
+                self.schedule(
+                    self.now + 1_000_000,
+                    Ev::Command {
+                        node: h,
+                        cmd: Command::JoinContext { code },
+                    },
+                );
+            }
+        }
+        if (i == 0 || i == h) && self.ctx_ready.contains(&i) {
+            self.schedule(self.now + 1_000_000, Ev::CtxTick { node: i });
         }
     }
 

@@ -42,6 +42,9 @@ enum ScenarioArg {
     Pairing,
     /// Pair, form an (n-1)-of-n authority by DKG, crash one device, sign.
     Authority,
+    /// Two authorities (two halves of the devices) create a relational context and send
+    /// in it until the guard chain refuses for budget (needs --peers 4 or more).
+    Context,
 }
 
 #[derive(Clone, clap::Args)]
@@ -187,6 +190,7 @@ fn scenario_name(s: ScenarioArg) -> &'static str {
     match s {
         ScenarioArg::Pairing => "pairing",
         ScenarioArg::Authority => "authority",
+        ScenarioArg::Context => "context",
     }
 }
 
@@ -206,6 +210,7 @@ impl WorldArgs {
             scenario: match self.scenario {
                 ScenarioArg::Pairing => Scenario::Pairing,
                 ScenarioArg::Authority => Scenario::Authority,
+                ScenarioArg::Context => Scenario::Context,
             },
             faults: self.faults(),
             persist_latency: self.disk(),

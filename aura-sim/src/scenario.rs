@@ -135,6 +135,7 @@ impl ScenarioFile {
         let scenario = match self.workload.as_deref() {
             None | Some("pairing") => Scenario::Pairing,
             Some("authority") => Scenario::Authority,
+            Some("context") => Scenario::Context,
             Some(w) => return Err(format!("unknown workload {w:?}: use \"pairing\" or \"authority\"")),
         };
         Ok(SimConfig {

@@ -165,3 +165,41 @@ fn swarm_mode_draws_per_seed_and_converges() {
     }
     assert!(models.len() > 25, "swarm seeds should differ in their link models");
 }
+
+#[test]
+fn two_authorities_spend_exactly_their_context_budget() {
+    let cfg = SimConfig {
+        seed: 5,
+        peers: 4,
+        scenario: aura_sim::Scenario::Context,
+        link: LinkModel {
+            loss: 0,
+            dup: 0,
+            reorder: 0,
+            ..LinkModel::default()
+        },
+        ..SimConfig::default()
+    };
+    let (_, w) = run(cfg);
+    assert!(w.done(), "context workload unfinished: {:?}", w.stats.coverage);
+    // Each leader sent one-unit messages until the other authority's grant ran out:
+    // exactly the budget left, both ways, and then the guard refused.
+    let charged = w.stats.coverage.get("charged-send").copied().unwrap_or(0);
+    assert_eq!(charged, 2 * aura_sim::CONTEXT_BUDGET);
+    assert!(w.stats.coverage.get("send-denied").copied().unwrap_or(0) >= 2);
+}
+
+#[test]
+fn context_budgets_hold_through_crashes_and_partitions() {
+    for seed in 1..=6 {
+        let cfg = SimConfig {
+            seed,
+            peers: 4,
+            scenario: aura_sim::Scenario::Context,
+            ..SimConfig::default()
+        }
+        .with_swarm(true);
+        let (_, w) = run(cfg);
+        assert!(w.done(), "seed {seed}: context workload unfinished");
+    }
+}
