@@ -21,6 +21,10 @@ pub struct Node {
     pub log: Vec<String>,
     /// Egress records, in order.
     pub egress: Vec<guard::Egress>,
+    /// Durable flow reservations (from acknowledged `Reserve` records).
+    pub reserved: std::collections::BTreeMap<(journal::ContextId, DeviceId, u64), u64>,
+    /// Send numbers refused in this incarnation.
+    pub denied: std::collections::BTreeSet<u64>,
 }
 
 pub struct Net {
@@ -54,6 +58,8 @@ impl Net {
                 secret,
                 log: vec![],
                 egress: vec![],
+                reserved: Default::default(),
+                denied: Default::default(),
             });
         }
         Net {
@@ -74,7 +80,24 @@ impl Net {
             self.nodes[i].log.push(format!("{o:?}").chars().take(80).collect());
             let announced = matches!(self.nodes[i].log.iter().rev().nth(1), Some(l) if l.starts_with("Egress"));
             match o {
-                Output::Egress(e) => self.nodes[i].egress.push(e),
+                Output::Egress(e) => {
+                    // The guard chain's promises, checked on every egress of every test.
+                    let n = &mut self.nodes[i];
+                    assert!(!n.denied.contains(&e.seq), "node {i}: denied send #{} left", e.seq);
+                    if e.cost > 0 {
+                        let r = n
+                            .reserved
+                            .get(&(e.context, e.peer.unwrap(), e.epoch))
+                            .copied()
+                            .unwrap_or(0);
+                        assert!(
+                            e.spent <= r,
+                            "node {i}: spent {} beyond a durable reservation of {r}",
+                            e.spent
+                        );
+                    }
+                    n.egress.push(e);
+                }
                 Output::Transmit { to, bytes } => {
                     assert!(announced, "node {i}: a transmit without its egress record");
                     self.sent.push((i, bytes.clone()));
@@ -87,15 +110,30 @@ impl Net {
                 }
                 Output::Persist { ticket, record } => {
                     let n = &mut self.nodes[i];
-                    n.records.push(record);
+                    n.records.push(record.clone());
                     if n.hold_persist {
                         n.held.push(ticket);
                     } else {
+                        if let Record::Reserve {
+                            context,
+                            peer,
+                            epoch,
+                            up_to,
+                        } = record
+                        {
+                            let r = n.reserved.entry((context, peer, epoch)).or_default();
+                            *r = (*r).max(up_to);
+                        }
                         let t = now(self.now_ns);
                         n.peer.handle_input(t, Input::PersistDone(ticket)).unwrap();
                     }
                 }
-                Output::Event(e) => self.nodes[i].events.push(e),
+                Output::Event(e) => {
+                    if let Event::SendDenied { seq, .. } = &e {
+                        self.nodes[i].denied.insert(*seq);
+                    }
+                    self.nodes[i].events.push(e)
+                }
             }
         }
     }
