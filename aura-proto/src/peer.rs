@@ -910,6 +910,11 @@ impl Peer {
             .collect()
     }
 
+    /// A ready relational context's reduced view.
+    pub fn context(&self, id: &ContextId) -> Option<&crate::context::ContextView> {
+        self.contexts.get(id).filter(|s| s.ready).map(|s| &s.view)
+    }
+
     /// Relational contexts ready on this device, ascending.
     pub fn contexts(&self) -> Vec<ContextId> {
         self.contexts

@@ -72,6 +72,14 @@ pub enum Record {
     NonceCounter(u64),
     /// A capability token this device issued or holds.
     Capability(Vec<u8>),
+    /// The share of this key generation was given up before any genesis was recorded
+    /// (too few members ever held shares); it is dropped on restore.
+    ShareAbandoned {
+        /// Key generation session.
+        session: [u8; 32],
+        /// The group key of the dropped share.
+        group_key: [u8; 32],
+    },
     /// This device issued a context invitation (the code may be shown once durable).
     ContextInviteIssued(Invitation),
     /// This device started redeeming a context invitation.
@@ -110,14 +118,6 @@ pub enum Record {
         epoch: u64,
         /// Reserved units.
         up_to: u64,
-    },
-    /// The share of this key generation was given up before any genesis was recorded
-    /// (too few members ever held shares); it is dropped on restore.
-    ShareAbandoned {
-        /// Key generation session.
-        session: [u8; 32],
-        /// The group key of the dropped share.
-        group_key: [u8; 32],
     },
 }
 

@@ -41,8 +41,64 @@ pub enum Request {
         /// The statement text.
         text: String,
     },
+    /// Create a context invitation for a device of another authority.
+    ContextInvite {
+        /// Lifetime in seconds.
+        valid_for_s: u64,
+        /// Address to put in the code (default: the listen address).
+        addr: Option<String>,
+    },
+    /// Redeem a context invitation and wait until the context is ready.
+    ContextJoin {
+        /// The code.
+        code: String,
+    },
+    /// Ready contexts.
+    ContextList,
+    /// Send text in a context to a device of the other authority.
+    ContextSend {
+        /// Context id or unique prefix.
+        context: String,
+        /// Device id or unique prefix (a member of the other authority).
+        peer: String,
+        /// The text.
+        text: String,
+    },
     /// Shut down cleanly.
     Stop,
+}
+
+/// A ready relational context in `context list` output.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContextInfo {
+    /// Context id (hex).
+    pub id: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// The authorities joined (hex).
+    pub authorities: Vec<String>,
+    /// Member devices: (device id hex, authority id hex).
+    pub members: Vec<(String, String)>,
+}
+
+impl ContextInfo {
+    /// Every ready context of `peer`.
+    pub fn all(peer: &Peer) -> Vec<ContextInfo> {
+        peer.contexts()
+            .iter()
+            .filter_map(|id| peer.context(id))
+            .map(|v| ContextInfo {
+                id: v.id.to_hex(),
+                epoch: v.epoch,
+                authorities: v.authorities.iter().map(|a| a.to_hex()).collect(),
+                members: v
+                    .members
+                    .iter()
+                    .map(|(d, m)| (d.to_hex(), m.authority.to_hex()))
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 /// An authority in `authority show` output.
@@ -183,5 +239,44 @@ pub fn resolve_peer(peer: &Peer, s: &str) -> Result<DeviceId, String> {
             "{s:?} matches {} paired devices; give more characters",
             hits.len()
         )),
+    }
+}
+
+/// Resolves a context id prefix among ready contexts, then a device id prefix among that
+/// context's members of the other authority.
+pub fn resolve_context_peer(
+    peer: &Peer,
+    context: &str,
+    device: &str,
+) -> Result<(aura_proto::journal::ContextId, DeviceId), String> {
+    let c = context.trim().to_lowercase();
+    let d = device.trim().to_lowercase();
+    if c.is_empty() || d.is_empty() {
+        return Err("empty context or device id".into());
+    }
+    let ctxs: Vec<_> = peer
+        .contexts()
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&c))
+        .collect();
+    let ctx = match ctxs.as_slice() {
+        [one] => *one,
+        [] => return Err(format!("no ready context matches {c:?} (see `aura-smol context list`)")),
+        _ => return Err(format!("{c:?} matches {} contexts; give more characters", ctxs.len())),
+    };
+    let view = peer.context(&ctx).expect("listed as ready");
+    let mine = peer.authority().map(|a| a.id);
+    let hits: Vec<DeviceId> = view
+        .members
+        .iter()
+        .filter(|(id, m)| Some(m.authority) != mine && id.to_hex().starts_with(&d))
+        .map(|(id, _)| *id)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok((ctx, *one)),
+        [] => Err(format!(
+            "no device of the other authority in this context matches {d:?}"
+        )),
+        _ => Err(format!("{d:?} matches {} devices; give more characters", hits.len())),
     }
 }

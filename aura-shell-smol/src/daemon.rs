@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use smol::channel::{bounded, Receiver, Sender};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::control::{resolve_peer, AuthorityInfo, Request, Status};
+use crate::control::{resolve_context_peer, resolve_peer, AuthorityInfo, ContextInfo, Request, Status};
 use crate::host::{Effect, Host};
 use crate::store::{Store, StoreError};
 
@@ -57,6 +57,9 @@ struct Waiters {
     pings: BTreeMap<DeviceId, Vec<Reply>>,
     authority: VecDeque<Reply>,
     signs: VecDeque<Reply>,
+    ctx_invites: VecDeque<Reply>,
+    /// Context joins by invitation id, in the order asked.
+    ctx_joins: VecDeque<([u8; 32], Reply)>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -215,6 +218,46 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             Ok(()) => w.signs.push_back(reply),
             Err(e) => send_now(err(e)),
         },
+        Request::ContextInvite { valid_for_s, addr } => {
+            let addr_hint = addr.unwrap_or_else(|| local.to_string());
+            match host.input(Input::Command(Command::CreateContextInvite {
+                valid_for: Duration::from_secs(valid_for_s),
+                addr_hint,
+            })) {
+                Ok(()) => w.ctx_invites.push_back(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::ContextJoin { code } => {
+            let id = Invitation::from_code(&code).map(|i| i.id());
+            match host.input(Input::Command(Command::JoinContext { code })) {
+                Ok(()) => w.ctx_joins.push_back((id.expect("the core parsed it"), reply)),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::ContextList => send_now(json!({ "ok": true, "contexts": ContextInfo::all(&host.peer) })),
+        Request::ContextSend { context, peer, text } => match resolve_context_peer(&host.peer, &context, &peer) {
+            Err(e) => send_now(err(e)),
+            Ok((context, peer)) => {
+                let before = host.peer.metrics().denied.clone();
+                match host.input(Input::Command(Command::ContextSend {
+                    context,
+                    peer,
+                    data: text.into_bytes().into(),
+                })) {
+                    Ok(()) => {
+                        // A refusal on the spot (channel up, or no channel allowed) shows in
+                        // the denial counters; a send queued for a handshake is decided later.
+                        let after = &host.peer.metrics().denied;
+                        match after.iter().find(|(k, v)| before.get(*k) != Some(*v)) {
+                            Some((reason, _)) => send_now(err(format!("refused by the guard chain: {reason}"))),
+                            None => send_now(json!({ "ok": true, "context": context.to_hex(), "peer": peer.to_hex() })),
+                        }
+                    }
+                    Err(e) => send_now(err(e)),
+                }
+            }
+        },
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -291,11 +334,28 @@ fn on_event(ev: Event, w: &mut Waiters) {
         Event::SendDenied { peer, reason, .. } => {
             tracing::info!(peer = %peer.short(), reason = reason.name(), "send denied by the guard chain")
         }
-        Event::ContextInviteCreated { .. } => tracing::info!("context invitation created"),
-        Event::ContextReady { context, with, epoch } => {
-            tracing::info!(context = %context.short(), with = %with.short(), epoch, "context ready")
+        Event::ContextInviteCreated { code, expires_unix_ms } => {
+            tracing::info!("context invitation created");
+            if let Some(r) = w.ctx_invites.pop_front() {
+                let _ = r.try_send(json!({ "ok": true, "code": code, "expires_unix_ms": expires_unix_ms }));
+            }
         }
-        Event::ContextJoinFailed { reason, .. } => tracing::warn!(%reason, "context join failed"),
+        Event::ContextReady { context, with, epoch } => {
+            tracing::info!(context = %context.short(), with = %with.short(), epoch, "context ready");
+            if let Some((_, r)) = w.ctx_joins.pop_front() {
+                let _ = r.try_send(
+                    json!({ "ok": true, "context": context.to_hex(), "with": with.to_hex(), "epoch": epoch }),
+                );
+            }
+        }
+        Event::ContextJoinFailed { invite, reason } => {
+            tracing::warn!(%reason, "context join failed");
+            let (failed, rest): (VecDeque<_>, VecDeque<_>) = w.ctx_joins.drain(..).partition(|(i, _)| i == invite);
+            w.ctx_joins = rest;
+            for (_, r) in failed {
+                let _ = r.try_send(err(format!("context join failed: {reason}")));
+            }
+        }
         Event::ContextReceived { context, peer, data } => {
             tracing::info!(context = %context.short(), peer = %peer.short(), len = data.len(), "received in context")
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aura_proto::{Command, Config, Event, Input};
 use aura_shell_smol::audit;
-use aura_shell_smol::control::{AuthorityInfo, Request, Status};
+use aura_shell_smol::control::{AuthorityInfo, ContextInfo, Request, Status};
 use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
 use aura_shell_smol::store::{NodeConfig, Store, StoreError};
@@ -53,14 +53,7 @@ enum Cmd {
     ///
     /// Talks to the running peer if there is one; otherwise records the invitation so the
     /// next `run` honours it.
-    Invite {
-        /// How long the code stays valid (e.g. 30m, 1h, 2d).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        valid_for: Duration,
-        /// Address the joiner should contact (default: the listen address).
-        #[arg(long)]
-        addr: Option<String>,
-    },
+    Invite(InviteArgs),
     /// Pair with the device that created CODE.
     ///
     /// With a running peer, waits until pairing completes or fails. Without one, records
@@ -115,6 +108,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Relational contexts with another person's authority (needs a running peer).
+    #[command(subcommand)]
+    Context(ContextCmd),
     /// Show the egress audit ledger: every datagram that left this device, with time,
     /// peer, address, context, size bucket, flow cost and leakage charged (never content).
     ///
@@ -129,6 +125,51 @@ enum Cmd {
     },
     /// Stop the running peer.
     Stop,
+}
+
+/// Options of an invitation code.
+#[derive(clap::Args)]
+struct InviteArgs {
+    /// How long the code stays valid (e.g. 30m, 1h, 2d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    valid_for: Duration,
+    /// Address the joiner should contact (default: the listen address).
+    #[arg(long)]
+    addr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ContextCmd {
+    /// Create a context invitation code for a device of another person's authority.
+    ///
+    /// Whoever redeems it creates a relational context between the two authorities; each
+    /// grants the other the rights send, sync and member with a flow budget of 1000 units
+    /// (256 padded bytes each) per epoch.
+    Invite(InviteArgs),
+    /// Redeem a context invitation and wait until the context is ready on this device.
+    Join {
+        /// The invitation code (AURA1-...).
+        code: String,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
+    /// List ready contexts: id, epoch, authorities and member devices.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send TEXT in a context to a device of the other authority (through the guard
+    /// chain: a send the budget does not allow leaves nothing, see `aura-smol audit`).
+    Send {
+        /// Context id or a unique prefix of it.
+        context: String,
+        /// Device id or a unique prefix of it.
+        peer: String,
+        /// The text to send.
+        text: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,7 +333,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             println!("{id}");
             Ok(())
         }
-        Cmd::Invite { valid_for, addr } => {
+        Cmd::Invite(InviteArgs { valid_for, addr }) => {
             let req = Request::Invite {
                 valid_for_s: valid_for.as_secs(),
                 addr: addr.clone(),
@@ -422,6 +463,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Cmd::Context(c) => context_cmd(dir, c),
         Cmd::Audit { since, json } => {
             if !dir.join("device.key").exists() {
                 return Err(StoreError::NotInitialized(dir.display().to_string()).into());
@@ -476,6 +518,64 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
+    let need =
+        |v: Option<Value>| v.ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"));
+    match c {
+        ContextCmd::Invite(InviteArgs { valid_for, addr }) => {
+            let req = Request::ContextInvite {
+                valid_for_s: valid_for.as_secs(),
+                addr,
+            };
+            let v = ok(need(ask(dir, &req, Duration::from_secs(10))?)?)?;
+            println!("{}", v["code"].as_str().unwrap_or_default());
+        }
+        ContextCmd::Join { code, wait_s } => {
+            let v = ok(need(ask(
+                dir,
+                &Request::ContextJoin { code },
+                Duration::from_secs(wait_s),
+            )?)?)?;
+            println!(
+                "context {} ready with authority {} (epoch {})",
+                v["context"].as_str().unwrap_or("?"),
+                v["with"].as_str().unwrap_or("?"),
+                v["epoch"]
+            );
+        }
+        ContextCmd::List { json } => {
+            let v = ok(need(ask(dir, &Request::ContextList, Duration::from_secs(10))?)?)?;
+            let list: Vec<ContextInfo> =
+                serde_json::from_value(v["contexts"].clone()).map_err(|e| fail(exit::FAILED, e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("serializes"));
+            } else if list.is_empty() {
+                println!("no contexts");
+            } else {
+                for c in &list {
+                    println!("context {} (epoch {})", c.id, c.epoch);
+                    for (d, a) in &c.members {
+                        println!("  device {d} of authority {}", &a[..16]);
+                    }
+                }
+            }
+        }
+        ContextCmd::Send { context, peer, text } => {
+            let v = ok(need(ask(
+                dir,
+                &Request::ContextSend { context, peer, text },
+                Duration::from_secs(10),
+            )?)?)?;
+            println!(
+                "handed to the guard chain for {} in context {}",
+                &v["peer"].as_str().unwrap_or("?")[..16],
+                &v["context"].as_str().unwrap_or("?")[..16]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (days to civil date after Howard Hinnant's method).

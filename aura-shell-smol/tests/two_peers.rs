@@ -238,25 +238,8 @@ fn three_processes_form_a_2_of_3_authority_and_sign_with_one_down() {
         &["authority", "create", "--threshold", "2", "--timeout-s", "60"],
     );
     assert!(out.contains("threshold: 2 of 3"), "{out}");
-    let show: Vec<serde_json::Value> = dirs
-        .iter()
-        .map(|d| {
-            // Members learn the genesis a moment after the coordinator.
-            let t0 = Instant::now();
-            loop {
-                let o = smol(d, &["authority", "show", "--json"]);
-                if o.status.success() {
-                    break serde_json::from_slice(&o.stdout).unwrap();
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "no authority at {}",
-                    d.display()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .collect();
+    // Members learn the genesis a moment after the coordinator.
+    let show: Vec<serde_json::Value> = dirs.iter().map(|d| await_authority(d)).collect();
     assert!(show
         .iter()
         .all(|s| s["group_key"] == show[0]["group_key"] && s["id"] == show[0]["id"]));
@@ -277,6 +260,101 @@ fn three_processes_form_a_2_of_3_authority_and_sign_with_one_down() {
         "plain FROST verification must accept the signature"
     );
     for d in daemons.iter_mut().filter_map(Option::take) {
+        d.stop();
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Waits until `authority show` works in `d`.
+fn await_authority(d: &Path) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let o = smol(d, &["authority", "show", "--json"]);
+        if o.status.success() {
+            break serde_json::from_slice(&o.stdout).unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no authority at {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_people_create_a_context_and_talk_through_the_guard_chain() {
+    // Alice has devices a1, a2; Bob has b1, b2. Each pair forms a 2-of-2 authority.
+    let dirs: Vec<PathBuf> = ["ca1", "ca2", "cb1", "cb2"].iter().map(|n| tempdir(n)).collect();
+    for d in &dirs {
+        ok(d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    }
+    let daemons: Vec<Daemon> = dirs.iter().map(|d| Daemon::start(d)).collect();
+    for (lead, other) in [(0, 1), (2, 3)] {
+        let code = ok(&dirs[lead], &["invite"]).trim().to_string();
+        ok(&dirs[other], &["join", &code, "--wait-s", "30"]);
+        ok(
+            &dirs[lead],
+            &["authority", "create", "--threshold", "2", "--timeout-s", "60"],
+        );
+        await_authority(&dirs[other]);
+    }
+    let alice = await_authority(&dirs[0]);
+    let bob = await_authority(&dirs[2]);
+    assert_ne!(alice["id"], bob["id"]);
+
+    // A context between the two people.
+    let code = ok(&dirs[0], &["context", "invite", "--valid-for", "10m"])
+        .trim()
+        .to_string();
+    let joined = ok(&dirs[2], &["context", "join", &code, "--wait-s", "30"]);
+    assert!(joined.contains(alice["id"].as_str().unwrap()), "{joined}");
+    let t0 = Instant::now();
+    let list = loop {
+        let l: Vec<serde_json::Value> = serde_json::from_str(&ok(&dirs[0], &["context", "list", "--json"])).unwrap();
+        if !l.is_empty() {
+            break l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "context never ready at the inviter"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ctx = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["members"].as_array().unwrap().len(), 4);
+    let b1 = ok(&dirs[2], &["id"]).trim().to_string();
+
+    let out = ok(&dirs[0], &["context", "send", &ctx[..12], &b1[..12], "hello bob"]);
+    assert!(out.contains("handed to the guard chain"), "{out}");
+    // The app frame is in the ledger under the context, charged one unit.
+    let t0 = Instant::now();
+    loop {
+        let ledger = ok(&dirs[0], &["audit", "--json"]);
+        let sent = ledger.lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["kind"] == "app" && v["context"] == ctx.as_str() && v["cost"] == 1 && v["peer"] == b1.as_str()
+        });
+        if sent {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no app frame in the ledger: {ledger}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bad input is refused clearly.
+    let out = smol(&dirs[0], &["context", "send", "ffff", &b1[..12], "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no ready context"));
+    let a2 = ok(&dirs[1], &["id"]).trim().to_string();
+    let out = smol(&dirs[0], &["context", "send", &ctx[..12], &a2[..12], "x"]);
+    assert_eq!(out.status.code(), Some(1), "own device is not a context peer");
+
+    for d in daemons {
         d.stop();
     }
     for d in &dirs {
