@@ -141,8 +141,6 @@ impl Peer {
         }) = effects.first()
         {
             self.metrics.reserves += 1;
-            // Receipts so far become durable before the budget that follows them.
-            self.seal_chain(context, epoch);
             self.held.entry((scope, peer)).or_default().push_front(h);
             self.persist(
                 Record::Reserve {

@@ -3,10 +3,12 @@
 //! and sent to every device they name, which verifies chain and seal against its own
 //! reduced view of the context and acknowledges.
 //!
-//! A stretch is sealed when it reaches `SEAL_EVERY` receipts, when the chain has been
-//! idle for `SEAL_IDLE`, and before every flow reservation is persisted, so receipts
-//! not yet durable never cover more than one reservation window: after a crash the chain
-//! goes on from the last durable seal, and at most that window's sends lack a receipt.
+//! A stretch is sealed when it reaches `SEAL_EVERY` receipts or when the chain has been
+//! idle for `SEAL_IDLE`. After a crash the chain goes on from the last durable seal: the
+//! sends since then (at most `SEAL_EVERY`, or a second's worth) lack a receipt. Their
+//! budget is safe regardless: it was reserved durably before they left and counts as
+//! spent on restore. (Sealing before every reservation would bound the gap tighter, at a
+//! signature per reservation window: 16 one-KiB sends.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -32,8 +34,8 @@ const RESEND: Duration = Duration::from_secs(2);
 /// Accounting messages (inside `Frame::Accounting` on a context channel).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Accounting {
-    /// A sealed stretch of the sender's chain.
-    Batch(ReceiptBatch),
+    /// A sealed stretch of the sender's chain (boxed: encoded like the batch itself).
+    Batch(Box<ReceiptBatch>),
     /// The receiver verified the sender's chain of `epoch` through nonce `through`.
     Ack {
         /// Epoch.
@@ -50,14 +52,29 @@ pub(crate) enum Accounting {
     },
 }
 
+/// A durable batch, kept to send again until every device it names acknowledged it.
+#[derive(Debug)]
+struct Sent {
+    /// Nonce after its last receipt.
+    end: u64,
+    /// Devices it names.
+    dsts: BTreeSet<DeviceId>,
+    /// `Accounting::Batch` encoded.
+    bytes: Vec<u8>,
+}
+
 /// This device's chain in one (context, epoch).
 #[derive(Debug)]
 pub(super) struct OutChain {
     writer: ChainWriter,
     /// Receipts not yet in a batch.
     pending: Vec<(DeviceId, u64)>,
+    /// Nonce and head where the last batch ended (where the next one starts).
+    sealed: (u64, [u8; 32]),
     /// Durable batches, in order.
-    batches: Vec<ReceiptBatch>,
+    batches: Vec<Sent>,
+    /// Batches before this index are acknowledged by every device they name.
+    settled: usize,
     /// A batch is being persisted.
     sealing: bool,
     last_append: Instant,
@@ -70,10 +87,23 @@ impl OutChain {
         OutChain {
             writer,
             pending: Vec::new(),
+            sealed: (0, CHAIN_START),
             batches: Vec::new(),
+            settled: 0,
             sealing: false,
             last_append: now,
             acked: BTreeMap::new(),
+        }
+    }
+
+    /// Moves `settled` past the batches every receiver acknowledged.
+    fn settle(&mut self) {
+        while let Some(b) = self.batches.get(self.settled) {
+            if b.dsts.iter().all(|d| self.acked.get(d).copied().unwrap_or(0) >= b.end) {
+                self.settled += 1;
+            } else {
+                break;
+            }
         }
     }
 }
@@ -103,18 +133,14 @@ impl Peer {
         if ch.pending.is_empty() {
             return;
         }
-        let entries = core::mem::take(&mut ch.pending);
-        let (next, _) = ch.writer.position();
-        let first = next - entries.len() as u64;
-        let prev = match ch.batches.last() {
-            Some(b) => b.seal().map_or(CHAIN_START, |s| s.head),
-            None if first == 0 => CHAIN_START,
-            // Batches of this chain are all in memory (restored from their records).
-            None => return,
-        };
-        let Some((_, _, msg)) = ch.writer.seal_bytes() else {
+        let pending = core::mem::take(&mut ch.pending);
+        let (dsts, entries) = ReceiptBatch::pack(&pending);
+        let (first, prev) = ch.sealed;
+        let Some((last, head, msg)) = ch.writer.seal_bytes() else {
             return;
         };
+        debug_assert_eq!(last + 1 - first, entries.len() as u64);
+        ch.sealed = (last + 1, head);
         ch.sealing = true;
         let sig = Sig64(self.keys.sign(&mut self.rng, &msg));
         let batch = ReceiptBatch {
@@ -123,6 +149,7 @@ impl Peer {
             epoch,
             first,
             prev,
+            dsts,
             entries,
             sig,
         };
@@ -146,24 +173,33 @@ impl Peer {
         ch.sealing = false;
         if !live {
             // Restore: the chain goes on after this batch.
-            if let Some(s) = batch.seal() {
+            if let Some((_, s)) = batch.chain() {
                 ch.writer = ChainWriter::resume(batch.context, me, batch.epoch, s.nonce + 1, s.head);
+                ch.sealed = (s.nonce + 1, s.head);
             }
         }
-        let dsts: BTreeSet<DeviceId> = batch.entries.iter().map(|(d, _)| *d).collect();
-        ch.batches.push(batch.clone());
+        let end = batch.first + batch.entries.len() as u64;
+        let dsts: BTreeSet<DeviceId> = batch.dsts.iter().copied().collect();
+        let context = batch.context;
+        let bytes = wire::encode(&Accounting::Batch(Box::new(batch)));
         if live {
-            for d in dsts {
-                self.send_accounting(batch.context, d, &Accounting::Batch(batch.clone()));
+            for d in &dsts {
+                self.send_accounting_bytes(context, *d, bytes.clone());
             }
             self.arm_acct_tick(now.saturating_add(RESEND));
         }
+        let ch = self.out_chains.get_mut(&key).expect("inserted above");
+        ch.batches.push(Sent { end, dsts, bytes });
     }
 
     fn send_accounting(&mut self, context: ContextId, peer: DeviceId, msg: &Accounting) {
+        self.send_accounting_bytes(context, peer, wire::encode(msg));
+    }
+
+    fn send_accounting_bytes(&mut self, context: ContextId, peer: DeviceId, bytes: Vec<u8>) {
         // Only over a channel that is up: accounting never opens one by itself.
         if self.active.contains_key(&(context, peer)) {
-            let _ = self.send_or_queue_in(context, peer, Queued::Accounting(wire::encode(msg)));
+            let _ = self.send_or_queue_in(context, peer, Queued::Accounting(bytes));
         }
     }
 
@@ -174,27 +210,28 @@ impl Peer {
         self.scratch = scratch;
         match msg {
             Err(e) => self.count_decode(e),
-            Ok(Accounting::Batch(b)) => self.on_batch(context, from, b),
+            Ok(Accounting::Batch(b)) => self.on_batch(context, from, *b),
             Ok(Accounting::Ack { epoch, through }) => {
                 if let Some(ch) = self.out_chains.get_mut(&(context, epoch)) {
                     let a = ch.acked.entry(from).or_default();
                     *a = (*a).max(through.saturating_add(1));
+                    ch.settle();
                 }
             }
             Ok(Accounting::Need { epoch, from: nonce }) => {
-                let batches: Vec<ReceiptBatch> = self
+                let batches: Vec<Vec<u8>> = self
                     .out_chains
                     .get(&(context, epoch))
                     .map(|ch| {
                         ch.batches
                             .iter()
-                            .filter(|b| b.first + b.entries.len() as u64 > nonce)
-                            .cloned()
+                            .filter(|b| b.end > nonce && b.dsts.contains(&from))
+                            .map(|b| b.bytes.clone())
                             .collect()
                     })
                     .unwrap_or_default();
                 for b in batches {
-                    self.send_accounting(context, from, &Accounting::Batch(b));
+                    self.send_accounting_bytes(context, from, b);
                 }
             }
         }
@@ -207,44 +244,33 @@ impl Peer {
         if b.context != context || b.src != from || b.entries.is_empty() {
             return self.receipt_rejected(ReceiptError::WrongChain);
         }
+        let epoch = b.epoch;
+        let Some((receipts, seal)) = b.chain() else {
+            return self.receipt_rejected(ReceiptError::WrongChain);
+        };
         // The signature first: nothing unsigned reaches the verifier's state.
-        if !b.signed_by_sender(&view) {
+        if !seal.signed_by_sender(&view) {
             return self.receipt_rejected(ReceiptError::ForeignKey);
         }
         let v = self
             .in_chains
-            .entry((context, from, b.epoch))
-            .or_insert_with(|| ChainVerifier::new(context, from, b.epoch));
-        for r in b.receipts() {
-            if let Err(e) = v.push(&r) {
+            .entry((context, from, epoch))
+            .or_insert_with(|| ChainVerifier::new(context, from, epoch));
+        for (r, id) in &receipts {
+            if let Err(e) = v.push_with_id(r, *id) {
                 let missing = v.len();
                 self.receipt_rejected(e);
                 if e == ReceiptError::Gap {
-                    self.send_accounting(
-                        context,
-                        from,
-                        &Accounting::Need {
-                            epoch: b.epoch,
-                            from: missing,
-                        },
-                    );
+                    self.send_accounting(context, from, &Accounting::Need { epoch, from: missing });
                 }
                 return;
             }
         }
-        let seal = b.seal().expect("non-empty batch");
-        if let Err(e) = v.seal(&seal, &view) {
+        if let Err(e) = v.seal_signed(&seal) {
             return self.receipt_rejected(e);
         }
         let through = v.sealed().saturating_sub(1);
-        self.send_accounting(
-            context,
-            from,
-            &Accounting::Ack {
-                epoch: b.epoch,
-                through,
-            },
-        );
+        self.send_accounting(context, from, &Accounting::Ack { epoch, through });
     }
 
     fn receipt_rejected(&mut self, e: ReceiptError) {
@@ -281,19 +307,17 @@ impl Peer {
                 }
             }
             let ch = &self.out_chains[&(ctx, epoch)];
-            let mut resend: Vec<(DeviceId, ReceiptBatch)> = Vec::new();
-            for b in &ch.batches {
-                let last = b.first + b.entries.len() as u64;
-                let dsts: BTreeSet<DeviceId> = b.entries.iter().map(|(d, _)| *d).collect();
-                for d in dsts {
-                    if ch.acked.get(&d).copied().unwrap_or(0) < last {
-                        resend.push((d, b.clone()));
+            let mut resend: Vec<(DeviceId, Vec<u8>)> = Vec::new();
+            for b in &ch.batches[ch.settled..] {
+                for d in &b.dsts {
+                    if ch.acked.get(d).copied().unwrap_or(0) < b.end {
+                        resend.push((*d, b.bytes.clone()));
                     }
                 }
             }
             again |= !resend.is_empty();
             for (d, b) in resend {
-                self.send_accounting(ctx, d, &Accounting::Batch(b));
+                self.send_accounting_bytes(ctx, d, b);
             }
         }
         if again {

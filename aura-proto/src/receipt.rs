@@ -209,10 +209,16 @@ impl ChainVerifier {
     /// Accepts the next receipt of the chain. A repeat of an accepted receipt is fine (and
     /// changes nothing); anything else out of line is refused.
     pub fn push(&mut self, r: &Receipt) -> Result<(), ReceiptError> {
+        let id = r.id_under(&self.key);
+        self.push_with_id(r, id)
+    }
+
+    /// [`ChainVerifier::push`] for a receipt whose id the caller computed under this
+    /// chain's key (as [`ReceiptBatch::chain`] does), so it is not hashed twice.
+    pub(crate) fn push_with_id(&mut self, r: &Receipt, id: [u8; 32]) -> Result<(), ReceiptError> {
         if r.context != self.context || r.src != self.src || r.epoch != self.epoch {
             return Err(ReceiptError::WrongChain);
         }
-        let id = r.id_under(&self.key);
         let known = usize::try_from(r.nonce).ok().and_then(|n| self.ids.get(n));
         if let Some(known) = known {
             return if *known == id { Ok(()) } else { Err(ReceiptError::Fork) };
@@ -230,13 +236,7 @@ impl ChainVerifier {
     /// Verifies a seal with the sender's key from `keys` and marks every receipt up to its
     /// head as authentic.
     pub fn seal(&mut self, s: &Seal, keys: &dyn KeyLookup) -> Result<(), ReceiptError> {
-        if s.context != self.context || s.src != self.src || s.epoch != self.epoch {
-            return Err(ReceiptError::WrongChain);
-        }
-        let at = usize::try_from(s.nonce).ok().and_then(|n| self.ids.get(n));
-        if at != Some(&s.head) {
-            return Err(ReceiptError::UnknownHead);
-        }
+        self.check_head(s)?;
         let key = keys
             .device_key(&Namespace::Context(self.context), &self.src)
             .ok_or(ReceiptError::ForeignKey)?;
@@ -244,6 +244,25 @@ impl ChainVerifier {
         if !crate::journal::schnorr_ok(&key, &msg, &s.sig) {
             return Err(ReceiptError::ForeignKey);
         }
+        self.sealed_through = Some(self.sealed_through.map_or(s.nonce, |t| t.max(s.nonce)));
+        Ok(())
+    }
+
+    fn check_head(&self, s: &Seal) -> Result<(), ReceiptError> {
+        if s.context != self.context || s.src != self.src || s.epoch != self.epoch {
+            return Err(ReceiptError::WrongChain);
+        }
+        let at = usize::try_from(s.nonce).ok().and_then(|n| self.ids.get(n));
+        if at != Some(&s.head) {
+            return Err(ReceiptError::UnknownHead);
+        }
+        Ok(())
+    }
+
+    /// [`ChainVerifier::seal`] for a seal whose signature the caller already checked
+    /// with [`Seal::signed_by_sender`] against the same key lookup.
+    pub(crate) fn seal_signed(&mut self, s: &Seal) -> Result<(), ReceiptError> {
+        self.check_head(s)?;
         self.sealed_through = Some(self.sealed_through.map_or(s.nonce, |t| t.max(s.nonce)));
         Ok(())
     }
@@ -264,7 +283,10 @@ impl ChainVerifier {
     }
 }
 
-/// A sealed stretch of one sender's chain: receipts `first ..` (each `(dst, cost)`),
+/// A batch's receipts with their ids, and its seal.
+pub type BatchChain = (Vec<(Receipt, [u8; 32])>, Seal);
+
+/// A sealed stretch of one sender's chain: receipts `first ..` (each a receiver index and cost),
 /// the first naming `prev`, and the seal's signature over the last one. Sent to every
 /// device it names, which verifies it against its own view of the chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,15 +301,37 @@ pub struct ReceiptBatch {
     pub first: u64,
     /// Id of the receipt before the first ([`CHAIN_START`] for nonce 0).
     pub prev: [u8; 32],
-    /// Receiver and cost of each receipt, in nonce order (at least one).
-    pub entries: Vec<(DeviceId, u64)>,
+    /// The receiving devices the batch names, each once.
+    pub dsts: Vec<DeviceId>,
+    /// Receiver (an index into `dsts`) and cost of each receipt, in nonce order (at
+    /// least one). Indices keep a batch of a thousand receipts to a few kilobytes.
+    pub entries: Vec<(u16, u64)>,
     /// Seal signature over the last receipt.
     pub sig: Sig64,
 }
 
 impl ReceiptBatch {
-    /// The receipts, rebuilt from `prev` (ids are recomputed, never taken on trust).
-    pub fn receipts(&self) -> Vec<Receipt> {
+    /// Packs receipts given as (receiver, cost) into `dsts` and indexed `entries`.
+    pub fn pack(receipts: &[(DeviceId, u64)]) -> (Vec<DeviceId>, Vec<(u16, u64)>) {
+        let mut dsts: Vec<DeviceId> = Vec::new();
+        let mut entries = Vec::with_capacity(receipts.len());
+        for (d, cost) in receipts {
+            let i = match dsts.iter().position(|x| x == d) {
+                Some(i) => i,
+                None => {
+                    dsts.push(*d);
+                    dsts.len() - 1
+                }
+            };
+            entries.push((i as u16, *cost));
+        }
+        (dsts, entries)
+    }
+
+    /// The receipts with their ids, rebuilt from `prev` (ids are recomputed, never taken
+    /// on trust), and the seal over the last one. `None` for an empty batch or an entry
+    /// naming a receiver index outside `dsts`.
+    pub fn chain(&self) -> Option<BatchChain> {
         let key = chain_key(&self.context, &self.src, self.epoch);
         let mut prev = self.prev;
         let mut out = Vec::with_capacity(self.entries.len());
@@ -295,40 +339,36 @@ impl ReceiptBatch {
             let r = Receipt {
                 context: self.context,
                 src: self.src,
-                dst: *dst,
+                dst: *self.dsts.get(usize::from(*dst))?,
                 epoch: self.epoch,
                 cost: *cost,
                 nonce: self.first.saturating_add(i as u64),
                 prev,
             };
             prev = r.id_under(&key);
-            out.push(r);
+            out.push((r, prev));
         }
-        out
-    }
-
-    /// The seal over the batch's last receipt (`None` for an empty batch).
-    pub fn seal(&self) -> Option<Seal> {
-        let last = self.receipts().pop()?;
-        Some(Seal {
+        let seal = out.last().map(|(last, _)| Seal {
             context: self.context,
             src: self.src,
             epoch: self.epoch,
             nonce: last.nonce,
-            head: last.id(),
+            head: prev,
             sig: self.sig,
-        })
+        })?;
+        Some((out, seal))
     }
+}
 
-    /// Checks the seal's signature with the sender's key from `keys` alone, before any
-    /// receipt of the batch touches a verifier.
+impl Seal {
+    /// Checks the signature with the sender's key from `keys` alone (before any receipt
+    /// it covers touches a verifier's state).
     pub fn signed_by_sender(&self, keys: &dyn KeyLookup) -> bool {
-        let Some(s) = self.seal() else { return false };
         let Some(key) = keys.device_key(&Namespace::Context(self.context), &self.src) else {
             return false;
         };
-        let msg = Seal::signed_bytes(&s.context, &s.src, s.epoch, s.nonce, &s.head);
-        crate::journal::schnorr_ok(&key, &msg, &s.sig)
+        let msg = Seal::signed_bytes(&self.context, &self.src, self.epoch, self.nonce, &self.head);
+        crate::journal::schnorr_ok(&key, &msg, &self.sig)
     }
 }
 
