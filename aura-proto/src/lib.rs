@@ -52,6 +52,23 @@ pub mod rng;
 pub mod time;
 pub mod wire;
 
+/// Entry points for the fuzz targets into decoders that are otherwise internal. Not part
+/// of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes `data` as every message carried inside channel frames (context joins,
+    /// accounting): a decode must be canonical and a decoded receipt batch must rebuild
+    /// its chain or refuse, never panic.
+    pub fn inner_messages(data: &[u8]) {
+        crate::peer::fuzz_inner_messages(data);
+    }
+
+    /// Encoded examples of those messages, for the seed corpus.
+    pub fn inner_message_samples() -> Vec<Vec<u8>> {
+        crate::peer::inner_message_samples()
+    }
+}
+
 pub use channel::{Role, NOISE_PATTERN};
 pub use invite::{Invitation, InviteError};
 pub use keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};

@@ -672,6 +672,50 @@ impl core::fmt::Debug for Peer {
     }
 }
 
+/// See `crate::fuzzing::inner_messages`.
+pub(crate) fn fuzz_inner_messages(data: &[u8]) {
+    let mut scratch = Vec::new();
+    if let Ok(m) = wire::strict_decode::<context_impl::CtxMsg>(data, &mut scratch) {
+        assert_eq!(wire::encode(&m), data, "context join message decode is not canonical");
+    }
+    if let Ok(m) = wire::strict_decode::<receipts_impl::Accounting>(data, &mut scratch) {
+        assert_eq!(wire::encode(&m), data, "accounting message decode is not canonical");
+        if let receipts_impl::Accounting::Batch(b) = m {
+            let _ = b.chain();
+        }
+    }
+}
+
+/// See `crate::fuzzing::inner_message_samples`.
+pub(crate) fn inner_message_samples() -> Vec<Vec<u8>> {
+    use context_impl::CtxMsg;
+    use receipts_impl::Accounting;
+    let batch = crate::receipt::ReceiptBatch {
+        context: ContextId([3; 32]),
+        src: DeviceId([4; 32]),
+        epoch: 0,
+        first: 0,
+        prev: crate::receipt::CHAIN_START,
+        dsts: vec![DeviceId([5; 32]), DeviceId([6; 32])],
+        entries: vec![(0, 1), (1, 4), (0, 16)],
+        sig: crate::journal::Sig64([7; 64]),
+    };
+    vec![
+        wire::encode(&Accounting::Batch(Box::new(batch))),
+        wire::encode(&Accounting::Ack { epoch: 0, through: 2 }),
+        wire::encode(&Accounting::Need { epoch: 1, from: 3 }),
+        wire::encode(&CtxMsg::Join {
+            genesis: vec![1; 40],
+            token: vec![2; 20],
+        }),
+        wire::encode(&CtxMsg::Accept {
+            fact: vec![3; 30],
+            token: vec![4; 10],
+        }),
+        wire::encode(&CtxMsg::Done),
+    ]
+}
+
 fn pairing_psk(secret: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key(CTX_PAIRING_PSK, secret)
 }

@@ -36,6 +36,8 @@ pub fn frame_decode(data: &[u8]) {
     if let Ok(m) = wire::strict_decode::<aura_proto::authority::AuthMsg>(data, &mut scratch) {
         assert_eq!(wire::encode(&m), data, "sub-protocol message decode is not canonical");
     }
+    // Messages inside channel frames (context joins, receipt accounting).
+    aura_proto::fuzzing::inner_messages(data);
     // Capability tokens as we parse them: any bytes give a typed error or a snapshot.
     let _ = aura_proto::caps::verify(data, &[7; 32]);
     if let Ok(s) = std::str::from_utf8(data) {

@@ -110,6 +110,9 @@ fn generate_seed_corpus() {
         wire::pad_frame(&f, &mut plain).unwrap();
         write("frame_decode", &plain);
     }
+    for m in aura_proto::fuzzing::inner_message_samples() {
+        write("frame_decode", &m);
+    }
     write("frame_decode", b"");
     write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
     write("peer_datagrams", b"");
