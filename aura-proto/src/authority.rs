@@ -274,6 +274,19 @@ pub enum AuthMsg {
         /// Session.
         session: [u8; 32],
     },
+    /// A relational context shared with another device of the same person: the other
+    /// authority's genesis, the context's facts (creation first) and the capability
+    /// tokens the other authority issued. Acknowledged with `FactsAck` naming the
+    /// creation fact.
+    ContextShare {
+        /// Encoded facts.
+        facts: Vec<Vec<u8>>,
+        /// Capability tokens.
+        tokens: Vec<Vec<u8>>,
+        /// Where the sender last reached the other authorities' devices (member hints in
+        /// a genesis can be empty).
+        addrs: Vec<(DeviceId, String)>,
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

@@ -547,6 +547,14 @@ enum Pending {
     },
     /// Nothing follows.
     Nothing,
+    /// A context shared by an own device is durable: acknowledge its creation fact.
+    ContextShared {
+        from: DeviceId,
+        genesis: FactId,
+        facts: Vec<Fact>,
+        tokens: Vec<Vec<u8>>,
+        addrs: Vec<(DeviceId, String)>,
+    },
     /// A sealed receipt batch is durable: send it.
     ReceiptsDurable(Box<crate::receipt::ReceiptBatch>),
     /// A flow reservation is durable: the sends held behind it may go.
@@ -657,6 +665,8 @@ pub struct Peer {
     ctx_joins: BTreeMap<[u8; 32], CtxJoin>,
     /// Last address each context peer was reached at.
     ctx_addrs: BTreeMap<DeviceId, String>,
+    /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
+    ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
     out_chains: BTreeMap<(ContextId, u64), receipts_impl::OutChain>,
     in_chains: BTreeMap<(ContextId, DeviceId, u64), crate::receipt::ChainVerifier>,
@@ -786,6 +796,7 @@ impl Peer {
             ctx_invites: BTreeMap::new(),
             ctx_joins: BTreeMap::new(),
             ctx_addrs: BTreeMap::new(),
+            ctx_push: BTreeMap::new(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -824,6 +835,10 @@ impl Peer {
             .collect();
         for id in joins {
             p.start_context_join(id);
+        }
+        // Whether our own devices got our contexts was not recorded: offer them again.
+        for c in p.contexts() {
+            p.share_context(c);
         }
         // A key generation this device coordinated finished, but its genesis was never
         // recorded: sign it now (its content is deterministic, so a retry cannot fork).
@@ -877,6 +892,7 @@ impl Peer {
                 sent_token,
             } => self.apply_context_record(invite, (peer, addr), context, facts, tokens, sent_token),
             Record::Receipts(batch) => self.batch_durable(batch, false),
+            Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
             Record::Reserve {
                 context,
                 peer,
@@ -2034,6 +2050,16 @@ impl Peer {
             Pending::Context { idx, step, record } => self.context_durable(idx, step, *record),
             Pending::ReceiptsDurable(batch) => self.batch_durable(*batch, true),
             Pending::Nothing => {}
+            Pending::ContextShared {
+                from,
+                genesis,
+                facts,
+                tokens,
+                addrs,
+            } => {
+                self.apply_context_share(facts, tokens, addrs);
+                self.send_auth(from, crate::authority::AuthMsg::FactsAck { ids: vec![genesis] });
+            }
             Pending::Reserved {
                 context,
                 peer,

@@ -249,13 +249,20 @@ impl Peer {
             } => self.on_sign_share(from, session, i, share),
             AuthMsg::Facts { facts } => self.on_facts(from, facts),
             AuthMsg::DkgAbandoned { session } => self.on_dkg_abandoned(from, session),
+            AuthMsg::ContextShare { facts, tokens, addrs } => self.on_context_share(from, facts, tokens, addrs),
             AuthMsg::FactsAck { ids } => {
                 for id in ids {
                     if let Some(waiting) = self.fact_push.get_mut(&id) {
                         waiting.remove(&from);
                     }
+                    for waiting in self.ctx_push.values_mut() {
+                        if waiting.0 == id {
+                            waiting.1.remove(&from);
+                        }
+                    }
                 }
                 self.fact_push.retain(|_, w| !w.is_empty());
+                self.ctx_push.retain(|_, w| !w.1.is_empty());
             }
         }
     }
@@ -1640,9 +1647,11 @@ impl Peer {
         for (to, m) in resend {
             self.send_auth(to, m);
         }
+        self.resend_context_shares();
         let busy = !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
             || !self.fact_push.is_empty()
+            || !self.ctx_push.is_empty()
             || !self.sign_part.is_empty()
             || !self.pending_genesis.is_empty();
         if busy {

@@ -34,7 +34,7 @@ use crate::guard::{ContextState, Grant, Leak, Observer};
 use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
 use crate::journal::{
     verify_fact, AuthorityId, ContextAccept, ContextGenesis, ContextId, ContextMember, Fact, FactBody, FactSig,
-    Journal, Namespace, SealedSecret, Sig64,
+    Journal, Namespace, SealedSecret, Sig64, MAX_CONTEXT_MEMBERS,
 };
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
@@ -645,13 +645,14 @@ impl Peer {
         if !addr.is_empty() {
             self.ctx_addrs.insert(peer, addr);
         }
-        for f in facts {
-            self.apply_fact(f);
-        }
+        // Tokens first: the facts may make the context ready, which reads them.
         for t in tokens.into_iter().chain(sent_token.clone()) {
             if !self.tokens.contains(&t) {
                 self.tokens.push(t);
             }
+        }
+        for f in facts {
+            self.apply_fact(f);
         }
         if let Some(i) = self.ctx_invites.get_mut(&invite) {
             i.persisting = false;
@@ -893,6 +894,7 @@ impl Peer {
                 with: other.unwrap_or(AuthorityId([0; 32])),
                 epoch,
             });
+            self.share_context(id);
         }
         if !self.restoring {
             self.refresh_guard();
@@ -1028,6 +1030,217 @@ impl Peer {
     pub(super) fn context_psk_for(&self, ctx: ContextId, epoch: u64, peer: &DeviceId) -> Option<[u8; 32]> {
         let s = self.contexts.get(&ctx)?.secrets.get(&epoch)?;
         Some(context_psk(s, &self.keys.id, peer))
+    }
+
+    // ----- sharing with one's own devices --------------------------------------------
+
+    /// Offers ready context `ctx` to this person's other devices named in it: the other
+    /// authorities' geneses, the context's facts and the tokens the other authorities
+    /// issued to ours, resent until each acknowledges the creation fact.
+    pub(super) fn share_context(&mut self, ctx: ContextId) {
+        let Some(st) = self.contexts.get(&ctx).filter(|s| s.ready) else {
+            return;
+        };
+        let Some(mine) = self.my_authority().map(|v| v.id) else {
+            return;
+        };
+        let me = self.keys.id;
+        let to: std::collections::BTreeSet<DeviceId> = st
+            .view
+            .members
+            .iter()
+            .filter(|(d, m)| m.authority == mine && **d != me && self.peers.contains_key(d))
+            .map(|(d, _)| *d)
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        self.ctx_push.insert(ctx, (st.view.genesis, to));
+        self.resend_context_shares();
+        self.arm_auth_tick();
+    }
+
+    /// The `ContextShare` of every context not yet acknowledged by all its own devices.
+    pub(super) fn resend_context_shares(&mut self) {
+        let pushes: Vec<(ContextId, Vec<DeviceId>)> = self
+            .ctx_push
+            .iter()
+            .map(|(c, (_, to))| (*c, to.iter().copied().collect()))
+            .collect();
+        for (ctx, to) in pushes {
+            let Some(msg) = self.context_share(ctx) else { continue };
+            for d in to {
+                self.send_auth(d, msg.clone());
+            }
+        }
+    }
+
+    fn context_share(&self, ctx: ContextId) -> Option<crate::authority::AuthMsg> {
+        let st = self.contexts.get(&ctx)?;
+        let mine = self.my_authority().map(|v| v.id)?;
+        let mut facts: Vec<Vec<u8>> = st
+            .view
+            .authorities
+            .iter()
+            .filter(|a| **a != mine)
+            .filter_map(|a| self.genesis_fact(a))
+            .map(|f| f.encode())
+            .collect();
+        let ns = Namespace::Context(ctx);
+        let mut ctx_facts: Vec<&Fact> = self.journal.facts(&ns).collect();
+        // The creation first: the rest is verified against it.
+        ctx_facts.sort_by_key(|f| !matches!(f.body, FactBody::ContextGenesis(_)));
+        facts.extend(ctx_facts.into_iter().map(|f| f.encode()));
+        let tokens = self
+            .tokens
+            .iter()
+            .filter(|t| {
+                st.view.authorities.iter().filter(|a| **a != mine).any(|a| {
+                    self.views.0.get(a).is_some_and(|v| {
+                        caps::verify(t, &v.cap_root)
+                            .is_ok_and(|s| s.issuer == *a && s.subject == Subject::Authority(mine))
+                    })
+                })
+            })
+            .cloned()
+            .collect();
+        let addrs = st
+            .view
+            .members
+            .iter()
+            .filter(|(_, m)| m.authority != mine)
+            .filter_map(|(d, _)| self.ctx_addrs.get(d).map(|a| (*d, a.clone())))
+            .collect();
+        Some(crate::authority::AuthMsg::ContextShare { facts, tokens, addrs })
+    }
+
+    /// A context shared by another device of this person: keep what concerns us.
+    pub(super) fn on_context_share(
+        &mut self,
+        from: DeviceId,
+        facts: Vec<Vec<u8>>,
+        tokens: Vec<Vec<u8>>,
+        addrs: Vec<(DeviceId, String)>,
+    ) {
+        let me = self.keys.id;
+        let Some(mine) = self.my_authority().map(|v| v.id) else {
+            return;
+        };
+        // Only a co-member of our own authority may share (paired devices not in it may not).
+        if !self.my_authority().is_some_and(|v| v.members.contains_key(&from)) {
+            return self.refuse_ctx();
+        }
+        let mut views = self.views.clone();
+        let mut ctx_view: Option<ContextView> = None;
+        let mut keep: Vec<Fact> = Vec::new();
+        let mut decoded = Vec::new();
+        for b in &facts {
+            match Fact::decode(b) {
+                Ok(f) => decoded.push(f),
+                Err(_) => return self.fact_rejected(crate::journal::FactError::Malformed),
+            }
+        }
+        for f in decoded {
+            let ns = f.namespace;
+            let checked = match (&f.body, ns) {
+                (FactBody::Genesis(g), Namespace::Authority(a)) => verify_fact(&f, &ns, &views).map(|_| {
+                    let mut j = Journal::new();
+                    j.insert(f.clone());
+                    if let Some(v) = AuthorityView::reduce(&j, a) {
+                        views.0.insert(a, v);
+                    }
+                    let _ = g;
+                }),
+                (FactBody::ContextGenesis(g), Namespace::Context(c)) => {
+                    if ctx_view.is_some() || !g.members.iter().any(|m| m.cert.id() == me) {
+                        // One context per share, and only one that names us.
+                        return self.refuse_ctx();
+                    }
+                    verify_fact(&f, &ns, &views).map(|_| {
+                        let mut j = Journal::new();
+                        j.insert(f.clone());
+                        ctx_view = ContextView::reduce(&j, c);
+                    })
+                }
+                (_, Namespace::Context(c)) => match &ctx_view {
+                    Some(v) if v.id == c => verify_fact(&f, &ns, v),
+                    _ => Err(crate::journal::FactError::WrongNamespace),
+                },
+                _ => Err(crate::journal::FactError::WrongNamespace),
+            };
+            match checked {
+                Ok(()) => keep.push(f),
+                Err(e) => return self.fact_rejected(e),
+            }
+        }
+        let Some(view) = ctx_view else { return self.refuse_ctx() };
+        let tokens: Vec<Vec<u8>> = tokens
+            .into_iter()
+            .filter(|t| !self.tokens.contains(t))
+            .filter(|t| {
+                view.authorities.iter().filter(|a| **a != mine).any(|a| {
+                    views
+                        .0
+                        .get(a)
+                        .is_some_and(|v| caps::verify(t, &v.cap_root).is_ok_and(|s| s.issuer == *a))
+                })
+            })
+            .collect();
+        let genesis = view.genesis;
+        // Hints for the context's devices we have not reached ourselves.
+        let addrs: Vec<(DeviceId, String)> = addrs
+            .into_iter()
+            .filter(|(d, a)| {
+                view.members.contains_key(d) && !self.ctx_addrs.contains_key(d) && a.len() <= MAX_ADDR_HINT
+            })
+            .take(MAX_CONTEXT_MEMBERS)
+            .collect();
+        let new: Vec<Fact> = keep.into_iter().filter(|f| !self.journal.contains(f)).collect();
+        if new.is_empty() && tokens.is_empty() && addrs.is_empty() {
+            self.send_auth(from, crate::authority::AuthMsg::FactsAck { ids: vec![genesis] });
+            return;
+        }
+        self.persist(
+            Record::ContextShared {
+                facts: new.clone(),
+                tokens: tokens.clone(),
+                addrs: addrs.clone(),
+            },
+            Pending::ContextShared {
+                from,
+                genesis,
+                facts: new,
+                tokens,
+                addrs,
+            },
+        );
+    }
+
+    /// Merges shared facts and tokens (after their write, and on restore).
+    pub(super) fn apply_context_share(
+        &mut self,
+        facts: Vec<Fact>,
+        tokens: Vec<Vec<u8>>,
+        addrs: Vec<(DeviceId, String)>,
+    ) {
+        for (d, a) in addrs {
+            self.ctx_addrs.entry(d).or_insert(a);
+        }
+        for t in tokens {
+            if !self.tokens.contains(&t) {
+                self.tokens.push(t);
+            }
+        }
+        // Authority geneses first, so the context finds its members' authorities.
+        let (auth, ctx): (Vec<Fact>, Vec<Fact>) = facts
+            .into_iter()
+            .partition(|f| matches!(f.namespace, Namespace::Authority(_)));
+        for f in auth.into_iter().chain(ctx) {
+            self.apply_fact(f);
+        }
+        if !self.restoring {
+            self.refresh_guard();
+        }
     }
 
     // ----- timers -------------------------------------------------------------------

@@ -119,6 +119,16 @@ pub enum Record {
         /// Reserved units.
         up_to: u64,
     },
+    /// A context another device of the same person shared: facts (the other authority's
+    /// genesis, the context's facts) and capability tokens to keep.
+    ContextShared {
+        /// Facts.
+        facts: Vec<Fact>,
+        /// Capability tokens.
+        tokens: Vec<Vec<u8>>,
+        /// Addresses of the other authorities' devices.
+        addrs: Vec<(DeviceId, String)>,
+    },
 }
 
 impl Record {

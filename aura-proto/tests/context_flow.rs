@@ -467,3 +467,36 @@ fn guard_promises_hold_for_any_sequence_of_sends_and_restarts() {
         .max_tests(12)
         .quickcheck(guard_promises_hold as fn(Vec<Op>) -> bool);
 }
+
+#[test]
+fn a_context_reaches_every_device_of_both_people() {
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    net.run();
+    // The devices that did not take part learn the context from their own devices.
+    for i in [1, 3] {
+        assert_eq!(ready(&net.nodes[i]), vec![ctx], "device {i}: {:?}", net.nodes[i].events);
+        assert!(net.nodes[i]
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::ContextShared { .. })));
+    }
+    send(&mut net, 1, 3, ctx, b"second devices talk");
+    send(&mut net, 3, 0, ctx, b"and across");
+    assert_eq!(
+        context_received(&net.nodes[3], ctx),
+        vec![Bytes::from_static(b"second devices talk")]
+    );
+    assert_eq!(
+        context_received(&net.nodes[0], ctx),
+        vec![Bytes::from_static(b"and across")]
+    );
+    // And it survives their restarts.
+    restart(&mut net, 1, 61);
+    assert_eq!(net.nodes[1].peer.contexts(), vec![ctx]);
+    send(&mut net, 1, 2, ctx, b"after restart");
+    assert_eq!(
+        context_received(&net.nodes[2], ctx),
+        vec![Bytes::from_static(b"after restart")]
+    );
+}

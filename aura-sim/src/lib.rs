@@ -73,9 +73,10 @@ pub enum Scenario {
     Keepalive,
     /// Two people: devices `0..n/2` pair with device 0 and `n/2..n` with device `n/2`,
     /// and each half forms an authority. Device 0 invites device `n/2` into a relational
-    /// context; both then send context messages every 250 ms until the flow budget the
-    /// other authority granted ([`CONTEXT_BUDGET`] units) is spent and the guard chain
-    /// refuses. Needs at least 4 devices.
+    /// context, which both share with their other devices; every device then sends
+    /// context messages to the other person's leader every 250 ms until the flow budget
+    /// the other authority granted ([`CONTEXT_BUDGET`] units) is spent and the guard
+    /// chain refuses. Needs at least 4 devices.
     Context,
 }
 
@@ -520,7 +521,7 @@ pub struct World {
     /// Context scenario: leaders that announced the context ready.
     ctx_ready: std::collections::BTreeSet<usize>,
     /// Context scenario: context messages each leader received, by leader.
-    ctx_received: BTreeMap<usize, u64>,
+    ctx_received: BTreeMap<(usize, DeviceId), u64>,
     /// Context scenario: leaders whose sends the guard refused for budget.
     ctx_exhausted: std::collections::BTreeSet<usize>,
     /// Context scenario: next message number per leader.
@@ -794,11 +795,20 @@ impl World {
             return false;
         }
         if self.cfg.scenario == Scenario::Context {
-            // Both leaders talked and then ran into the budget the other side granted.
+            // Every device learned the context (the two leaders by the invitation, the
+            // others from their own devices), sent until it ran into the budget the other
+            // authority granted, and both leaders received messages.
             let h = self.nodes.len() / 2;
-            return [0, h]
-                .iter()
-                .all(|l| self.ctx_exhausted.contains(l) && self.ctx_received.get(l).copied().unwrap_or(0) > 0);
+            let got = |l: usize| {
+                self.ctx_received
+                    .range((l, DeviceId([0; 32]))..)
+                    .any(|((r, _), n)| *r == l && *n > 0)
+            };
+            return (0..self.nodes.len())
+                .filter(|j| !self.nodes[*j].lost)
+                .all(|j| self.ctx_exhausted.contains(&j))
+                && got(0)
+                && got(h);
         }
         // Devices lost for good are excused; everyone else must have made it.
         self.nodes
@@ -1243,15 +1253,18 @@ impl World {
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
         match e {
-            Event::ContextReceived { .. } if self.cfg.scenario == Scenario::Context => {
+            Event::ContextReceived { peer, .. } if self.cfg.scenario == Scenario::Context => {
                 // Every context message costs one unit of the budget the receiver's
-                // authority granted: more arriving than it allows means budget was spent
-                // twice (say, across a crash).
-                let got = self.ctx_received.get(&i).copied().unwrap_or(0) + 1;
+                // authority granted the sender: more arriving from one sender than that
+                // means budget was spent twice (say, across a crash).
+                let got = self.ctx_received.get(&(i, *peer)).copied().unwrap_or(0) + 1;
                 if got > CONTEXT_BUDGET {
                     return Err(self.violation(
                         "flow-budget-overspent",
-                        format!("n{i} received {got} context messages on a budget of {CONTEXT_BUDGET}"),
+                        format!(
+                            "n{i} received {got} context messages from {} on a budget of {CONTEXT_BUDGET}",
+                            short(peer)
+                        ),
                     ));
                 }
             }
@@ -1497,7 +1510,7 @@ impl World {
             Event::ContextReady { .. } if self.ctx_ready.insert(i) => {
                 self.schedule(soon, Ev::CtxTick { node: i });
             }
-            Event::ContextReceived { .. } => *self.ctx_received.entry(i).or_default() += 1,
+            Event::ContextReceived { peer, .. } => *self.ctx_received.entry((i, peer)).or_default() += 1,
             Event::SendDenied {
                 reason: aura_proto::guard::Denial::BudgetExhausted,
                 ..
@@ -1540,14 +1553,14 @@ impl World {
         );
     }
 
-    /// Context scenario: a leader sends its next context message to the other leader,
-    /// until the guard chain refuses for budget.
+    /// Context scenario: a device sends its next context message to the other person's
+    /// leader, until the guard chain refuses for budget.
     fn ctx_tick(&mut self, i: usize) {
         if self.ctx_exhausted.contains(&i) {
             return;
         }
         let h = self.nodes.len() / 2;
-        let other = if i == 0 { h } else { 0 };
+        let other = if i < h { h } else { 0 };
         let ctx = self.nodes[i].peer.contexts().first().copied();
         if let Some(context) = ctx {
             let seq = self.ctx_seq.entry(i).or_default();
@@ -1980,7 +1993,7 @@ impl World {
                 );
             }
         }
-        if (i == 0 || i == h) && self.ctx_ready.contains(&i) {
+        if self.ctx_ready.contains(&i) {
             self.schedule(self.now + 1_000_000, Ev::CtxTick { node: i });
         }
     }
