@@ -190,6 +190,8 @@ pub(crate) struct Channel {
     pub owe_keepalive: bool,
     /// Ping id → send time.
     pub pings: BTreeMap<u64, Instant>,
+    /// Pings answered in the current one-second window: (window start, count).
+    pub pongs: (Instant, u32),
 }
 
 impl Channel {
@@ -229,6 +231,7 @@ impl Channel {
             unanswered_since: None,
             owe_keepalive: false,
             pings: Default::default(),
+            pongs: (Instant(0), 0),
         }
     }
 

@@ -42,6 +42,8 @@ const CTX_LINK_PSK: &str = "aura 2026-11 link psk";
 /// How long a handshake-init hash is remembered to recognise duplicates and replays.
 const SEEN_INIT_TTL: Duration = Duration::from_secs(120);
 const MAX_SEEN_INIT: usize = 4096;
+/// Pings answered per channel and second at most.
+const PONGS_PER_SECOND: u32 = 64;
 
 /// Tunables. The defaults suit a real network; the simulator shortens some of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -586,6 +588,7 @@ struct Held {
     plain: Vec<u8>,
     kind: MsgKind,
     keepalive: bool,
+    portable: bool,
     seq: u64,
 }
 
@@ -1769,7 +1772,22 @@ impl Peer {
         }
     }
 
+    /// Whether channel `idx` may still send upkeep: always between one's own devices
+    /// and while pairing or joining; in a context, only while it is ready at the
+    /// channel's epoch and the guard allows upkeep to the peer.
+    fn may_keep_up(&self, idx: u32) -> bool {
+        let Some(c) = self.channels.get(&idx) else { return false };
+        if c.purpose != Purpose::Context {
+            return true;
+        }
+        let Some(peer) = c.peer else { return false };
+        self.context_current(c.scope, c.epoch) && self.upkeep_allowed(c.scope, peer, c.epoch).is_ok()
+    }
+
     fn restart_initiator(&mut self, idx: u32) {
+        if !self.may_keep_up(idx) {
+            return self.fail_initiator(idx, FailReason::Timeout);
+        }
         let Some(c) = self.channels.remove(&idx) else { return };
         let tries = c.tries;
         let psk = match (c.purpose, c.invite, c.peer) {
@@ -1905,7 +1923,7 @@ impl Peer {
         if first {
             c.phase = Phase::Established;
         }
-        let (purpose, role, peer, pairing, scope) = (c.purpose, c.role, c.peer, c.pairing, c.scope);
+        let (purpose, role, peer, pairing, scope, epoch) = (c.purpose, c.role, c.peer, c.pairing, c.scope, c.epoch);
         let peer = peer.expect("established channels know their peer");
         if first && matches!(purpose, Purpose::Link | Purpose::Context) {
             self.activate(idx);
@@ -1938,7 +1956,23 @@ impl Peer {
             }
             Frame::Proto { data } if purpose == Purpose::ContextJoin => self.on_ctx_msg(idx, peer, data),
             _ if !usable => self.metrics.drop(DropReason::UnexpectedFrame),
+            // A context that stopped being ready here (or moved to another epoch) takes
+            // nothing more from channels of the old state.
+            _ if scope != ContextId::OWN && !self.context_current(scope, epoch) => {
+                self.metrics.drop(DropReason::WrongContext)
+            }
             Frame::Ping { id } => {
+                // Answers cost leakage from a budget the whole context shares: a peer
+                // gets at most PONGS_PER_SECOND of them per second.
+                let c = self.channels.get_mut(&idx).expect("present");
+                let (start, n) = c.pongs;
+                if start.saturating_add(Duration::from_secs(1)) <= now {
+                    c.pongs = (now, 1);
+                } else if n >= PONGS_PER_SECOND {
+                    return self.metrics.drop(DropReason::Overloaded);
+                } else {
+                    c.pongs.1 += 1;
+                }
                 self.send_frame(idx, &Frame::Pong { id });
             }
             Frame::Pong { id } => {
@@ -2105,6 +2139,12 @@ impl Peer {
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {
         let cfg = self.cfg.clone();
+        let Some(c) = self.channels.get(&idx) else { return };
+        if c.retx_at.is_some_and(|t| t <= now) && !self.may_keep_up(idx) {
+            // The scope stopped allowing this channel while it was being set up: no
+            // further handshake message goes out.
+            return self.fail_initiator(idx, FailReason::Timeout);
+        }
         let Some(c) = self.channels.get_mut(&idx) else { return };
         if c.retx_at.is_some_and(|t| t <= now) {
             if c.tries >= cfg.handshake_tries {

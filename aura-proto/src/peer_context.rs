@@ -335,10 +335,29 @@ impl Peer {
             self.fact_rejected(e);
             return None;
         }
+        if !self.genesis_is_foreign(g) {
+            self.fact_rejected(crate::journal::FactError::Invalid);
+            return None;
+        }
         let mut j = Journal::new();
         j.insert(f.clone());
         let v = AuthorityView::reduce(&j, g.authority_id())?;
         Some((f, v))
+    }
+
+    /// Whether another person's genesis keeps to its own devices. A genesis signs itself,
+    /// so anyone can write one listing *our* devices; accepting it would make this device
+    /// look like a member of a stranger's authority (and `my_authority` could pick it).
+    /// A genesis already known (by id) is fine.
+    fn genesis_is_foreign(&self, g: &crate::journal::Genesis) -> bool {
+        if self.views.0.contains_key(&g.authority_id()) {
+            return true;
+        }
+        let me = self.keys.id;
+        !g.members.iter().any(|m| {
+            let d = m.cert.id();
+            d == me || self.peers.contains_key(&d) || self.views.0.values().any(|v| v.members.contains_key(&d))
+        })
     }
 
     fn on_created(&mut self, idx: u32, peer: DeviceId, genesis: &[u8], facts: &[Vec<u8>], token: &[u8]) {
@@ -392,7 +411,9 @@ impl Peer {
             let Ok(f) = Fact::decode(b) else {
                 return self.refuse_ctx();
             };
-            if !matches!(f.body, FactBody::SealedSecret(_)) {
+            // Only the first epoch's secrets: a creation cannot come with a later epoch
+            // (that would pin the context there; epochs advance by agreement).
+            if !matches!(&f.body, FactBody::SealedSecret(s) if s.epoch == 0) {
                 return self.refuse_ctx();
             }
             if let Err(e) = verify_fact(&f, &ns, &view) {
@@ -709,10 +730,16 @@ impl Peer {
         let Some((ctx, _)) = self.ctx_invites.get(&invite).and_then(|i| i.created.clone()) else {
             return;
         };
+        if self.ctx_invites.get(&invite).and_then(|i| i.redeemed_by) != Some(peer) {
+            return self.refuse_ctx();
+        }
+        let Some(genesis) = self.contexts.get(&ctx).map(|s| s.view.genesis) else {
+            return;
+        };
         let Ok(f) = Fact::decode(fact) else {
             return self.refuse_ctx();
         };
-        if f.author != peer || !matches!(f.body, FactBody::ContextAccept(_)) {
+        if f.author != peer || !matches!(&f.body, FactBody::ContextAccept(a) if a.genesis == genesis) {
             return self.refuse_ctx();
         }
         if self.journal.contains(&f) {
@@ -1026,6 +1053,13 @@ impl Peer {
         Some((id, context_psk(&secret, &self.keys.id, &id)))
     }
 
+    /// Whether context `ctx` is ready here at `epoch`.
+    pub(super) fn context_current(&self, ctx: ContextId, epoch: u64) -> bool {
+        self.contexts
+            .get(&ctx)
+            .is_some_and(|s| s.ready && s.view.epoch == epoch)
+    }
+
     /// The PSK a context channel initiator uses again after a failed answer.
     pub(super) fn context_psk_for(&self, ctx: ContextId, epoch: u64, peer: &DeviceId) -> Option<[u8; 32]> {
         let s = self.contexts.get(&ctx)?.secrets.get(&epoch)?;
@@ -1143,14 +1177,18 @@ impl Peer {
         for f in decoded {
             let ns = f.namespace;
             let checked = match (&f.body, ns) {
-                (FactBody::Genesis(g), Namespace::Authority(a)) => verify_fact(&f, &ns, &views).map(|_| {
-                    let mut j = Journal::new();
-                    j.insert(f.clone());
-                    if let Some(v) = AuthorityView::reduce(&j, a) {
-                        views.0.insert(a, v);
+                (FactBody::Genesis(g), Namespace::Authority(a)) => {
+                    if !self.genesis_is_foreign(g) {
+                        return self.fact_rejected(crate::journal::FactError::Invalid);
                     }
-                    let _ = g;
-                }),
+                    verify_fact(&f, &ns, &views).map(|_| {
+                        let mut j = Journal::new();
+                        j.insert(f.clone());
+                        if let Some(v) = AuthorityView::reduce(&j, a) {
+                            views.0.insert(a, v);
+                        }
+                    })
+                }
                 (FactBody::ContextGenesis(g), Namespace::Context(c)) => {
                     if ctx_view.is_some() || !g.members.iter().any(|m| m.cert.id() == me) {
                         // One context per share, and only one that names us.
@@ -1179,10 +1217,10 @@ impl Peer {
             .filter(|t| !self.tokens.contains(t))
             .filter(|t| {
                 view.authorities.iter().filter(|a| **a != mine).any(|a| {
-                    views
-                        .0
-                        .get(a)
-                        .is_some_and(|v| caps::verify(t, &v.cap_root).is_ok_and(|s| s.issuer == *a))
+                    views.0.get(a).is_some_and(|v| {
+                        caps::verify(t, &v.cap_root)
+                            .is_ok_and(|s| s.issuer == *a && s.subject == Subject::Authority(mine))
+                    })
                 })
             })
             .collect();

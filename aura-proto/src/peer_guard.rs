@@ -82,6 +82,12 @@ impl Peer {
             _ => MsgKind::Control,
         };
         let keepalive = matches!(frame, Frame::Keepalive);
+        // Frames that make sense on any channel to this peer; the rest belong to the
+        // channel they were written for (a held `Close` must not close its successor).
+        let portable = matches!(
+            frame,
+            Frame::App { .. } | Frame::Proto { .. } | Frame::Accounting { .. }
+        );
         let mut plain = core::mem::take(&mut self.plain);
         if wire::pad_frame(frame, &mut plain).is_err() {
             self.plain = plain;
@@ -95,6 +101,7 @@ impl Peer {
                 plain: plain.clone(),
                 kind,
                 keepalive,
+                portable,
                 seq,
             });
             self.plain = plain;
@@ -105,6 +112,7 @@ impl Peer {
             plain,
             kind,
             keepalive,
+            portable,
             seq,
         };
         if let Some(back) = self.guarded(scope, peer, held) {
@@ -243,8 +251,8 @@ impl Peer {
             // The channel may have been replaced by a fresh handshake meanwhile.
             if !self.channels.contains_key(&h.idx) {
                 match self.active.get(&(context, peer)) {
-                    Some(&i) => h.idx = i,
-                    None => continue, // gone: like a queued message of a failed channel
+                    Some(&i) if h.portable => h.idx = i,
+                    _ => continue, // gone: like a queued message of a failed channel
                 }
             }
             if self.guarded(context, peer, h).is_none() {

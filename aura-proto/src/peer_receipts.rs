@@ -80,6 +80,9 @@ pub(super) struct OutChain {
     last_append: Instant,
     /// Per receiving device: first nonce it has not acknowledged.
     acked: BTreeMap<DeviceId, u64>,
+    /// Per receiving device: when a `Need` was last served (one per `RESEND`, so a
+    /// member cannot make us resend the chain at will).
+    need_served: BTreeMap<DeviceId, Instant>,
 }
 
 impl OutChain {
@@ -93,10 +96,11 @@ impl OutChain {
             sealing: false,
             last_append: now,
             acked: BTreeMap::new(),
+            need_served: BTreeMap::new(),
         }
     }
 
-    /// Moves `settled` past the batches every receiver acknowledged.
+    /// Forgets the batches every receiver acknowledged.
     fn settle(&mut self) {
         while let Some(b) = self.batches.get(self.settled) {
             if b.dsts.iter().all(|d| self.acked.get(d).copied().unwrap_or(0) >= b.end) {
@@ -105,6 +109,8 @@ impl OutChain {
                 break;
             }
         }
+        self.batches.drain(..self.settled);
+        self.settled = 0;
     }
 }
 
@@ -190,6 +196,10 @@ impl Peer {
         }
         let ch = self.out_chains.get_mut(&key).expect("inserted above");
         ch.batches.push(Sent { end, dsts, bytes });
+        if !live {
+            // Whether it was acknowledged before the restart is not recorded: offer again.
+            self.arm_acct_tick(now.saturating_add(RESEND));
+        }
     }
 
     fn send_accounting(&mut self, context: ContextId, peer: DeviceId, msg: &Accounting) {
@@ -219,6 +229,18 @@ impl Peer {
                 }
             }
             Ok(Accounting::Need { epoch, from: nonce }) => {
+                let now = self.now.mono;
+                let Some(ch) = self.out_chains.get_mut(&(context, epoch)) else {
+                    return;
+                };
+                if ch
+                    .need_served
+                    .get(&from)
+                    .is_some_and(|t| t.saturating_add(RESEND) > now)
+                {
+                    return self.metrics.drop(DropReason::Overloaded);
+                }
+                ch.need_served.insert(from, now);
                 let batches: Vec<Vec<u8>> = self
                     .out_chains
                     .get(&(context, epoch))
@@ -241,7 +263,16 @@ impl Peer {
         let Some(view) = self.contexts.get(&context).map(|s| s.view.clone()) else {
             return self.receipt_rejected(ReceiptError::WrongChain);
         };
-        if b.context != context || b.src != from || b.entries.is_empty() {
+        // Only the current epoch, only batches naming us, only charged receipts: what a
+        // peer can make us keep stays bounded by what it may spend.
+        let me = self.keys.id;
+        if b.context != context
+            || b.src != from
+            || b.epoch != view.epoch
+            || !b.dsts.contains(&me)
+            || b.entries.is_empty()
+            || b.entries.iter().any(|(_, cost)| *cost == 0)
+        {
             return self.receipt_rejected(ReceiptError::WrongChain);
         }
         let epoch = b.epoch;
@@ -298,6 +329,10 @@ impl Peer {
         let keys: Vec<(ContextId, u64)> = self.out_chains.keys().copied().collect();
         let mut again = false;
         for (ctx, epoch) in keys {
+            // Chains of a past epoch are done: their receivers moved on too.
+            if self.contexts.get(&ctx).is_none_or(|s| s.view.epoch != epoch) {
+                continue;
+            }
             let ch = &self.out_chains[&(ctx, epoch)];
             if !ch.pending.is_empty() && !ch.sealing {
                 if ch.last_append.saturating_add(SEAL_IDLE) <= now {

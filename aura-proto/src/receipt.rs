@@ -187,7 +187,11 @@ pub struct ChainVerifier {
     context: ContextId,
     src: DeviceId,
     epoch: u64,
-    /// Receipt ids, indexed by nonce (nonces start at 0 and have no gaps).
+    /// Nonce of `ids[0]`: receipts before it are settled under a verified seal and
+    /// forgotten (only the sealed head is kept), so memory stays bounded by what arrived
+    /// since the last seal.
+    base: u64,
+    /// Receipt ids from `base` on, indexed by nonce - base (no gaps).
     ids: Vec<[u8; 32]>,
     /// Receipts up to this nonce are covered by a verified seal.
     sealed_through: Option<u64>,
@@ -201,6 +205,7 @@ impl ChainVerifier {
             context,
             src,
             epoch,
+            base: 0,
             ids: Vec::new(),
             sealed_through: None,
         }
@@ -219,11 +224,16 @@ impl ChainVerifier {
         if r.context != self.context || r.src != self.src || r.epoch != self.epoch {
             return Err(ReceiptError::WrongChain);
         }
-        let known = usize::try_from(r.nonce).ok().and_then(|n| self.ids.get(n));
+        if r.nonce < self.base {
+            // Settled under a verified seal: a repeat changes nothing, and a different
+            // receipt there cannot undo what the seal vouched for.
+            return Ok(());
+        }
+        let known = usize::try_from(r.nonce - self.base).ok().and_then(|n| self.ids.get(n));
         if let Some(known) = known {
             return if *known == id { Ok(()) } else { Err(ReceiptError::Fork) };
         }
-        if r.nonce != self.ids.len() as u64 {
+        if r.nonce != self.len() {
             return Err(ReceiptError::Gap);
         }
         if r.prev != *self.ids.last().unwrap_or(&CHAIN_START) {
@@ -244,7 +254,7 @@ impl ChainVerifier {
         if !crate::journal::schnorr_ok(&key, &msg, &s.sig) {
             return Err(ReceiptError::ForeignKey);
         }
-        self.sealed_through = Some(self.sealed_through.map_or(s.nonce, |t| t.max(s.nonce)));
+        self.settle(s.nonce);
         Ok(())
     }
 
@@ -252,29 +262,45 @@ impl ChainVerifier {
         if s.context != self.context || s.src != self.src || s.epoch != self.epoch {
             return Err(ReceiptError::WrongChain);
         }
-        let at = usize::try_from(s.nonce).ok().and_then(|n| self.ids.get(n));
+        let at = s
+            .nonce
+            .checked_sub(self.base)
+            .and_then(|n| usize::try_from(n).ok())
+            .and_then(|n| self.ids.get(n));
         if at != Some(&s.head) {
             return Err(ReceiptError::UnknownHead);
         }
         Ok(())
     }
 
+    /// Marks the chain sealed through `nonce` and forgets the ids before it.
+    fn settle(&mut self, nonce: u64) {
+        self.sealed_through = Some(self.sealed_through.map_or(nonce, |t| t.max(nonce)));
+        if nonce > self.base {
+            let drop = usize::try_from(nonce - self.base)
+                .unwrap_or(usize::MAX)
+                .min(self.ids.len());
+            self.ids.drain(..drop);
+            self.base = nonce;
+        }
+    }
+
     /// [`ChainVerifier::seal`] for a seal whose signature the caller already checked
     /// with [`Seal::signed_by_sender`] against the same key lookup.
     pub(crate) fn seal_signed(&mut self, s: &Seal) -> Result<(), ReceiptError> {
         self.check_head(s)?;
-        self.sealed_through = Some(self.sealed_through.map_or(s.nonce, |t| t.max(s.nonce)));
+        self.settle(s.nonce);
         Ok(())
     }
 
     /// Receipts accepted so far.
     pub fn len(&self) -> u64 {
-        self.ids.len() as u64
+        self.base + self.ids.len() as u64
     }
 
     /// Whether no receipt was accepted yet.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
     /// How many receipts a verified seal covers.
@@ -449,6 +475,38 @@ mod tests {
         assert_eq!(v.sealed(), 0);
         v.seal(&seal(&k, &w, &mut rng), &m).unwrap();
         assert_eq!((v.len(), v.sealed()), (5, 5));
+    }
+
+    #[test]
+    fn a_verified_seal_settles_the_chain_before_it() {
+        let (k, m, mut w, mut v, mut rng) = setup();
+        let dst = DeviceId([2; 32]);
+        let old: Vec<Receipt> = (0..100).map(|_| w.append(dst, 1)).collect();
+        for r in &old {
+            v.push(r).unwrap();
+        }
+        v.seal(&seal(&k, &w, &mut rng), &m).unwrap();
+        // Only the sealed head is kept; the chain goes on from it.
+        assert_eq!(v.ids.len(), 1);
+        assert_eq!((v.len(), v.sealed()), (100, 100));
+        let next = w.append(dst, 1);
+        v.push(&next).unwrap();
+        // Settled receipts are past dispute: repeats (of anything) change nothing.
+        v.push(&old[3]).unwrap();
+        let mut other = old[3].clone();
+        other.cost = 9;
+        v.push(&other).unwrap();
+        assert_eq!(v.len(), 101);
+        // Unsettled ones are still checked.
+        let mut fork = next.clone();
+        fork.cost = 9;
+        assert_eq!(v.push(&fork), Err(ReceiptError::Fork));
+        // An older seal is no longer checkable against a forgotten head.
+        let mut stale = seal(&k, &w, &mut rng);
+        stale.nonce = 10;
+        assert_eq!(v.seal(&stale, &m), Err(ReceiptError::UnknownHead));
+        v.seal(&seal(&k, &w, &mut rng), &m).unwrap();
+        assert_eq!((v.ids.len(), v.sealed()), (1, 101));
     }
 
     #[test]

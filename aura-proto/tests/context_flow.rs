@@ -614,3 +614,35 @@ fn an_epoch_change_tears_channels_down_and_resets_budgets() {
         .collect();
     assert_eq!(epochs, vec![0, 0, 0, 1, 1, 1]);
 }
+
+#[test]
+fn a_peer_cannot_make_us_answer_pings_without_limit() {
+    // Every answer costs leakage a whole context shares; a flood gets 64 a second.
+    let mut net = default_net(2);
+    net.pair(0, 1);
+    let peer = net.id(0);
+    // Ten at a time (the pinger itself remembers only 64 outstanding pings).
+    for _ in 0..7 {
+        for _ in 0..10 {
+            net.cmd(1, Command::Ping { peer }).unwrap();
+        }
+        net.run();
+    }
+    let pongs = net.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Pong { .. }))
+        .count();
+    assert_eq!(pongs, 64);
+    assert_eq!(net.drops(0, DropReason::Overloaded), 6);
+    // A second later the window is fresh.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 1_000);
+    net.cmd(1, Command::Ping { peer }).unwrap();
+    net.run();
+    let pongs = net.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Pong { .. }))
+        .count();
+    assert_eq!(pongs, 65);
+}
