@@ -254,6 +254,10 @@ fn main() {
                     }),
                 )
                 .unwrap();
+                // The egress record comes first, then its datagram.
+                let Some(Output::Egress(_)) = a.poll_output() else {
+                    panic!("no egress record")
+                };
                 let Some(Output::Transmit { bytes, .. }) = a.poll_output() else {
                     panic!("no transmit")
                 };
