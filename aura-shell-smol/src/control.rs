@@ -155,8 +155,12 @@ pub struct ChannelStatus {
     pub version: u16,
     /// initiator / responder.
     pub role: String,
-    /// pairing / link.
+    /// pairing / link / contextjoin / context.
     pub purpose: String,
+    /// `own` between this person's devices, else the context id (hex).
+    pub context: String,
+    /// Context epoch the channel's keys come from.
+    pub epoch: u64,
 }
 
 /// Reply to `status`.
@@ -218,6 +222,12 @@ fn channel_status(c: &ChannelInfo) -> ChannelStatus {
         version: c.version,
         role: lower(&c.role),
         purpose: lower(&c.purpose),
+        context: if c.context == aura_proto::journal::ContextId::OWN {
+            "own".into()
+        } else {
+            c.context.to_hex()
+        },
+        epoch: c.epoch,
     }
 }
 

@@ -615,14 +615,15 @@ fn print_status(s: &Status) {
     println!("channels: {}", s.channels.len());
     if !s.channels.is_empty() {
         println!(
-            "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  purpose",
-            "peer", "address", "state", "version", "role"
+            "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {:<11}  context (epoch)",
+            "peer", "address", "state", "version", "role", "purpose"
         );
         for c in &s.channels {
             let peer = c.peer.as_deref().map_or("?".to_string(), |p| p[..16].to_string());
+            let ctx = &c.context[..16.min(c.context.len())];
             println!(
-                "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {}",
-                peer, c.addr, c.state, c.version, c.role, c.purpose
+                "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {:<11}  {ctx} ({})",
+                peer, c.addr, c.state, c.version, c.role, c.purpose, c.epoch
             );
         }
     }

@@ -329,6 +329,22 @@ fn two_people_create_a_context_and_talk_through_the_guard_chain() {
 
     let out = ok(&dirs[0], &["context", "send", &ctx[..12], &b1[..12], "hello bob"]);
     assert!(out.contains("handed to the guard chain"), "{out}");
+    // The context channel shows in status with its context and epoch.
+    let t0 = Instant::now();
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&ok(&dirs[0], &["status", "--json"])).unwrap();
+        let up = st["channels"].as_array().unwrap().iter().any(|c| {
+            c["context"] == ctx.as_str() && c["epoch"] == 0 && c["peer"] == b1.as_str() && c["purpose"] == "context"
+        });
+        if up {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no context channel in status: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The app frame is in the ledger under the context, charged one unit.
     let t0 = Instant::now();
     loop {
