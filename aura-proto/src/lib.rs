@@ -30,8 +30,15 @@
 //!   unknown) is dropped and counted in [`Metrics`]; it never panics and never answers
 //!   with an error packet. A panic means a bug in this crate: an internal invariant broke.
 //!
-//! Sub-protocols live in their own modules (`channel`, `invite`, `wire`) and share the
-//! `handle_*`/`poll_*` vocabulary. The wire formats are specified in `spec/`.
+//! - **The guard chain**: every frame leaves through [`guard::evaluate`] (capability,
+//!   flow budget, journal coupling, leakage). A refused send produces no output but a
+//!   local `Event::SendDenied`; an allowed one is announced by an [`Output::Egress`]
+//!   record (the audit ledger) right before its `Output::Transmit`, and a send that
+//!   spends flow budget leaves only after its reservation is durable.
+//!
+//! Sub-protocols live in their own modules (`channel`, `invite`, `wire`, `guard`,
+//! `receipt`, `context`, `authority`) and share the `handle_*`/`poll_*` vocabulary. The
+//! wire formats are specified in `spec/`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
