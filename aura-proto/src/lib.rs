@@ -56,6 +56,7 @@ mod peer;
 pub mod receipt;
 pub mod record;
 pub mod rng;
+pub mod sync;
 pub mod time;
 pub mod wire;
 
