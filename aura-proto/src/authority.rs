@@ -274,6 +274,34 @@ pub enum AuthMsg {
         /// Session.
         session: [u8; 32],
     },
+    /// Anti-entropy: a reconciliation message of session `session`, round `round`, for
+    /// `namespace` (see `crate::sync`).
+    SyncQuery {
+        /// Session chosen by the initiator.
+        session: u64,
+        /// Round within the session (answers carry it back).
+        round: u32,
+        /// The namespace reconciled.
+        namespace: Namespace,
+        /// Reconciliation message.
+        msg: Vec<u8>,
+    },
+    /// The responder's answer to a `SyncQuery`.
+    SyncAnswer {
+        /// Session.
+        session: u64,
+        /// Round answered.
+        round: u32,
+        /// Reconciliation message.
+        msg: Vec<u8>,
+    },
+    /// Asks for facts the sender lacks (answered with `Facts`).
+    SyncFetch {
+        /// The namespace.
+        namespace: Namespace,
+        /// Fact ids, at most 128.
+        ids: Vec<FactId>,
+    },
     /// A relational context shared with another device of the same person: the other
     /// authority's genesis, the context's facts (creation first) and the capability
     /// tokens the other authority issued. Acknowledged with `FactsAck` naming the

@@ -83,7 +83,7 @@ pub use keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
 pub use metrics::{DropReason, Metrics};
 pub use peer::{
     ChannelInfo, ChannelState, Command, CommandError, Config, DownReason, Durable, Event, FailReason, Input, Output,
-    Peer, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Peer, SyncPhase, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use record::{PairedPeer, Record, Ticket};
 pub use time::{Instant, Now};

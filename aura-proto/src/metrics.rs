@@ -118,6 +118,12 @@ pub struct Metrics {
     pub egress: u64,
     /// Sends that waited for a flow reservation to become durable.
     pub reserves: u64,
+    /// Anti-entropy sessions started.
+    pub sync_sessions: u64,
+    /// Reconciliation queries sent again after a timeout.
+    pub sync_retries: u64,
+    /// Anti-entropy sessions that gave up.
+    pub sync_failed: u64,
 }
 
 impl Metrics {

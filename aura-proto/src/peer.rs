@@ -17,6 +17,10 @@ mod context_impl;
 mod guard_impl;
 #[path = "peer_receipts.rs"]
 mod receipts_impl;
+#[path = "peer_sync.rs"]
+mod sync_impl;
+
+pub use sync_impl::SyncPhase;
 
 use context_impl::{CtxInvite, CtxJoin, CtxState, CtxStep};
 
@@ -200,6 +204,12 @@ pub enum Command {
         peer: DeviceId,
         /// Payload, at most [`MAX_APP_PAYLOAD`] bytes.
         data: Bytes,
+    },
+    /// Reconcile this device's authority journal with an own device (or every own device
+    /// whose channel is up), fetching and pushing what differs.
+    Sync {
+        /// One device, or all.
+        peer: Option<DeviceId>,
     },
     /// Issue a capability token from this device's authority.
     IssueCapability {
@@ -441,6 +451,24 @@ pub enum Event {
         /// Payload.
         data: Bytes,
     },
+    /// An anti-entropy session this device started finished.
+    SyncDone {
+        /// The other device.
+        peer: DeviceId,
+        /// Facts we had and it lacked (pushed).
+        pushed: usize,
+        /// Facts it had and we lacked (asked for).
+        fetched: usize,
+        /// Reconciliation round trips.
+        rounds: u32,
+    },
+    /// An anti-entropy session gave up.
+    SyncFailed {
+        /// The other device.
+        peer: DeviceId,
+        /// Where.
+        phase: SyncPhase,
+    },
     /// The guard chain refused a send: nothing left the device, and nothing remote can
     /// tell it was attempted.
     SendDenied {
@@ -668,6 +696,10 @@ pub struct Peer {
     ctx_joins: BTreeMap<[u8; 32], CtxJoin>,
     /// Last address each context peer was reached at.
     ctx_addrs: BTreeMap<DeviceId, String>,
+    /// Anti-entropy sessions this device started, by session id.
+    syncs: BTreeMap<u64, sync_impl::SyncSession>,
+    /// When the periodic sync with own devices runs next.
+    next_periodic_sync: Instant,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -800,6 +832,8 @@ impl Peer {
             ctx_joins: BTreeMap::new(),
             ctx_addrs: BTreeMap::new(),
             ctx_push: BTreeMap::new(),
+            syncs: BTreeMap::new(),
+            next_periodic_sync: now.mono.saturating_add(Duration::from_secs(30)),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -1031,9 +1065,14 @@ impl Peer {
             .values()
             .map(|(_, t)| t.saturating_add(SEEN_INIT_TTL))
             .min();
-        for t in [self.auth_deadline(), self.ctx_deadline(), self.acct_deadline()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.auth_deadline(),
+            self.ctx_deadline(),
+            self.acct_deadline(),
+            self.sync_deadline(),
+        ]
+        .into_iter()
+        .flatten()
         {
             d = Some(d.map_or(t, |x| x.min(t)));
         }
@@ -1161,6 +1200,7 @@ impl Peer {
                 }
                 self.context_send(context, peer, data)
             }
+            Command::Sync { peer } => self.start_sync(peer),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
                 let id = v.id;
@@ -2135,6 +2175,7 @@ impl Peer {
         self.auth_timeout();
         self.ctx_timeout();
         self.acct_timeout();
+        self.sync_timeout();
     }
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {

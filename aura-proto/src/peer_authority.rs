@@ -250,6 +250,14 @@ impl Peer {
             AuthMsg::Facts { facts } => self.on_facts(from, facts),
             AuthMsg::DkgAbandoned { session } => self.on_dkg_abandoned(from, session),
             AuthMsg::ContextShare { facts, tokens, addrs } => self.on_context_share(from, facts, tokens, addrs),
+            AuthMsg::SyncQuery {
+                session,
+                round,
+                namespace,
+                msg,
+            } => self.on_sync_query(from, session, round, namespace, msg),
+            AuthMsg::SyncAnswer { session, round, msg } => self.on_sync_answer(from, session, round, msg),
+            AuthMsg::SyncFetch { namespace, ids } => self.on_sync_fetch(from, namespace, ids),
             AuthMsg::FactsAck { ids } => {
                 for id in ids {
                     if let Some(waiting) = self.fact_push.get_mut(&id) {

@@ -562,3 +562,75 @@ fn members_drop_shares_a_coordinator_lost_before_its_own_was_durable() {
         assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
     }
 }
+
+// ----- anti-entropy between own devices -------------------------------------------------
+
+#[test]
+fn a_device_that_missed_facts_catches_up_by_sync() {
+    let mut net = authority_net(None);
+    // Device 2 is away while device 0 has the authority sign a statement.
+    net.nodes[2].addr = "away".into();
+    net.cmd(
+        0,
+        Command::Sign {
+            statement: b"while 2 was away".to_vec(),
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(signed(&net.nodes[0]).len(), 1);
+    // Device 0 restarts: the push it was retrying to device 2 lived in memory.
+    let keep = net.nodes[0].records.len();
+    crash_and_restore(&mut net, 0, keep, 90);
+    net.nodes[2].addr = "n2".into();
+    let ns = journal::Namespace::Authority(created(&net.nodes[0]).unwrap().0);
+    let digest = |net: &Net, i: usize| net.nodes[i].peer.journal().digest(&ns);
+    assert_ne!(digest(&net, 2), digest(&net, 0), "device 2 lacks the statement");
+    // Asked now, the session with device 0 runs into the channel device 0 forgot in
+    // its restart and fails; the periodic sync succeeds once that channel timed out.
+    net.cmd(2, Command::Sync { peer: None }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 120_000);
+    assert_eq!(digest(&net, 2), digest(&net, 0));
+    assert_eq!(digest(&net, 1), digest(&net, 0));
+    let fetched: usize = net.nodes[2]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SyncDone { fetched, .. } => Some(*fetched),
+            _ => None,
+        })
+        .sum();
+    assert!(fetched >= 1, "{:?}", net.nodes[2].events);
+    // Equal journals: a second sync finds nothing and takes one round.
+    let before = net.nodes[2].events.len();
+    net.cmd(2, Command::Sync { peer: Some(net.id(0)) }).unwrap();
+    net.run();
+    assert!(net.nodes[2].events[before..].iter().any(|e| matches!(
+        e,
+        Event::SyncDone {
+            pushed: 0,
+            fetched: 0,
+            rounds: 1,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_sync_with_a_device_that_never_answers_fails_after_its_retries() {
+    let mut net = authority_net(None);
+    net.nodes[1].addr = "gone".into();
+    net.cmd(0, Command::Sync { peer: Some(net.id(1)) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert!(net.nodes[0].events.iter().any(|e| matches!(
+        e,
+        Event::SyncFailed {
+            phase: SyncPhase::Reconcile,
+            ..
+        }
+    )));
+    assert!(net.nodes[0].peer.metrics().sync_retries >= 2);
+}

@@ -334,6 +334,10 @@ fn on_event(ev: Event, w: &mut Waiters) {
         Event::SendDenied { peer, reason, .. } => {
             tracing::info!(peer = %peer.short(), reason = reason.name(), "send denied by the guard chain")
         }
+        Event::SyncDone {
+            peer, pushed, fetched, ..
+        } => tracing::info!(peer = %peer.short(), pushed, fetched, "journal synced"),
+        Event::SyncFailed { peer, phase } => tracing::warn!(peer = %peer.short(), ?phase, "journal sync failed"),
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");
             if let Some(r) = w.ctx_invites.pop_front() {

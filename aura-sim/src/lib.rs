@@ -2036,6 +2036,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::CreateContextInvite { .. } => "context-invite",
         Command::JoinContext { .. } => "join-context",
         Command::ContextSend { .. } => "context-send",
+        Command::Sync { .. } => "sync",
     }
 }
 
@@ -2072,6 +2073,10 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
             format!("context-recv {} {} {}B", context.short(), who(peer), data.len())
         }
         Event::SendDenied { seq, peer, reason, .. } => format!("denied #{seq} {} {}", who(peer), reason.name()),
+        Event::SyncDone {
+            peer, pushed, fetched, ..
+        } => format!("synced {} +{pushed}/-{fetched}", who(peer)),
+        Event::SyncFailed { peer, phase } => format!("sync-failed {} {phase:?}", who(peer)),
     }
 }
 
