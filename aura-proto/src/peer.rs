@@ -1130,23 +1130,28 @@ impl Peer {
 
     // ----- commands -----------------------------------------------------------------
 
+    /// A fresh invitation code (pairing or context) valid for `valid_for`.
+    fn new_invitation(&mut self, valid_for: Duration, addr_hint: String) -> Result<Invitation, CommandError> {
+        if addr_hint.len() > MAX_ADDR_HINT {
+            return Err(InviteError::AddrTooLong.into());
+        }
+        if valid_for.is_zero() {
+            return Err(CommandError::ZeroLifetime);
+        }
+        let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
+        Ok(Invitation {
+            version: CODE_VERSION,
+            inviter_noise: self.keys.cert.noise,
+            secret: self.rng.bytes32(),
+            expires_unix_ms: self.now.unix_ms.saturating_add(ms),
+            addr_hint,
+        })
+    }
+
     fn handle_command(&mut self, c: Command) -> Result<(), CommandError> {
         match c {
             Command::CreateInvite { valid_for, addr_hint } => {
-                if addr_hint.len() > MAX_ADDR_HINT {
-                    return Err(InviteError::AddrTooLong.into());
-                }
-                if valid_for.is_zero() {
-                    return Err(CommandError::ZeroLifetime);
-                }
-                let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
-                let inv = Invitation {
-                    version: CODE_VERSION,
-                    inviter_noise: self.keys.cert.noise,
-                    secret: self.rng.bytes32(),
-                    expires_unix_ms: self.now.unix_ms.saturating_add(ms),
-                    addr_hint,
-                };
+                let inv = self.new_invitation(valid_for, addr_hint)?;
                 self.persist(Record::InviteIssued(inv.clone()), Pending::ShowInvite(inv));
                 Ok(())
             }

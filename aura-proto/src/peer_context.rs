@@ -31,7 +31,7 @@ use crate::caps::{self, Subject};
 use crate::channel::Phase;
 use crate::context::ContextView;
 use crate::guard::{ContextState, Grant, Leak, Observer};
-use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
+use crate::invite::{Invitation, InviteError, MAX_ADDR_HINT};
 use crate::journal::{
     verify_fact, AuthorityId, ContextAccept, ContextGenesis, ContextId, ContextMember, Fact, FactBody, FactSig,
     Journal, Namespace, SealedSecret, Sig64, MAX_CONTEXT_MEMBERS,
@@ -148,21 +148,8 @@ impl Peer {
 
     /// `Command::CreateContextInvite`.
     pub(super) fn create_context_invite(&mut self, valid_for: Duration, addr_hint: String) -> Result<(), CommandError> {
-        if addr_hint.len() > MAX_ADDR_HINT {
-            return Err(InviteError::AddrTooLong.into());
-        }
-        if valid_for.is_zero() {
-            return Err(CommandError::ZeroLifetime);
-        }
+        let inv = self.new_invitation(valid_for, addr_hint)?;
         self.context_authority()?;
-        let ms = u64::try_from(valid_for.as_millis()).unwrap_or(u64::MAX);
-        let inv = Invitation {
-            version: CODE_VERSION,
-            inviter_noise: self.keys.cert.noise,
-            secret: self.rng.bytes32(),
-            expires_unix_ms: self.now.unix_ms.saturating_add(ms),
-            addr_hint,
-        };
         self.persist(
             Record::ContextInviteIssued(inv.clone()),
             Pending::ShowContextInvite(inv),
@@ -280,16 +267,7 @@ impl Peer {
         let Some(peer) = self.channels.get(&idx).and_then(|c| c.peer) else {
             return;
         };
-        let kp = caps::root_keypair(&secret);
-        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
-        let Ok(token) = caps::issue(
-            &kp,
-            &auth.id,
-            &Subject::Device(peer),
-            &rights,
-            Some(self.cfg.context_flow_limit),
-            &mut self.rng,
-        ) else {
+        let Some(token) = self.context_token(&secret, auth.id, Subject::Device(peer)) else {
             return;
         };
         self.send_ctx(
@@ -303,6 +281,22 @@ impl Peer {
             j.retry_at = Some(self.now.mono.saturating_add(self.cfg.handshake_retry));
             j.tries += 1;
         }
+    }
+
+    /// The capability our authority grants `to` in contexts: send, sync and member, with
+    /// the configured flow budget per epoch.
+    fn context_token(&mut self, authority_secret: &[u8; 32], mine: AuthorityId, to: Subject) -> Option<Vec<u8>> {
+        let kp = caps::root_keypair(authority_secret);
+        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
+        caps::issue(
+            &kp,
+            &mine,
+            &to,
+            &rights,
+            Some(self.cfg.context_flow_limit),
+            &mut self.rng,
+        )
+        .ok()
     }
 
     fn send_ctx(&mut self, idx: u32, msg: &CtxMsg) {
@@ -437,16 +431,7 @@ impl Peer {
         // named only their device).
         let accept = self.device_fact(ns, FactBody::ContextAccept(ContextAccept { genesis: cfact.id() }), &all);
         all.push(accept);
-        let kp = caps::root_keypair(&secret);
-        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
-        let Ok(my_token) = caps::issue(
-            &kp,
-            &mine.id,
-            &Subject::Authority(theirs.id),
-            &rights,
-            Some(self.cfg.context_flow_limit),
-            &mut self.rng,
-        ) else {
+        let Some(my_token) = self.context_token(&secret, mine.id, Subject::Authority(theirs.id)) else {
             return;
         };
         self.ctx_joins.get_mut(&invite).expect("checked").persisting = true;
@@ -560,16 +545,7 @@ impl Peer {
             let f = self.device_fact(ns, body, &facts);
             facts.push(f);
         }
-        let kp = caps::root_keypair(&secret);
-        let rights: Vec<String> = CONTEXT_RIGHTS.iter().map(|r| r.to_string()).collect();
-        let Ok(my_token) = caps::issue(
-            &kp,
-            &mine.id,
-            &Subject::Authority(theirs.id),
-            &rights,
-            Some(self.cfg.context_flow_limit),
-            &mut self.rng,
-        ) else {
+        let Some(my_token) = self.context_token(&secret, mine.id, Subject::Authority(theirs.id)) else {
             return;
         };
         let issued = self.ctx_invites.get_mut(&invite).expect("checked");
