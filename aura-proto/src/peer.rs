@@ -902,17 +902,7 @@ impl Peer {
             Record::NonceCounter(n) => self.nonce_counter = self.nonce_counter.max(n),
             Record::Capability(t) => self.tokens.push(t),
             Record::ShareAbandoned { session, group_key } => self.drop_share(session, group_key),
-            Record::ContextInviteIssued(inv) => {
-                self.ctx_invites.insert(
-                    inv.id(),
-                    CtxInvite {
-                        inv,
-                        redeemed_by: None,
-                        created: None,
-                        persisting: false,
-                    },
-                );
-            }
+            Record::ContextInviteIssued(inv) => self.add_ctx_invite(inv),
             Record::ContextJoinStarted(inv) => self.add_ctx_join(inv),
             Record::ContextJoinDone(invite) => {
                 if let Some(j) = self.ctx_joins.get_mut(&invite) {
@@ -942,6 +932,18 @@ impl Peer {
                 f.spent = f.spent.max(up_to);
             }
         }
+    }
+
+    fn add_ctx_invite(&mut self, inv: Invitation) {
+        self.ctx_invites.insert(
+            inv.id(),
+            CtxInvite {
+                inv,
+                redeemed_by: None,
+                created: None,
+                persisting: false,
+            },
+        );
     }
 
     fn add_ctx_join(&mut self, inv: Invitation) {
@@ -2110,15 +2112,7 @@ impl Peer {
             Pending::ShowContextInvite(inv) => {
                 let code = inv.to_code();
                 let expires_unix_ms = inv.expires_unix_ms;
-                self.ctx_invites.insert(
-                    inv.id(),
-                    CtxInvite {
-                        inv,
-                        redeemed_by: None,
-                        created: None,
-                        persisting: false,
-                    },
-                );
+                self.add_ctx_invite(inv);
                 self.event(Event::ContextInviteCreated { code, expires_unix_ms });
             }
             Pending::StartContextJoin(inv) => {

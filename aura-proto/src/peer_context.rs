@@ -339,6 +339,28 @@ impl Peer {
         Some((f, v))
     }
 
+    /// Our authority and its secret, and the other side's genesis and view, once that
+    /// genesis checks out and lists `peer` with the keys it proved on channel `idx`.
+    fn other_side(
+        &mut self,
+        idx: u32,
+        peer: DeviceId,
+        genesis: &[u8],
+    ) -> Option<(AuthorityView, [u8; 32], Fact, AuthorityView)> {
+        let (mine, secret) = self.context_authority().ok()?;
+        let (gfact, theirs) = self.foreign_genesis(genesis)?;
+        let their_cert = self.channels.get(&idx).and_then(|c| c.remote_cert.clone());
+        let listed = theirs
+            .members
+            .get(&peer)
+            .is_some_and(|m| their_cert.as_ref().is_some_and(|c| c.same_keys(&m.cert)));
+        if theirs.id == mine.id || !listed {
+            self.refuse_ctx();
+            return None;
+        }
+        Some((mine, secret, gfact, theirs))
+    }
+
     /// Whether another person's genesis keeps to its own devices. A genesis signs itself,
     /// so anyone can write one listing *our* devices; accepting it would make this device
     /// look like a member of a stranger's authority (and `my_authority` could pick it).
@@ -366,20 +388,9 @@ impl Peer {
             }
             return;
         }
-        let Ok((mine, secret)) = self.context_authority() else {
+        let Some((mine, secret, gfact, theirs)) = self.other_side(idx, peer, genesis) else {
             return;
         };
-        let Some((gfact, theirs)) = self.foreign_genesis(genesis) else {
-            return;
-        };
-        let their_cert = self.channels.get(&idx).and_then(|c| c.remote_cert.clone());
-        if !theirs
-            .members
-            .get(&peer)
-            .is_some_and(|m| their_cert.as_ref().is_some_and(|c| c.same_keys(&m.cert)))
-        {
-            return self.refuse_ctx();
-        }
         // The creation, self-certifying, naming exactly both authorities' members.
         let Some(cfact) = facts.first().and_then(|b| Fact::decode(b).ok()) else {
             return self.refuse_ctx();
@@ -499,21 +510,9 @@ impl Peer {
             }
             return;
         }
-        let Ok((mine, secret)) = self.context_authority() else {
+        let Some((mine, secret, gfact, theirs)) = self.other_side(idx, peer, genesis) else {
             return;
         };
-        let Some((gfact, theirs)) = self.foreign_genesis(genesis) else {
-            return;
-        };
-        let their_cert = self.channels.get(&idx).and_then(|c| c.remote_cert.clone());
-        if theirs.id == mine.id
-            || !theirs
-                .members
-                .get(&peer)
-                .is_some_and(|m| their_cert.as_ref().is_some_and(|c| c.same_keys(&m.cert)))
-        {
-            return self.refuse_ctx();
-        }
         match caps::verify(token, &theirs.cap_root) {
             Ok(s) if s.issuer == theirs.id && s.subject == Subject::Device(self.keys.id) => {}
             _ => return self.refuse_ctx(),

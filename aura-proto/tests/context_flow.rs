@@ -13,6 +13,15 @@ use aura_proto::*;
 use bytes::Bytes;
 use common::*;
 
+/// Configs for the four devices where B's devices grant A `limit` flow units per epoch.
+fn b_grants(limit: u64) -> Vec<Config> {
+    let b = Config {
+        context_flow_limit: limit,
+        ..Config::default()
+    };
+    vec![Config::default(), Config::default(), b.clone(), b]
+}
+
 /// Devices 0+1 form authority A, devices 2+3 authority B (2-of-2 each).
 fn two_authorities(cfgs: Vec<Config>) -> Net {
     let mut net = Net::new(4, cfgs);
@@ -252,11 +261,7 @@ fn a_message_of_one_context_is_never_accepted_in_another() {
 #[test]
 fn an_exhausted_budget_denies_without_a_packet() {
     // B grants A 6 units per epoch; a small message costs 1.
-    let tight = Config {
-        context_flow_limit: 6,
-        ..Config::default()
-    };
-    let mut net = two_authorities(vec![Config::default(), Config::default(), tight.clone(), tight]);
+    let mut net = two_authorities(b_grants(6));
     let ctx = make_context(&mut net, 0, 2);
     for _ in 0..6 {
         send(&mut net, 0, 2, ctx, b"m");
@@ -282,11 +287,7 @@ fn an_exhausted_budget_denies_without_a_packet() {
 
 #[test]
 fn a_crash_wastes_reserved_budget_but_never_spends_it_twice() {
-    let b = Config {
-        context_flow_limit: 100,
-        ..Config::default()
-    };
-    let mut net = two_authorities(vec![Config::default(), Config::default(), b.clone(), b]);
+    let mut net = two_authorities(b_grants(100));
     let ctx = make_context(&mut net, 0, 2);
     for _ in 0..3 {
         send(&mut net, 0, 2, ctx, b"before");
