@@ -315,6 +315,11 @@ pub enum AuthMsg {
         /// a genesis can be empty).
         addrs: Vec<(DeviceId, String)>,
     },
+    /// To a note's author: these notes, which asked for confirmation, are durable here.
+    Delivered {
+        /// Note ids, at most 128.
+        ids: Vec<FactId>,
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

@@ -226,6 +226,19 @@ pub struct ContextAccept {
     pub genesis: FactId,
 }
 
+/// Largest note payload, bytes (a note and its envelope fit one sync frame).
+pub const MAX_NOTE: usize = 4096;
+
+/// Application data a member device writes into a journal it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Note {
+    /// The payload, at most [`MAX_NOTE`] bytes.
+    pub data: Vec<u8>,
+    /// The author asks every other member device to confirm receipt (a `Delivered`
+    /// message once the note is durable there).
+    pub ack: bool,
+}
+
 /// What a fact says.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum FactBody {
@@ -241,6 +254,8 @@ pub enum FactBody {
     ContextGenesis(ContextGenesis),
     /// Relational context acceptance (device-signed by a member).
     ContextAccept(ContextAccept),
+    /// Application data (device-signed by a member of the namespace).
+    Note(Note),
 }
 
 impl FactBody {
@@ -253,6 +268,7 @@ impl FactBody {
             FactBody::Statement(_) => "statement",
             FactBody::ContextGenesis(_) => "context-genesis",
             FactBody::ContextAccept(_) => "context-accept",
+            FactBody::Note(_) => "note",
         }
     }
 }
@@ -416,6 +432,16 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
         (FactBody::ContextAccept(_), FactSig::Device(sig)) => {
             if !matches!(ns, Namespace::Context(_)) {
                 return Err(FactError::WrongNamespace);
+            }
+            let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
+        }
+        (FactBody::Note(n), FactSig::Device(sig)) => {
+            if n.data.len() > MAX_NOTE {
+                return Err(FactError::Invalid);
+            }
+            if let Namespace::Authority(_) = ns {
+                keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
             }
             let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)

@@ -71,6 +71,20 @@ pub mod fuzzing {
         crate::peer::fuzz_inner_messages(data);
     }
 
+    /// Hands `peer` a `Proto` frame as if it had arrived, authenticated, on a channel
+    /// from `from` in `scope` (the own scope or a context): what a compromised or buggy
+    /// device could send. For hostile-peer tests and fuzzing the handlers behind the
+    /// channel layer.
+    pub fn deliver_proto(
+        peer: &mut crate::Peer,
+        now: crate::Now,
+        from: crate::DeviceId,
+        scope: crate::journal::ContextId,
+        data: &[u8],
+    ) {
+        peer.fuzz_deliver_proto(now, from, scope, data);
+    }
+
     /// Encoded examples of those messages, for the seed corpus.
     pub fn inner_message_samples() -> Vec<Vec<u8>> {
         crate::peer::inner_message_samples()
@@ -83,7 +97,7 @@ pub use keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
 pub use metrics::{DropReason, Metrics};
 pub use peer::{
     ChannelInfo, ChannelState, Command, CommandError, Config, DownReason, Durable, Event, FailReason, Input, Output,
-    Peer, SyncPhase, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Peer, Propagation, SyncPhase, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use record::{PairedPeer, Record, Ticket};
 pub use time::{Instant, Now};

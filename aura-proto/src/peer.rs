@@ -20,7 +20,7 @@ mod receipts_impl;
 #[path = "peer_sync.rs"]
 mod sync_impl;
 
-pub use sync_impl::SyncPhase;
+pub use sync_impl::{Propagation, SyncPhase};
 
 use context_impl::{CtxInvite, CtxJoin, CtxState, CtxStep};
 
@@ -28,7 +28,7 @@ use crate::authority::Views;
 use crate::channel::{self, backoff, Channel, Pairing, Phase, Role, NOISE_PATTERN, PSK_LOCATION};
 use crate::guard::{self, Denial, Egress, MsgKind};
 use crate::invite::{Invitation, InviteError, CODE_VERSION, MAX_ADDR_HINT};
-use crate::journal::{AuthorityId, ContextId, Fact, FactId, Journal};
+use crate::journal::{AuthorityId, ContextId, Fact, FactId, Journal, Namespace};
 use crate::keys::{DeviceCert, DeviceId, DeviceKeys, DeviceSecret};
 use crate::metrics::{DropReason, Metrics};
 use crate::record::{PairedPeer, Record, Ticket};
@@ -205,11 +205,23 @@ pub enum Command {
         /// Payload, at most [`MAX_APP_PAYLOAD`] bytes.
         data: Bytes,
     },
-    /// Reconcile this device's authority journal with an own device (or every own device
-    /// whose channel is up), fetching and pushing what differs.
+    /// Reconcile every journal namespace this device shares with `peer`, fetching and
+    /// pushing what differs; without a peer, with every own device and one device of
+    /// each other authority of each context.
     Sync {
         /// One device, or all.
         peer: Option<DeviceId>,
+    },
+    /// Write a note (application data, at most [`crate::journal::MAX_NOTE`] bytes) into
+    /// a journal this device belongs to (its authority's or a ready context's) and
+    /// spread it; `Event::Propagation` reports its id and how far it got.
+    Publish {
+        /// The journal.
+        namespace: Namespace,
+        /// Payload.
+        data: Vec<u8>,
+        /// Ask every other member device to confirm receipt (`Event::Delivered`).
+        ack: bool,
     },
     /// Issue a capability token from this device's authority.
     IssueCapability {
@@ -265,6 +277,9 @@ pub enum CommandError {
     /// The capability could not be made.
     #[error(transparent)]
     Capability(#[from] crate::caps::CapError),
+    /// This device is not a member of that journal.
+    #[error("this device is not a member of {0:?}")]
+    NotMember(Namespace),
     /// No ready context has this id on this device.
     #[error("no ready context {0:?} on this device")]
     UnknownContext(ContextId),
@@ -455,6 +470,8 @@ pub enum Event {
     SyncDone {
         /// The other device.
         peer: DeviceId,
+        /// The journal reconciled.
+        namespace: Namespace,
         /// Facts we had and it lacked (pushed).
         pushed: usize,
         /// Facts it had and we lacked (asked for).
@@ -466,8 +483,26 @@ pub enum Event {
     SyncFailed {
         /// The other device.
         peer: DeviceId,
+        /// The journal.
+        namespace: Namespace,
         /// Where.
         phase: SyncPhase,
+    },
+    /// A fact this device wrote changed how far it has spread (first `Local`, when it
+    /// is durable here).
+    Propagation {
+        /// The fact.
+        fact: FactId,
+        /// Its new status.
+        status: Propagation,
+    },
+    /// A member device confirmed (durably, here too) that it holds a note of ours that
+    /// asked for confirmation.
+    Delivered {
+        /// The note.
+        fact: FactId,
+        /// The device.
+        peer: DeviceId,
     },
     /// The guard chain refused a send: nothing left the device, and nothing remote can
     /// tell it was attempted.
@@ -585,6 +620,12 @@ enum Pending {
         tokens: Vec<Vec<u8>>,
         addrs: Vec<(DeviceId, String)>,
     },
+    /// A delivery confirmation is durable: report it.
+    Delivered {
+        fact: FactId,
+        peer: DeviceId,
+        at_ms: u64,
+    },
     /// A sealed receipt batch is durable: send it.
     ReceiptsDurable(Box<crate::receipt::ReceiptBatch>),
     /// A flow reservation is durable: the sends held behind it may go.
@@ -675,8 +716,6 @@ pub struct Peer {
     dkg: BTreeMap<[u8; 32], Dkg>,
     sign_coord: BTreeMap<[u8; 32], SignCoord>,
     sign_part: BTreeMap<[u8; 32], SignPart>,
-    /// Facts pushed and not yet acknowledged, by recipient.
-    fact_push: BTreeMap<FactId, BTreeSet<DeviceId>>,
     auth_tick: Option<Instant>,
     /// Messages this device sent to itself.
     local: VecDeque<crate::authority::AuthMsg>,
@@ -696,10 +735,8 @@ pub struct Peer {
     ctx_joins: BTreeMap<[u8; 32], CtxJoin>,
     /// Last address each context peer was reached at.
     ctx_addrs: BTreeMap<DeviceId, String>,
-    /// Anti-entropy sessions this device started, by session id.
-    syncs: BTreeMap<u64, sync_impl::SyncSession>,
-    /// When the periodic sync with own devices runs next.
-    next_periodic_sync: Instant,
+    /// Anti-entropy: sessions, pushes, propagation of facts written here.
+    sync: sync_impl::SyncState,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -819,7 +856,6 @@ impl Peer {
             dkg: BTreeMap::new(),
             sign_coord: BTreeMap::new(),
             sign_part: BTreeMap::new(),
-            fact_push: BTreeMap::new(),
             auth_tick: None,
             local: VecDeque::new(),
             restoring: false,
@@ -832,8 +868,7 @@ impl Peer {
             ctx_joins: BTreeMap::new(),
             ctx_addrs: BTreeMap::new(),
             ctx_push: BTreeMap::new(),
-            syncs: BTreeMap::new(),
-            next_periodic_sync: now.mono.saturating_add(Duration::from_secs(30)),
+            sync: Default::default(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -880,6 +915,8 @@ impl Peer {
         // A key generation this device coordinated finished, but its genesis was never
         // recorded: sign it now (its content is deterministic, so a retry cannot fork).
         p.resume_geneses();
+        // A device coming back catches up right away.
+        p.sync_soon();
         p
     }
 
@@ -920,6 +957,7 @@ impl Peer {
             } => self.apply_context_record(invite, (peer, addr), context, facts, tokens, sent_token),
             Record::Receipts(batch) => self.batch_durable(batch, false),
             Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
+            Record::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Record::Reserve {
                 context,
                 peer,
@@ -1098,6 +1136,20 @@ impl Peer {
         r
     }
 
+    /// See `crate::fuzzing::deliver_proto`.
+    pub(crate) fn fuzz_deliver_proto(&mut self, now: Now, from: DeviceId, scope: ContextId, data: &[u8]) {
+        self.now = Now {
+            mono: now.mono.max(self.now.mono),
+            unix_ms: now.unix_ms,
+        };
+        if scope == ContextId::OWN {
+            self.on_proto(from, data);
+        } else {
+            self.on_context_proto(scope, from, data);
+        }
+        self.run_local();
+    }
+
     fn dispatch(&mut self, input: Input) -> Result<(), CommandError> {
         match input {
             Input::Datagram { from, bytes } => {
@@ -1208,6 +1260,7 @@ impl Peer {
                 self.context_send(context, peer, data)
             }
             Command::Sync { peer } => self.start_sync(peer),
+            Command::Publish { namespace, data, ack } => self.publish(namespace, data, ack),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
                 let id = v.id;
@@ -1410,7 +1463,7 @@ impl Peer {
 
     // ----- datagrams ----------------------------------------------------------------
 
-    fn count_decode(&mut self, e: DecodeError) {
+    pub(super) fn count_decode(&mut self, e: DecodeError) {
         self.metrics.drop(match e {
             DecodeError::Truncated => DropReason::Truncated,
             DecodeError::Malformed => DropReason::Malformed,
@@ -1897,7 +1950,7 @@ impl Peer {
         c.pairing = Pairing::None;
         c.retx_at = None;
         let Some(peer) = c.peer else { return };
-        let (addr, version, scope) = (c.addr.clone(), c.version, c.scope);
+        let (addr, version, scope, role) = (c.addr.clone(), c.version, c.scope, c.role);
         if let Some(old) = self.active.insert((scope, peer), idx) {
             if old != idx {
                 self.channels.remove(&old);
@@ -1913,6 +1966,10 @@ impl Peer {
         }
         for q in self.queued.remove(&(scope, peer)).unwrap_or_default() {
             self.send_queued(idx, q);
+        }
+        // The side that opened the channel reconciles (both would be redundant).
+        if role == Role::Initiator {
+            self.sync_on_link_up(scope, peer);
         }
     }
 
@@ -2032,9 +2089,9 @@ impl Peer {
                     None => self.metrics.drop(DropReason::UnexpectedFrame),
                 }
             }
-            // Sub-protocols between one person's devices only; contexts have none yet.
             Frame::Proto { data } if scope == ContextId::OWN => self.on_proto(peer, data),
-            Frame::Proto { .. } => self.metrics.drop(DropReason::UnexpectedFrame),
+            // In a context: anti-entropy of that context's journal only.
+            Frame::Proto { data } => self.on_context_proto(scope, peer, data),
             Frame::Accounting { data } if scope != ContextId::OWN => self.on_accounting(scope, peer, data),
             Frame::Accounting { .. } => self.metrics.drop(DropReason::UnexpectedFrame),
             Frame::App { data } if scope == ContextId::OWN => {
@@ -2144,6 +2201,7 @@ impl Peer {
                 self.event(Event::CapabilityIssued { token });
             }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
+            Pending::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);
                 self.add_peer(peer);

@@ -207,7 +207,7 @@ impl Peer {
         self.metrics.drop(DropReason::UnexpectedFrame);
     }
 
-    fn on_auth(&mut self, from: DeviceId, msg: AuthMsg) {
+    pub(super) fn on_auth(&mut self, from: DeviceId, msg: AuthMsg) {
         match msg {
             AuthMsg::DkgInvite {
                 session,
@@ -247,7 +247,7 @@ impl Peer {
                 from: i,
                 share,
             } => self.on_sign_share(from, session, i, share),
-            AuthMsg::Facts { facts } => self.on_facts(from, facts),
+            AuthMsg::Facts { facts } => self.on_facts(from, facts, None),
             AuthMsg::DkgAbandoned { session } => self.on_dkg_abandoned(from, session),
             AuthMsg::ContextShare { facts, tokens, addrs } => self.on_context_share(from, facts, tokens, addrs),
             AuthMsg::SyncQuery {
@@ -258,20 +258,8 @@ impl Peer {
             } => self.on_sync_query(from, session, round, namespace, msg),
             AuthMsg::SyncAnswer { session, round, msg } => self.on_sync_answer(from, session, round, msg),
             AuthMsg::SyncFetch { namespace, ids } => self.on_sync_fetch(from, namespace, ids),
-            AuthMsg::FactsAck { ids } => {
-                for id in ids {
-                    if let Some(waiting) = self.fact_push.get_mut(&id) {
-                        waiting.remove(&from);
-                    }
-                    for waiting in self.ctx_push.values_mut() {
-                        if waiting.0 == id {
-                            waiting.1.remove(&from);
-                        }
-                    }
-                }
-                self.fact_push.retain(|_, w| !w.is_empty());
-                self.ctx_push.retain(|_, w| !w.1.is_empty());
-            }
+            AuthMsg::FactsAck { ids } => self.on_facts_ack(from, ids),
+            AuthMsg::Delivered { ids } => self.on_delivered(from, ids),
         }
     }
 
@@ -839,13 +827,21 @@ impl Peer {
             for f in self.journal.facts(&ns) {
                 let founding = matches!(f.body, FactBody::Genesis(_) | FactBody::SealedSecret(_));
                 if founding && f.author == me && !others.is_empty() {
-                    push.push((f.id(), others.clone()));
+                    push.push(((f.id(), v.id), others.clone()));
                 }
             }
         }
-        let any = !push.is_empty();
-        self.fact_push.extend(push);
-        if any || !self.pending_genesis.is_empty() {
+        for (id, to) in push {
+            let f = self
+                .journal
+                .facts(&Namespace::Authority(id.1))
+                .find(|f| f.id() == id.0)
+                .cloned();
+            if let Some(f) = f {
+                self.push_fact(&f, &to);
+            }
+        }
+        if !self.pending_genesis.is_empty() {
             self.arm_auth_tick();
         }
     }
@@ -959,7 +955,8 @@ impl Peer {
             FactBody::TreeOp(_)
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
-            | FactBody::ContextAccept(_) => false,
+            | FactBody::ContextAccept(_)
+            | FactBody::Note(_) => false,
         }
     }
 
@@ -1295,25 +1292,32 @@ impl Peer {
         self.apply_fact(fact.clone());
         if let Some(to) = push_to {
             if !to.is_empty() {
-                self.fact_push.insert(id, to.clone());
-                for d in to {
-                    self.send_auth(
-                        d,
-                        AuthMsg::Facts {
-                            facts: vec![fact.encode()],
-                        },
-                    );
-                }
-                self.arm_auth_tick();
+                self.push_fact(&fact, &to);
             }
         }
         if let Some(d) = ack_to {
-            self.send_auth(d, AuthMsg::FactsAck { ids: vec![id] });
+            self.send_via(d, Some(&fact.namespace), AuthMsg::FactsAck { ids: vec![id] });
         }
     }
 
     /// Merges a verified, durable fact and refreshes what depends on it (also used by restore).
     pub(super) fn apply_fact(&mut self, fact: Fact) {
+        let me = self.keys.id;
+        let asks = matches!(&fact.body, FactBody::Note(n) if n.ack);
+        let follow = (fact.author == me || asks).then(|| fact.clone());
+        if !self.merge_fact(fact) {
+            return;
+        }
+        // After the merge, so that the views list the namespace's members.
+        match follow {
+            Some(f) if f.author == me => self.track_fact(&f),
+            Some(f) => self.confirm_delivery(&f),
+            None => {}
+        }
+    }
+
+    /// Merges a fact into the journal and the views; false if it was already there.
+    fn merge_fact(&mut self, fact: Fact) -> bool {
         let ns = fact.namespace;
         let is_genesis = matches!(fact.body, FactBody::Genesis(_));
         let kind = if matches!(fact.body, FactBody::TreeOp(_)) {
@@ -1323,11 +1327,14 @@ impl Peer {
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
         if !self.journal.insert(fact) {
-            return;
+            return false;
         }
         let id = match ns {
             Namespace::Authority(id) => id,
-            Namespace::Context(c) => return self.refresh_context(c),
+            Namespace::Context(c) => {
+                self.refresh_context(c);
+                return true;
+            }
         };
         // Only a genesis or a tree operation changes the view; re-reducing on every
         // statement would make each insert cost the whole journal.
@@ -1335,7 +1342,7 @@ impl Peer {
         let view = if changes_view {
             match AuthorityView::reduce(&self.journal, id) {
                 Some(v) => v,
-                None => return,
+                None => return true,
             }
         } else {
             self.views.0[&id].clone()
@@ -1386,9 +1393,11 @@ impl Peer {
                 }
             }
         }
+        true
     }
 
-    fn on_facts(&mut self, from: DeviceId, facts: Vec<Vec<u8>>) {
+    /// Facts pushed by `from` (restricted to namespace `only` when it came in a context).
+    pub(super) fn on_facts(&mut self, from: DeviceId, facts: Vec<Vec<u8>>, only: Option<Namespace>) {
         let mut decoded = Vec::new();
         for b in facts {
             match Fact::decode(&b) {
@@ -1396,11 +1405,19 @@ impl Peer {
                 Err(_) => self.fact_rejected(FactError::Malformed),
             }
         }
-        // Context facts arrive through the context flow (not built yet), never as a push:
-        // storing self-certifying context creations from any paired device would let it
-        // fill the journal with contexts that do not concern us.
+        // Context facts only for contexts this device already holds, from their members:
+        // storing self-certifying context creations from any device would let it fill the
+        // journal with contexts that do not concern us (new contexts come through the
+        // join or a share).
         let before = decoded.len();
-        decoded.retain(|f| matches!(f.namespace, Namespace::Authority(_)));
+        decoded.retain(|f| match f.namespace {
+            _ if only.is_some_and(|n| n != f.namespace) => false,
+            Namespace::Authority(_) => true,
+            Namespace::Context(c) => self
+                .contexts
+                .get(&c)
+                .is_some_and(|s| s.view.members.contains_key(&from)),
+        });
         for _ in decoded.len()..before {
             self.fact_rejected(FactError::WrongNamespace);
         }
@@ -1408,12 +1425,21 @@ impl Peer {
         decoded.sort_by_key(|f| !matches!(f.body, FactBody::Genesis(_)));
         let mut views = self.views.clone();
         for f in decoded {
+            let ns = f.namespace;
             if self.journal.contains(&f) {
-                self.send_auth(from, AuthMsg::FactsAck { ids: vec![f.id()] });
+                self.send_via(from, Some(&ns), AuthMsg::FactsAck { ids: vec![f.id()] });
+                // The author may have missed our confirmation: it pushes until it has one.
+                self.confirm_delivery(&f);
                 continue;
             }
-            let ns = f.namespace;
-            if let Err(e) = verify_fact(&f, &ns, &views) {
+            let checked = match ns {
+                Namespace::Authority(_) => verify_fact(&f, &ns, &views),
+                Namespace::Context(c) => match self.contexts.get(&c) {
+                    Some(s) => verify_fact(&f, &ns, &s.view),
+                    None => Err(FactError::WrongNamespace),
+                },
+            };
+            if let Err(e) = checked {
                 self.fact_rejected(e);
                 continue;
             }
@@ -1619,23 +1645,6 @@ impl Peer {
         self.sign_part
             .retain(|_, p| p.started.saturating_add(SIGN_TIMEOUT * 2) > now);
         self.dkg.retain(|_, d| d.started.saturating_add(DKG_TIMEOUT * 2) > now);
-        for (id, to) in &self.fact_push {
-            let Some(f) = self
-                .journal
-                .namespaces()
-                .find_map(|ns| self.journal.facts(ns).find(|f| f.id() == *id))
-            else {
-                continue;
-            };
-            for d in to {
-                resend.push((
-                    *d,
-                    AuthMsg::Facts {
-                        facts: vec![f.encode()],
-                    },
-                ));
-            }
-        }
         // A member whose share is durable but who has no genesis yet asks the coordinator
         // again now and then (its `DkgDone` may have been lost, or a restart ended a round).
         if self.genesis_poll_at <= now {
@@ -1655,10 +1664,11 @@ impl Peer {
         for (to, m) in resend {
             self.send_auth(to, m);
         }
+        self.resend_pushes();
         self.resend_context_shares();
         let busy = !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
-            || !self.fact_push.is_empty()
+            || !self.sync.push.is_empty()
             || !self.ctx_push.is_empty()
             || !self.sign_part.is_empty()
             || !self.pending_genesis.is_empty();

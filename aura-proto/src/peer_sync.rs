@@ -1,28 +1,44 @@
-//! Anti-entropy sessions in [`Peer`] between one person's devices, for their authority's
-//! journal.
+//! Anti-entropy in [`Peer`]: reconciliation sessions, fact pushes, propagation status and
+//! delivery confirmations, for every journal namespace this device belongs to.
 //!
 //! A session reconciles one namespace with one device (`crate::sync`, range-based), then
-//! pushes what the other lacks (`AuthMsg::Facts`, acknowledged and retried by the fact
-//! push) and asks for what this side lacks (`SyncFetch`, answered with `Facts`). Every
-//! message is a `Proto` frame through the guard chain. The initiator keeps the session:
-//! the last query is resent when no answer came in time, with exponential backoff from
-//! `SYNC_RETRY` and jitter from the peer's RNG, `SYNC_TRIES` times, then the session fails
-//! (`Event::SyncFailed`). Answers of an older round or of an unknown session are dropped,
-//! so loss, duplication and reordering cost time, never correctness. Sessions start on
-//! `Command::Sync` and every `SYNC_EVERY` with each other member of the authority (a
-//! failed session is simply tried again then: a device that restarted is only noticed
-//! once its old channel times out).
+//! pushes what the other lacks (`AuthMsg::Facts`, acknowledged and retried) and asks for
+//! what this side lacks (`SyncFetch`, answered with `Facts`). Every message is a `Proto`
+//! frame through the guard chain: between one person's devices in the unmetered own
+//! scope, with a device of another authority on that context's channel, charged to the
+//! context's flow budget. The initiator keeps the session: the last query is resent when
+//! no answer came in time, with exponential backoff from `SYNC_RETRY` and jitter from the
+//! peer's RNG, `SYNC_TRIES` times, then the session fails (`Event::SyncFailed`). Answers
+//! of an older round or of an unknown session are dropped, so loss, duplication and
+//! reordering cost time, never correctness.
+//!
+//! Sessions start on `Command::Sync`, when a channel this device opened to an own device
+//! comes up (a device that was away catches up at once), right after a restart, every `SYNC_EVERY` with each own device per
+//! shared namespace, and every `CROSS_SYNC_EVERY` with one device of each other authority
+//! of a context (those cost flow budget; the other authority's devices reconcile among
+//! themselves). A device whose sessions keep failing is tried less often, up to
+//! `PEER_BACKOFF_MAX` apart, until it is heard from again.
+//!
+//! Every fact this device wrote is tracked: `Local` until some member is known to hold it
+//! (a push acknowledgement, a delivery confirmation, or a finished session that showed
+//! the other side had it), `Syncing` while some are, `Complete` when all are, `Failed`
+//! with the time of the next attempt when the last push or session towards a missing
+//! member gave up. Notes that ask for confirmation are confirmed by each member once
+//! durable there (`AuthMsg::Delivered`); the author records each confirmation
+//! (`Record::Delivered`) before reporting it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Event, Peer};
+use super::{CommandError, Event, Peer, Pending, Queued};
 use crate::authority::AuthMsg;
-use crate::journal::{FactId, Namespace};
+use crate::journal::{ContextId, Fact, FactBody, FactId, FactSig, Namespace, Note, Sig64, MAX_NOTE};
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
+use crate::record::Record;
 use crate::sync;
 use crate::time::Instant;
+use crate::wire;
 
 /// Bytes per reconciliation message at most (DESIGN's frame limit for sync).
 pub(super) const SYNC_FRAME: u64 = 16 * 1024;
@@ -32,10 +48,18 @@ const SYNC_RETRY: Duration = Duration::from_millis(100);
 const SYNC_TRIES: u32 = 3;
 /// Longest retransmission delay.
 const SYNC_MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Periodic sync with own devices whose channel is up.
+/// Periodic sync with own devices.
 const SYNC_EVERY: Duration = Duration::from_secs(30);
+/// Periodic sync of each context with one device of each other authority.
+const CROSS_SYNC_EVERY: Duration = Duration::from_secs(600);
+/// Longest pause between periodic sessions with a device whose sessions keep failing.
+const PEER_BACKOFF_MAX: Duration = Duration::from_secs(960);
 /// Facts asked for per `SyncFetch` (DESIGN: sync batch of 128 facts).
 const FETCH_BATCH: usize = 128;
+/// First delay before a fact push is repeated; doubles per try up to `SYNC_MAX_BACKOFF`.
+const PUSH_RETRY: Duration = Duration::from_millis(800);
+/// Pushes of one fact to one device before anti-entropy is left to carry it.
+const PUSH_TRIES: u32 = 10;
 
 /// One reconciliation this device started.
 #[derive(Debug)]
@@ -47,9 +71,11 @@ pub(super) struct SyncSession {
     query: Vec<u8>,
     tries: u32,
     retry_at: Instant,
-    /// Facts found so far (pushed / fetched).
-    pushed: usize,
+    /// Facts pushed in this session.
+    pushed: BTreeSet<FactId>,
     fetched: usize,
+    /// Tracked facts numbered below this existed when the session started.
+    track_seq: u64,
 }
 
 /// Where a session failed.
@@ -61,27 +87,255 @@ pub enum SyncPhase {
     Protocol,
 }
 
+/// How far a fact this device wrote has spread among the other member devices of its
+/// namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// No other member is known to hold it yet.
+    Local,
+    /// Some members are known to hold it.
+    Syncing {
+        /// Members known to hold it.
+        reached: u16,
+        /// Other members of the namespace.
+        known: u16,
+    },
+    /// Every other member holds it.
+    Complete,
+    /// The last attempt towards a missing member gave up; anti-entropy tries again at
+    /// `retry_at` (this device's monotone clock).
+    Failed {
+        /// Next attempt.
+        retry_at: Instant,
+        /// Members known to hold it.
+        reached: u16,
+        /// Other members of the namespace.
+        known: u16,
+    },
+}
+
+/// A fact this device wrote, and who is known to hold it.
+#[derive(Debug)]
+pub(super) struct Tracked {
+    ns: Namespace,
+    seq: u64,
+    reached: BTreeSet<DeviceId>,
+    failed: Option<Instant>,
+    /// A note asking for delivery confirmations.
+    ack: bool,
+    status: Propagation,
+}
+
+/// A fact pushed to one device and not acknowledged yet.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PushTry {
+    tries: u32,
+    next: Instant,
+}
+
+/// Periodic sessions with a device that failed: how often in a row, and when next.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PeerBackoff {
+    failures: u32,
+    next: Instant,
+}
+
+/// Anti-entropy state of a [`Peer`].
+#[derive(Debug, Default)]
+pub(super) struct SyncState {
+    pub(super) sessions: BTreeMap<u64, SyncSession>,
+    pub(super) tracked: BTreeMap<FactId, Tracked>,
+    track_seq: u64,
+    /// Delivery confirmations recorded, by note: device → wall clock ms.
+    pub(super) deliveries: BTreeMap<FactId, BTreeMap<DeviceId, u64>>,
+    /// Confirmations being recorded (not durable yet).
+    delivering: BTreeSet<(FactId, DeviceId)>,
+    /// Facts pushed and not yet acknowledged, by recipient.
+    pub(super) push: BTreeMap<FactId, BTreeMap<DeviceId, PushTry>>,
+    backoff: BTreeMap<DeviceId, PeerBackoff>,
+    pub(super) next_periodic: Option<Instant>,
+    next_cross: Option<Instant>,
+}
+
 impl Peer {
-    /// `Command::Sync`: reconcile this device's authority journal with `peer`, or with
-    /// every own device whose channel is up.
-    pub(super) fn start_sync(&mut self, peer: Option<DeviceId>) -> Result<(), super::CommandError> {
-        let v = self.my_authority().ok_or(super::CommandError::NotInAuthority)?;
-        let ns = Namespace::Authority(v.id);
-        let members: Vec<DeviceId> = v.members.keys().copied().filter(|d| *d != self.keys.id).collect();
-        let targets: Vec<DeviceId> = match peer {
-            Some(p) if members.contains(&p) => vec![p],
-            Some(p) => return Err(super::CommandError::UnknownPeer(p)),
-            None => members,
-        };
-        for p in targets {
-            self.sync_with(p, ns);
+    // ----- membership and routing ------------------------------------------------------
+
+    /// Member devices of `ns` as this device's reduced state lists them.
+    pub(super) fn members_of(&self, ns: &Namespace) -> Vec<DeviceId> {
+        match ns {
+            Namespace::Authority(a) => self.views.0.get(a).map(|v| v.members.keys().copied().collect()),
+            Namespace::Context(c) => self
+                .contexts
+                .get(c)
+                .filter(|s| s.ready)
+                .map(|s| s.view.members.keys().copied().collect()),
+        }
+        .unwrap_or_default()
+    }
+
+    /// One of this person's devices (paired, or a member of our authority).
+    fn is_own(&self, d: &DeviceId) -> bool {
+        self.peers.contains_key(d) || self.my_authority().is_some_and(|v| v.members.contains_key(d))
+    }
+
+    /// The scope a message to `to` about `ns` travels in: own devices in the own scope,
+    /// other authorities' devices on the context's channel.
+    fn scope_for(&self, to: &DeviceId, ns: Option<&Namespace>) -> ContextId {
+        if self.is_own(to) {
+            return ContextId::OWN;
+        }
+        if let Some(Namespace::Context(c)) = ns {
+            return *c;
+        }
+        self.contexts
+            .iter()
+            .find(|(_, s)| s.ready && s.view.members.contains_key(to))
+            .map_or(ContextId::OWN, |(c, _)| *c)
+    }
+
+    /// Sends an anti-entropy message to `to` in the scope it belongs to.
+    pub(super) fn send_via(&mut self, to: DeviceId, ns: Option<&Namespace>, msg: AuthMsg) {
+        let scope = self.scope_for(&to, ns);
+        if scope == ContextId::OWN {
+            return self.send_auth(to, msg);
+        }
+        let bytes = wire::encode(&msg);
+        // A full queue or a refused link: the retry timers try again.
+        let _ = self.send_or_queue_in(scope, to, Queued::Proto(bytes));
+    }
+
+    /// Namespaces this device and `peer` are both members of.
+    fn shared_namespaces(&self, peer: &DeviceId) -> Vec<Namespace> {
+        let me = self.keys.id;
+        let mut out = Vec::new();
+        if let Some(v) = self.my_authority() {
+            if v.members.contains_key(peer) {
+                out.push(Namespace::Authority(v.id));
+            }
+        }
+        for (c, s) in &self.contexts {
+            if s.ready && s.view.members.contains_key(peer) && s.view.members.contains_key(&me) {
+                out.push(Namespace::Context(*c));
+            }
+        }
+        out
+    }
+
+    /// Whether `from` may sync namespace `ns` with us: both are members.
+    fn may_sync(&self, from: &DeviceId, ns: &Namespace) -> bool {
+        let members = self.members_of(ns);
+        members.contains(from) && members.contains(&self.keys.id)
+    }
+
+    // ----- sessions ----------------------------------------------------------------------
+
+    /// `Command::Sync`: reconcile every namespace shared with `peer`, or with every own
+    /// device and one device of each other authority of each context.
+    pub(super) fn start_sync(&mut self, peer: Option<DeviceId>) -> Result<(), CommandError> {
+        if self.my_authority().is_none() && self.contexts.values().all(|s| !s.ready) {
+            return Err(CommandError::NotInAuthority);
+        }
+        match peer {
+            Some(p) => {
+                let shared = self.shared_namespaces(&p);
+                if shared.is_empty() || p == self.keys.id {
+                    return Err(CommandError::UnknownPeer(p));
+                }
+                self.sync.backoff.remove(&p);
+                for ns in shared {
+                    self.sync_with(p, ns);
+                }
+            }
+            None => {
+                self.sync.backoff.clear();
+                self.sync_own(true);
+                self.sync_cross();
+            }
         }
         Ok(())
     }
 
+    /// Sessions with own devices for every namespace they share with us (`all`: also
+    /// with devices in backoff).
+    fn sync_own(&mut self, all: bool) {
+        let now = self.now.mono;
+        let me = self.keys.id;
+        let mut pairs = Vec::new();
+        for ns in self.my_namespaces() {
+            for d in self.members_of(&ns) {
+                let waiting = self.sync.backoff.get(&d).is_some_and(|b| b.next > now);
+                if d != me && self.is_own(&d) && (all || !waiting) {
+                    pairs.push((d, ns));
+                }
+            }
+        }
+        for (d, ns) in pairs {
+            self.sync_with(d, ns);
+        }
+    }
+
+    /// Per context, a session with one device of each other authority (picked at random
+    /// among those not in backoff).
+    fn sync_cross(&mut self) {
+        let now = self.now.mono;
+        let mine = self.my_authority().map(|v| v.id);
+        let mut pairs = Vec::new();
+        for (c, s) in &self.contexts {
+            if !s.ready || !s.view.members.contains_key(&self.keys.id) {
+                continue;
+            }
+            for a in s.view.authorities.iter().filter(|a| Some(**a) != mine) {
+                let devices: Vec<DeviceId> = s
+                    .view
+                    .members
+                    .iter()
+                    .filter(|(d, m)| m.authority == *a && self.sync.backoff.get(d).is_none_or(|b| b.next <= now))
+                    .map(|(d, _)| *d)
+                    .collect();
+                if !devices.is_empty() {
+                    pairs.push((devices, *c));
+                }
+            }
+        }
+        for (devices, c) in pairs {
+            let d = devices[(self.rng.next_u64() % devices.len() as u64) as usize];
+            self.sync_with(d, Namespace::Context(c));
+        }
+    }
+
+    /// Namespaces this device belongs to: its authority and its ready contexts.
+    fn my_namespaces(&self) -> Vec<Namespace> {
+        let mut out: Vec<Namespace> = self
+            .my_authority()
+            .map(|v| Namespace::Authority(v.id))
+            .into_iter()
+            .collect();
+        out.extend(
+            self.contexts
+                .iter()
+                .filter(|(_, s)| s.ready)
+                .map(|(c, _)| Namespace::Context(*c)),
+        );
+        out
+    }
+
+    /// A channel this device opened to an own device is up: clear the device's backoff
+    /// and reconcile what we share (a device that was away catches up now, not at the
+    /// next period). Context channels do not do this: each session there costs flow
+    /// budget, and channels come and go with traffic.
+    pub(super) fn sync_on_link_up(&mut self, scope: ContextId, peer: DeviceId) {
+        self.sync.backoff.remove(&peer);
+        if scope != ContextId::OWN || !self.is_own(&peer) {
+            return;
+        }
+        for ns in self.shared_namespaces(&peer) {
+            self.sync_with(peer, ns);
+        }
+    }
+
     fn sync_with(&mut self, peer: DeviceId, ns: Namespace) {
         // One session per (peer, namespace) at a time.
-        if self.syncs.values().any(|s| s.peer == peer && s.ns == ns) {
+        if self.sync.sessions.values().any(|s| s.peer == peer && s.ns == ns) {
             return;
         }
         let items = sync::items(&self.journal, &ns);
@@ -97,13 +351,29 @@ impl Peer {
             query: query.clone(),
             tries: 1,
             retry_at: now.saturating_add(self.sync_backoff(0)),
-            pushed: 0,
+            pushed: BTreeSet::new(),
             fetched: 0,
+            track_seq: self.sync.track_seq,
         };
-        self.syncs.insert(session, s);
+        self.sync.sessions.insert(session, s);
         self.metrics.sync_sessions += 1;
-        self.send_auth(
+        // Trying again: facts that had failed towards this device are syncing again.
+        let retrying: Vec<FactId> = self
+            .sync
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.ns == ns && t.failed.is_some() && !t.reached.contains(&peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retrying {
+            if let Some(t) = self.sync.tracked.get_mut(&id) {
+                t.failed = None;
+            }
+            self.update_propagation(id);
+        }
+        self.send_via(
             peer,
+            Some(&ns),
             AuthMsg::SyncQuery {
                 session,
                 round: 0,
@@ -116,20 +386,12 @@ impl Peer {
     /// Backoff before the `tries`-th resend, with up to 25% jitter from the peer RNG.
     fn sync_backoff(&mut self, tries: u32) -> Duration {
         let base = SYNC_RETRY.saturating_mul(1u32 << tries.min(16)).min(SYNC_MAX_BACKOFF);
-        let jitter = self.rng.next_u64() % (base.as_millis() as u64 / 4 + 1);
-        base + Duration::from_millis(jitter)
+        self.jittered(base)
     }
 
-    /// Whether `from` may sync namespace `ns` with us: a co-member of that authority.
-    fn may_sync(&self, from: &DeviceId, ns: &Namespace) -> bool {
-        match ns {
-            Namespace::Authority(a) => self
-                .views
-                .0
-                .get(a)
-                .is_some_and(|v| v.members.contains_key(from) && v.members.contains_key(&self.keys.id)),
-            Namespace::Context(_) => false,
-        }
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let jitter = self.rng.next_u64() % (base.as_millis() as u64 / 4 + 1);
+        base + Duration::from_millis(jitter)
     }
 
     /// Responder: answer a reconciliation query from the journal as it is now.
@@ -139,8 +401,9 @@ impl Peer {
         }
         let items = sync::items(&self.journal, &ns);
         match sync::respond(&items, SYNC_FRAME, &msg) {
-            Ok(answer) => self.send_auth(
+            Ok(answer) => self.send_via(
                 from,
+                Some(&ns),
                 AuthMsg::SyncAnswer {
                     session,
                     round,
@@ -153,7 +416,7 @@ impl Peer {
 
     /// Initiator: an answer for a session of ours.
     pub(super) fn on_sync_answer(&mut self, from: DeviceId, session: u64, round: u32, msg: Vec<u8>) {
-        let Some(s) = self.syncs.get(&session) else {
+        let Some(s) = self.sync.sessions.get(&session) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
         if s.peer != from || s.round != round {
@@ -171,8 +434,9 @@ impl Peer {
         };
         self.push_facts(from, &ns, &step.have);
         for chunk in step.need.chunks(FETCH_BATCH) {
-            self.send_auth(
+            self.send_via(
                 from,
+                Some(&ns),
                 AuthMsg::SyncFetch {
                     namespace: ns,
                     ids: chunk.to_vec(),
@@ -181,8 +445,8 @@ impl Peer {
         }
         let backoff = self.sync_backoff(0);
         let now = self.now.mono;
-        let s = self.syncs.get_mut(&session).expect("checked above");
-        s.pushed += step.have.len();
+        let s = self.sync.sessions.get_mut(&session).expect("checked above");
+        s.pushed.extend(step.have.iter().copied());
         s.fetched += step.need.len();
         match step.reply {
             Some(query) => {
@@ -191,8 +455,9 @@ impl Peer {
                 s.query = query.clone();
                 s.retry_at = now.saturating_add(backoff);
                 let round = s.round;
-                self.send_auth(
+                self.send_via(
                     from,
+                    Some(&ns),
                     AuthMsg::SyncQuery {
                         session,
                         round,
@@ -202,10 +467,13 @@ impl Peer {
                 );
             }
             None => {
-                let s = self.syncs.remove(&session).expect("checked above");
+                let s = self.sync.sessions.remove(&session).expect("checked above");
+                self.sync.backoff.remove(&from);
+                self.session_reached(&s);
                 self.event(Event::SyncDone {
                     peer: from,
-                    pushed: s.pushed,
+                    namespace: ns,
+                    pushed: s.pushed.len(),
                     fetched: s.fetched,
                     rounds: s.round + 1,
                 });
@@ -213,7 +481,31 @@ impl Peer {
         }
     }
 
-    /// Pushes our facts `ids` of `ns` to `to` (acknowledged and retried like any push).
+    /// A finished session: the other side holds every tracked fact of the namespace that
+    /// existed when it started and that we did not have to push. A note whose
+    /// confirmation from it is missing is pushed once more (a duplicate is confirmed
+    /// again).
+    fn session_reached(&mut self, s: &SyncSession) {
+        let held: Vec<FactId> = self
+            .sync
+            .tracked
+            .iter()
+            .filter(|(id, t)| t.ns == s.ns && t.seq < s.track_seq && !s.pushed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut unconfirmed = Vec::new();
+        for id in held {
+            self.fact_reached(id, s.peer);
+            let t = &self.sync.tracked[&id];
+            let confirmed = self.sync.deliveries.get(&id).is_some_and(|d| d.contains_key(&s.peer));
+            if t.ack && !confirmed && !self.sync.delivering.contains(&(id, s.peer)) {
+                unconfirmed.push(id);
+            }
+        }
+        self.push_facts(s.peer, &s.ns, &unconfirmed);
+    }
+
+    /// Pushes our facts `ids` of `ns` to `to` (acknowledged and retried).
     fn push_facts(&mut self, to: DeviceId, ns: &Namespace, ids: &[FactId]) {
         let want: BTreeSet<FactId> = ids.iter().copied().collect();
         if want.is_empty() {
@@ -226,18 +518,118 @@ impl Peer {
             .filter(|(id, _)| want.contains(id))
             .map(|(id, f)| (id, f.encode()))
             .collect();
+        let first = self.now.mono.saturating_add(PUSH_RETRY);
         for chunk in facts.chunks(FETCH_BATCH) {
             for (id, _) in chunk {
-                self.fact_push.entry(*id).or_default().insert(to);
+                self.sync
+                    .push
+                    .entry(*id)
+                    .or_default()
+                    .insert(to, PushTry { tries: 1, next: first });
             }
-            self.send_auth(
+            self.send_via(
                 to,
+                Some(ns),
                 AuthMsg::Facts {
                     facts: chunk.iter().map(|(_, b)| b.clone()).collect(),
                 },
             );
         }
         self.arm_auth_tick();
+    }
+
+    /// Pushes a fact that just became durable to `to` (acknowledged and retried).
+    pub(super) fn push_fact(&mut self, fact: &Fact, to: &BTreeSet<DeviceId>) {
+        let first = self.now.mono.saturating_add(PUSH_RETRY);
+        let id = fact.id();
+        for d in to {
+            self.sync
+                .push
+                .entry(id)
+                .or_default()
+                .insert(*d, PushTry { tries: 1, next: first });
+            self.send_via(
+                *d,
+                Some(&fact.namespace),
+                AuthMsg::Facts {
+                    facts: vec![fact.encode()],
+                },
+            );
+        }
+        self.arm_auth_tick();
+    }
+
+    /// Resends pushes that are due, with backoff; after `PUSH_TRIES` a push is left to
+    /// anti-entropy (and a tracked fact is `Failed` until the next session).
+    pub(super) fn resend_pushes(&mut self) {
+        let now = self.now.mono;
+        let mut due: Vec<(FactId, DeviceId)> = Vec::new();
+        for (id, to) in &self.sync.push {
+            for (d, p) in to {
+                if p.next <= now {
+                    due.push((*id, *d));
+                }
+            }
+        }
+        let mut gave_up = Vec::new();
+        let mut resend: BTreeMap<DeviceId, Vec<FactId>> = BTreeMap::new();
+        for (id, d) in due {
+            let base = PUSH_RETRY;
+            let Some(p) = self.sync.push.get_mut(&id).and_then(|m| m.get_mut(&d)) else {
+                continue;
+            };
+            if p.tries >= PUSH_TRIES {
+                gave_up.push((id, d));
+                continue;
+            }
+            let delay = base.saturating_mul(1u32 << p.tries.min(16)).min(SYNC_MAX_BACKOFF);
+            p.tries += 1;
+            p.next = now.saturating_add(delay);
+            resend.entry(d).or_default().push(id);
+        }
+        for (id, d) in gave_up {
+            if let Some(m) = self.sync.push.get_mut(&id) {
+                m.remove(&d);
+            }
+            self.fact_failed(id, d);
+        }
+        self.sync.push.retain(|_, m| !m.is_empty());
+        for (d, ids) in resend {
+            let want: BTreeSet<FactId> = ids.into_iter().collect();
+            let mut by_ns: BTreeMap<Namespace, Vec<Vec<u8>>> = BTreeMap::new();
+            for ns in self.journal.namespaces().copied().collect::<Vec<_>>() {
+                for f in self.journal.facts(&ns).filter(|f| want.contains(&f.id())) {
+                    by_ns.entry(ns).or_default().push(f.encode());
+                }
+            }
+            for (ns, facts) in by_ns {
+                for chunk in facts.chunks(FETCH_BATCH) {
+                    self.send_via(d, Some(&ns), AuthMsg::Facts { facts: chunk.to_vec() });
+                }
+            }
+        }
+    }
+
+    /// `FactsAck` from `from`: stop pushing those facts to it. A note that asked for a
+    /// confirmation stays pushed until the confirmation comes.
+    pub(super) fn on_facts_ack(&mut self, from: DeviceId, ids: Vec<FactId>) {
+        for id in ids {
+            let needs_confirmation = self.sync.tracked.get(&id).is_some_and(|t| t.ack)
+                && !self.sync.deliveries.get(&id).is_some_and(|d| d.contains_key(&from));
+            if !needs_confirmation {
+                if let Some(waiting) = self.sync.push.get_mut(&id) {
+                    waiting.remove(&from);
+                }
+            }
+            self.fact_reached(id, from);
+            for waiting in self.ctx_push.values_mut() {
+                if waiting.0 == id {
+                    waiting.1.remove(&from);
+                }
+            }
+        }
+        self.sync.push.retain(|_, w| !w.is_empty());
+        self.ctx_push.retain(|_, w| !w.1.is_empty());
     }
 
     /// Responder of a fetch: send the asked facts we hold.
@@ -249,44 +641,80 @@ impl Peer {
     }
 
     fn sync_failed(&mut self, session: u64, phase: SyncPhase) {
-        if let Some(s) = self.syncs.remove(&session) {
-            self.metrics.sync_failed += 1;
-            self.event(Event::SyncFailed { peer: s.peer, phase });
+        let Some(s) = self.sync.sessions.remove(&session) else {
+            return;
+        };
+        self.metrics.sync_failed += 1;
+        // Periodic sessions with this device back off until it is heard from again.
+        let failures = self.sync.backoff.get(&s.peer).map_or(0, |b| b.failures) + 1;
+        let base = SYNC_EVERY.saturating_mul(1u32 << failures.min(5)).min(PEER_BACKOFF_MAX);
+        let next = self.now.mono.saturating_add(self.jittered(base));
+        self.sync.backoff.insert(s.peer, PeerBackoff { failures, next });
+        let missing: Vec<FactId> = self
+            .sync
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.ns == s.ns && !t.reached.contains(&s.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in missing {
+            self.fact_failed(id, s.peer);
         }
+        self.event(Event::SyncFailed {
+            peer: s.peer,
+            namespace: s.ns,
+            phase,
+        });
     }
 
     pub(super) fn sync_deadline(&self) -> Option<Instant> {
-        let next = self.syncs.values().map(|s| s.retry_at).min();
-        let periodic = self.my_authority().map(|_| self.next_periodic_sync);
-        match (next, periodic) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let next = self.sync.sessions.values().map(|s| s.retry_at).min();
+        let periodic = if self.my_namespaces().is_empty() {
+            None
+        } else {
+            self.sync.next_periodic
+        };
+        [next, periodic].into_iter().flatten().min()
     }
 
-    /// Resends overdue queries, fails sessions out of tries, and starts the periodic sync.
+    /// Resends overdue queries, fails sessions out of tries, and starts periodic syncs.
     pub(super) fn sync_timeout(&mut self) {
         let now = self.now.mono;
         let due: Vec<u64> = self
-            .syncs
+            .sync
+            .sessions
             .iter()
             .filter(|(_, s)| s.retry_at <= now)
             .map(|(k, _)| *k)
             .collect();
         for session in due {
-            let tries = self.syncs[&session].tries;
+            let (tries, peer, ns) = {
+                let s = &self.sync.sessions[&session];
+                (s.tries, s.peer, s.ns)
+            };
+            // The query is still queued behind a handshake that has not given up yet:
+            // waiting for it is not a lost try (the channel layer times the handshake out,
+            // and the next try then starts a fresh one).
+            let scope = self.scope_for(&peer, Some(&ns));
+            if !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer) {
+                let backoff = self.sync_backoff(tries);
+                let s = self.sync.sessions.get_mut(&session).expect("listed");
+                s.retry_at = now.saturating_add(backoff);
+                continue;
+            }
             if tries >= SYNC_TRIES {
                 self.sync_failed(session, SyncPhase::Reconcile);
                 continue;
             }
             let backoff = self.sync_backoff(tries);
-            let s = self.syncs.get_mut(&session).expect("listed");
+            let s = self.sync.sessions.get_mut(&session).expect("listed");
             s.tries += 1;
             s.retry_at = now.saturating_add(backoff);
             let (peer, round, ns, query) = (s.peer, s.round, s.ns, s.query.clone());
             self.metrics.sync_retries += 1;
-            self.send_auth(
+            self.send_via(
                 peer,
+                Some(&ns),
                 AuthMsg::SyncQuery {
                     session,
                     round,
@@ -295,16 +723,264 @@ impl Peer {
                 },
             );
         }
-        if self.next_periodic_sync <= now && self.my_authority().is_some() {
-            self.next_periodic_sync = now.saturating_add(SYNC_EVERY);
-            if let Some(v) = self.my_authority() {
-                let ns = Namespace::Authority(v.id);
-                let me = self.keys.id;
-                let members: Vec<DeviceId> = v.members.keys().copied().filter(|d| *d != me).collect();
-                for d in members {
-                    self.sync_with(d, ns);
-                }
+        if self.my_namespaces().is_empty() {
+            return;
+        }
+        let next = *self.sync.next_periodic.get_or_insert(now.saturating_add(SYNC_EVERY));
+        if next <= now {
+            self.sync.next_periodic = Some(now.saturating_add(SYNC_EVERY));
+            self.sync_own(false);
+            let cross = *self.sync.next_cross.get_or_insert(now.saturating_add(CROSS_SYNC_EVERY));
+            if cross <= now {
+                self.sync.next_cross = Some(now.saturating_add(CROSS_SYNC_EVERY));
+                self.sync_cross();
             }
+        }
+    }
+
+    /// Sessions with devices this device just restarted into: soon, not a period later.
+    pub(super) fn sync_soon(&mut self) {
+        self.sync.next_periodic = Some(self.now.mono.saturating_add(Duration::from_secs(1)));
+    }
+
+    /// A `Proto` frame on the channel of context `scope`: anti-entropy of that context's
+    /// journal and nothing else.
+    pub(super) fn on_context_proto(&mut self, scope: ContextId, from: DeviceId, data: &[u8]) {
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let msg: Result<AuthMsg, _> = wire::strict_decode(data, &mut scratch);
+        self.scratch = scratch;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => return self.count_decode(e),
+        };
+        let here = Namespace::Context(scope);
+        match msg {
+            AuthMsg::SyncQuery { namespace, .. } | AuthMsg::SyncFetch { namespace, .. } if namespace != here => {
+                self.metrics.drop(DropReason::WrongContext)
+            }
+            AuthMsg::SyncAnswer { session, .. } if self.sync.sessions.get(&session).is_some_and(|s| s.ns != here) => {
+                self.metrics.drop(DropReason::WrongContext)
+            }
+            AuthMsg::Facts { facts } => self.on_facts(from, facts, Some(here)),
+            m @ (AuthMsg::SyncQuery { .. }
+            | AuthMsg::SyncAnswer { .. }
+            | AuthMsg::SyncFetch { .. }
+            | AuthMsg::FactsAck { .. }
+            | AuthMsg::Delivered { .. }) => self.on_auth(from, m),
+            _ => self.metrics.drop(DropReason::UnexpectedFrame),
+        }
+    }
+
+    // ----- propagation ---------------------------------------------------------------------
+
+    /// Starts tracking a fact this device wrote (silently while restoring: a restart
+    /// does not know who held it, and the next sessions find out).
+    pub(super) fn track_fact(&mut self, fact: &Fact) {
+        let id = fact.id();
+        if self.sync.tracked.contains_key(&id) {
+            return;
+        }
+        let ack = matches!(&fact.body, FactBody::Note(n) if n.ack);
+        self.sync.track_seq += 1;
+        self.sync.tracked.insert(
+            id,
+            Tracked {
+                ns: fact.namespace,
+                seq: self.sync.track_seq,
+                reached: BTreeSet::new(),
+                failed: None,
+                ack,
+                status: Propagation::Local,
+            },
+        );
+        if !self.restoring {
+            self.event(Event::Propagation {
+                fact: id,
+                status: Propagation::Local,
+            });
+            self.update_propagation(id);
+        }
+    }
+
+    fn fact_reached(&mut self, id: FactId, d: DeviceId) {
+        let Some(t) = self.sync.tracked.get(&id) else { return };
+        if t.reached.contains(&d) || !self.members_of(&t.ns).contains(&d) {
+            return;
+        }
+        let t = self.sync.tracked.get_mut(&id).expect("checked");
+        t.reached.insert(d);
+        t.failed = None;
+        self.update_propagation(id);
+    }
+
+    fn fact_failed(&mut self, id: FactId, d: DeviceId) {
+        let retry_at = self
+            .sync
+            .backoff
+            .get(&d)
+            .map(|b| b.next)
+            .or(self.sync.next_periodic)
+            .unwrap_or(self.now.mono.saturating_add(SYNC_EVERY));
+        let Some(t) = self.sync.tracked.get_mut(&id) else {
+            return;
+        };
+        if t.reached.contains(&d) {
+            return;
+        }
+        t.failed = Some(retry_at);
+        self.update_propagation(id);
+    }
+
+    fn propagation_of(&self, t: &Tracked) -> Propagation {
+        let me = self.keys.id;
+        let others: Vec<DeviceId> = self.members_of(&t.ns).into_iter().filter(|d| *d != me).collect();
+        let known = others.len().min(u16::MAX as usize) as u16;
+        let reached = others.iter().filter(|d| t.reached.contains(d)).count() as u16;
+        match t.failed {
+            _ if reached >= known => Propagation::Complete,
+            Some(retry_at) => Propagation::Failed {
+                retry_at,
+                reached,
+                known,
+            },
+            None if reached == 0 => Propagation::Local,
+            None => Propagation::Syncing { reached, known },
+        }
+    }
+
+    fn update_propagation(&mut self, id: FactId) {
+        let Some(t) = self.sync.tracked.get(&id) else { return };
+        let status = self.propagation_of(t);
+        if status != t.status {
+            self.sync.tracked.get_mut(&id).expect("present").status = status;
+            self.event(Event::Propagation { fact: id, status });
+        }
+    }
+
+    /// How far fact `id` (one this device wrote) has spread; `None` for other facts.
+    pub fn propagation(&self, id: &FactId) -> Option<Propagation> {
+        self.sync.tracked.get(id).map(|t| self.propagation_of(t))
+    }
+
+    /// Facts this device wrote, in the order it wrote them (oldest first), with their
+    /// propagation.
+    pub fn written_facts(&self) -> Vec<(FactId, Namespace, Propagation)> {
+        let mut v: Vec<(u64, FactId, Namespace, Propagation)> = self
+            .sync
+            .tracked
+            .iter()
+            .map(|(id, t)| (t.seq, *id, t.ns, self.propagation_of(t)))
+            .collect();
+        v.sort_unstable_by_key(|x| x.0);
+        v.into_iter().map(|(_, id, ns, p)| (id, ns, p)).collect()
+    }
+
+    /// Delivery confirmations recorded for note `id`: device and this device's wall
+    /// clock when it arrived (ms since the epoch).
+    pub fn deliveries(&self, id: &FactId) -> Vec<(DeviceId, u64)> {
+        self.sync
+            .deliveries
+            .get(id)
+            .map(|m| m.iter().map(|(d, t)| (*d, *t)).collect())
+            .unwrap_or_default()
+    }
+
+    // ----- notes and confirmations -----------------------------------------------------
+
+    /// `Command::Publish`: write a note into `ns` and spread it to the other members.
+    pub(super) fn publish(&mut self, ns: Namespace, data: Vec<u8>, ack: bool) -> Result<(), CommandError> {
+        if data.len() > MAX_NOTE {
+            return Err(CommandError::PayloadTooLarge {
+                len: data.len(),
+                max: MAX_NOTE,
+            });
+        }
+        let me = self.keys.id;
+        let members = self.members_of(&ns);
+        if !members.contains(&me) {
+            return Err(CommandError::NotMember(ns));
+        }
+        let body = FactBody::Note(Note { data, ack });
+        let lamport = self.journal.next_lamport(&ns);
+        let msg = Fact::signing_bytes(&ns, lamport, &me, &body);
+        let sig = self.keys.sign(&mut self.rng, &msg);
+        let fact = Fact {
+            namespace: ns,
+            lamport,
+            author: me,
+            body,
+            sig: FactSig::Device(Sig64(sig)),
+        };
+        let others: BTreeSet<DeviceId> = members.into_iter().filter(|d| *d != me).collect();
+        self.persist(
+            Record::Fact(fact.clone()),
+            Pending::FactDurable {
+                fact: Box::new(fact),
+                push_to: Some(others),
+                ack_to: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A fact became part of the journal here: a note of another member that asks for
+    /// confirmation is confirmed to its author (again, if it arrives again).
+    pub(super) fn confirm_delivery(&mut self, fact: &Fact) {
+        let asks = matches!(&fact.body, FactBody::Note(n) if n.ack);
+        if asks && fact.author != self.keys.id && !self.restoring {
+            self.send_via(
+                fact.author,
+                Some(&fact.namespace),
+                AuthMsg::Delivered { ids: vec![fact.id()] },
+            );
+        }
+    }
+
+    /// A member confirms notes of ours: record each confirmation, then report it.
+    pub(super) fn on_delivered(&mut self, from: DeviceId, ids: Vec<FactId>) {
+        if ids.len() > FETCH_BATCH {
+            return self.metrics.drop(DropReason::Malformed);
+        }
+        for id in ids {
+            let Some(t) = self.sync.tracked.get(&id) else {
+                self.metrics.drop(DropReason::UnexpectedFrame);
+                continue;
+            };
+            if !t.ack || !self.members_of(&t.ns).contains(&from) {
+                self.metrics.drop(DropReason::UnexpectedFrame);
+                continue;
+            }
+            self.fact_reached(id, from);
+            let known = self.sync.deliveries.get(&id).is_some_and(|m| m.contains_key(&from));
+            if known || !self.sync.delivering.insert((id, from)) {
+                continue;
+            }
+            let at_ms = self.now.unix_ms;
+            self.persist(
+                Record::Delivered {
+                    fact: id,
+                    peer: from,
+                    at_ms,
+                },
+                Pending::Delivered {
+                    fact: id,
+                    peer: from,
+                    at_ms,
+                },
+            );
+        }
+    }
+
+    /// A confirmation is durable (or restored): stop pushing, remember, report.
+    pub(super) fn delivery_durable(&mut self, fact: FactId, peer: DeviceId, at_ms: u64) {
+        self.sync.delivering.remove(&(fact, peer));
+        self.sync.deliveries.entry(fact).or_default().insert(peer, at_ms);
+        if let Some(m) = self.sync.push.get_mut(&fact) {
+            m.remove(&peer);
+        }
+        self.sync.push.retain(|_, m| !m.is_empty());
+        if !self.restoring {
+            self.event(Event::Delivered { fact, peer });
         }
     }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::invite::Invitation;
-use crate::journal::{Fact, Member};
+use crate::journal::{Fact, FactId, Member};
 use crate::keys::{DeviceCert, DeviceId};
 use crate::wire::{self, DecodeError};
 
@@ -128,6 +128,15 @@ pub enum Record {
         tokens: Vec<Vec<u8>>,
         /// Addresses of the other authorities' devices.
         addrs: Vec<(DeviceId, String)>,
+    },
+    /// A member device confirmed it holds a note of ours that asked for confirmation.
+    Delivered {
+        /// The note.
+        fact: FactId,
+        /// The device.
+        peer: DeviceId,
+        /// This device's wall clock when the confirmation arrived, ms since the epoch.
+        at_ms: u64,
     },
 }
 

@@ -10,41 +10,6 @@ use aura_proto::*;
 use common::*;
 use frost_ristretto255::{Signature, VerifyingKey};
 
-fn created(n: &Node) -> Option<(journal::AuthorityId, [u8; 32])> {
-    n.events.iter().find_map(|e| match e {
-        Event::AuthorityCreated {
-            authority, group_key, ..
-        } => Some((*authority, *group_key)),
-        _ => None,
-    })
-}
-
-/// Three devices paired through device 0, then a 2-of-3 authority.
-fn authority_net(loss_every: Option<usize>) -> Net {
-    let mut net = start_authority();
-    match loss_every {
-        None => net.run(),
-        Some(k) => net.run_lossy(k),
-    }
-    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
-    net
-}
-
-fn signed(n: &Node) -> Vec<(Vec<u8>, [u8; 64], [u8; 32])> {
-    n.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Signed {
-                message,
-                signature,
-                group_key,
-                ..
-            } => Some((message.clone(), *signature, *group_key)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn frost_verifies(message: &[u8], sig: &[u8; 64], group_key: &[u8; 32]) -> bool {
     let vk = VerifyingKey::deserialize(group_key).unwrap();
     vk.verify(message, &Signature::deserialize(sig).unwrap()).is_ok()
@@ -354,21 +319,6 @@ fn created_with_share(n: &Node) -> Option<bool> {
     })
 }
 
-/// Replaces device `i`'s peer by one restored from its durable records (the first
-/// `keep` of them), as after a crash: everything in memory is gone.
-fn crash_and_restore(net: &mut Net, i: usize, keep: usize, seed: u8) {
-    let n = &mut net.nodes[i];
-    n.records.truncate(keep);
-    n.held.clear();
-    n.hold_persist = false;
-    let d = Durable {
-        secret: n.secret.clone(),
-        records: n.records.clone(),
-    };
-    n.peer = Peer::restore(Config::default(), d, [seed; 32], now(net.now_ns));
-    net.drain(i);
-}
-
 /// Delivers datagrams one at a time until `stop` holds (or the wire is empty).
 fn run_until(net: &mut Net, stop: impl Fn(&Net) -> bool) {
     while !stop(net) {
@@ -381,28 +331,6 @@ fn run_until(net: &mut Net, stop: impl Fn(&Net) -> bool) {
         let from = net.nodes[from].addr.clone();
         net.input(j, Input::Datagram { from, bytes }).unwrap();
     }
-}
-
-/// Three devices paired through device 0; device 0 asks for a 2-of-3 authority.
-fn start_authority() -> Net {
-    let mut net = default_net(3);
-    net.pair(0, 1);
-    net.pair(0, 2);
-    ask_for_authority(&mut net);
-    net
-}
-
-/// Device 0 asks for a 2-of-3 authority with devices 1 and 2.
-fn ask_for_authority(net: &mut Net) {
-    let (b, c) = (net.id(1), net.id(2));
-    net.cmd(
-        0,
-        Command::CreateAuthority {
-            devices: vec![b, c],
-            threshold: 2,
-        },
-    )
-    .unwrap();
 }
 
 fn sign_and_verify(net: &mut Net, signer: usize) {
@@ -561,76 +489,4 @@ fn members_drop_shares_a_coordinator_lost_before_its_own_was_durable() {
     for i in 0..3 {
         assert_eq!(created(&net.nodes[i]), Some(first), "device {i}");
     }
-}
-
-// ----- anti-entropy between own devices -------------------------------------------------
-
-#[test]
-fn a_device_that_missed_facts_catches_up_by_sync() {
-    let mut net = authority_net(None);
-    // Device 2 is away while device 0 has the authority sign a statement.
-    net.nodes[2].addr = "away".into();
-    net.cmd(
-        0,
-        Command::Sign {
-            statement: b"while 2 was away".to_vec(),
-        },
-    )
-    .unwrap();
-    net.run();
-    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
-    assert_eq!(signed(&net.nodes[0]).len(), 1);
-    // Device 0 restarts: the push it was retrying to device 2 lived in memory.
-    let keep = net.nodes[0].records.len();
-    crash_and_restore(&mut net, 0, keep, 90);
-    net.nodes[2].addr = "n2".into();
-    let ns = journal::Namespace::Authority(created(&net.nodes[0]).unwrap().0);
-    let digest = |net: &Net, i: usize| net.nodes[i].peer.journal().digest(&ns);
-    assert_ne!(digest(&net, 2), digest(&net, 0), "device 2 lacks the statement");
-    // Asked now, the session with device 0 runs into the channel device 0 forgot in
-    // its restart and fails; the periodic sync succeeds once that channel timed out.
-    net.cmd(2, Command::Sync { peer: None }).unwrap();
-    net.run();
-    net.advance_to_ms(net.now_ns / 1_000_000 + 120_000);
-    assert_eq!(digest(&net, 2), digest(&net, 0));
-    assert_eq!(digest(&net, 1), digest(&net, 0));
-    let fetched: usize = net.nodes[2]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::SyncDone { fetched, .. } => Some(*fetched),
-            _ => None,
-        })
-        .sum();
-    assert!(fetched >= 1, "{:?}", net.nodes[2].events);
-    // Equal journals: a second sync finds nothing and takes one round.
-    let before = net.nodes[2].events.len();
-    net.cmd(2, Command::Sync { peer: Some(net.id(0)) }).unwrap();
-    net.run();
-    assert!(net.nodes[2].events[before..].iter().any(|e| matches!(
-        e,
-        Event::SyncDone {
-            pushed: 0,
-            fetched: 0,
-            rounds: 1,
-            ..
-        }
-    )));
-}
-
-#[test]
-fn a_sync_with_a_device_that_never_answers_fails_after_its_retries() {
-    let mut net = authority_net(None);
-    net.nodes[1].addr = "gone".into();
-    net.cmd(0, Command::Sync { peer: Some(net.id(1)) }).unwrap();
-    net.run();
-    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
-    assert!(net.nodes[0].events.iter().any(|e| matches!(
-        e,
-        Event::SyncFailed {
-            phase: SyncPhase::Reconcile,
-            ..
-        }
-    )));
-    assert!(net.nodes[0].peer.metrics().sync_retries >= 2);
 }

@@ -502,6 +502,113 @@ fn a_context_reaches_every_device_of_both_people() {
     );
 }
 
+// ----- the context journal ---------------------------------------------------------
+
+#[test]
+fn context_notes_reach_every_member_and_sync_carries_them_across_authorities() {
+    use aura_proto::journal::Namespace;
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    net.run();
+    let ns = Namespace::Context(ctx);
+    let digest = |net: &Net, i: usize| net.nodes[i].peer.journal().digest(&ns);
+    // A note asking for confirmation reaches the author's own device and both of the
+    // other person's devices, each of which confirms it.
+    net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: b"minutes of the meeting".to_vec(),
+            ack: true,
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    let (id, _, status) = *net.nodes[0].peer.written_facts().last().unwrap();
+    assert_eq!(status, Propagation::Complete);
+    let mut confirmed: Vec<DeviceId> = net.nodes[0].peer.deliveries(&id).into_iter().map(|d| d.0).collect();
+    confirmed.sort();
+    let mut members = vec![net.id(1), net.id(2), net.id(3)];
+    members.sort();
+    assert_eq!(confirmed, members);
+    for i in 1..4 {
+        assert_eq!(digest(&net, i), digest(&net, 0), "device {i}");
+    }
+    // Device 3 is away while device 1 writes; the pushes give up after their tries.
+    net.cut.insert(3);
+    net.cmd(
+        1,
+        Command::Publish {
+            namespace: ns,
+            data: b"written while 3 was away".to_vec(),
+            ack: false,
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
+    assert_ne!(digest(&net, 3), digest(&net, 1));
+    net.cut.remove(&3);
+    // Back, device 3 reconciles with device 0, a device of the other person, over the
+    // context's channel and through its guard chain.
+    let egress_before = net.nodes[3].egress.len();
+    let n = net.id(0);
+    net.cmd(3, Command::Sync { peer: Some(n) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(digest(&net, 3), digest(&net, 1));
+    assert!(net.nodes[3].events.iter().any(|e| matches!(
+        e,
+        Event::SyncDone { peer, namespace, fetched, .. } if *peer == n && *namespace == ns && *fetched >= 1
+    )));
+    let charged = net.nodes[3].egress[egress_before..]
+        .iter()
+        .filter(|e| e.context == ctx && e.kind == EgressKind::Frame(MsgKind::Proto) && e.cost > 0)
+        .count();
+    assert!(
+        charged >= 2,
+        "the session's query and fetch were charged to the context"
+    );
+}
+
+#[test]
+fn a_context_channel_carries_only_its_own_journal() {
+    use aura_proto::authority::AuthMsg;
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    net.run();
+    let a = created_ns(&net, 0);
+    // Device 2 (the other person) asks, on the context's channel, to reconcile device 0's
+    // authority journal, and offers it a fact of that authority: both refused, counted.
+    let before = net.nodes[0].peer.metrics().drops(DropReason::WrongContext);
+    let query = wire::encode(&AuthMsg::SyncFetch {
+        namespace: a,
+        ids: vec![],
+    });
+    let genesis = net.nodes[0].peer.journal().facts(&a).next().unwrap().encode();
+    let facts = wire::encode(&AuthMsg::Facts { facts: vec![genesis] });
+    let from = net.id(2);
+    for m in [&query, &facts] {
+        fuzzing::deliver_proto(&mut net.nodes[0].peer, now(net.now_ns), from, ctx, m);
+    }
+    net.drain(0);
+    assert_eq!(net.nodes[0].peer.metrics().drops(DropReason::WrongContext), before + 1);
+    assert!(net.nodes[0].peer.metrics().drops(DropReason::BadFact) >= 1);
+    // And a sub-protocol message of one person's devices is not taken in a context.
+    let dkg = wire::encode(&AuthMsg::DkgAbandoned { session: [1; 32] });
+    let unexpected = net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame);
+    fuzzing::deliver_proto(&mut net.nodes[0].peer, now(net.now_ns), from, ctx, &dkg);
+    assert_eq!(
+        net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame),
+        unexpected + 1
+    );
+}
+
+fn created_ns(net: &Net, i: usize) -> aura_proto::journal::Namespace {
+    aura_proto::journal::Namespace::Authority(net.nodes[i].peer.authority().unwrap().id)
+}
+
 // ----- epoch change -----------------------------------------------------------------
 
 /// The context secret of `epoch`, sealed by device `author` to every member of the

@@ -337,7 +337,9 @@ fn on_event(ev: Event, w: &mut Waiters) {
         Event::SyncDone {
             peer, pushed, fetched, ..
         } => tracing::info!(peer = %peer.short(), pushed, fetched, "journal synced"),
-        Event::SyncFailed { peer, phase } => tracing::warn!(peer = %peer.short(), ?phase, "journal sync failed"),
+        Event::SyncFailed { peer, phase, .. } => tracing::warn!(peer = %peer.short(), ?phase, "journal sync failed"),
+        Event::Propagation { fact, status } => tracing::debug!(fact = %fact.short(), ?status, "fact propagation"),
+        Event::Delivered { fact, peer } => tracing::info!(fact = %fact.short(), peer = %peer.short(), "note delivered"),
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");
             if let Some(r) = w.ctx_invites.pop_front() {

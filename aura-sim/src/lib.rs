@@ -78,6 +78,11 @@ pub enum Scenario {
     /// the other authority granted ([`CONTEXT_BUDGET`] units) is spent and the guard
     /// chain refuses. Needs at least 4 devices.
     Context,
+    /// Pairing and an (n-1)-of-n authority as in `Authority`, then the authority signs a
+    /// statement every [`SimConfig::sign_every`] until [`SimConfig::statements`] are
+    /// signed: a steady stream of journal facts for anti-entropy to carry to devices that
+    /// were away (crashed, partitioned, one-way cut) when they were made.
+    Journal,
 }
 
 /// Flow budget each authority grants the other in the context scenario (1 unit per
@@ -248,6 +253,10 @@ pub struct SimConfig {
     pub max_time: Duration,
     /// Peer configuration.
     pub peer_config: Config,
+    /// Journal scenario: statements to sign.
+    pub statements: u32,
+    /// Journal scenario: interval between signing requests.
+    pub sign_every: Duration,
 }
 
 impl SimConfig {
@@ -277,6 +286,8 @@ impl Default for SimConfig {
             scenario: Scenario::Pairing,
             faults: Faults::default(),
             script: Vec::new(),
+            statements: 8,
+            sign_every: Duration::from_secs(5),
         }
     }
 }
@@ -354,6 +365,11 @@ pub struct Stats {
     pub all_paired_at: Option<u64>,
     /// Drops by reason, summed over all peers.
     pub drops: BTreeMap<&'static str, u64>,
+    /// Simulated time at which every namespace's connected members held identical
+    /// journals after the workload finished, ns.
+    pub converged_at: Option<u64>,
+    /// Pairs of devices whose journals of a namespace were found identical.
+    pub journals_compared: u64,
 }
 
 #[derive(Debug)]
@@ -383,6 +399,8 @@ enum Ev {
     CtxTick {
         node: usize,
     },
+    /// Journal scenario: time to ask for the next signed statement.
+    SignTick,
     Fault(Fault),
 }
 
@@ -528,7 +546,20 @@ pub struct World {
     ctx_seq: BTreeMap<usize, u64>,
     /// The last trace lines, for failure reports.
     recent: std::collections::VecDeque<String>,
+    /// Journal scenario: statements asked for so far, and when the one in flight was.
+    statements_asked: u32,
+    sign_pending: Option<u64>,
+    /// When the workload first counted as done (the settle period starts).
+    settle_from: Option<u64>,
+    /// Next time the journals are compared during the settle period.
+    next_converge_check: u64,
 }
+
+/// How long anti-entropy may take, after the workload is done, to make journals agree
+/// (three periodic sync rounds).
+pub const SETTLE: Duration = Duration::from_secs(95);
+/// Interval between journal comparisons during the settle period.
+const CONVERGE_CHECK_NS: u64 = 500_000_000;
 
 /// Trace bytes hashed at once.
 const HASH_BATCH: usize = 16 * 1024;
@@ -665,6 +696,10 @@ impl World {
             ctx_exhausted: Default::default(),
             ctx_seq: BTreeMap::new(),
             recent: std::collections::VecDeque::with_capacity(RECENT_LINES),
+            statements_asked: 0,
+            sign_pending: None,
+            settle_from: None,
+            next_converge_check: 0,
             addrs: (0..cfg.peers).map(addr).collect(),
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
@@ -775,12 +810,86 @@ impl World {
             }
             self.now = t;
             self.step(ev)?;
-            if self.done() {
+            if self.done() && self.settled()? {
                 break;
             }
         }
         self.collect_drops();
+        if self.done() && self.stats.converged_at.is_none() {
+            // The time limit cut the settle period short: the journals never agreed.
+            if let Some(d) = self.divergence() {
+                return Err(self.violation("journals-converge", d));
+            }
+        }
         Ok(())
+    }
+
+    /// After the workload is done, anti-entropy gets [`SETTLE`] of simulated time to
+    /// bring every connected live device of a namespace to the same journal; the run
+    /// ends as soon as they agree and fails if they do not by then.
+    fn settled(&mut self) -> Result<bool, Violation> {
+        let from = *self.settle_from.get_or_insert(self.now);
+        if self.now < self.next_converge_check {
+            return Ok(false);
+        }
+        self.next_converge_check = self.now + CONVERGE_CHECK_NS;
+        match self.divergence() {
+            None => {
+                self.stats.converged_at = Some(self.now);
+                if self.now > from {
+                    self.mark("converged-after-settle");
+                }
+                Ok(true)
+            }
+            Some(d) if self.now >= from + SETTLE.as_nanos() as u64 => Err(self.violation("journals-converge", d)),
+            Some(_) => Ok(false),
+        }
+    }
+
+    /// The first namespace whose connected live members hold different journals, as a
+    /// report; `None` when all agree. Members are those the namespace's own reduced view
+    /// lists (an authority's devices, a context's devices): a member that holds nothing
+    /// of a namespace it belongs to disagrees with one that holds its facts.
+    fn divergence(&mut self) -> Option<String> {
+        use aura_proto::journal::Namespace;
+        let live = |w: &World, i: usize| !w.nodes[i].crashed && !w.nodes[i].lost;
+        let index: BTreeMap<DeviceId, usize> = self.ids.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+        let mut groups: BTreeMap<Namespace, std::collections::BTreeSet<usize>> = BTreeMap::new();
+        for i in (0..self.nodes.len()).filter(|i| live(self, *i)) {
+            let p = &self.nodes[i].peer;
+            if let Some(v) = p.authority() {
+                let g = groups.entry(Namespace::Authority(v.id)).or_default();
+                g.extend(v.members.keys().filter_map(|d| index.get(d)));
+            }
+            for c in p.contexts() {
+                if let Some(v) = p.context(&c) {
+                    let g = groups.entry(Namespace::Context(c)).or_default();
+                    g.extend(v.members.keys().filter_map(|d| index.get(d)));
+                }
+            }
+        }
+        for (ns, group) in groups {
+            let members: Vec<usize> = group.into_iter().filter(|i| live(self, *i)).collect();
+            // Compare within groups that can reach each other both ways.
+            for (k, &a) in members.iter().enumerate() {
+                for &b in &members[k + 1..] {
+                    if self.blocked.contains(&(a, b)) || self.blocked.contains(&(b, a)) {
+                        continue;
+                    }
+                    self.stats.checks += 1;
+                    let (ja, jb) = (self.nodes[a].peer.journal(), self.nodes[b].peer.journal());
+                    if ja.digest(&ns) != jb.digest(&ns) {
+                        return Some(format!(
+                            "{ns:?}: n{a} holds {} facts, n{b} holds {} (digests differ)",
+                            ja.len(&ns),
+                            jb.len(&ns)
+                        ));
+                    }
+                    self.stats.journals_compared += 1;
+                }
+            }
+        }
+        None
     }
 
     /// True when every joiner is paired, has a pong and has received a message.
@@ -790,6 +899,9 @@ impl World {
         }
         if self.cfg.scenario == Scenario::Authority {
             return self.stats.signatures > 0;
+        }
+        if self.cfg.scenario == Scenario::Journal {
+            return self.stats.signatures >= self.cfg.statements as u64;
         }
         if self.cfg.scenario == Scenario::Keepalive {
             return false;
@@ -853,12 +965,21 @@ impl World {
                 }
             }
             self.stats.handshake_retransmits += n.peer.metrics().handshake_retransmits;
+            for (why, c) in &n.peer.metrics().fact_rejects {
+                *self.stats.coverage.entry(format!("fact-rejected:{why}")).or_default() += c;
+            }
             if n.peer.metrics().dkg_partial > 0 {
                 *self.stats.coverage.entry("dkg-partial".into()).or_default() += n.peer.metrics().dkg_partial;
             }
         }
         for (k, v) in self.stats.drops.clone() {
             self.stats.coverage.insert(format!("drop:{k}"), v);
+        }
+        if self.stats.journals_compared > 0 {
+            // Proves the convergence invariant compared something in a sweep.
+            self.stats
+                .coverage
+                .insert("journals-compared".into(), self.stats.journals_compared);
         }
         if self.stats.handshake_retransmits > 0 {
             self.stats
@@ -903,6 +1024,11 @@ impl World {
             | Ev::Tick { node }
             | Ev::CtxTick { node }
             | Ev::Command { node, .. } => *node,
+            Ev::SignTick => {
+                self.sign_tick();
+                self.emit_line(0);
+                return Ok(());
+            }
         };
         if let Some(until) = self.nodes[target].paused_until {
             if self.now < until {
@@ -922,7 +1048,7 @@ impl World {
         }
         let now = self.now_at(target, self.now);
         let node = match ev {
-            Ev::Fault(_) => unreachable!("handled above"),
+            Ev::Fault(_) | Ev::SignTick => unreachable!("handled above"),
             Ev::Deliver { to, from, bytes } => {
                 self.stats.delivered += 1;
                 let l = &mut self.line;
@@ -1411,7 +1537,10 @@ impl World {
                 self.stats.pairings += 1;
                 if self.all_paired() {
                     self.stats.all_paired_at = Some(self.now);
-                    if matches!(self.cfg.scenario, Scenario::Authority | Scenario::Context) {
+                    if matches!(
+                        self.cfg.scenario,
+                        Scenario::Authority | Scenario::Context | Scenario::Journal
+                    ) {
                         self.create_authority();
                     }
                 }
@@ -1450,6 +1579,10 @@ impl World {
                 if self.cfg.scenario == Scenario::Context {
                     if self.nodes.iter().all(|n| n.authority.is_some()) && self.ctx_code.is_none() {
                         self.ask_context_invite();
+                    }
+                } else if self.cfg.scenario == Scenario::Journal {
+                    if self.nodes.iter().all(|n| n.authority.is_some()) && self.statements_asked == 0 {
+                        self.schedule(soon, Ev::SignTick);
                     }
                 } else if self.nodes.iter().all(|n| n.authority.is_some()) {
                     // Everyone has it: crash the last device if enough shares remain without
@@ -1517,6 +1650,7 @@ impl World {
             } => {
                 self.ctx_exhausted.insert(i);
             }
+            Event::SignFailed { .. } if self.cfg.scenario == Scenario::Journal => self.sign_pending = None,
             Event::SignFailed { .. } => {
                 let statement = format!("signed in simulation seed {} (retry)", self.cfg.seed).into_bytes();
                 self.schedule(
@@ -1527,7 +1661,10 @@ impl World {
                     },
                 );
             }
-            Event::Signed { .. } => self.stats.signatures += 1,
+            Event::Signed { .. } => {
+                self.stats.signatures += 1;
+                self.sign_pending = None;
+            }
             _ => {}
         }
     }
@@ -1577,6 +1714,39 @@ impl World {
             }
         }
         self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+    }
+
+    /// Journal scenario: a device holding a share asks for the next statement, unless one
+    /// is still in flight (a request that neither finished nor failed within a minute,
+    /// say because its coordinator crashed, is given up on).
+    fn sign_tick(&mut self) {
+        use std::fmt::Write;
+        if self.stats.signatures >= self.cfg.statements as u64 {
+            let _ = write!(self.line, "sign-tick: all signed");
+            return;
+        }
+        let stale = self.sign_pending.is_some_and(|t| self.now >= t + 60_000_000_000);
+        if self.sign_pending.is_none() || stale {
+            if stale {
+                self.mark("sign-abandoned");
+            }
+            let signer = (0..self.nodes.len())
+                .find(|j| self.nodes[*j].has_share && !self.nodes[*j].crashed && !self.nodes[*j].lost);
+            if let Some(j) = signer {
+                self.statements_asked += 1;
+                self.sign_pending = Some(self.now);
+                let statement = format!("statement {} of seed {}", self.statements_asked, self.cfg.seed).into_bytes();
+                let _ = write!(self.line, "sign-tick: n{j} signs statement {}", self.statements_asked);
+                self.schedule(
+                    self.now + 1_000_000,
+                    Ev::Command {
+                        node: j,
+                        cmd: Command::Sign { statement },
+                    },
+                );
+            }
+        }
+        self.schedule(self.now + self.cfg.sign_every.as_nanos() as u64, Ev::SignTick);
     }
 
     /// Pings and messages are plain datagrams that may be lost: every second, a paired
@@ -1922,7 +2092,10 @@ impl World {
             self.reinvite(l);
             // The user asked for an authority and the coordinator went down before it
             // formed: the session died with it (it lives in memory), so the user asks again.
-            let asks = matches!(self.cfg.scenario, Scenario::Authority | Scenario::Context);
+            let asks = matches!(
+                self.cfg.scenario,
+                Scenario::Authority | Scenario::Context | Scenario::Journal
+            );
             if asks && self.all_paired() && self.nodes[l].peer.authority().is_none() {
                 self.mark("authority-retry");
                 self.create_authority_of(l);
@@ -2037,6 +2210,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::JoinContext { .. } => "join-context",
         Command::ContextSend { .. } => "context-send",
         Command::Sync { .. } => "sync",
+        Command::Publish { .. } => "publish",
     }
 }
 
@@ -2076,7 +2250,9 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::SyncDone {
             peer, pushed, fetched, ..
         } => format!("synced {} +{pushed}/-{fetched}", who(peer)),
-        Event::SyncFailed { peer, phase } => format!("sync-failed {} {phase:?}", who(peer)),
+        Event::SyncFailed { peer, phase, .. } => format!("sync-failed {} {phase:?}", who(peer)),
+        Event::Propagation { fact, status } => format!("propagation {} {status:?}", fact.short()),
+        Event::Delivered { fact, peer } => format!("delivered {} {}", fact.short(), who(peer)),
     }
 }
 

@@ -45,6 +45,9 @@ enum ScenarioArg {
     /// Two authorities (two halves of the devices) create a relational context and send
     /// in it until the guard chain refuses for budget (needs --peers 4 or more).
     Context,
+    /// Pair, form an (n-1)-of-n authority, then sign a statement every --sign-every-s
+    /// until --statements are signed (journal facts for anti-entropy to spread).
+    Journal,
 }
 
 #[derive(Clone, clap::Args)]
@@ -101,6 +104,12 @@ struct WorldArgs {
     /// writes in flight; 0 means 0.2 ms).
     #[arg(long, value_parser = parse_range, default_value = "0..3")]
     disk_ms: (u64, u64),
+    /// Journal scenario: statements to sign.
+    #[arg(long, default_value_t = 8)]
+    statements: u32,
+    /// Journal scenario: simulated seconds between signing requests.
+    #[arg(long, default_value_t = 5)]
+    sign_every_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +200,7 @@ fn scenario_name(s: ScenarioArg) -> &'static str {
         ScenarioArg::Pairing => "pairing",
         ScenarioArg::Authority => "authority",
         ScenarioArg::Context => "context",
+        ScenarioArg::Journal => "journal",
     }
 }
 
@@ -211,7 +221,10 @@ impl WorldArgs {
                 ScenarioArg::Pairing => Scenario::Pairing,
                 ScenarioArg::Authority => Scenario::Authority,
                 ScenarioArg::Context => Scenario::Context,
+                ScenarioArg::Journal => Scenario::Journal,
             },
+            statements: self.statements,
+            sign_every: Duration::from_secs(self.sign_every_s),
             faults: self.faults(),
             persist_latency: self.disk(),
             ..SimConfig::default()
@@ -281,6 +294,12 @@ impl WorldArgs {
             f.push_str(&format!(
                 " --safety-s {} --liveness-s {}",
                 self.safety_s, self.liveness_s
+            ));
+        }
+        if matches!(self.scenario, ScenarioArg::Journal) {
+            f.push_str(&format!(
+                " --statements {} --sign-every-s {}",
+                self.statements, self.sign_every_s
             ));
         }
         if self.disk_ms != (0, 3) {
@@ -404,6 +423,13 @@ fn run(a: RunArgs) -> ExitCode {
         println!(
             "authority: {} devices created it; {} crashed; threshold signatures: {} (all verified)",
             s.authority_members, s.crashes, s.signatures
+        );
+    }
+    if let Some(t) = s.converged_at {
+        println!(
+            "journals: identical across connected live members at {} ({} pairs compared)",
+            secs(t),
+            s.journals_compared
         );
     }
     println!(

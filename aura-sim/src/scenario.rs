@@ -3,7 +3,9 @@
 //! ```toml
 //! seed = 7
 //! peers = 3
-//! workload = "pairing"          # or "authority"
+//! workload = "pairing"          # or "authority", "context", "journal"
+//! statements = 8                # journal: statements to sign
+//! sign_every_s = 5              # journal: seconds between signing requests
 //! [link]
 //! loss = 0.1                    # probabilities 0..=1
 //! min_delay_ms = 5
@@ -97,6 +99,16 @@ pub struct ScenarioFile {
     /// The script.
     #[serde(default)]
     pub at: Vec<Step>,
+    /// Journal workload: statements to sign.
+    #[serde(default = "eight")]
+    pub statements: u32,
+    /// Journal workload: seconds between signing requests.
+    #[serde(default = "five")]
+    pub sign_every_s: u64,
+}
+
+fn eight() -> u32 {
+    8
 }
 
 fn ppm(name: &str, p: f64) -> Result<Ppm, String> {
@@ -136,7 +148,12 @@ impl ScenarioFile {
             None | Some("pairing") => Scenario::Pairing,
             Some("authority") => Scenario::Authority,
             Some("context") => Scenario::Context,
-            Some(w) => return Err(format!("unknown workload {w:?}: use \"pairing\" or \"authority\"")),
+            Some("journal") => Scenario::Journal,
+            Some(w) => {
+                return Err(format!(
+                    "unknown workload {w:?}: use \"pairing\", \"authority\", \"context\" or \"journal\""
+                ))
+            }
         };
         Ok(SimConfig {
             seed: self.seed,
@@ -155,6 +172,8 @@ impl ScenarioFile {
                 .iter()
                 .map(|s| (Duration::from_millis(s.time_ms), s.action.clone()))
                 .collect(),
+            statements: self.statements,
+            sign_every: Duration::from_secs(self.sign_every_s),
             ..SimConfig::default()
         })
     }

@@ -79,3 +79,38 @@ fn bad_scenario_files_are_refused_clearly() {
     assert!(ScenarioFile::parse("seed = 1\nbogus = 3\n").is_err());
     assert!(ScenarioFile::parse("[[at]]\ntime_ms = 1\naction = \"explode\"\n").is_err());
 }
+
+/// Runs a journal scenario file and checks that anti-entropy, not luck, made the journals
+/// agree: the run finished, the convergence invariant compared every pair of devices,
+/// and the device that was away had to catch up after it came back.
+fn journals_converge(name: &str) -> World {
+    let (trace, w) = run_file(name);
+    assert!(w.done(), "{name} did not finish: {:?}", w.stats);
+    let at = w.stats.converged_at.expect("journals compared and found identical");
+    assert!(w.stats.journals_compared >= 3, "{:?}", w.stats);
+    assert_eq!(
+        w.stats.coverage.get("converged-after-settle"),
+        Some(&1),
+        "the away device should have been behind when the workload ended"
+    );
+    // Within the settle period after the last scripted action.
+    let last_action = trace
+        .lines()
+        .rfind(|l| l.contains(" script "))
+        .map(|l| (l.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1e9) as u64)
+        .unwrap();
+    assert!(at >= last_action && at - last_action <= aura_sim::SETTLE.as_nanos() as u64);
+    w
+}
+
+#[test]
+fn journals_converge_after_one_way_links_heal() {
+    let w = journals_converge("one-way-links.toml");
+    assert!(w.stats.coverage.contains_key("partition"));
+}
+
+#[test]
+fn a_device_partitioned_for_half_a_day_catches_up() {
+    let w = journals_converge("long-partition.toml");
+    assert_eq!(w.stats.signatures, 23);
+}

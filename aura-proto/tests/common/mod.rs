@@ -35,6 +35,8 @@ pub struct Net {
     pub drop_next: usize,
     /// Drop everything this node sends.
     pub drop_from: Option<usize>,
+    /// Nodes cut off from the network (nothing reaches them or leaves them).
+    pub cut: std::collections::BTreeSet<usize>,
 }
 
 pub fn now(ns: u64) -> Now {
@@ -69,6 +71,7 @@ impl Net {
             sent: vec![],
             drop_next: 0,
             drop_from: None,
+            cut: Default::default(),
         }
     }
 
@@ -154,6 +157,9 @@ impl Net {
             let Some(j) = self.nodes.iter().position(|n| n.addr == to) else {
                 continue;
             };
+            if self.cut.contains(&from) || self.cut.contains(&j) {
+                continue;
+            }
             let from = self.nodes[from].addr.clone();
             self.input(j, Input::Datagram { from, bytes }).unwrap();
         }
@@ -293,6 +299,9 @@ impl Net {
             let Some(j) = self.nodes.iter().position(|x| x.addr == to) else {
                 continue;
             };
+            if self.cut.contains(&from) || self.cut.contains(&j) {
+                continue;
+            }
             let from = self.nodes[from].addr.clone();
             self.input(j, Input::Datagram { from, bytes }).unwrap();
         }
@@ -324,4 +333,79 @@ pub fn encoding_text(f: &aura_proto::journal::Fact) -> String {
         enc.len(),
         hex(&enc)
     )
+}
+
+// ----- authorities (shared by the authority and sync tests) -----
+
+pub fn created(n: &Node) -> Option<(journal::AuthorityId, [u8; 32])> {
+    n.events.iter().find_map(|e| match e {
+        Event::AuthorityCreated {
+            authority, group_key, ..
+        } => Some((*authority, *group_key)),
+        _ => None,
+    })
+}
+
+/// Three devices paired through device 0, then a 2-of-3 authority.
+pub fn authority_net(loss_every: Option<usize>) -> Net {
+    let mut net = start_authority();
+    match loss_every {
+        None => net.run(),
+        Some(k) => net.run_lossy(k),
+    }
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    net
+}
+
+/// Replaces device `i`'s peer by one restored from its durable records (the first
+/// `keep` of them), as after a crash: everything in memory is gone.
+pub fn crash_and_restore(net: &mut Net, i: usize, keep: usize, seed: u8) {
+    let n = &mut net.nodes[i];
+    n.records.truncate(keep);
+    n.held.clear();
+    n.hold_persist = false;
+    let d = Durable {
+        secret: n.secret.clone(),
+        records: n.records.clone(),
+    };
+    n.peer = Peer::restore(Config::default(), d, [seed; 32], now(net.now_ns));
+    net.drain(i);
+}
+
+/// Three devices paired through device 0; device 0 asks for a 2-of-3 authority.
+pub fn start_authority() -> Net {
+    let mut net = default_net(3);
+    net.pair(0, 1);
+    net.pair(0, 2);
+    ask_for_authority(&mut net);
+    net
+}
+
+/// Device 0 asks for a 2-of-3 authority with devices 1 and 2.
+pub fn ask_for_authority(net: &mut Net) {
+    let (b, c) = (net.id(1), net.id(2));
+    net.cmd(
+        0,
+        Command::CreateAuthority {
+            devices: vec![b, c],
+            threshold: 2,
+        },
+    )
+    .unwrap();
+}
+
+/// Statements device `n` had signed: (message, signature, group key).
+pub fn signed(n: &Node) -> Vec<(Vec<u8>, [u8; 64], [u8; 32])> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Signed {
+                message,
+                signature,
+                group_key,
+                ..
+            } => Some((message.clone(), *signature, *group_key)),
+            _ => None,
+        })
+        .collect()
 }

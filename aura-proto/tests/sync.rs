@@ -1,0 +1,310 @@
+//! Anti-entropy between running peers: reconciliation sessions, catching up after an
+//! absence, propagation status of the facts a device writes, and delivery confirmations
+//! for notes that ask for them.
+
+mod common;
+
+use aura_proto::journal::{FactId, Namespace, MAX_NOTE};
+use aura_proto::*;
+use common::*;
+
+fn propagation(n: &Node, fact: FactId) -> Vec<Propagation> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Propagation { fact: f, status } if *f == fact => Some(*status),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The id of the last fact device `i` wrote (its first propagation event).
+fn last_written(n: &Node) -> FactId {
+    n.events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Propagation {
+                fact,
+                status: Propagation::Local,
+            } => Some(*fact),
+            _ => None,
+        })
+        .expect("a fact was written")
+}
+
+fn authority_ns(net: &Net) -> Namespace {
+    Namespace::Authority(created(&net.nodes[0]).unwrap().0)
+}
+
+// ----- anti-entropy between own devices -------------------------------------------------
+
+#[test]
+fn a_device_that_missed_facts_catches_up_by_sync() {
+    let mut net = authority_net(None);
+    // Device 2 is cut off while device 0 has the authority sign a statement.
+    net.cut.insert(2);
+    net.cmd(
+        0,
+        Command::Sign {
+            statement: b"while 2 was away".to_vec(),
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(signed(&net.nodes[0]).len(), 1);
+    // Device 0 restarts: the push it was retrying to device 2 lived in memory.
+    let keep = net.nodes[0].records.len();
+    crash_and_restore(&mut net, 0, keep, 90);
+    net.cut.remove(&2);
+    let ns = journal::Namespace::Authority(created(&net.nodes[0]).unwrap().0);
+    let digest = |net: &Net, i: usize| net.nodes[i].peer.journal().digest(&ns);
+    assert_ne!(digest(&net, 2), digest(&net, 0), "device 2 lacks the statement");
+    // Device 2 asks at once; its channel to device 0 died with device 0's memory, so
+    // that session goes nowhere, but device 0 reconciles with its devices right after
+    // its restart: well within ten seconds everyone holds the statement.
+    net.cmd(2, Command::Sync { peer: None }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    assert_eq!(digest(&net, 2), digest(&net, 0));
+    assert_eq!(digest(&net, 1), digest(&net, 0));
+    let moved: usize = [0, 2]
+        .iter()
+        .flat_map(|i| net.nodes[*i].events.iter())
+        .filter_map(|e| match e {
+            Event::SyncDone { pushed, fetched, .. } => Some(pushed + fetched),
+            _ => None,
+        })
+        .sum();
+    assert!(moved >= 1, "{:?}", net.nodes[2].events);
+    // Equal journals: a second sync finds nothing and takes one round.
+    let before = net.nodes[2].events.len();
+    net.cmd(2, Command::Sync { peer: Some(net.id(0)) }).unwrap();
+    net.run();
+    assert!(net.nodes[2].events[before..].iter().any(|e| matches!(
+        e,
+        Event::SyncDone {
+            pushed: 0,
+            fetched: 0,
+            rounds: 1,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_sync_with_a_device_that_never_answers_fails_after_its_retries() {
+    let mut net = authority_net(None);
+    net.nodes[1].addr = "gone".into();
+    net.cmd(0, Command::Sync { peer: Some(net.id(1)) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert!(net.nodes[0].events.iter().any(|e| matches!(
+        e,
+        Event::SyncFailed {
+            phase: SyncPhase::Reconcile,
+            ..
+        }
+    )));
+    assert!(net.nodes[0].peer.metrics().sync_retries >= 2);
+}
+
+#[test]
+fn a_note_goes_local_then_syncing_then_failed_then_complete() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    net.cut.insert(2);
+    net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: b"hello devices".to_vec(),
+            ack: false,
+        },
+    )
+    .unwrap();
+    net.run();
+    let id = last_written(&net.nodes[0]);
+    assert_eq!(
+        propagation(&net.nodes[0], id),
+        vec![Propagation::Local, Propagation::Syncing { reached: 1, known: 2 }],
+        "device 1 acknowledged the push, device 2 is away"
+    );
+    // The pushes to device 2 back off and give up; the fact waits for anti-entropy.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
+    let failed = net.nodes[0].peer.propagation(&id).unwrap();
+    assert!(
+        matches!(
+            failed,
+            Propagation::Failed {
+                reached: 1,
+                known: 2,
+                ..
+            }
+        ),
+        "{failed:?}"
+    );
+    // Device 2 is back; an on-demand sync carries the note there.
+    net.cut.remove(&2);
+    net.cmd(0, Command::Sync { peer: None }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(net.nodes[0].peer.propagation(&id), Some(Propagation::Complete));
+    assert_eq!(propagation(&net.nodes[0], id).last(), Some(&Propagation::Complete));
+    assert!(net.nodes[2].peer.journal().facts(&ns).any(|f| f.id() == id));
+    // Pushes to an absent device are bounded: ten per fact, not one per tick forever.
+    let written = net.nodes[0].peer.written_facts();
+    assert_eq!(written.last().map(|w| w.0), Some(id));
+}
+
+#[test]
+fn notes_asking_for_confirmation_are_confirmed_by_every_member_and_recorded() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    net.cmd(
+        1,
+        Command::Publish {
+            namespace: ns,
+            data: b"please confirm".to_vec(),
+            ack: true,
+        },
+    )
+    .unwrap();
+    net.run();
+    let id = last_written(&net.nodes[1]);
+    let confirmed = |n: &Node| -> Vec<DeviceId> {
+        n.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delivered { fact, peer } if *fact == id => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut got = confirmed(&net.nodes[1]);
+    got.sort();
+    let mut want = vec![net.id(0), net.id(2)];
+    want.sort();
+    assert_eq!(got, want);
+    // Recorded before reported: one record per confirming device.
+    let records = net.nodes[1]
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Delivered { fact, .. } if *fact == id))
+        .count();
+    assert_eq!(records, 2);
+    assert_eq!(net.nodes[1].peer.deliveries(&id).len(), 2);
+    assert_eq!(net.nodes[1].peer.propagation(&id), Some(Propagation::Complete));
+    // A restart keeps the confirmations and does not report them again.
+    let keep = net.nodes[1].records.len();
+    let events = net.nodes[1].events.len();
+    crash_and_restore(&mut net, 1, keep, 77);
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(net.nodes[1].peer.deliveries(&id).len(), 2);
+    assert!(!net.nodes[1].events[events..]
+        .iter()
+        .any(|e| matches!(e, Event::Delivered { .. })));
+}
+
+#[test]
+fn a_confirmation_lost_on_the_way_is_asked_for_again() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    // Device 2 receives the note but everything it sends is lost for a while: its
+    // acknowledgement and its confirmation never arrive.
+    net.drop_from = Some(2);
+    net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: b"are you there".to_vec(),
+            ack: true,
+        },
+    )
+    .unwrap();
+    net.run();
+    let id = last_written(&net.nodes[0]);
+    assert!(net.nodes[2].peer.journal().facts(&ns).any(|f| f.id() == id));
+    assert_eq!(net.nodes[0].peer.deliveries(&id).len(), 1, "only device 1 confirmed");
+    net.drop_from = None;
+    // The author keeps pushing until it holds a confirmation; device 2 confirms the
+    // duplicate.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    assert_eq!(net.nodes[0].peer.deliveries(&id).len(), 2);
+}
+
+#[test]
+fn bad_publish_commands_are_refused() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    let too_big = net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: vec![0; MAX_NOTE + 1],
+            ack: false,
+        },
+    );
+    assert!(
+        matches!(too_big, Err(CommandError::PayloadTooLarge { .. })),
+        "{too_big:?}"
+    );
+    let elsewhere = Namespace::Context(journal::ContextId([7; 32]));
+    let not_member = net.cmd(
+        0,
+        Command::Publish {
+            namespace: elsewhere,
+            data: b"x".to_vec(),
+            ack: false,
+        },
+    );
+    assert_eq!(not_member, Err(CommandError::NotMember(elsewhere)));
+    let stranger = net.cmd(
+        1,
+        Command::Sync {
+            peer: Some(DeviceId([9; 32])),
+        },
+    );
+    assert!(matches!(stranger, Err(CommandError::UnknownPeer(_))));
+}
+
+#[test]
+fn confirmations_for_notes_we_did_not_write_are_dropped_and_counted() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: b"no confirmation wanted".to_vec(),
+            ack: false,
+        },
+    )
+    .unwrap();
+    net.run();
+    let id = last_written(&net.nodes[0]);
+    let before = net.nodes[0].peer.metrics().drops(metrics::DropReason::UnexpectedFrame);
+    // Device 1 (a member, on its authenticated channel) confirms a note that asked for
+    // nothing and one that does not exist: neither is recorded.
+    let msg = wire::encode(&authority::AuthMsg::Delivered {
+        ids: vec![id, FactId([3; 32])],
+    });
+    let from = net.id(1);
+    fuzzing::deliver_proto(
+        &mut net.nodes[0].peer,
+        now(net.now_ns),
+        from,
+        journal::ContextId::OWN,
+        &msg,
+    );
+    net.drain(0);
+    net.run();
+    assert!(net.nodes[0].peer.deliveries(&id).is_empty());
+    assert!(!net.nodes[0]
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::Delivered { .. })));
+    let after = net.nodes[0].peer.metrics().drops(metrics::DropReason::UnexpectedFrame);
+    assert_eq!(after - before, 2);
+}
