@@ -857,6 +857,11 @@ impl Peer {
         }
     }
 
+    /// Reconciliation sessions running now: (device, namespace).
+    pub fn sync_sessions(&self) -> Vec<(DeviceId, Namespace)> {
+        self.sync.sessions.values().map(|s| (s.peer, s.ns)).collect()
+    }
+
     /// How far fact `id` (one this device wrote) has spread; `None` for other facts.
     pub fn propagation(&self, id: &FactId) -> Option<Propagation> {
         self.sync.tracked.get(id).map(|t| self.propagation_of(t))

@@ -64,8 +64,124 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Reconcile journals now with one device (id or unique prefix: an own device or a
+    /// member of a context) or with all; the reply lists each session's outcome.
+    Sync {
+        /// Device id or prefix; all when absent.
+        peer: Option<String>,
+    },
+    /// Write a note into this device's authority journal, or a context's.
+    Note {
+        /// Context id or unique prefix; the authority journal when absent.
+        context: Option<String>,
+        /// The text.
+        text: String,
+        /// Ask every other member to confirm receipt.
+        ack: bool,
+    },
+    /// Facts this device wrote, with their propagation and confirmations.
+    Propagation,
     /// Shut down cleanly.
     Stop,
+}
+
+/// A fact this device wrote, in `propagation` output.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrittenInfo {
+    /// Fact id (hex).
+    pub fact: String,
+    /// `authority <id>` or `context <id>`.
+    pub namespace: String,
+    /// Fact kind (note, statement, genesis, ...).
+    pub kind: String,
+    /// local / syncing / complete / failed.
+    pub status: String,
+    /// Member devices known to hold it.
+    pub reached: u16,
+    /// Other member devices of the namespace.
+    pub known: u16,
+    /// Devices that confirmed a note asking for it: (device id hex, unix ms).
+    pub confirmed: Vec<(String, u64)>,
+}
+
+/// Human name of a namespace.
+pub fn namespace_name(ns: &aura_proto::journal::Namespace) -> String {
+    match ns {
+        aura_proto::journal::Namespace::Authority(a) => format!("authority {}", a.to_hex()),
+        aura_proto::journal::Namespace::Context(c) => format!("context {}", c.to_hex()),
+    }
+}
+
+impl WrittenInfo {
+    /// Every fact `peer` wrote, oldest first.
+    pub fn all(peer: &Peer) -> Vec<WrittenInfo> {
+        use aura_proto::Propagation as P;
+        peer.written_facts()
+            .into_iter()
+            .map(|(id, ns, p)| {
+                let kind = peer
+                    .journal()
+                    .facts(&ns)
+                    .find(|f| f.id() == id)
+                    .map_or("?", |f| f.body.kind());
+                let (status, reached, known) = match p {
+                    P::Local => ("local", 0, 0),
+                    P::Syncing { reached, known } => ("syncing", reached, known),
+                    P::Complete => ("complete", 0, 0),
+                    P::Failed { reached, known, .. } => ("failed", reached, known),
+                };
+                WrittenInfo {
+                    fact: id.to_hex(),
+                    namespace: namespace_name(&ns),
+                    kind: kind.into(),
+                    status: status.into(),
+                    reached,
+                    known,
+                    confirmed: peer.deliveries(&id).into_iter().map(|(d, t)| (d.to_hex(), t)).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Finds a device this one shares a journal with (a paired device or a member of a ready
+/// context) by full id or unique prefix.
+pub fn resolve_member(peer: &Peer, s: &str) -> Result<DeviceId, String> {
+    let s = s.trim().to_lowercase();
+    if s.is_empty() {
+        return Err("empty device id".into());
+    }
+    let mut all: std::collections::BTreeSet<DeviceId> = peer.paired().map(|(id, _)| *id).collect();
+    for c in peer.contexts() {
+        if let Some(v) = peer.context(&c) {
+            all.extend(v.members.keys().copied());
+        }
+    }
+    all.remove(&peer.id());
+    let hits: Vec<DeviceId> = all.into_iter().filter(|id| id.to_hex().starts_with(&s)).collect();
+    match hits.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!("no paired device or context member matches {s:?}")),
+        _ => Err(format!("{s:?} matches {} devices; give more characters", hits.len())),
+    }
+}
+
+/// Resolves a context id prefix among ready contexts.
+pub fn resolve_context(peer: &Peer, s: &str) -> Result<aura_proto::journal::ContextId, String> {
+    let c = s.trim().to_lowercase();
+    if c.is_empty() {
+        return Err("empty context id".into());
+    }
+    let ctxs: Vec<_> = peer
+        .contexts()
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&c))
+        .collect();
+    match ctxs.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!("no ready context matches {c:?} (see `aura-smol context list`)")),
+        _ => Err(format!("{c:?} matches {} contexts; give more characters", ctxs.len())),
+    }
 }
 
 /// A ready relational context in `context list` output.
@@ -259,21 +375,11 @@ pub fn resolve_context_peer(
     context: &str,
     device: &str,
 ) -> Result<(aura_proto::journal::ContextId, DeviceId), String> {
-    let c = context.trim().to_lowercase();
     let d = device.trim().to_lowercase();
-    if c.is_empty() || d.is_empty() {
-        return Err("empty context or device id".into());
+    if d.is_empty() {
+        return Err("empty device id".into());
     }
-    let ctxs: Vec<_> = peer
-        .contexts()
-        .into_iter()
-        .filter(|id| id.to_hex().starts_with(&c))
-        .collect();
-    let ctx = match ctxs.as_slice() {
-        [one] => *one,
-        [] => return Err(format!("no ready context matches {c:?} (see `aura-smol context list`)")),
-        _ => return Err(format!("{c:?} matches {} contexts; give more characters", ctxs.len())),
-    };
+    let ctx = resolve_context(peer, context)?;
     let view = peer.context(&ctx).expect("listed as ready");
     let mine = peer.authority().map(|a| a.id);
     let hits: Vec<DeviceId> = view

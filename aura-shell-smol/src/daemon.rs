@@ -15,9 +15,13 @@ use serde_json::{json, Value};
 use smol::channel::{bounded, Receiver, Sender};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::control::{resolve_context_peer, resolve_peer, AuthorityInfo, ContextInfo, Request, Status};
+use crate::control::{
+    namespace_name, resolve_context, resolve_context_peer, resolve_member, resolve_peer, AuthorityInfo, ContextInfo,
+    Request, Status, WrittenInfo,
+};
 use crate::host::{Effect, Host};
 use crate::store::{Store, StoreError};
+use aura_proto::journal::{FactBody, Namespace};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,35 @@ struct Waiters {
     ctx_invites: VecDeque<Reply>,
     /// Context joins by invitation id, in the order asked.
     ctx_joins: VecDeque<([u8; 32], Reply)>,
+    /// `sync` requests: sessions still running, outcomes so far.
+    syncs: Vec<SyncWait>,
+    /// `note` requests, answered when the note is durable.
+    notes: VecDeque<Reply>,
+}
+
+struct SyncWait {
+    pending: std::collections::BTreeSet<(DeviceId, Namespace)>,
+    done: Vec<Value>,
+    reply: Reply,
+}
+
+impl Waiters {
+    /// A session ended: record it for every `sync` request waiting on it.
+    fn sync_ended(&mut self, peer: DeviceId, ns: Namespace, outcome: Value) {
+        for w in &mut self.syncs {
+            if w.pending.remove(&(peer, ns)) {
+                w.done.push(outcome.clone());
+            }
+        }
+        self.syncs.retain(|w| {
+            if w.pending.is_empty() {
+                let _ = w.reply.try_send(json!({ "ok": true, "sessions": w.done }));
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -119,7 +152,7 @@ async fn event_loop(
                     }
                     Err(_) => tracing::warn!(to = %to, "not a socket address; datagram not sent"),
                 },
-                Effect::Event(ev) => on_event(ev, &mut waiters),
+                Effect::Event(ev) => on_event(ev, &host.peer, &mut waiters),
             }
         }
         let deadline = host.peer.poll_timeout().map(|t| host.deadline(t));
@@ -258,11 +291,55 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
                 }
             }
         },
+        Request::Sync { peer } => {
+            let target = match peer.as_deref().map(|p| resolve_member(&host.peer, p)) {
+                Some(Err(e)) => return send_now(err(e)),
+                Some(Ok(id)) => Some(id),
+                None => None,
+            };
+            if let Err(e) = host.input(Input::Command(Command::Sync { peer: target })) {
+                return send_now(err(e));
+            }
+            let pending: std::collections::BTreeSet<(DeviceId, Namespace)> = host
+                .peer
+                .sync_sessions()
+                .into_iter()
+                .filter(|(d, _)| target.is_none_or(|t| t == *d))
+                .collect();
+            if pending.is_empty() {
+                send_now(json!({ "ok": true, "sessions": [] }));
+            } else {
+                w.syncs.push(SyncWait {
+                    pending,
+                    done: Vec::new(),
+                    reply,
+                });
+            }
+        }
+        Request::Note { context, text, ack } => {
+            let ns = match context.as_deref().map(|c| resolve_context(&host.peer, c)) {
+                Some(Err(e)) => return send_now(err(e)),
+                Some(Ok(c)) => Namespace::Context(c),
+                None => match host.peer.authority() {
+                    Some(v) => Namespace::Authority(v.id),
+                    None => return send_now(err("this device is not a member of an authority (give --context)")),
+                },
+            };
+            match host.input(Input::Command(Command::Publish {
+                namespace: ns,
+                data: text.into_bytes(),
+                ack,
+            })) {
+                Ok(()) => w.notes.push_back(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::Propagation => send_now(json!({ "ok": true, "facts": WrittenInfo::all(&host.peer) })),
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
 
-fn on_event(ev: Event, w: &mut Waiters) {
+fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
     match &ev {
         Event::InviteCreated { code, expires_unix_ms } => {
             tracing::info!("invitation created");
@@ -335,10 +412,41 @@ fn on_event(ev: Event, w: &mut Waiters) {
             tracing::info!(peer = %peer.short(), reason = reason.name(), "send denied by the guard chain")
         }
         Event::SyncDone {
-            peer, pushed, fetched, ..
-        } => tracing::info!(peer = %peer.short(), pushed, fetched, "journal synced"),
-        Event::SyncFailed { peer, phase, .. } => tracing::warn!(peer = %peer.short(), ?phase, "journal sync failed"),
-        Event::Propagation { fact, status } => tracing::debug!(fact = %fact.short(), ?status, "fact propagation"),
+            peer,
+            namespace,
+            pushed,
+            fetched,
+            rounds,
+        } => {
+            tracing::info!(peer = %peer.short(), pushed, fetched, "journal synced");
+            let outcome = json!({ "peer": peer.to_hex(), "namespace": namespace_name(namespace), "ok": true, "pushed": pushed, "fetched": fetched, "rounds": rounds });
+            w.sync_ended(*peer, *namespace, outcome);
+        }
+        Event::SyncFailed { peer, phase, namespace } => {
+            tracing::warn!(peer = %peer.short(), ?phase, "journal sync failed");
+            let outcome = json!({ "peer": peer.to_hex(), "namespace": namespace_name(namespace), "ok": false, "phase": format!("{phase:?}").to_lowercase() });
+            w.sync_ended(*peer, *namespace, outcome);
+        }
+        Event::Propagation { fact, status } => {
+            tracing::debug!(fact = %fact.short(), ?status, "fact propagation");
+            // A note of ours just became durable: that is what `note` waits for.
+            let is_note = |ns: &Namespace| {
+                peer.journal()
+                    .facts(ns)
+                    .any(|f| f.id() == *fact && matches!(f.body, FactBody::Note(_)))
+            };
+            if *status == aura_proto::Propagation::Local && !w.notes.is_empty() {
+                let ns = peer
+                    .written_facts()
+                    .into_iter()
+                    .find(|(id, _, _)| id == fact)
+                    .map(|(_, ns, _)| ns);
+                if let Some(ns) = ns.filter(is_note) {
+                    let r = w.notes.pop_front().expect("checked");
+                    let _ = r.try_send(json!({ "ok": true, "fact": fact.to_hex(), "namespace": namespace_name(&ns) }));
+                }
+            }
+        }
         Event::Delivered { fact, peer } => tracing::info!(fact = %fact.short(), peer = %peer.short(), "note delivered"),
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aura_proto::{Command, Config, Event, Input};
 use aura_shell_smol::audit;
-use aura_shell_smol::control::{AuthorityInfo, ContextInfo, Request, Status};
+use aura_shell_smol::control::{AuthorityInfo, ContextInfo, Request, Status, WrittenInfo};
 use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
 use aura_shell_smol::store::{NodeConfig, Store, StoreError};
@@ -17,6 +17,7 @@ use serde_json::Value;
 /// Exit codes (also listed in the README).
 mod exit {
     pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
     pub const DATA_DIR: u8 = 3;
     pub const NOT_RUNNING: u8 = 4;
 }
@@ -111,6 +112,48 @@ enum Cmd {
     /// Relational contexts with another person's authority (needs a running peer).
     #[command(subcommand)]
     Context(ContextCmd),
+    /// Reconcile journals now (needs a running peer) and report each session.
+    ///
+    /// Without --peer: every journal shared with each of this person's devices, and each
+    /// context with one device of the other authority (those sessions are charged to the
+    /// context's flow budget). The peer also syncs on its own every 30 s with its own
+    /// devices and every 10 min across each context. Exits 1 if any session failed.
+    Sync {
+        /// Only with this device (id or unique prefix: an own device or a context member).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Seconds to wait for the sessions to finish.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write TEXT as a note into this device's authority journal (or a context's) and
+    /// spread it to the other member devices; prints the note's fact id.
+    ///
+    /// Follow how far it got with `aura-smol propagation`.
+    Note {
+        /// The text (at most 4096 bytes).
+        text: String,
+        /// Write into this context (id or unique prefix) instead of the authority journal.
+        #[arg(long)]
+        context: Option<String>,
+        /// Ask every other member device to confirm receipt (shown by `propagation`).
+        #[arg(long)]
+        ack: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Facts this device wrote and how far each has spread: local (no other member known
+    /// to hold it), syncing (some), complete (all), failed (the last attempt gave up;
+    /// anti-entropy retries), with confirmations for notes that asked for them.
+    Propagation {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the egress audit ledger: every datagram that left this device, with time,
     /// peer, address, context, size bucket, flow cost and leakage charged (never content).
     ///
@@ -464,6 +507,108 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Context(c) => context_cmd(dir, c),
+        Cmd::Sync { peer, timeout_s, json } => {
+            let v = ask(dir, &Request::Sync { peer }, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            } else if sessions.is_empty() {
+                println!("nothing to sync: no other device shares a journal with this one");
+            } else {
+                for s in &sessions {
+                    let who = s["peer"].as_str().unwrap_or("?");
+                    let ns = s["namespace"].as_str().unwrap_or("?");
+                    if s["ok"] == Value::Bool(true) {
+                        println!(
+                            "{} {}: in sync (pushed {}, fetched {}, {} round trip(s))",
+                            &who[..16.min(who.len())],
+                            ns,
+                            s["pushed"],
+                            s["fetched"],
+                            s["rounds"]
+                        );
+                    } else {
+                        println!(
+                            "{} {}: FAILED ({}; retried later)",
+                            &who[..16.min(who.len())],
+                            ns,
+                            s["phase"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            let failed = sessions.iter().filter(|s| s["ok"] != Value::Bool(true)).count();
+            if failed > 0 {
+                return Err(fail(
+                    exit::FAILED,
+                    format!("{failed} of {} sessions failed", sessions.len()),
+                ));
+            }
+            Ok(())
+        }
+        Cmd::Note {
+            text,
+            context,
+            ack,
+            json,
+        } => {
+            if text.len() > aura_proto::journal::MAX_NOTE {
+                return Err(fail(
+                    exit::USAGE,
+                    format!(
+                        "the note is {} bytes; at most {} fit",
+                        text.len(),
+                        aura_proto::journal::MAX_NOTE
+                    ),
+                ));
+            }
+            let v = ask(dir, &Request::Note { context, text, ack }, quick)?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+            } else {
+                println!(
+                    "note {} written to {}",
+                    v["fact"].as_str().unwrap_or("?"),
+                    v["namespace"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Propagation { json } => {
+            let v = ask(dir, &Request::Propagation, quick)?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            let facts: Vec<WrittenInfo> = serde_json::from_value(v["facts"].clone())
+                .map_err(|e| fail(exit::FAILED, format!("bad reply from the running peer: {e}")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&facts).expect("serializes"));
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<14} {:<24} {:<9} {:>7} {:>9}",
+                "fact", "kind", "journal", "status", "reached", "confirmed"
+            );
+            for f in &facts {
+                let reached = match f.status.as_str() {
+                    "syncing" | "failed" => format!("{}/{}", f.reached, f.known),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<16} {:<14} {:<24} {:<9} {:>7} {:>9}",
+                    &f.fact[..16.min(f.fact.len())],
+                    f.kind,
+                    &f.namespace[..24.min(f.namespace.len())],
+                    f.status,
+                    reached,
+                    f.confirmed.len()
+                );
+            }
+            Ok(())
+        }
         Cmd::Audit { since, json } => {
             if !dir.join("device.key").exists() {
                 return Err(StoreError::NotInitialized(dir.display().to_string()).into());

@@ -223,7 +223,7 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 #[test]
-fn three_processes_form_a_2_of_3_authority_and_sign_with_one_down() {
+fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
     let dirs: Vec<PathBuf> = ["ta", "tb", "tc"].iter().map(|n| tempdir(n)).collect();
     for d in &dirs {
         ok(d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
@@ -259,6 +259,40 @@ fn three_processes_form_a_2_of_3_authority_and_sign_with_one_down() {
         vk.verify(&msg, &sig).is_ok(),
         "plain FROST verification must accept the signature"
     );
+
+    // C comes back and catches up on the statement it missed, by anti-entropy.
+    daemons[2] = Some(Daemon::start(&dirs[2]));
+    let facts = |d: &Path| await_authority(d)["facts"].as_u64().unwrap();
+    let t0 = Instant::now();
+    while facts(&dirs[2]) != facts(&dirs[0]) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "C did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A note asking for confirmation: written on A, confirmed by B and C.
+    let out = ok(&dirs[0], &["note", "--ack", "groceries: milk", "--json"]);
+    let note: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = note["fact"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let row = loop {
+        let out = ok(&dirs[0], &["propagation", "--json"]);
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let row = all.into_iter().find(|f| f["fact"] == id.as_str()).expect("listed");
+        if row["status"] == "complete" && row["confirmed"].as_array().unwrap().len() == 2 {
+            break row;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "note not confirmed: {row}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(row["kind"], "note");
+    // An on-demand sync from B: every session succeeds and finds nothing to move.
+    let out = ok(&dirs[1], &["sync", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{v}");
+    assert!(sessions.iter().all(|s| s["ok"] == true && s["fetched"] == 0), "{v}");
+    let bad = smol(&dirs[1], &["sync", "--peer", "zzzz"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no paired device or context member"));
     for d in daemons.iter_mut().filter_map(Option::take) {
         d.stop();
     }
