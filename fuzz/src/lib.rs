@@ -38,6 +38,15 @@ pub fn frame_decode(data: &[u8]) {
     }
     // Messages inside channel frames (context joins, receipt accounting).
     aura_proto::fuzzing::inner_messages(data);
+    // Reconciliation messages, as responder and as initiator over a small item set: a
+    // typed error or an answer, never a panic, and never a frame over the limit.
+    let items = sync_items();
+    if let Ok(answer) = aura_proto::sync::respond(items, 4096, data) {
+        assert!(answer.len() <= 4096, "reconciliation answer over the frame limit");
+    }
+    if let Ok(step) = aura_proto::sync::step(items, 4096, data) {
+        assert!(step.reply.is_none_or(|r| r.len() <= 4096));
+    }
     // Capability tokens as we parse them: any bytes give a typed error or a snapshot.
     let _ = aura_proto::caps::verify(data, &[7; 32]);
     if let Ok(s) = std::str::from_utf8(data) {
@@ -46,6 +55,18 @@ pub fn frame_decode(data: &[u8]) {
             assert_eq!(Invitation::from_code(&inv.to_code()), Ok(inv));
         }
     }
+}
+
+/// 300 items with spread-out clocks (enough for fingerprinted ranges and id lists).
+fn sync_items() -> &'static [(u64, aura_proto::journal::FactId)] {
+    static ITEMS: OnceLock<Vec<(u64, aura_proto::journal::FactId)>> = OnceLock::new();
+    ITEMS.get_or_init(|| {
+        (0..300u64)
+            .map(|i| (i * 7 % 97, fact_id(i)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    })
 }
 
 const UNIX0: u64 = 1_790_000_000_000;
@@ -151,7 +172,7 @@ pub fn peer_datagrams(data: &[u8]) {
         let (chunk, tail) = rest.split_at(take);
         rest = tail;
         let before = a.metrics().datagrams_in;
-        if op % 2 == 0 {
+        if op.is_multiple_of(2) {
             a.handle_input(
                 now(now_ns),
                 Input::Datagram {
@@ -246,4 +267,18 @@ pub fn sim(data: &[u8]) {
         );
     }
     assert!(w.done(), "workload unfinished after the schedule ended: {:?}", w.stats);
+}
+
+/// A spread-out fact id from a number (the fuzz items and the corpus agree on them).
+fn fact_id(i: u64) -> aura_proto::journal::FactId {
+    let mut b = [0u8; 32];
+    for (k, chunk) in b.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(
+            &(i + 1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(k as u32 * 13)
+                .to_le_bytes(),
+        );
+    }
+    aura_proto::journal::FactId(b)
 }
