@@ -226,6 +226,10 @@ pub struct ContextAccept {
     pub genesis: FactId,
 }
 
+/// Largest Lamport clock a fact may carry. Honest clocks grow by one per fact; a remote
+/// fact near `u64::MAX` would otherwise leave no room for the facts written after it.
+pub const MAX_LAMPORT: u64 = 1 << 48;
+
 /// Largest note payload, bytes (a note and its envelope fit one sync frame).
 pub const MAX_NOTE: usize = 4096;
 
@@ -387,6 +391,9 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
     if fact.namespace != *ns {
         return Err(FactError::WrongNamespace);
     }
+    if fact.lamport > MAX_LAMPORT {
+        return Err(FactError::Invalid);
+    }
     let msg = Fact::signing_bytes(&fact.namespace, fact.lamport, &fact.author, &fact.body);
     match (&fact.body, &fact.sig) {
         (FactBody::Genesis(g), FactSig::Group(sig)) => {
@@ -535,6 +542,15 @@ impl Journal {
         self.facts.get(ns).into_iter().flat_map(|m| m.values().map(|f| &**f))
     }
 
+    /// Facts of one namespace with their ids, in order. The id comes from the stored order
+    /// key, so this costs no hashing (anti-entropy walks whole namespaces per message).
+    pub fn entries(&self, ns: &Namespace) -> impl Iterator<Item = (FactId, &Fact)> {
+        self.facts
+            .get(ns)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, f)| (k.2, &**f)))
+    }
+
     /// Namespaces present.
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.facts.keys()
@@ -562,7 +578,7 @@ impl Journal {
         self.facts
             .get(ns)
             .and_then(|m| m.keys().next_back())
-            .map_or(0, |k| k.0 + 1)
+            .map_or(0, |k| k.0.saturating_add(1))
     }
 
     /// BLAKE3 over the canonical bytes of every fact of `ns`, in order: equal digests mean

@@ -25,7 +25,7 @@ use hpke::{
 use super::{CommandError, Event, Peer, Pending, Queued};
 use crate::authority::{genesis_unsigned, signed_fact, AuthMsg, AuthorityView, UnsignedFact};
 use crate::journal::{
-    verify_fact, Fact, FactBody, FactError, FactSig, Genesis, Member, Namespace, SealedSecret, Sig64,
+    verify_fact, Fact, FactBody, FactError, FactId, FactSig, Genesis, Member, Namespace, SealedSecret, Sig64,
 };
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
@@ -1289,6 +1289,7 @@ impl Peer {
     /// A fact is durable here: merge, update views, push or acknowledge.
     pub(super) fn fact_durable(&mut self, fact: Fact, push_to: Option<BTreeSet<DeviceId>>, ack_to: Option<DeviceId>) {
         let id = fact.id();
+        self.sync_incoming_done(&id);
         self.apply_fact(fact.clone());
         if let Some(to) = push_to {
             if !to.is_empty() {
@@ -1305,8 +1306,13 @@ impl Peer {
         let me = self.keys.id;
         let asks = matches!(&fact.body, FactBody::Note(n) if n.ack);
         let follow = (fact.author == me || asks).then(|| fact.clone());
+        // Sessions waiting for fetched facts need to know this one arrived.
+        let arrived = self.sync_awaits_facts().then(|| (fact.namespace, fact.id()));
         if !self.merge_fact(fact) {
             return;
+        }
+        if let Some((ns, id)) = arrived {
+            self.fact_arrived(ns, id);
         }
         // After the merge, so that the views list the namespace's members.
         match follow {
@@ -1424,12 +1430,23 @@ impl Peer {
         // Genesis first: the other facts are verified against it.
         decoded.sort_by_key(|f| !matches!(f.body, FactBody::Genesis(_)));
         let mut views = self.views.clone();
+        let mut seen = BTreeSet::new();
+        let mut held: BTreeMap<Namespace, Vec<FactId>> = BTreeMap::new();
         for f in decoded {
             let ns = f.namespace;
+            let id = f.id();
+            // A copy within the batch, or of a fact whose write is still in flight: its
+            // acknowledgement follows that write.
+            if !seen.insert(id) || self.sync_incoming(&id) {
+                continue;
+            }
             if self.journal.contains(&f) {
-                self.send_via(from, Some(&ns), AuthMsg::FactsAck { ids: vec![f.id()] });
-                // The author may have missed our confirmation: it pushes until it has one.
-                self.confirm_delivery(&f);
+                held.entry(ns).or_default().push(id);
+                // The author pushes a note until it has our confirmation: it may have
+                // missed it. Nobody else gets one for it.
+                if f.author == from {
+                    self.confirm_delivery(&f);
+                }
                 continue;
             }
             let checked = match ns {
@@ -1452,6 +1469,7 @@ impl Peer {
                     views.0.insert(id, v);
                 }
             }
+            self.sync_incoming_start(id);
             self.persist(
                 Record::Fact(f.clone()),
                 Pending::FactDurable {
@@ -1460,6 +1478,10 @@ impl Peer {
                     ack_to: Some(from),
                 },
             );
+        }
+        // One acknowledgement per namespace for the copies we already hold.
+        for (ns, ids) in held {
+            self.send_via(from, Some(&ns), AuthMsg::FactsAck { ids });
         }
     }
 

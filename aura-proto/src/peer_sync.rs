@@ -60,6 +60,15 @@ const FETCH_BATCH: usize = 128;
 const PUSH_RETRY: Duration = Duration::from_millis(800);
 /// Pushes of one fact to one device before anti-entropy is left to carry it.
 const PUSH_TRIES: u32 = 10;
+/// Bytes of encoded facts per `Facts` message (a single larger fact goes alone): the
+/// message stays within the 16 KiB padding bucket.
+const FACTS_BYTES: usize = 12 * 1024;
+/// Reconciliation queries answered per device per second; more are dropped (`overloaded`).
+const QUERIES_PER_SECOND: u32 = 64;
+/// Fetches answered per device per second (each may ask for 128 facts).
+const FETCHES_PER_SECOND: u32 = 16;
+/// Rounds of pushing a note again to a member that holds it but never confirmed it.
+const CONFIRM_ASKS: u8 = 3;
 
 /// One reconciliation this device started.
 #[derive(Debug)]
@@ -74,8 +83,12 @@ pub(super) struct SyncSession {
     /// Facts pushed in this session.
     pushed: BTreeSet<FactId>,
     fetched: usize,
-    /// Tracked facts numbered below this existed when the session started.
+    /// Tracked facts numbered up to this existed when the session started.
     track_seq: u64,
+    /// Facts asked for and not yet durable here.
+    awaiting: BTreeSet<FactId>,
+    /// Reconciliation is over; the session waits for `awaiting` only.
+    reconciled: bool,
 }
 
 /// Where a session failed.
@@ -85,6 +98,9 @@ pub enum SyncPhase {
     Reconcile,
     /// The answer could not be read (malformed, or the frame limit was refused).
     Protocol,
+    /// Facts the other side has were asked for but did not arrive (or did not verify)
+    /// after every retry.
+    Fetch,
 }
 
 /// How far a fact this device wrote has spread among the other member devices of its
@@ -123,6 +139,8 @@ pub(super) struct Tracked {
     failed: Option<Instant>,
     /// A note asking for delivery confirmations.
     ack: bool,
+    /// Rounds a member holding the note was asked again for its confirmation.
+    asked: BTreeMap<DeviceId, u8>,
     status: Propagation,
 }
 
@@ -131,6 +149,7 @@ pub(super) struct Tracked {
 pub(super) struct PushTry {
     tries: u32,
     next: Instant,
+    ns: Namespace,
 }
 
 /// Periodic sessions with a device that failed: how often in a row, and when next.
@@ -155,6 +174,12 @@ pub(super) struct SyncState {
     backoff: BTreeMap<DeviceId, PeerBackoff>,
     pub(super) next_periodic: Option<Instant>,
     next_cross: Option<Instant>,
+    /// Facts received whose write is in flight.
+    incoming: BTreeSet<FactId>,
+    /// Responder work per device in the current second: (window start, queries, fetches).
+    answered: BTreeMap<DeviceId, (Instant, u32, u32)>,
+    /// Scope of the `Proto` frame being handled (answers go back the way it came).
+    rx_scope: Option<ContextId>,
 }
 
 impl Peer {
@@ -179,23 +204,27 @@ impl Peer {
     }
 
     /// The scope a message to `to` about `ns` travels in: own devices in the own scope,
-    /// other authorities' devices on the context's channel.
-    fn scope_for(&self, to: &DeviceId, ns: Option<&Namespace>) -> ContextId {
+    /// other authorities' devices on that context's channel; a message naming no
+    /// namespace (an answer) goes back in the scope its question came in. `None`: no
+    /// scope fits (nothing is sent).
+    fn scope_for(&self, to: &DeviceId, ns: Option<&Namespace>) -> Option<ContextId> {
         if self.is_own(to) {
-            return ContextId::OWN;
+            return Some(ContextId::OWN);
         }
-        if let Some(Namespace::Context(c)) = ns {
-            return *c;
-        }
+        let c = match ns {
+            Some(Namespace::Context(c)) => *c,
+            Some(Namespace::Authority(_)) => return None,
+            None => self.sync.rx_scope.filter(|c| *c != ContextId::OWN)?,
+        };
         self.contexts
-            .iter()
-            .find(|(_, s)| s.ready && s.view.members.contains_key(to))
-            .map_or(ContextId::OWN, |(c, _)| *c)
+            .get(&c)
+            .is_some_and(|s| s.ready && s.view.members.contains_key(to))
+            .then_some(c)
     }
 
     /// Sends an anti-entropy message to `to` in the scope it belongs to.
     pub(super) fn send_via(&mut self, to: DeviceId, ns: Option<&Namespace>, msg: AuthMsg) {
-        let scope = self.scope_for(&to, ns);
+        let Some(scope) = self.scope_for(&to, ns) else { return };
         if scope == ContextId::OWN {
             return self.send_auth(to, msg);
         }
@@ -354,6 +383,8 @@ impl Peer {
             pushed: BTreeSet::new(),
             fetched: 0,
             track_seq: self.sync.track_seq,
+            awaiting: BTreeSet::new(),
+            reconciled: false,
         };
         self.sync.sessions.insert(session, s);
         self.metrics.sync_sessions += 1;
@@ -399,6 +430,9 @@ impl Peer {
         if !self.may_sync(&from, &ns) {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
+        if !self.may_answer(from, false) {
+            return self.metrics.drop(DropReason::Overloaded);
+        }
         let items = sync::items(&self.journal, &ns);
         match sync::respond(&items, SYNC_FRAME, &msg) {
             Ok(answer) => self.send_via(
@@ -414,12 +448,33 @@ impl Peer {
         }
     }
 
+    /// Whether `from` still has responder work left this second (a query, or a fetch).
+    /// Answers cost the context's shared leakage budget and our flow budget with `from`:
+    /// a member must not be able to make us spend them without limit.
+    fn may_answer(&mut self, from: DeviceId, fetch: bool) -> bool {
+        let now = self.now.mono;
+        let w = self.sync.answered.entry(from).or_insert((now, 0, 0));
+        if w.0.saturating_add(Duration::from_secs(1)) <= now {
+            *w = (now, 0, 0);
+        }
+        let (n, limit) = if fetch {
+            (&mut w.2, FETCHES_PER_SECOND)
+        } else {
+            (&mut w.1, QUERIES_PER_SECOND)
+        };
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
     /// Initiator: an answer for a session of ours.
     pub(super) fn on_sync_answer(&mut self, from: DeviceId, session: u64, round: u32, msg: Vec<u8>) {
         let Some(s) = self.sync.sessions.get(&session) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
-        if s.peer != from || s.round != round {
+        if s.peer != from || s.round != round || s.reconciled {
             // Another device's, or a stale duplicate of an earlier round.
             return self.metrics.drop(DropReason::Replayed);
         }
@@ -432,22 +487,14 @@ impl Peer {
                 return self.sync_failed(session, SyncPhase::Protocol);
             }
         };
-        self.push_facts(from, &ns, &step.have);
-        for chunk in step.need.chunks(FETCH_BATCH) {
-            self.send_via(
-                from,
-                Some(&ns),
-                AuthMsg::SyncFetch {
-                    namespace: ns,
-                    ids: chunk.to_vec(),
-                },
-            );
-        }
+        self.push_facts(from, &ns, &step.have, true);
+        self.fetch(from, ns, &step.need);
         let backoff = self.sync_backoff(0);
         let now = self.now.mono;
         let s = self.sync.sessions.get_mut(&session).expect("checked above");
         s.pushed.extend(step.have.iter().copied());
         s.fetched += step.need.len();
+        s.awaiting.extend(step.need.iter().copied());
         match step.reply {
             Some(query) => {
                 s.round += 1;
@@ -466,19 +513,74 @@ impl Peer {
                     },
                 );
             }
+            None if s.awaiting.is_empty() => self.finish_session(session),
             None => {
-                let s = self.sync.sessions.remove(&session).expect("checked above");
-                self.sync.backoff.remove(&from);
-                self.session_reached(&s);
-                self.event(Event::SyncDone {
-                    peer: from,
-                    namespace: ns,
-                    pushed: s.pushed.len(),
-                    fetched: s.fetched,
-                    rounds: s.round + 1,
-                });
+                // Done only once what was asked for is durable here.
+                s.reconciled = true;
+                s.tries = 1;
+                s.retry_at = now.saturating_add(backoff);
             }
         }
+    }
+
+    /// Asks `from` for facts `ids` of `ns`, in batches.
+    fn fetch(&mut self, from: DeviceId, ns: Namespace, ids: &[FactId]) {
+        for chunk in ids.chunks(FETCH_BATCH) {
+            self.send_via(
+                from,
+                Some(&ns),
+                AuthMsg::SyncFetch {
+                    namespace: ns,
+                    ids: chunk.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn finish_session(&mut self, session: u64) {
+        let Some(s) = self.sync.sessions.remove(&session) else {
+            return;
+        };
+        self.sync.backoff.remove(&s.peer);
+        self.session_reached(&s);
+        self.event(Event::SyncDone {
+            peer: s.peer,
+            namespace: s.ns,
+            pushed: s.pushed.len(),
+            fetched: s.fetched,
+            rounds: s.round + 1,
+        });
+    }
+
+    /// Whether some session waits for fetched facts.
+    pub(super) fn sync_awaits_facts(&self) -> bool {
+        self.sync.sessions.values().any(|s| !s.awaiting.is_empty())
+    }
+
+    /// A fact became durable here: sessions that asked for it may be complete.
+    pub(super) fn fact_arrived(&mut self, ns: Namespace, id: FactId) {
+        let mut done = Vec::new();
+        for (k, s) in self.sync.sessions.iter_mut() {
+            if s.ns == ns && s.awaiting.remove(&id) && s.reconciled && s.awaiting.is_empty() {
+                done.push(*k);
+            }
+        }
+        for k in done {
+            self.finish_session(k);
+        }
+    }
+
+    /// A received fact's write is in flight.
+    pub(super) fn sync_incoming(&self, id: &FactId) -> bool {
+        self.sync.incoming.contains(id)
+    }
+
+    pub(super) fn sync_incoming_start(&mut self, id: FactId) {
+        self.sync.incoming.insert(id);
+    }
+
+    pub(super) fn sync_incoming_done(&mut self, id: &FactId) {
+        self.sync.incoming.remove(id);
     }
 
     /// A finished session: the other side holds every tracked fact of the namespace that
@@ -490,52 +592,73 @@ impl Peer {
             .sync
             .tracked
             .iter()
-            .filter(|(id, t)| t.ns == s.ns && t.seq < s.track_seq && !s.pushed.contains(id))
+            .filter(|(id, t)| t.ns == s.ns && t.seq <= s.track_seq && !s.pushed.contains(id))
             .map(|(id, _)| *id)
             .collect();
         let mut unconfirmed = Vec::new();
         for id in held {
             self.fact_reached(id, s.peer);
-            let t = &self.sync.tracked[&id];
-            let confirmed = self.sync.deliveries.get(&id).is_some_and(|d| d.contains_key(&s.peer));
-            if t.ack && !confirmed && !self.sync.delivering.contains(&(id, s.peer)) {
+            let confirmed = self.sync.deliveries.get(&id).is_some_and(|d| d.contains_key(&s.peer))
+                || self.sync.delivering.contains(&(id, s.peer));
+            let Some(t) = self.sync.tracked.get_mut(&id) else {
+                continue;
+            };
+            let asked = t.asked.entry(s.peer).or_insert(0);
+            if t.ack && !confirmed && *asked < CONFIRM_ASKS {
+                *asked += 1;
                 unconfirmed.push(id);
             }
         }
-        self.push_facts(s.peer, &s.ns, &unconfirmed);
+        self.push_facts(s.peer, &s.ns, &unconfirmed, true);
     }
 
-    /// Pushes our facts `ids` of `ns` to `to` (acknowledged and retried).
-    fn push_facts(&mut self, to: DeviceId, ns: &Namespace, ids: &[FactId]) {
+    /// Splits encoded facts into `Facts` messages: at most `FETCH_BATCH` facts and about
+    /// `FACTS_BYTES` bytes each (a larger fact goes alone).
+    fn fact_batches(facts: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut bytes = 0;
+        for f in facts {
+            let full = out
+                .last()
+                .is_none_or(|b| b.len() >= FETCH_BATCH || (bytes + f.len() > FACTS_BYTES && !b.is_empty()));
+            if full {
+                out.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += f.len();
+            out.last_mut().expect("pushed above").push(f);
+        }
+        out
+    }
+
+    /// Sends our facts `ids` of `ns` to `to`; `retried`: until acknowledged (a push of
+    /// ours), else once (an answer to a fetch: the fetcher asks again if it must).
+    fn push_facts(&mut self, to: DeviceId, ns: &Namespace, ids: &[FactId], retried: bool) {
         let want: BTreeSet<FactId> = ids.iter().copied().collect();
         if want.is_empty() {
             return;
         }
         let facts: Vec<(FactId, Vec<u8>)> = self
             .journal
-            .facts(ns)
-            .map(|f| (f.id(), f))
+            .entries(ns)
             .filter(|(id, _)| want.contains(id))
             .map(|(id, f)| (id, f.encode()))
             .collect();
         let first = self.now.mono.saturating_add(PUSH_RETRY);
-        for chunk in facts.chunks(FETCH_BATCH) {
-            for (id, _) in chunk {
-                self.sync
-                    .push
-                    .entry(*id)
-                    .or_default()
-                    .insert(to, PushTry { tries: 1, next: first });
+        if retried {
+            for (id, _) in &facts {
+                // A push already under way keeps its count (no endless restarts).
+                self.sync.push.entry(*id).or_default().entry(to).or_insert(PushTry {
+                    tries: 1,
+                    next: first,
+                    ns: *ns,
+                });
             }
-            self.send_via(
-                to,
-                Some(ns),
-                AuthMsg::Facts {
-                    facts: chunk.iter().map(|(_, b)| b.clone()).collect(),
-                },
-            );
+            self.arm_auth_tick();
         }
-        self.arm_auth_tick();
+        for batch in Self::fact_batches(facts.into_iter().map(|(_, b)| b).collect()) {
+            self.send_via(to, Some(ns), AuthMsg::Facts { facts: batch });
+        }
     }
 
     /// Pushes a fact that just became durable to `to` (acknowledged and retried).
@@ -543,11 +666,14 @@ impl Peer {
         let first = self.now.mono.saturating_add(PUSH_RETRY);
         let id = fact.id();
         for d in to {
-            self.sync
-                .push
-                .entry(id)
-                .or_default()
-                .insert(*d, PushTry { tries: 1, next: first });
+            self.sync.push.entry(id).or_default().insert(
+                *d,
+                PushTry {
+                    tries: 1,
+                    next: first,
+                    ns: fact.namespace,
+                },
+            );
             self.send_via(
                 *d,
                 Some(&fact.namespace),
@@ -598,13 +724,13 @@ impl Peer {
             let want: BTreeSet<FactId> = ids.into_iter().collect();
             let mut by_ns: BTreeMap<Namespace, Vec<Vec<u8>>> = BTreeMap::new();
             for ns in self.journal.namespaces().copied().collect::<Vec<_>>() {
-                for f in self.journal.facts(&ns).filter(|f| want.contains(&f.id())) {
+                for (_, f) in self.journal.entries(&ns).filter(|(id, _)| want.contains(id)) {
                     by_ns.entry(ns).or_default().push(f.encode());
                 }
             }
             for (ns, facts) in by_ns {
-                for chunk in facts.chunks(FETCH_BATCH) {
-                    self.send_via(d, Some(&ns), AuthMsg::Facts { facts: chunk.to_vec() });
+                for batch in Self::fact_batches(facts) {
+                    self.send_via(d, Some(&ns), AuthMsg::Facts { facts: batch });
                 }
             }
         }
@@ -637,7 +763,10 @@ impl Peer {
         if !self.may_sync(&from, &ns) || ids.len() > FETCH_BATCH {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        self.push_facts(from, &ns, &ids);
+        if !self.may_answer(from, true) {
+            return self.metrics.drop(DropReason::Overloaded);
+        }
+        self.push_facts(from, &ns, &ids, false);
     }
 
     fn sync_failed(&mut self, session: u64, phase: SyncPhase) {
@@ -695,15 +824,22 @@ impl Peer {
             // The query is still queued behind a handshake that has not given up yet:
             // waiting for it is not a lost try (the channel layer times the handshake out,
             // and the next try then starts a fresh one).
-            let scope = self.scope_for(&peer, Some(&ns));
-            if !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer) {
+            let waiting = self
+                .scope_for(&peer, Some(&ns))
+                .is_some_and(|scope| !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer));
+            if waiting {
                 let backoff = self.sync_backoff(tries);
                 let s = self.sync.sessions.get_mut(&session).expect("listed");
                 s.retry_at = now.saturating_add(backoff);
                 continue;
             }
             if tries >= SYNC_TRIES {
-                self.sync_failed(session, SyncPhase::Reconcile);
+                let phase = if self.sync.sessions[&session].reconciled {
+                    SyncPhase::Fetch
+                } else {
+                    SyncPhase::Reconcile
+                };
+                self.sync_failed(session, phase);
                 continue;
             }
             let backoff = self.sync_backoff(tries);
@@ -712,6 +848,11 @@ impl Peer {
             s.retry_at = now.saturating_add(backoff);
             let (peer, round, ns, query) = (s.peer, s.round, s.ns, s.query.clone());
             self.metrics.sync_retries += 1;
+            if s.reconciled {
+                let ids: Vec<FactId> = s.awaiting.iter().copied().collect();
+                self.fetch(peer, ns, &ids);
+                continue;
+            }
             self.send_via(
                 peer,
                 Some(&ns),
@@ -738,8 +879,14 @@ impl Peer {
         }
     }
 
-    /// Sessions with devices this device just restarted into: soon, not a period later.
+    /// After a restore: statuses from the restored confirmations (silently), and the
+    /// first sessions soon, not a period later.
     pub(super) fn sync_soon(&mut self) {
+        let ids: Vec<FactId> = self.sync.tracked.keys().copied().collect();
+        for id in ids {
+            let status = self.propagation_of(&self.sync.tracked[&id]);
+            self.sync.tracked.get_mut(&id).expect("listed").status = status;
+        }
         self.sync.next_periodic = Some(self.now.mono.saturating_add(Duration::from_secs(1)));
     }
 
@@ -754,6 +901,17 @@ impl Peer {
             Err(e) => return self.count_decode(e),
         };
         let here = Namespace::Context(scope);
+        let msg = match msg {
+            // Acknowledgements and confirmations of this context's facts only.
+            AuthMsg::FactsAck { ids } => AuthMsg::FactsAck {
+                ids: self.ids_of(here, &from, ids),
+            },
+            AuthMsg::Delivered { ids } => AuthMsg::Delivered {
+                ids: self.ids_of(here, &from, ids),
+            },
+            m => m,
+        };
+        self.sync.rx_scope = Some(scope);
         match msg {
             AuthMsg::SyncQuery { namespace, .. } | AuthMsg::SyncFetch { namespace, .. } if namespace != here => {
                 self.metrics.drop(DropReason::WrongContext)
@@ -769,6 +927,29 @@ impl Peer {
             | AuthMsg::Delivered { .. }) => self.on_auth(from, m),
             _ => self.metrics.drop(DropReason::UnexpectedFrame),
         }
+        self.sync.rx_scope = None;
+    }
+
+    /// The ids among `ids` that concern namespace `ns`: facts of ours tracked there, or
+    /// pushed to `from` there. The others are dropped and counted.
+    fn ids_of(&mut self, ns: Namespace, from: &DeviceId, ids: Vec<FactId>) -> Vec<FactId> {
+        let before = ids.len();
+        let kept: Vec<FactId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.sync.tracked.get(id).is_some_and(|t| t.ns == ns)
+                    || self
+                        .sync
+                        .push
+                        .get(id)
+                        .and_then(|m| m.get(from))
+                        .is_some_and(|p| p.ns == ns)
+            })
+            .collect();
+        for _ in kept.len()..before {
+            self.metrics.drop(DropReason::WrongContext);
+        }
+        kept
     }
 
     // ----- propagation ---------------------------------------------------------------------
@@ -790,6 +971,7 @@ impl Peer {
                 reached: BTreeSet::new(),
                 failed: None,
                 ack,
+                asked: BTreeMap::new(),
                 status: Propagation::Local,
             },
         );
@@ -814,13 +996,15 @@ impl Peer {
     }
 
     fn fact_failed(&mut self, id: FactId, d: DeviceId) {
-        let retry_at = self
-            .sync
-            .backoff
-            .get(&d)
-            .map(|b| b.next)
-            .or(self.sync.next_periodic)
-            .unwrap_or(self.now.mono.saturating_add(SYNC_EVERY));
+        // The next periodic session that includes `d`: own devices every round, other
+        // authorities' devices in the cross-context round; later if `d` is in backoff.
+        let round = if self.is_own(&d) {
+            self.sync.next_periodic
+        } else {
+            self.sync.next_cross
+        };
+        let round = round.unwrap_or(self.now.mono.saturating_add(SYNC_EVERY));
+        let retry_at = self.sync.backoff.get(&d).map_or(round, |b| b.next.max(round));
         let Some(t) = self.sync.tracked.get_mut(&id) else {
             return;
         };
@@ -853,7 +1037,9 @@ impl Peer {
         let status = self.propagation_of(t);
         if status != t.status {
             self.sync.tracked.get_mut(&id).expect("present").status = status;
-            self.event(Event::Propagation { fact: id, status });
+            if !self.restoring {
+                self.event(Event::Propagation { fact: id, status });
+            }
         }
     }
 
@@ -955,7 +1141,6 @@ impl Peer {
                 self.metrics.drop(DropReason::UnexpectedFrame);
                 continue;
             }
-            self.fact_reached(id, from);
             let known = self.sync.deliveries.get(&id).is_some_and(|m| m.contains_key(&from));
             if known || !self.sync.delivering.insert((id, from)) {
                 continue;
@@ -976,10 +1161,16 @@ impl Peer {
         }
     }
 
-    /// A confirmation is durable (or restored): stop pushing, remember, report.
+    /// A confirmation is durable (or restored): stop pushing, count the member as
+    /// reached, remember, report.
     pub(super) fn delivery_durable(&mut self, fact: FactId, peer: DeviceId, at_ms: u64) {
         self.sync.delivering.remove(&(fact, peer));
         self.sync.deliveries.entry(fact).or_default().insert(peer, at_ms);
+        if let Some(t) = self.sync.tracked.get_mut(&fact) {
+            t.reached.insert(peer);
+            t.failed = None;
+        }
+        self.update_propagation(fact);
         if let Some(m) = self.sync.push.get_mut(&fact) {
             m.remove(&peer);
         }

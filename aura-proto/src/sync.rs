@@ -39,7 +39,7 @@ fn map(e: negentropy::Error) -> SyncError {
 
 /// The items of namespace `ns`: (lamport, fact id), sorted as the protocol wants.
 pub fn items(journal: &Journal, ns: &Namespace) -> Vec<(u64, FactId)> {
-    let mut v: Vec<(u64, FactId)> = journal.facts(ns).map(|f| (f.lamport, f.id())).collect();
+    let mut v: Vec<(u64, FactId)> = journal.entries(ns).map(|(id, f)| (f.lamport, id)).collect();
     v.sort_unstable();
     v.dedup();
     v

@@ -582,23 +582,28 @@ fn a_context_channel_carries_only_its_own_journal() {
     // Device 2 (the other person) asks, on the context's channel, to reconcile device 0's
     // authority journal, and offers it a fact of that authority: both refused, counted.
     let before = net.nodes[0].peer.metrics().drops(DropReason::WrongContext);
-    let query = wire::encode(&AuthMsg::SyncFetch {
+    let query = AuthMsg::SyncFetch {
         namespace: a,
         ids: vec![],
-    });
+    };
     let genesis = net.nodes[0].peer.journal().facts(&a).next().unwrap().encode();
-    let facts = wire::encode(&AuthMsg::Facts { facts: vec![genesis] });
-    let from = net.id(2);
+    let facts = AuthMsg::Facts { facts: vec![genesis] };
     for m in [&query, &facts] {
-        fuzzing::deliver_proto(&mut net.nodes[0].peer, now(net.now_ns), from, ctx, m);
+        net.deliver_proto(0, 2, ctx, m);
     }
-    net.drain(0);
     assert_eq!(net.nodes[0].peer.metrics().drops(DropReason::WrongContext), before + 1);
     assert!(net.nodes[0].peer.metrics().drops(DropReason::BadFact) >= 1);
+    // Nor acknowledgements of facts that are not this context's.
+    let ours = net.nodes[0].peer.written_facts();
+    let (authority_fact, _, _) = ours.iter().find(|(_, ns, _)| *ns == a).copied().unwrap();
+    let ack = AuthMsg::FactsAck {
+        ids: vec![authority_fact],
+    };
+    net.deliver_proto(0, 2, ctx, &ack);
+    assert_eq!(net.nodes[0].peer.metrics().drops(DropReason::WrongContext), before + 2);
     // And a sub-protocol message of one person's devices is not taken in a context.
-    let dkg = wire::encode(&AuthMsg::DkgAbandoned { session: [1; 32] });
     let unexpected = net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame);
-    fuzzing::deliver_proto(&mut net.nodes[0].peer, now(net.now_ns), from, ctx, &dkg);
+    net.deliver_proto(0, 2, ctx, &AuthMsg::DkgAbandoned { session: [1; 32] });
     assert_eq!(
         net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame),
         unexpected + 1
@@ -614,7 +619,7 @@ fn created_ns(net: &Net, i: usize) -> aura_proto::journal::Namespace {
 /// The context secret of `epoch`, sealed by device `author` to every member of the
 /// context (as an agreed epoch bump will do once consensus exists, issue 7).
 fn sealed_epoch(net: &Net, author: usize, ctx: ContextId, epoch: u64, secret: [u8; 32]) -> Vec<journal::Fact> {
-    use aura_proto::journal::{Fact, FactBody, FactSig, Namespace, SealedSecret, Sig64};
+    use aura_proto::journal::{FactBody, Namespace, SealedSecret};
     use hpke::aead::ChaCha20Poly1305;
     use hpke::kdf::HkdfSha256;
     use hpke::kem::X25519HkdfSha256;
@@ -648,15 +653,7 @@ fn sealed_epoch(net: &Net, author: usize, ctx: ContextId, epoch: u64, secret: [u
                 enc: enc.to_bytes().into(),
                 ciphertext,
             });
-            let lamport = base + k as u64;
-            let msg = Fact::signing_bytes(&ns, lamport, &keys.id, &body);
-            Fact {
-                namespace: ns,
-                lamport,
-                author: keys.id,
-                body,
-                sig: FactSig::Device(Sig64(keys.sign(&mut r, &msg))),
-            }
+            device_fact(&keys, ns, base + k as u64, body, &mut r)
         })
         .collect()
 }

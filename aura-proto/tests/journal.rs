@@ -361,3 +361,19 @@ fn canonical_encoding_of_every_fact_kind() {
         insta::assert_snapshot!(format!("fact_{}", kind.replace('-', "_")), encoding_text(&f));
     }
 }
+
+#[test]
+fn entries_give_each_fact_its_own_id_in_journal_order() {
+    let (pool, id) = shared();
+    let all: Vec<u8> = (0..pool.len() as u8).collect();
+    let j = journal_of(pool, &all);
+    let ns = Namespace::Authority(*id);
+    let entries: Vec<(FactId, &Fact)> = j.entries(&ns).collect();
+    let facts: Vec<&Fact> = j.facts(&ns).collect();
+    assert_eq!(entries.len(), facts.len());
+    assert!(!entries.is_empty());
+    for ((eid, ef), f) in entries.iter().zip(&facts) {
+        assert_eq!(*eid, f.id());
+        assert_eq!(*ef, *f);
+    }
+}

@@ -287,18 +287,10 @@ fn confirmations_for_notes_we_did_not_write_are_dropped_and_counted() {
     let before = net.nodes[0].peer.metrics().drops(metrics::DropReason::UnexpectedFrame);
     // Device 1 (a member, on its authenticated channel) confirms a note that asked for
     // nothing and one that does not exist: neither is recorded.
-    let msg = wire::encode(&authority::AuthMsg::Delivered {
+    let msg = authority::AuthMsg::Delivered {
         ids: vec![id, FactId([3; 32])],
-    });
-    let from = net.id(1);
-    fuzzing::deliver_proto(
-        &mut net.nodes[0].peer,
-        now(net.now_ns),
-        from,
-        journal::ContextId::OWN,
-        &msg,
-    );
-    net.drain(0);
+    };
+    net.deliver_proto(0, 1, journal::ContextId::OWN, &msg);
     net.run();
     assert!(net.nodes[0].peer.deliveries(&id).is_empty());
     assert!(!net.nodes[0]
@@ -307,4 +299,110 @@ fn confirmations_for_notes_we_did_not_write_are_dropped_and_counted() {
         .any(|r| matches!(r, Record::Delivered { .. })));
     let after = net.nodes[0].peer.metrics().drops(metrics::DropReason::UnexpectedFrame);
     assert_eq!(after - before, 2);
+}
+
+#[test]
+fn many_large_notes_reach_a_device_that_was_away_and_the_session_waits_for_them() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    net.cut.insert(2);
+    // Twenty notes of the largest size: together far more than one frame holds.
+    for k in 0..20u8 {
+        net.cmd(
+            0,
+            Command::Publish {
+                namespace: ns,
+                data: vec![k; MAX_NOTE],
+                ack: false,
+            },
+        )
+        .unwrap();
+    }
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
+    assert_eq!(
+        net.nodes[1].peer.journal().digest(&ns),
+        net.nodes[0].peer.journal().digest(&ns)
+    );
+    let notes = |net: &Net, i: usize| {
+        net.nodes[i]
+            .peer
+            .journal()
+            .facts(&ns)
+            .filter(|f| matches!(f.body, journal::FactBody::Note(_)))
+            .count()
+    };
+    assert_eq!(notes(&net, 2), 0);
+    net.cut.remove(&2);
+    // Device 2 fetches; its writes are held, so the session must not report done yet.
+    net.nodes[2].hold_persist = true;
+    let before = net.nodes[2].events.len();
+    let n0 = net.id(0);
+    net.cmd(2, Command::Sync { peer: Some(n0) }).unwrap();
+    net.run();
+    let done = |net: &Net| {
+        net.nodes[2].events[before..]
+            .iter()
+            .any(|e| matches!(e, Event::SyncDone { peer, .. } if *peer == n0))
+    };
+    assert!(!net.nodes[2].held.is_empty(), "the fetched notes are being written");
+    assert!(!done(&net), "SyncDone before the fetched facts were durable");
+    net.nodes[2].hold_persist = false;
+    let held: Vec<_> = net.nodes[2].held.drain(..).collect();
+    for t in held {
+        net.input(2, Input::PersistDone(t)).unwrap();
+    }
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert_eq!(notes(&net, 2), 20);
+    assert!(done(&net), "{:?}", &net.nodes[2].events[before..]);
+    assert_eq!(
+        net.nodes[2].peer.journal().digest(&ns),
+        net.nodes[0].peer.journal().digest(&ns)
+    );
+}
+
+#[test]
+fn a_fact_with_a_runaway_clock_is_refused() {
+    use aura_proto::journal::{verify_fact, FactBody, FactError, Note, MAX_LAMPORT};
+    let net = authority_net(None);
+    let ns = authority_ns(&net);
+    let keys = keys::DeviceKeys::derive(&net.nodes[1].secret, &mut rng::PeerRng::from_seed([1; 32]));
+    let mut r = rng::PeerRng::from_seed([2; 32]);
+    let note = |lamport: u64, r: &mut rng::PeerRng| {
+        let body = FactBody::Note(Note {
+            data: b"late".to_vec(),
+            ack: false,
+        });
+        device_fact(&keys, ns, lamport, body, r)
+    };
+    let view = net.nodes[0].peer.authority().unwrap().clone();
+    let lookup = aura_proto::authority::Views([(view.id, view)].into_iter().collect());
+    assert_eq!(verify_fact(&note(5, &mut r), &ns, &lookup), Ok(()));
+    assert_eq!(verify_fact(&note(MAX_LAMPORT, &mut r), &ns, &lookup), Ok(()));
+    assert_eq!(
+        verify_fact(&note(u64::MAX, &mut r), &ns, &lookup),
+        Err(FactError::Invalid)
+    );
+}
+
+#[test]
+fn a_device_flooding_queries_gets_a_bounded_number_of_answers() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    let items = sync::items(net.nodes[1].peer.journal(), &ns);
+    let query = sync::initiate(&items, 16 * 1024).unwrap();
+    let overloaded = |net: &Net| net.nodes[0].peer.metrics().drops(DropReason::Overloaded);
+    let before = overloaded(&net);
+    for session in 0..200u64 {
+        let msg = authority::AuthMsg::SyncQuery {
+            session,
+            round: 0,
+            namespace: ns,
+            msg: query.clone(),
+        };
+        net.deliver_proto(0, 1, journal::ContextId::OWN, &msg);
+    }
+    // 64 answered within the second, the rest dropped and counted.
+    assert_eq!(overloaded(&net) - before, 200 - 64);
 }

@@ -409,3 +409,33 @@ pub fn signed(n: &Node) -> Vec<(Vec<u8>, [u8; 64], [u8; 32])> {
         })
         .collect()
 }
+
+impl Net {
+    /// Hands node `to` a sub-protocol message as if node `from` had sent it on their
+    /// authenticated channel in `scope` (what a hostile or buggy device could send), then
+    /// collects node `to`'s outputs.
+    pub fn deliver_proto(&mut self, to: usize, from: usize, scope: journal::ContextId, msg: &authority::AuthMsg) {
+        let bytes = wire::encode(msg);
+        let from = self.id(from);
+        fuzzing::deliver_proto(&mut self.nodes[to].peer, now(self.now_ns), from, scope, &bytes);
+        self.drain(to);
+    }
+}
+
+/// A fact of `ns` signed by device `keys` (what a member device writes).
+pub fn device_fact(
+    keys: &keys::DeviceKeys,
+    ns: journal::Namespace,
+    lamport: u64,
+    body: journal::FactBody,
+    r: &mut rng::PeerRng,
+) -> journal::Fact {
+    let msg = journal::Fact::signing_bytes(&ns, lamport, &keys.id, &body);
+    journal::Fact {
+        namespace: ns,
+        lamport,
+        author: keys.id,
+        body,
+        sig: journal::FactSig::Device(journal::Sig64(keys.sign(r, &msg))),
+    }
+}
