@@ -46,6 +46,7 @@
 pub mod authority;
 pub mod caps;
 mod channel;
+pub mod consensus;
 pub mod context;
 pub mod guard;
 pub mod invite;
