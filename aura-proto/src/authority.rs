@@ -20,6 +20,8 @@ pub enum TreeOpReject {
     StaleParent,
     /// It would break the tree (unknown device, duplicate identifier, threshold out of range).
     Invalid,
+    /// A commit without a valid quorum of member votes for its instance.
+    NoQuorum,
 }
 
 /// An authority as its journal says it is now.
@@ -78,21 +80,47 @@ impl AuthorityView {
             commitment: next_commitment(&[0; 32], &gid),
             rejected: Vec::new(),
         };
-        for f in journal.facts(&ns) {
-            let FactBody::TreeOp(op) = &f.body else { continue };
-            let fid = f.id();
-            if op.parent_epoch != v.epoch || op.parent_commitment != v.commitment {
-                v.rejected.push((fid, TreeOpReject::StaleParent));
-                continue;
+        for (fid, f) in journal.entries(&ns) {
+            let outcome = match &f.body {
+                FactBody::TreeOp(op) if op.parent_epoch != v.epoch || op.parent_commitment != v.commitment => {
+                    Err(TreeOpReject::StaleParent)
+                }
+                FactBody::TreeOp(op) => v.apply(&op.kind).then_some(()).ok_or(TreeOpReject::Invalid),
+                FactBody::Commit(c) => v.apply_commit(c),
+                _ => continue,
+            };
+            match outcome {
+                Ok(()) => {
+                    v.epoch += 1;
+                    v.commitment = next_commitment(&v.commitment, &fid);
+                }
+                Err(why) => v.rejected.push((fid, why)),
             }
-            if !v.apply(&op.kind) {
-                v.rejected.push((fid, TreeOpReject::Invalid));
-                continue;
-            }
-            v.epoch += 1;
-            v.commitment = next_commitment(&v.commitment, &fid);
         }
         Some(v)
+    }
+
+    /// The hash consensus instances of this authority are bound to: its id, tree epoch
+    /// and commitment (which chains every applied operation).
+    pub fn prestate(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("aura 2026-12 authority prestate");
+        h.update(&self.id.0);
+        h.update(&self.epoch.to_le_bytes());
+        h.update(&self.commitment);
+        h.finalize().into()
+    }
+
+    /// A committed tree operation: bound to the current prestate, carried by a quorum of
+    /// this view's members, and a valid change.
+    fn apply_commit(&mut self, c: &crate::consensus::Commit) -> Result<(), TreeOpReject> {
+        if c.prestate != self.prestate() {
+            return Err(TreeOpReject::StaleParent);
+        }
+        let keys: BTreeMap<DeviceId, [u8; 32]> = self.members.iter().map(|(d, m)| (*d, m.cert.signing)).collect();
+        c.check(&keys, self.threshold).map_err(|_| TreeOpReject::NoQuorum)?;
+        let mut scratch = Vec::new();
+        let kind: TreeOpKind = crate::wire::strict_decode(&c.op, &mut scratch).map_err(|_| TreeOpReject::Invalid)?;
+        self.apply(&kind).then_some(()).ok_or(TreeOpReject::Invalid)
     }
 
     fn apply(&mut self, kind: &TreeOpKind) -> bool {

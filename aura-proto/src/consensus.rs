@@ -30,7 +30,7 @@ use std::time::Duration;
 use frost_ristretto255 as frost;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{schnorr_ok, Sig64};
+use crate::journal::{schnorr_ok, Fact, FactBody, FactSig, Namespace, Sig64};
 use crate::keys::{DeviceId, DeviceKeys};
 use crate::rng::PeerRng;
 use crate::wire;
@@ -41,7 +41,6 @@ pub type Hash32 = [u8; 32];
 const CTX_ID: &str = "aura 2026-12 consensus instance id";
 const CTX_OP: &str = "aura 2026-12 consensus operation";
 const CTX_VOTE: &str = "aura 2026-12 consensus vote";
-const CTX_COMMIT: &str = "aura 2026-12 consensus commit";
 
 /// Identifies one instance: `H(prestate, op, nonce)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -264,7 +263,8 @@ impl Ballots {
 }
 
 /// An agreed operation: the instance, the operation and a quorum of votes for it. As a
-/// journal fact it is signed by the group (FROST) over [`Commit::signing_message`].
+/// journal fact (`FactBody::Commit`) it is signed by the group (FROST) like any
+/// group-signed fact: see [`CommitFrame`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Commit {
     /// The instance.
@@ -300,14 +300,43 @@ pub enum CommitError {
     NotMyInstance,
 }
 
-impl Commit {
-    /// The bytes the group signs.
-    pub fn signing_message(&self) -> Vec<u8> {
-        let mut out = CTX_COMMIT.as_bytes().to_vec();
-        out.extend_from_slice(&wire::encode(self));
-        out
+/// Where a commit goes: its journal, the coordinator's Lamport clock there, and the
+/// coordinator (the fact's author). Fixed when the round starts, so witnesses can rebuild
+/// the exact bytes they sign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitFrame {
+    /// The journal.
+    pub namespace: Namespace,
+    /// The fact's Lamport clock.
+    pub lamport: u64,
+    /// The coordinator.
+    pub author: DeviceId,
+}
+
+impl CommitFrame {
+    /// The bytes the group signs for `commit`: the signing bytes of the commit fact.
+    pub fn message(&self, commit: &Commit) -> Vec<u8> {
+        Fact::signing_bytes(
+            &self.namespace,
+            self.lamport,
+            &self.author,
+            &FactBody::Commit(commit.clone()),
+        )
     }
 
+    /// The commit fact with the group signature.
+    pub fn fact(&self, commit: Commit, signature: [u8; 64]) -> Fact {
+        Fact {
+            namespace: self.namespace,
+            lamport: self.lamport,
+            author: self.author,
+            body: FactBody::Commit(commit),
+            sig: FactSig::Group(Sig64(signature)),
+        }
+    }
+}
+
+impl Commit {
     /// Checks the votes: at least `quorum(members, threshold)` distinct members, each
     /// vote for this instance, prestate and operation, and signed by its voter (`members`
     /// maps each member to its signing key).
@@ -385,6 +414,7 @@ pub enum RoundError {
 #[derive(Debug)]
 pub struct Round {
     commit: Commit,
+    frame: CommitFrame,
     op_hash: Hash32,
     /// Members: device → (signing key, FROST identifier).
     members: BTreeMap<DeviceId, ([u8; 32], frost::Identifier)>,
@@ -397,13 +427,15 @@ pub struct Round {
 
 impl Round {
     /// A round for instance `id` agreeing on `op` from `prestate`, among `members`
-    /// (device → signing key and FROST identifier) with signing threshold `threshold`.
+    /// (device → signing key and FROST identifier) with signing threshold `threshold`;
+    /// the commit will be the fact `frame` describes.
     pub fn new(
         id: ConsensusId,
         prestate: Hash32,
         op: Vec<u8>,
         members: BTreeMap<DeviceId, ([u8; 32], frost::Identifier)>,
         threshold: u16,
+        frame: CommitFrame,
     ) -> Round {
         let needed = quorum(members.len(), threshold);
         Round {
@@ -414,6 +446,7 @@ impl Round {
                 op,
                 votes: Vec::new(),
             },
+            frame,
             members,
             needed,
             votes: BTreeMap::new(),
@@ -458,19 +491,19 @@ impl Round {
             return Ok(None);
         }
         self.commit.votes = self.votes.values().cloned().collect();
-        let package = frost::SigningPackage::new(self.commitments.clone(), &self.commit.signing_message());
+        let package = frost::SigningPackage::new(self.commitments.clone(), &self.frame.message(&self.commit));
         self.package = Some(package.clone());
         Ok(Some((self.commit.clone(), package)))
     }
 
-    /// A signature share. Returns the group signature once every signer of the package
-    /// has sent a valid share.
+    /// A signature share. Returns the commit fact once every signer of the package has
+    /// sent a valid share.
     pub fn on_share(
         &mut self,
         identifier: frost::Identifier,
         share: frost::round2::SignatureShare,
         public: &frost::keys::PublicKeyPackage,
-    ) -> Result<Option<(Commit, frost::Signature)>, RoundError> {
+    ) -> Result<Option<Fact>, RoundError> {
         let Some(package) = &self.package else {
             return Err(RoundError::UnexpectedShare);
         };
@@ -481,9 +514,13 @@ impl Round {
         if self.shares.len() < package.signing_commitments().len() {
             return Ok(None);
         }
-        match frost::aggregate(package, &self.shares, public) {
-            Ok(sig) => Ok(Some((self.commit.clone(), sig))),
-            Err(_) => {
+        let signature = frost::aggregate(package, &self.shares, public)
+            .ok()
+            .and_then(|s| s.serialize().ok())
+            .and_then(|b| <[u8; 64]>::try_from(b).ok());
+        match signature {
+            Some(sig) => Ok(Some(self.frame.fact(self.commit.clone(), sig))),
+            None => {
                 // Keep the round usable: a bad share is dropped, not fatal for the others.
                 self.shares.remove(&identifier);
                 Err(RoundError::Aggregate)

@@ -260,6 +260,9 @@ pub enum FactBody {
     ContextAccept(ContextAccept),
     /// Application data (device-signed by a member of the namespace).
     Note(Note),
+    /// An operation agreed by consensus from a prestate, with a quorum of votes
+    /// (group-signed). In an authority journal its operation is a [`TreeOpKind`].
+    Commit(crate::consensus::Commit),
 }
 
 impl FactBody {
@@ -273,6 +276,7 @@ impl FactBody {
             FactBody::ContextGenesis(_) => "context-genesis",
             FactBody::ContextAccept(_) => "context-accept",
             FactBody::Note(_) => "note",
+            FactBody::Commit(_) => "commit",
         }
     }
 }
@@ -409,7 +413,9 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
                 .then_some(())
                 .ok_or(FactError::BadSignature)
         }
-        (FactBody::TreeOp(_) | FactBody::Statement(_), FactSig::Group(sig)) => {
+        // A commit's votes are checked where it is applied, against the view at its
+        // prestate (membership and threshold can change).
+        (FactBody::TreeOp(_) | FactBody::Statement(_) | FactBody::Commit(_), FactSig::Group(sig)) => {
             let key = keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
             keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)

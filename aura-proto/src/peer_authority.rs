@@ -956,7 +956,8 @@ impl Peer {
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
             | FactBody::ContextAccept(_)
-            | FactBody::Note(_) => false,
+            | FactBody::Note(_)
+            | FactBody::Commit(_) => false,
         }
     }
 
@@ -1326,7 +1327,7 @@ impl Peer {
     fn merge_fact(&mut self, fact: Fact) -> bool {
         let ns = fact.namespace;
         let is_genesis = matches!(fact.body, FactBody::Genesis(_));
-        let kind = if matches!(fact.body, FactBody::TreeOp(_)) {
+        let kind = if matches!(fact.body, FactBody::TreeOp(_) | FactBody::Commit(_)) {
             Kind::TreeOp
         } else {
             Kind::Other

@@ -6,9 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use aura_proto::authority::{AuthorityView, TreeOpReject, Views};
 use aura_proto::consensus::*;
+use aura_proto::journal::{
+    verify_fact, AuthorityId, Fact, FactBody, FactSig, Genesis, Journal, Member, Namespace, Sig64, TreeOpKind,
+};
 use aura_proto::keys::{DeviceId, DeviceKeys, DeviceSecret};
 use aura_proto::rng::PeerRng;
+use aura_proto::wire;
 use frost_ristretto255 as frost;
 use quickcheck::{QuickCheck, TestResult};
 
@@ -53,6 +58,24 @@ impl Group {
 
 const PRESTATE: Hash32 = [9; 32];
 
+fn frame(g: &Group) -> CommitFrame {
+    CommitFrame {
+        namespace: Namespace::Authority(AuthorityId([5; 32])),
+        lamport: 3,
+        author: g.keys[0].id,
+    }
+}
+
+/// The commit in a commit fact whose group signature plain FROST verification accepts.
+fn group_signed_commit(g: &Group, f: &Fact) -> Commit {
+    let (FactBody::Commit(commit), FactSig::Group(s)) = (&f.body, &f.sig) else {
+        panic!("a group-signed commit fact")
+    };
+    let sig = frost::Signature::deserialize(&s.0).unwrap();
+    assert!(g.public.verifying_key().verify(&frame(g).message(commit), &sig).is_ok());
+    commit.clone()
+}
+
 fn instance(op: &[u8], nonce: u8) -> ConsensusId {
     consensus_id(&PRESTATE, &op_hash(op), &[nonce; 32])
 }
@@ -63,7 +86,7 @@ fn the_fast_path_commits_with_a_signature_plain_frost_accepts() {
         let g = Group::new(n, t, n as u8 * 10 + t as u8);
         let op = b"add device 7".to_vec();
         let id = instance(&op, 1);
-        let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), t);
+        let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), t, frame(&g));
         assert_eq!(round.needed(), quorum(n as usize, t));
         let mut rng = PeerRng::from_seed([1; 32]);
         let mut ballots: Vec<Ballots> = vec![Ballots::default(); n as usize];
@@ -92,8 +115,8 @@ fn the_fast_path_commits_with_a_signature_plain_frost_accepts() {
                 sig = Some(done);
             }
         }
-        let (commit, sig) = sig.expect("all shares aggregate");
-        assert!(g.public.verifying_key().verify(&commit.signing_message(), &sig).is_ok());
+        let fact = sig.expect("all shares aggregate");
+        let commit = group_signed_commit(&g, &fact);
         assert_eq!(commit.check(&g.signing_keys(), t), Ok(()));
     }
 }
@@ -212,7 +235,7 @@ fn a_round_refuses_what_it_cannot_use() {
     let mut rng = PeerRng::from_seed([5; 32]);
     let op = b"op".to_vec();
     let id = instance(&op, 1);
-    let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), 2);
+    let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), 2, frame(&g));
     let cm = |i: usize, rng: &mut PeerRng| frost::round1::commit(g.shares[i].signing_share(), rng);
     // A vote for another operation, or under another member's identifier.
     let wrong = Vote::sign(&g.keys[0], &mut rng, id, PRESTATE, op_hash(b"other"));
@@ -248,11 +271,11 @@ fn a_round_refuses_what_it_cannot_use() {
         round.on_share(*g.shares[1].identifier(), s0, &g.public),
         Err(RoundError::Aggregate)
     );
-    let (commit, sig) = round
+    let fact = round
         .on_share(*g.shares[1].identifier(), s1, &g.public)
         .unwrap()
         .unwrap();
-    assert!(g.public.verifying_key().verify(&commit.signing_message(), &sig).is_ok());
+    group_signed_commit(&g, &fact);
 }
 
 #[test]
@@ -356,4 +379,164 @@ fn at_most_one_commit_per_prestate_unless_someone_provably_equivocated() {
         TWO.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "no schedule produced two commits"
     );
+}
+
+/// Signs `msg` with the group: FROST rounds among the first `t` shares.
+fn group_sign(g: &Group, t: usize, msg: &[u8]) -> [u8; 64] {
+    let mut rng = PeerRng::from_seed([77; 32]);
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for s in &g.shares[..t] {
+        let (n, c) = frost::round1::commit(s.signing_share(), &mut rng);
+        nonces.insert(*s.identifier(), n);
+        commitments.insert(*s.identifier(), c);
+    }
+    let package = frost::SigningPackage::new(commitments, msg);
+    let shares: BTreeMap<_, _> = g.shares[..t]
+        .iter()
+        .map(|s| {
+            (
+                *s.identifier(),
+                frost::round2::sign(&package, &nonces[s.identifier()], s).unwrap(),
+            )
+        })
+        .collect();
+    let sig = frost::aggregate(&package, &shares, &g.public).unwrap();
+    sig.serialize().unwrap().try_into().unwrap()
+}
+
+/// A journal holding the genesis of an authority of the group's devices (t-of-n).
+fn authority(g: &Group, t: u16) -> (Journal, AuthorityId) {
+    let members: Vec<Member> = g
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Member {
+            identifier: i as u16 + 1,
+            cert: k.cert.clone(),
+            addr: String::new(),
+        })
+        .collect();
+    let group_key: [u8; 32] = g.public.verifying_key().serialize().unwrap().try_into().unwrap();
+    let genesis = Genesis {
+        session: [1; 32],
+        threshold: t,
+        verifying_shares: (1..=members.len() as u16).map(|i| (i, [i as u8; 32])).collect(),
+        members,
+        group_key,
+        cap_root: [8; 32],
+    };
+    let id = genesis.authority_id();
+    let ns = Namespace::Authority(id);
+    let body = FactBody::Genesis(genesis);
+    let msg = Fact::signing_bytes(&ns, 0, &g.keys[0].id, &body);
+    let fact = Fact {
+        namespace: ns,
+        lamport: 0,
+        author: g.keys[0].id,
+        body,
+        sig: FactSig::Group(Sig64(group_sign(g, t as usize, &msg))),
+    };
+    let mut j = Journal::new();
+    j.insert(fact);
+    (j, id)
+}
+
+/// A commit fact for `kind` from `prestate` with the votes of devices `voters`.
+fn committed(
+    g: &Group,
+    t: u16,
+    id: AuthorityId,
+    prestate: Hash32,
+    kind: &TreeOpKind,
+    voters: &[usize],
+    lamport: u64,
+) -> (Fact, Commit) {
+    let mut rng = PeerRng::from_seed([lamport as u8; 32]);
+    let op = wire::encode(kind);
+    let instance = consensus_id(&prestate, &op_hash(&op), &[lamport as u8; 32]);
+    let mut votes: Vec<Vote> = voters
+        .iter()
+        .map(|i| Vote::sign(&g.keys[*i], &mut rng, instance, prestate, op_hash(&op)))
+        .collect();
+    votes.sort_by_key(|v| v.voter);
+    let commit = Commit {
+        id: instance,
+        prestate,
+        op,
+        votes,
+    };
+    let frame = CommitFrame {
+        namespace: Namespace::Authority(id),
+        lamport,
+        author: g.keys[voters[0]].id,
+    };
+    let sig = group_sign(g, t as usize, &frame.message(&commit));
+    (frame.fact(commit.clone(), sig), commit)
+}
+
+#[test]
+fn a_committed_tree_operation_applies_once_from_its_prestate() {
+    let g = Group::new(5, 3, 23);
+    let (mut j, id) = authority(&g, 3);
+    let v0 = AuthorityView::reduce(&j, id).unwrap();
+    let views = |j: &Journal| Views([(id, AuthorityView::reduce(j, id).unwrap())].into_iter().collect());
+    // Devices 0, 1, 2 (a majority of five) agree to raise the threshold to 4.
+    let (raise, c1) = committed(&g, 3, id, v0.prestate(), &TreeOpKind::ChangeThreshold(4), &[0, 1, 2], 5);
+    assert_eq!(verify_fact(&raise, &raise.namespace, &views(&j)), Ok(()));
+    j.insert(raise.clone());
+    let v1 = AuthorityView::reduce(&j, id).unwrap();
+    assert_eq!((v1.epoch, v1.threshold), (1, 4));
+    assert_ne!(v1.prestate(), v0.prestate());
+    // A second commit from the old prestate (devices 2, 3, 4, with device 2 voting twice)
+    // does not apply, and the two commits prove device 2 equivocated.
+    let (remove, c2) = committed(
+        &g,
+        3,
+        id,
+        v0.prestate(),
+        &TreeOpKind::RemoveDevice(g.keys[4].id),
+        &[2, 3, 4],
+        6,
+    );
+    j.insert(remove.clone());
+    let v2 = AuthorityView::reduce(&j, id).unwrap();
+    assert_eq!((v2.epoch, v2.threshold, v2.members.len()), (1, 4, 5));
+    assert!(v2.rejected.contains(&(remove.id(), TreeOpReject::StaleParent)));
+    let proof = equivocation_between(&c1, &c2).expect("device 2 voted in both");
+    assert_eq!(proof.check(&g.keys[2].cert.signing), Ok(g.keys[2].id));
+    // Too few votes (two of five) do not apply, whatever the group signed.
+    let (mut k, _) = authority(&g, 3);
+    let (weak, _) = committed(&g, 3, id, v0.prestate(), &TreeOpKind::ChangeThreshold(2), &[0, 1], 7);
+    k.insert(weak.clone());
+    let v = AuthorityView::reduce(&k, id).unwrap();
+    assert_eq!(v.epoch, 0);
+    assert!(v.rejected.contains(&(weak.id(), TreeOpReject::NoQuorum)));
+    // The next change is agreed from the new prestate, by the quorum the new threshold
+    // asks for (four votes; three are no longer enough).
+    let (three, _) = committed(
+        &g,
+        3,
+        id,
+        v1.prestate(),
+        &TreeOpKind::RemoveDevice(g.keys[4].id),
+        &[0, 1, 3],
+        9,
+    );
+    let mut k = j.clone();
+    k.insert(three.clone());
+    let v = AuthorityView::reduce(&k, id).unwrap();
+    assert!(v.rejected.contains(&(three.id(), TreeOpReject::NoQuorum)));
+    let (next, _) = committed(
+        &g,
+        3,
+        id,
+        v1.prestate(),
+        &TreeOpKind::RemoveDevice(g.keys[4].id),
+        &[0, 1, 2, 3],
+        8,
+    );
+    j.insert(next);
+    let v3 = AuthorityView::reduce(&j, id).unwrap();
+    assert_eq!((v3.epoch, v3.members.len()), (2, 4));
 }
