@@ -123,6 +123,11 @@ impl AuthorityView {
         self.apply(&kind).then_some(()).ok_or(TreeOpReject::Invalid)
     }
 
+    /// Whether change `kind` would apply to this view.
+    pub fn applies(&self, kind: &TreeOpKind) -> bool {
+        self.clone().apply(kind)
+    }
+
     fn apply(&mut self, kind: &TreeOpKind) -> bool {
         match kind {
             TreeOpKind::AddDevice(m) => {
@@ -347,6 +352,21 @@ pub enum AuthMsg {
     Delivered {
         /// Note ids, at most 128.
         ids: Vec<FactId>,
+    },
+    /// Coordinator → members: agree on a tree change (an encoded `TreeOpKind`) from a
+    /// prestate.
+    Propose(crate::consensus::Proposal),
+    /// Witness → coordinator: a vote (durable at the witness before it was sent).
+    Voted {
+        /// The vote.
+        vote: crate::consensus::Vote,
+    },
+    /// Witness → coordinator: no vote, and why (with evidence).
+    Refused {
+        /// The instance.
+        id: crate::consensus::ConsensusId,
+        /// Why.
+        refusal: crate::consensus::Refusal,
     },
 }
 

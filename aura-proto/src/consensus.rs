@@ -89,6 +89,31 @@ pub fn rotation(members: &BTreeSet<DeviceId>, id: &ConsensusId) -> Vec<DeviceId>
     all[start..].iter().chain(&all[..start]).copied().collect()
 }
 
+/// An instance as its coordinator proposes it (attempt `attempt` of what `proposer`
+/// started).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The instance: `consensus_id(prestate, op_hash(op), nonce)`.
+    pub id: ConsensusId,
+    /// The prestate.
+    pub prestate: Hash32,
+    /// The operation's bytes.
+    pub op: Vec<u8>,
+    /// The proposer's nonce.
+    pub nonce: [u8; 32],
+    /// 0 from the proposer, then one per fallback coordinator.
+    pub attempt: u32,
+    /// Who proposed it (coordinates attempt 0).
+    pub proposer: DeviceId,
+}
+
+impl Proposal {
+    /// Whether the id binds the prestate, operation and nonce.
+    pub fn binds(&self) -> bool {
+        consensus_id(&self.prestate, &op_hash(&self.op), &self.nonce) == self.id
+    }
+}
+
 /// A witness's signed choice: from `prestate`, instance `id` (operation hash `op`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Vote {
@@ -211,6 +236,8 @@ pub enum Refusal {
     /// The witness already voted for another instance from this prestate: here is that
     /// vote (the coordinator can join that instance instead).
     Voted(Vote),
+    /// The operation does not apply to the witness's state (or does not decode).
+    Invalid,
 }
 
 /// A witness's answer to a proposal.

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub sync_retries: u64,
     /// Anti-entropy sessions that gave up.
     pub sync_failed: u64,
+    /// Consensus attempts this device coordinated as a fallback coordinator.
+    pub consensus_fallbacks: u64,
 }
 
 impl Metrics {

@@ -11,6 +11,8 @@ use snow::params::NoiseParams;
 
 #[path = "peer_authority.rs"]
 mod authority_impl;
+#[path = "peer_consensus.rs"]
+mod consensus_impl;
 #[path = "peer_context.rs"]
 mod context_impl;
 #[path = "peer_guard.rs"]
@@ -212,6 +214,16 @@ pub enum Command {
         /// One device, or all.
         peer: Option<DeviceId>,
     },
+    /// Have the authority agree (by consensus) to need `threshold` votes and signatures.
+    ChangeThreshold {
+        /// The new threshold (2 ..= members).
+        threshold: u16,
+    },
+    /// Have the authority agree (by consensus) to remove a device (lost or revoked).
+    RemoveDevice {
+        /// The device.
+        device: DeviceId,
+    },
     /// Write a note (application data, at most [`crate::journal::MAX_NOTE`] bytes) into
     /// a journal this device belongs to (its authority's or a ready context's) and
     /// spread it; `Event::Propagation` reports its id and how far it got.
@@ -277,6 +289,10 @@ pub enum CommandError {
     /// The capability could not be made.
     #[error(transparent)]
     Capability(#[from] crate::caps::CapError),
+    /// The tree change does not apply to the authority as it is (unknown device, too few
+    /// members left, threshold out of range).
+    #[error("the change does not apply to the authority as it is now")]
+    InvalidChange,
     /// This device is not a member of that journal.
     #[error("this device is not a member of {0:?}")]
     NotMember(Namespace),
@@ -496,6 +512,22 @@ pub enum Event {
         /// Its new status.
         status: Propagation,
     },
+    /// A change agreed by consensus applied to this device's view of its authority.
+    Committed {
+        /// The authority.
+        authority: AuthorityId,
+        /// The consensus instance.
+        instance: crate::consensus::ConsensusId,
+        /// The authority's tree epoch after it.
+        epoch: u64,
+    },
+    /// An instance this device coordinated was given up.
+    ConsensusFailed {
+        /// The instance.
+        instance: crate::consensus::ConsensusId,
+        /// Why.
+        reason: String,
+    },
     /// A member device confirmed (durably, here too) that it holds a note of ours that
     /// asked for confirmation.
     Delivered {
@@ -620,6 +652,11 @@ enum Pending {
         tokens: Vec<Vec<u8>>,
         addrs: Vec<(DeviceId, String)>,
     },
+    /// A consensus vote is durable: send it.
+    Voted {
+        vote: crate::consensus::Vote,
+        to: DeviceId,
+    },
     /// A delivery confirmation is durable: report it.
     Delivered {
         fact: FactId,
@@ -737,6 +774,8 @@ pub struct Peer {
     ctx_addrs: BTreeMap<DeviceId, String>,
     /// Anti-entropy: sessions, pushes, propagation of facts written here.
     sync: sync_impl::SyncState,
+    /// Consensus: votes cast, proposals seen, attempts coordinated.
+    consensus: consensus_impl::ConsensusState,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -869,6 +908,7 @@ impl Peer {
             ctx_addrs: BTreeMap::new(),
             ctx_push: BTreeMap::new(),
             sync: Default::default(),
+            consensus: Default::default(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -958,6 +998,7 @@ impl Peer {
             Record::Receipts(batch) => self.batch_durable(batch, false),
             Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
             Record::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
+            Record::Voted { vote, .. } => self.restore_vote(vote),
             Record::Reserve {
                 context,
                 peer,
@@ -1110,6 +1151,7 @@ impl Peer {
             self.ctx_deadline(),
             self.acct_deadline(),
             self.sync_deadline(),
+            self.consensus_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1261,6 +1303,10 @@ impl Peer {
             }
             Command::Sync { peer } => self.start_sync(peer),
             Command::Publish { namespace, data, ack } => self.publish(namespace, data, ack),
+            Command::ChangeThreshold { threshold } => {
+                self.propose_change(crate::journal::TreeOpKind::ChangeThreshold(threshold))
+            }
+            Command::RemoveDevice { device } => self.propose_change(crate::journal::TreeOpKind::RemoveDevice(device)),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
                 let id = v.id;
@@ -2202,6 +2248,7 @@ impl Peer {
             }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
             Pending::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
+            Pending::Voted { vote, to } => self.vote_durable(vote, to),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);
                 self.add_peer(peer);
@@ -2233,6 +2280,7 @@ impl Peer {
         self.ctx_timeout();
         self.acct_timeout();
         self.sync_timeout();
+        self.consensus_timeout();
     }
 
     fn channel_timeout(&mut self, idx: u32, now: Instant) {

@@ -80,8 +80,14 @@ pub(crate) struct DkgCoord {
 /// What a finished signing session is for.
 #[derive(Clone, Debug)]
 pub(crate) enum SignPurpose {
-    Genesis { dkg: [u8; 32] },
+    Genesis {
+        dkg: [u8; 32],
+    },
     Statement,
+    /// A consensus commit this device coordinates.
+    Commit {
+        instance: crate::consensus::ConsensusId,
+    },
 }
 
 /// A signing session this device coordinates.
@@ -260,6 +266,9 @@ impl Peer {
             AuthMsg::SyncFetch { namespace, ids } => self.on_sync_fetch(from, namespace, ids),
             AuthMsg::FactsAck { ids } => self.on_facts_ack(from, ids),
             AuthMsg::Delivered { ids } => self.on_delivered(from, ids),
+            AuthMsg::Propose(p) => self.on_propose(from, p),
+            AuthMsg::Voted { vote } => self.on_voted(from, vote),
+            AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),
         }
     }
 
@@ -881,6 +890,15 @@ impl Peer {
         ))
     }
 
+    pub(super) fn start_commit_signing(
+        &mut self,
+        group_key: [u8; 32],
+        fact: UnsignedFact,
+        instance: crate::consensus::ConsensusId,
+    ) {
+        self.start_signing(group_key, fact, SignPurpose::Commit { instance });
+    }
+
     fn start_signing(&mut self, group_key: [u8; 32], fact: UnsignedFact, purpose: SignPurpose) {
         let Some((threshold, members)) = self.signing_members(&group_key) else {
             return;
@@ -956,8 +974,9 @@ impl Peer {
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
             | FactBody::ContextAccept(_)
-            | FactBody::Note(_)
-            | FactBody::Commit(_) => false,
+            | FactBody::Note(_) => false,
+            // A commit: checked against our own view like a reducer would.
+            FactBody::Commit(c) => self.may_sign_commit(from, &fact.author, c, group_key),
         }
     }
 
@@ -1205,6 +1224,7 @@ impl Peer {
         let fact = signed_fact(&c.fact, sig);
         match c.purpose {
             SignPurpose::Genesis { dkg } => self.genesis_signed(dkg, fact),
+            SignPurpose::Commit { instance } => self.commit_signed(instance, fact),
             SignPurpose::Statement => {
                 let Namespace::Authority(authority) = fact.namespace else {
                     return;
@@ -1271,7 +1291,7 @@ impl Peer {
 
     /// Persists facts (one record each) and, once durable, merges them, pushing them to
     /// `push_to` until each acknowledges.
-    fn record_facts(&mut self, facts: Vec<Fact>, push_to: Option<BTreeSet<DeviceId>>) {
+    pub(super) fn record_facts(&mut self, facts: Vec<Fact>, push_to: Option<BTreeSet<DeviceId>>) {
         for f in facts {
             if self.journal.contains(&f) {
                 continue;
@@ -1333,6 +1353,10 @@ impl Peer {
             Kind::Other
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
+        let commit = match &fact.body {
+            FactBody::Commit(c) => Some(c.id),
+            _ => None,
+        };
         if !self.journal.insert(fact) {
             return false;
         }
@@ -1356,6 +1380,10 @@ impl Peer {
         };
         let mine = view.members.contains_key(&self.keys.id);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
+        let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
+        if let (Some(instance), true) = (commit, moved) {
+            self.committed(id, instance, view.epoch);
+        }
         self.views.0.insert(id, view.clone());
         self.pending_genesis.remove(&view.group_key);
         if changes_view {

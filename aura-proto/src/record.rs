@@ -138,6 +138,14 @@ pub enum Record {
         /// This device's wall clock when the confirmation arrived, ms since the epoch.
         at_ms: u64,
     },
+    /// A consensus vote this device cast (it never votes twice from one prestate), with
+    /// the operation it voted for.
+    Voted {
+        /// The vote.
+        vote: crate::consensus::Vote,
+        /// The operation's bytes.
+        op: Vec<u8>,
+    },
 }
 
 impl Record {

@@ -448,6 +448,10 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             }
         }
         Event::Delivered { fact, peer } => tracing::info!(fact = %fact.short(), peer = %peer.short(), "note delivered"),
+        Event::Committed { authority, epoch, .. } => {
+            tracing::info!(authority = %authority.short(), epoch, "change agreed and applied")
+        }
+        Event::ConsensusFailed { reason, .. } => tracing::warn!(%reason, "consensus failed"),
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");
             if let Some(r) = w.ctx_invites.pop_front() {

@@ -2211,6 +2211,8 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::ContextSend { .. } => "context-send",
         Command::Sync { .. } => "sync",
         Command::Publish { .. } => "publish",
+        Command::ChangeThreshold { .. } => "change-threshold",
+        Command::RemoveDevice { .. } => "remove-device",
     }
 }
 
@@ -2253,6 +2255,8 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::SyncFailed { peer, phase, .. } => format!("sync-failed {} {phase:?}", who(peer)),
         Event::Propagation { fact, status } => format!("propagation {} {status:?}", fact.short()),
         Event::Delivered { fact, peer } => format!("delivered {} {}", fact.short(), who(peer)),
+        Event::Committed { epoch, .. } => format!("committed e{epoch}"),
+        Event::ConsensusFailed { reason, .. } => format!("consensus-failed {reason}"),
     }
 }
 

@@ -1,0 +1,178 @@
+//! Consensus between running peers: a tree change agreed by a quorum of votes, signed by
+//! the group and applied everywhere; votes durable before they leave; a fallback
+//! coordinator finishing an instance whose proposer crashed; hostile proposals refused.
+
+mod common;
+
+use aura_proto::authority::AuthMsg;
+use aura_proto::consensus::{consensus_id, op_hash, ConsensusId, Proposal};
+use aura_proto::journal::{FactBody, TreeOpKind};
+use aura_proto::*;
+use common::*;
+
+fn committed(n: &Node) -> Vec<(ConsensusId, u64)> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Committed { instance, epoch, .. } => Some((*instance, *epoch)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn votes_recorded(n: &Node) -> usize {
+    n.records.iter().filter(|r| matches!(r, Record::Voted { .. })).count()
+}
+
+#[test]
+fn a_threshold_change_is_agreed_signed_and_applied_on_every_device() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    for i in 0..3 {
+        let v = net.nodes[i].peer.authority().unwrap();
+        assert_eq!((v.threshold, v.epoch), (3, before.epoch + 1), "device {i}");
+        assert_eq!(
+            committed(&net.nodes[i]).len(),
+            1,
+            "device {i}: {:?}",
+            net.nodes[i].events
+        );
+        assert_ne!(v.prestate(), before.prestate());
+    }
+    // The commit carries a quorum of votes (2 of 3), each voter's vote durable.
+    let ns = journal::Namespace::Authority(before.id);
+    let commit = net.nodes[1]
+        .peer
+        .journal()
+        .facts(&ns)
+        .find_map(|f| match &f.body {
+            FactBody::Commit(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("the commit is in the journal");
+    assert!(commit.votes.len() >= 2);
+    for v in &commit.votes {
+        let i = (0..3).find(|i| net.id(*i) == v.voter).unwrap();
+        assert!(votes_recorded(&net.nodes[i]) >= 1, "device {i} voted without a record");
+    }
+    // A change that no longer applies (threshold above the member count) is refused at once.
+    assert_eq!(
+        net.cmd(1, Command::ChangeThreshold { threshold: 4 }),
+        Err(CommandError::InvalidChange)
+    );
+}
+
+#[test]
+fn no_vote_leaves_before_it_is_durable() {
+    let mut net = authority_net(None);
+    net.nodes[1].hold_persist = true;
+    net.nodes[2].hold_persist = true;
+    let sent = |net: &Net, i: usize| net.sent.iter().filter(|(j, _)| *j == i).count();
+    let before = [sent(&net, 1), sent(&net, 2)];
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.run();
+    for (k, i) in [1usize, 2].into_iter().enumerate() {
+        assert_eq!(votes_recorded(&net.nodes[i]), 1, "device {i} is writing its vote");
+        assert_eq!(sent(&net, i), before[k], "device {i} sent before its vote was durable");
+    }
+    for i in [1usize, 2] {
+        net.nodes[i].hold_persist = false;
+        let held: Vec<_> = net.nodes[i].held.drain(..).collect();
+        for t in held {
+            net.input(i, Input::PersistDone(t)).unwrap();
+        }
+    }
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert!((0..3).all(|i| net.nodes[i].peer.authority().unwrap().threshold == 3));
+}
+
+#[test]
+fn a_fallback_coordinator_finishes_when_the_proposer_crashes() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    // Device 0 proposes and crashes at once: its proposal is on the wire, its memory is
+    // gone (its own vote record survives).
+    net.cmd(0, Command::RemoveDevice { device: net.id(2) }).unwrap();
+    let keep = net.nodes[0].records.len();
+    crash_and_restore(&mut net, 0, keep, 55);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    for i in 0..3 {
+        // Device 2 is no longer a member: it still holds the journal that says so.
+        let v = authority::AuthorityView::reduce(net.nodes[i].peer.journal(), before.id).unwrap();
+        assert_eq!(v.epoch, before.epoch + 1, "device {i}");
+        assert!(!v.members.contains_key(&net.id(2)), "device {i}");
+    }
+    assert!(net.nodes[2].peer.authority().is_none());
+    let fallbacks: u64 = (0..3).map(|i| net.nodes[i].peer.metrics().consensus_fallbacks).sum();
+    assert!(fallbacks >= 1, "a fallback coordinator ran the instance");
+}
+
+#[test]
+fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
+    let mut net = authority_net(None);
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    let prestate = v.prestate();
+    let op = wire::encode(&TreeOpKind::ChangeThreshold(3));
+    let nonce = [4; 32];
+    let id = consensus_id(&prestate, &op_hash(&op), &nonce);
+    let unexpected = |net: &Net| net.nodes[1].peer.metrics().drops(DropReason::UnexpectedFrame);
+    let before = unexpected(&net);
+    // An id that does not match its nonce; a coordinator that is not the attempt's.
+    let forged = AuthMsg::Propose(Proposal {
+        id,
+        prestate,
+        op: op.clone(),
+        nonce: [5; 32],
+        attempt: 0,
+        proposer: net.id(0),
+    });
+    net.deliver_proto(1, 0, journal::ContextId::OWN, &forged);
+    let not_theirs = AuthMsg::Propose(Proposal {
+        id,
+        prestate,
+        op: op.clone(),
+        nonce,
+        attempt: 0,
+        proposer: net.id(2),
+    });
+    net.deliver_proto(1, 0, journal::ContextId::OWN, &not_theirs);
+    assert_eq!(unexpected(&net) - before, 2);
+    assert_eq!(votes_recorded(&net.nodes[1]), 0);
+    // A well-formed proposal from a stale prestate or of a change that does not apply:
+    // refused (with evidence), no vote.
+    let stale = consensus_id(&[1; 32], &op_hash(&op), &nonce);
+    net.deliver_proto(
+        1,
+        0,
+        journal::ContextId::OWN,
+        &AuthMsg::Propose(Proposal {
+            id: stale,
+            prestate: [1; 32],
+            op,
+            nonce,
+            attempt: 0,
+            proposer: net.id(0),
+        }),
+    );
+    let bad_op = wire::encode(&TreeOpKind::ChangeThreshold(9));
+    let bad = consensus_id(&prestate, &op_hash(&bad_op), &nonce);
+    net.deliver_proto(
+        1,
+        0,
+        journal::ContextId::OWN,
+        &AuthMsg::Propose(Proposal {
+            id: bad,
+            prestate,
+            op: bad_op,
+            nonce,
+            attempt: 0,
+            proposer: net.id(0),
+        }),
+    );
+    assert_eq!(votes_recorded(&net.nodes[1]), 0);
+}
