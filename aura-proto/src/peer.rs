@@ -289,6 +289,9 @@ pub enum CommandError {
     /// The capability could not be made.
     #[error(transparent)]
     Capability(#[from] crate::caps::CapError),
+    /// A change from the authority's current state is already being agreed: wait for it.
+    #[error("a change from the authority's current state is already being agreed")]
+    Busy,
     /// The tree change does not apply to the authority as it is (unknown device, too few
     /// members left, threshold out of range).
     #[error("the change does not apply to the authority as it is now")]
@@ -998,7 +1001,7 @@ impl Peer {
             Record::Receipts(batch) => self.batch_durable(batch, false),
             Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
             Record::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
-            Record::Voted { vote, .. } => self.restore_vote(vote),
+            Record::Voted { vote, proposal } => self.restore_vote(vote, proposal),
             Record::Reserve {
                 context,
                 peer,

@@ -1354,7 +1354,7 @@ impl Peer {
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
         let commit = match &fact.body {
-            FactBody::Commit(c) => Some(c.id),
+            FactBody::Commit(c) => Some((c.id, c.prestate)),
             _ => None,
         };
         if !self.journal.insert(fact) {
@@ -1381,8 +1381,8 @@ impl Peer {
         let mine = view.members.contains_key(&self.keys.id);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
         let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
-        if let (Some(instance), true) = (commit, moved) {
-            self.committed(id, instance, view.epoch);
+        if let (Some((instance, prestate)), true) = (commit, moved) {
+            self.committed(id, instance, prestate, view.epoch);
         }
         self.views.0.insert(id, view.clone());
         self.pending_genesis.remove(&view.group_key);

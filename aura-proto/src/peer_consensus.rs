@@ -12,10 +12,15 @@
 //! to every member and spread by anti-entropy; each device reports `Event::Committed`
 //! once it applies.
 //!
-//! Fallback: every device that saw a proposal waits `fallback_timeout` for its prestate
-//! to move; if it does not, the attempt number goes up and the next coordinator in the
-//! instance's rotation proposes the same instance again (witnesses repeat their vote).
-//! A device that does not know the proposal simply lets its turn pass.
+//! Fallback: every device that saw a proposal waits `fallback_timeout` (doubling per
+//! attempt, at most 30 s) for its prestate to move; if it does not, the attempt number
+//! goes up and the next coordinator in the instance's rotation proposes the same instance
+//! again (witnesses repeat their vote). An instance is never given up while its prestate
+//! stands: its votes are final, so no other instance from that prestate could win. A
+//! device that does not know the proposal lets its turn pass; a restarted voter knows it
+//! from its vote record. A device does not propose while it knows an instance from the
+//! current prestate (`CommandError::Busy`); competing proposals from devices that did
+//! not hear of each other can still split the votes (see `spec/consensus.md`).
 //!
 //! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), equivocation
 //! proof facts and exclusion, adding devices (needs a key generation among the new set),
@@ -36,8 +41,11 @@ use crate::record::Record;
 use crate::time::Instant;
 use crate::wire;
 
-/// Attempts (fallback coordinators) per instance before it is given up.
-const MAX_ATTEMPTS: u32 = 8;
+/// Highest attempt number accepted in a proposal (an instance is never given up while
+/// its prestate stands, since its votes are final; attempts only slow down).
+const MAX_ATTEMPT: u32 = 100_000;
+/// Longest wait between fallback attempts.
+const MAX_FALLBACK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An instance this device has seen proposed, and when its attempt times out.
 #[derive(Debug)]
@@ -45,12 +53,18 @@ pub(super) struct Seen {
     authority: AuthorityId,
     proposal: Proposal,
     deadline: Instant,
+    /// Forgotten after this unless its prestate becomes ours (it may be ahead of us).
+    expires: Instant,
 }
+
+/// How long a proposal from a prestate that is not ours is kept (we may be behind).
+const KEEP_FOREIGN: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// An attempt this device coordinates.
 #[derive(Debug, Default)]
 pub(super) struct Coordinating {
     votes: BTreeMap<DeviceId, Vote>,
+    /// Refusals other than "your prestate is not mine" (a device behind may catch up).
     refused: BTreeSet<DeviceId>,
     signing: bool,
 }
@@ -62,8 +76,9 @@ pub(super) struct ConsensusState {
     pub(super) ballots: Ballots,
     proposals: BTreeMap<ConsensusId, Seen>,
     rounds: BTreeMap<ConsensusId, Coordinating>,
-    /// Votes whose record is being written.
-    voting: BTreeSet<ConsensusId>,
+    /// Votes whose record is being written, by prestate: they count as cast (a second
+    /// proposal from the same prestate must not get a vote while the first is on disk).
+    voting: BTreeMap<[u8; 32], Vote>,
 }
 
 impl Peer {
@@ -75,6 +90,18 @@ impl Peer {
         }
         let op = wire::encode(&kind);
         let prestate = view.prestate();
+        // A second instance from one prestate could split the votes for good (each vote
+        // is final): while one is known, it is the one to finish.
+        let pending = self.consensus.ballots.vote_for(&prestate).is_some()
+            || self.consensus.voting.contains_key(&prestate)
+            || self
+                .consensus
+                .proposals
+                .values()
+                .any(|s| s.proposal.prestate == prestate);
+        if pending {
+            return Err(CommandError::Busy);
+        }
         let nonce = self.rng.bytes32();
         let id = consensus_id(&prestate, &op_hash(&op), &nonce);
         let proposal = Proposal {
@@ -115,25 +142,34 @@ impl Peer {
         };
         let valid = view.members.contains_key(&from)
             && view.members.contains_key(&p.proposer)
-            && p.attempt <= MAX_ATTEMPTS
+            && p.attempt <= MAX_ATTEMPT
             && p.binds()
             && Self::coordinator_of(&view, &p.id, p.proposer, p.attempt) == from;
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        let deadline = self.now.mono.saturating_add(fallback_timeout(None));
+        let deadline = self.now.mono.saturating_add(Self::fallback_after(p.attempt));
+        let expires = self.now.mono.saturating_add(KEEP_FOREIGN);
         let known = self.consensus.proposals.entry(p.id).or_insert(Seen {
             authority: view.id,
             proposal: p.clone(),
             deadline,
+            expires,
         });
+        known.expires = expires;
         if p.attempt >= known.proposal.attempt {
             known.proposal.attempt = p.attempt;
             known.deadline = known.deadline.max(deadline);
         }
         let Proposal { id, prestate, op, .. } = p;
         let mine = view.prestate();
-        match self.consensus.ballots.decide(&mine, &id, &prestate) {
+        let decision = match self.consensus.voting.get(&prestate) {
+            // Being written: it goes to the coordinator of its time once durable.
+            Some(v) if v.id == id => return,
+            Some(v) if prestate == mine => Decision::Refuse(Refusal::Voted(v.clone())),
+            _ => self.consensus.ballots.decide(&mine, &id, &prestate),
+        };
+        match decision {
             Decision::Vote => {
                 let change = wire::strict_decode::<TreeOpKind>(&op, &mut Vec::new()).ok();
                 if !change.is_some_and(|k| view.applies(&k)) {
@@ -145,12 +181,14 @@ impl Peer {
                         },
                     );
                 }
-                if !self.consensus.voting.insert(id) {
-                    return; // being written; it goes to the coordinator of its time
-                }
                 let vote = Vote::sign(&self.keys, &mut self.rng, id, prestate, op_hash(&op));
+                self.consensus.voting.insert(prestate, vote.clone());
+                let proposal = self.consensus.proposals[&id].proposal.clone();
                 self.persist(
-                    Record::Voted { vote: vote.clone(), op },
+                    Record::Voted {
+                        vote: vote.clone(),
+                        proposal,
+                    },
                     Pending::Voted { vote, to: from },
                 );
             }
@@ -161,7 +199,7 @@ impl Peer {
 
     /// Our vote is durable: remember it, then send it.
     pub(super) fn vote_durable(&mut self, vote: Vote, to: DeviceId) {
-        self.consensus.voting.remove(&vote.id);
+        self.consensus.voting.remove(&vote.prestate);
         self.consensus.ballots.record(vote.clone());
         // The coordinator may have changed meanwhile: the vote goes to whoever
         // coordinates the instance now.
@@ -178,9 +216,29 @@ impl Peer {
         self.send_auth(to, AuthMsg::Voted { vote });
     }
 
-    /// Restores a vote record.
-    pub(super) fn restore_vote(&mut self, vote: Vote) {
+    /// Restores a vote record, and the proposal so this device takes part in its
+    /// fallback (dropped at the first timeout if the prestate moved meanwhile).
+    pub(super) fn restore_vote(&mut self, vote: Vote, proposal: Proposal) {
         self.consensus.ballots.record(vote);
+        let Some(authority) = self.my_authority().map(|v| v.id) else {
+            return;
+        };
+        let deadline = self.now.mono.saturating_add(fallback_timeout(None));
+        let expires = self.now.mono.saturating_add(KEEP_FOREIGN);
+        self.consensus.proposals.entry(proposal.id).or_insert(Seen {
+            authority,
+            proposal,
+            deadline,
+            expires,
+        });
+    }
+
+    /// How long an attempt gets before the next coordinator takes over: the fallback
+    /// timer, doubling per attempt up to `MAX_FALLBACK`.
+    fn fallback_after(attempt: u32) -> std::time::Duration {
+        fallback_timeout(None)
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(MAX_FALLBACK)
     }
 
     /// The coordinator receives a vote.
@@ -232,10 +290,42 @@ impl Peer {
     /// The coordinator hears a refusal; an instance that can no longer reach a quorum
     /// is given up.
     pub(super) fn on_refused(&mut self, from: DeviceId, id: ConsensusId, refusal: Refusal) {
+        if let Refusal::Voted(v) = &refusal {
+            if v.id != id && self.consensus.proposals.contains_key(&v.id) {
+                // Another instance from this prestate has votes and we know it: that is
+                // the one to finish (its fallback goes on); ours can only split votes.
+                self.consensus.rounds.remove(&id);
+                if self
+                    .consensus
+                    .proposals
+                    .get(&id)
+                    .is_some_and(|s| s.proposal.proposer == self.keys.id)
+                {
+                    self.consensus.proposals.remove(&id);
+                }
+                return;
+            }
+        }
         let Some(round) = self.consensus.rounds.get_mut(&id) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
+        if matches!(refusal, Refusal::Prestate { .. }) {
+            // Behind (it will catch up by anti-entropy and vote at a later attempt) or
+            // ahead (then our prestate moves and the instance is over): no verdict yet.
+            return;
+        }
         round.refused.insert(from);
+        let moved = self
+            .consensus
+            .proposals
+            .get(&id)
+            .and_then(|s| Some((self.views.0.get(&s.authority)?.prestate(), s.proposal.prestate)))
+            .is_none_or(|(now, then)| now != then);
+        if moved {
+            // Refused because the change (or another) already applied: nothing failed.
+            self.consensus.rounds.remove(&id);
+            return;
+        }
         let refused = round.refused.len();
         let Some(view) = self
             .consensus
@@ -246,8 +336,9 @@ impl Peer {
             return;
         };
         if view.members.len() - refused.min(view.members.len()) < quorum(view.members.len(), view.threshold) {
+            // Our own vote for it is final: the instance stays known (others may carry
+            // it on), but this device stops coordinating it.
             self.consensus.rounds.remove(&id);
-            self.consensus.proposals.remove(&id);
             self.event(Event::ConsensusFailed {
                 instance: id,
                 reason: format!("too many members refused (last: {refusal:?})"),
@@ -293,24 +384,21 @@ impl Peer {
                 continue;
             };
             if view.prestate() != seen.proposal.prestate {
-                // Committed (or something else was): nothing left to do.
-                self.consensus.proposals.remove(&id);
-                self.consensus.rounds.remove(&id);
-                continue;
-            }
-            if seen.proposal.attempt >= MAX_ATTEMPTS {
-                self.consensus.proposals.remove(&id);
-                if self.consensus.rounds.remove(&id).is_some() {
-                    self.event(Event::ConsensusFailed {
-                        instance: id,
-                        reason: "no commit after every fallback coordinator".into(),
-                    });
+                // Not our state: we are behind (wait; it may become ours) or it is over
+                // (forgotten when it expires, or when a commit from it applies).
+                if seen.expires <= now {
+                    self.consensus.proposals.remove(&id);
+                    self.consensus.rounds.remove(&id);
+                } else {
+                    let wait = Self::fallback_after(seen.proposal.attempt);
+                    self.consensus.proposals.get_mut(&id).expect("listed").deadline = now.saturating_add(wait);
                 }
                 continue;
             }
-            let deadline = now.saturating_add(fallback_timeout(None));
+            let attempt = (seen.proposal.attempt + 1).min(MAX_ATTEMPT);
+            let deadline = now.saturating_add(Self::fallback_after(attempt));
             let seen = self.consensus.proposals.get_mut(&id).expect("listed");
-            seen.proposal.attempt += 1;
+            seen.proposal.attempt = attempt;
             seen.deadline = deadline;
             let next = seen.proposal.clone();
             if Self::coordinator_of(&view, &id, next.proposer, next.attempt) == me {
@@ -340,9 +428,19 @@ impl Peer {
     }
 
     /// A commit applied here (the view moved): report it, and forget its instance.
-    pub(super) fn committed(&mut self, authority: AuthorityId, id: ConsensusId, epoch: u64) {
-        self.consensus.proposals.remove(&id);
-        self.consensus.rounds.remove(&id);
+    pub(super) fn committed(&mut self, authority: AuthorityId, id: ConsensusId, prestate: [u8; 32], epoch: u64) {
+        // That instance and every other one from its prestate are over.
+        let over: Vec<ConsensusId> = self
+            .consensus
+            .proposals
+            .iter()
+            .filter(|(k, s)| **k == id || s.proposal.prestate == prestate)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in over.into_iter().chain([id]) {
+            self.consensus.proposals.remove(&k);
+            self.consensus.rounds.remove(&k);
+        }
         if !self.restoring {
             self.event(Event::Committed {
                 authority,

@@ -143,8 +143,8 @@ pub enum Record {
     Voted {
         /// The vote.
         vote: crate::consensus::Vote,
-        /// The operation's bytes.
-        op: Vec<u8>,
+        /// The proposal voted for (so a restarted device can carry on its fallback).
+        proposal: crate::consensus::Proposal,
     },
 }
 

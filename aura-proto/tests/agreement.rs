@@ -176,3 +176,57 @@ fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
     );
     assert_eq!(votes_recorded(&net.nodes[1]), 0);
 }
+
+#[test]
+fn a_second_instance_from_the_same_prestate_gets_no_vote_even_while_the_first_is_on_disk() {
+    let mut net = authority_net(None);
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    let prestate = v.prestate();
+    let proposal = |op: TreeOpKind, nonce: u8, proposer: DeviceId| {
+        let op = wire::encode(&op);
+        Proposal {
+            id: consensus_id(&prestate, &op_hash(&op), &[nonce; 32]),
+            prestate,
+            op,
+            nonce: [nonce; 32],
+            attempt: 0,
+            proposer,
+        }
+    };
+    // Device 1's first vote is still being written when a competing proposal arrives.
+    net.nodes[1].hold_persist = true;
+    let (p0, p2) = (
+        proposal(TreeOpKind::ChangeThreshold(3), 1, net.id(0)),
+        proposal(TreeOpKind::ChangeThreshold(2), 2, net.id(2)),
+    );
+    net.deliver_proto(1, 0, journal::ContextId::OWN, &AuthMsg::Propose(p0));
+    net.deliver_proto(1, 2, journal::ContextId::OWN, &AuthMsg::Propose(p2));
+    assert_eq!(votes_recorded(&net.nodes[1]), 1, "one vote per prestate, ever");
+    // Once it is durable the answer is the same: the second gets the first's vote back.
+    net.nodes[1].hold_persist = false;
+    let held: Vec<_> = net.nodes[1].held.drain(..).collect();
+    for t in held {
+        net.input(1, Input::PersistDone(t)).unwrap();
+    }
+    let p2 = proposal(TreeOpKind::ChangeThreshold(2), 2, net.id(2));
+    net.deliver_proto(1, 2, journal::ContextId::OWN, &AuthMsg::Propose(p2));
+    assert_eq!(votes_recorded(&net.nodes[1]), 1);
+}
+
+#[test]
+fn a_device_does_not_propose_while_an_instance_from_its_state_is_open() {
+    let mut net = authority_net(None);
+    net.cut.insert(1);
+    net.cut.insert(2);
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.run();
+    assert_eq!(
+        net.cmd(0, Command::ChangeThreshold { threshold: 2 }),
+        Err(CommandError::Busy)
+    );
+    // Back together, the open instance finishes by fallback and the next change can go.
+    net.cut.clear();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert!((0..3).all(|i| net.nodes[i].peer.authority().unwrap().threshold == 3));
+    assert_eq!(net.cmd(0, Command::ChangeThreshold { threshold: 2 }), Ok(()));
+}

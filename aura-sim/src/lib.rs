@@ -83,6 +83,13 @@ pub enum Scenario {
     /// signed: a steady stream of journal facts for anti-entropy to carry to devices that
     /// were away (crashed, partitioned, one-way cut) when they were made.
     Journal,
+    /// Pairing and a 2-of-n authority, then tree changes (setting the threshold it has)
+    /// agreed by consensus until the authority's tree epoch reaches
+    /// [`SimConfig::statements`]: whenever the authority moved on (or ten seconds passed
+    /// without anyone having voted), a random live member proposes the next change, so
+    /// crashed proposers leave work to fallback coordinators. (Competing proposals from
+    /// one prestate can split the votes for good: see spec/consensus.md.)
+    Consensus,
 }
 
 /// Flow budget each authority grants the other in the context scenario (1 unit per
@@ -399,6 +406,8 @@ enum Ev {
     CtxTick {
         node: usize,
     },
+    /// Consensus scenario: time to propose changes.
+    ConsensusTick,
     /// Journal scenario: time to ask for the next signed statement.
     SignTick,
     Fault(Fault),
@@ -443,6 +452,8 @@ struct Node {
     in_flight: BTreeMap<u64, (Ticket, Record)>,
     /// Gone for good.
     lost: bool,
+    /// Consensus votes whose record landed: prestate → instance.
+    votes: BTreeMap<[u8; 32], aura_proto::consensus::ConsensusId>,
     /// Durable flow reservations by (context, peer, epoch), from landed `Reserve` records.
     reserved: BTreeMap<(aura_proto::journal::ContextId, DeviceId, u64), u64>,
     /// Send numbers the guard chain refused in this incarnation.
@@ -553,6 +564,10 @@ pub struct World {
     settle_from: Option<u64>,
     /// Next time the journals are compared during the settle period.
     next_converge_check: u64,
+    /// Workload choices (which devices propose).
+    workload: PeerRng,
+    /// Consensus scenario: epoch and time of the last proposals.
+    proposed: Option<(u64, u64)>,
 }
 
 /// How long anti-entropy may take, after the workload is done, to make journals agree
@@ -673,6 +688,7 @@ impl World {
                 paused_until: None,
                 in_flight: BTreeMap::new(),
                 lost: false,
+                votes: BTreeMap::new(),
                 reserved: BTreeMap::new(),
                 denied: Default::default(),
                 egress: None,
@@ -700,6 +716,8 @@ impl World {
             sign_pending: None,
             settle_from: None,
             next_converge_check: 0,
+            workload: stream(cfg.seed, "workload"),
+            proposed: None,
             addrs: (0..cfg.peers).map(addr).collect(),
             net: stream(cfg.seed, "network"),
             store: stream(cfg.seed, "storage"),
@@ -832,6 +850,9 @@ impl World {
         if self.now < self.next_converge_check {
             return Ok(false);
         }
+        if let Some(d) = self.two_commits() {
+            return Err(self.violation("one-commit-per-prestate", d));
+        }
         self.next_converge_check = self.now + CONVERGE_CHECK_NS;
         match self.divergence() {
             None => {
@@ -844,6 +865,45 @@ impl World {
             Some(d) if self.now >= from + SETTLE.as_nanos() as u64 => Err(self.violation("journals-converge", d)),
             Some(_) => Ok(false),
         }
+    }
+
+    /// Two commits from one prestate for different instances that share a voter: with
+    /// honest devices (every simulated one is) that cannot happen.
+    fn two_commits(&self) -> Option<String> {
+        use aura_proto::journal::{FactBody, Namespace};
+        let mut by_prestate: BTreeMap<[u8; 32], Vec<aura_proto::consensus::Commit>> = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| !n.lost) {
+            let Some(ns) = n
+                .peer
+                .journal()
+                .namespaces()
+                .find(|ns| matches!(ns, Namespace::Authority(_)))
+                .copied()
+            else {
+                continue;
+            };
+            for f in n.peer.journal().facts(&ns) {
+                if let FactBody::Commit(c) = &f.body {
+                    let seen = by_prestate.entry(c.prestate).or_default();
+                    if !seen.iter().any(|x| x.id == c.id) {
+                        seen.push(c.clone());
+                    }
+                }
+            }
+        }
+        for commits in by_prestate.values() {
+            for (k, a) in commits.iter().enumerate() {
+                for b in &commits[k + 1..] {
+                    if let Some(e) = aura_proto::consensus::equivocation_between(a, b) {
+                        return Some(format!(
+                            "two commits from one prestate; {} voted for both",
+                            short(&e.first.voter)
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The first namespace whose connected live members hold different journals, as a
@@ -902,6 +962,14 @@ impl World {
         }
         if self.cfg.scenario == Scenario::Journal {
             return self.stats.signatures >= self.cfg.statements as u64;
+        }
+        if self.cfg.scenario == Scenario::Consensus {
+            // Every live member applied the agreed changes.
+            return self.nodes.iter().filter(|n| !n.lost && !n.crashed).all(|n| {
+                n.peer
+                    .authority()
+                    .is_some_and(|v| v.epoch >= self.cfg.statements as u64)
+            });
         }
         if self.cfg.scenario == Scenario::Keepalive {
             return false;
@@ -968,6 +1036,10 @@ impl World {
             for (why, c) in &n.peer.metrics().fact_rejects {
                 *self.stats.coverage.entry(format!("fact-rejected:{why}")).or_default() += c;
             }
+            if n.peer.metrics().consensus_fallbacks > 0 {
+                *self.stats.coverage.entry("consensus-fallback".into()).or_default() +=
+                    n.peer.metrics().consensus_fallbacks;
+            }
             if n.peer.metrics().dkg_partial > 0 {
                 *self.stats.coverage.entry("dkg-partial".into()).or_default() += n.peer.metrics().dkg_partial;
             }
@@ -1029,6 +1101,11 @@ impl World {
                 self.emit_line(0);
                 return Ok(());
             }
+            Ev::ConsensusTick => {
+                self.consensus_tick();
+                self.emit_line(0);
+                return Ok(());
+            }
         };
         if let Some(until) = self.nodes[target].paused_until {
             if self.now < until {
@@ -1048,7 +1125,7 @@ impl World {
         }
         let now = self.now_at(target, self.now);
         let node = match ev {
-            Ev::Fault(_) | Ev::SignTick => unreachable!("handled above"),
+            Ev::Fault(_) | Ev::SignTick | Ev::ConsensusTick => unreachable!("handled above"),
             Ev::Deliver { to, from, bytes } => {
                 self.stats.delivered += 1;
                 let l = &mut self.line;
@@ -1186,6 +1263,22 @@ impl World {
 
     /// A write of node `i` is on disk.
     fn landed(&mut self, i: usize, record: Record) {
+        if let Record::Voted { vote, .. } = &record {
+            // Invariant: a device votes at most once from a prestate, across crashes.
+            match self.nodes[i].votes.get(&vote.prestate) {
+                Some(id) if *id != vote.id => {
+                    let v = self.violation(
+                        "one-vote-per-prestate",
+                        format!("n{i} voted for two instances from one prestate"),
+                    );
+                    self.pending_violation.get_or_insert(v);
+                }
+                _ => {
+                    self.nodes[i].votes.insert(vote.prestate, vote.id);
+                }
+            }
+            self.mark("vote");
+        }
         if let Record::Reserve {
             context,
             peer,
@@ -1364,7 +1457,13 @@ impl World {
             .filter(|j| *j != l && self.leader(*j) == l)
             .map(|j| self.ids[j])
             .collect();
-        let threshold = (devices.len() as u16).max(2);
+        // The consensus workload changes the threshold between 2 and 3, which a 2-of-n
+        // key can always sign (more signers than the key's threshold are fine).
+        let threshold = if self.cfg.scenario == Scenario::Consensus {
+            2
+        } else {
+            (devices.len() as u16).max(2)
+        };
         self.schedule(
             self.now + 1_000_000,
             Ev::Command {
@@ -1512,6 +1611,8 @@ impl World {
             } => self.mark("peer-closed"),
             Event::ChannelFailed { .. } => self.mark("link-failed"),
             Event::SignFailed { .. } => self.mark("sign-failed"),
+            Event::Committed { .. } => self.mark("committed"),
+            Event::ConsensusFailed { .. } => self.mark("consensus-failed"),
             Event::AuthorityFailed { .. } => self.mark("dkg-failed"),
             _ => {}
         }
@@ -1539,7 +1640,7 @@ impl World {
                     self.stats.all_paired_at = Some(self.now);
                     if matches!(
                         self.cfg.scenario,
-                        Scenario::Authority | Scenario::Context | Scenario::Journal
+                        Scenario::Authority | Scenario::Context | Scenario::Journal | Scenario::Consensus
                     ) {
                         self.create_authority();
                     }
@@ -1583,6 +1684,11 @@ impl World {
                 } else if self.cfg.scenario == Scenario::Journal {
                     if self.nodes.iter().all(|n| n.authority.is_some()) && self.statements_asked == 0 {
                         self.schedule(soon, Ev::SignTick);
+                    }
+                } else if self.cfg.scenario == Scenario::Consensus {
+                    if self.nodes.iter().all(|n| n.authority.is_some()) && self.proposed.is_none() {
+                        self.proposed = Some((0, 0));
+                        self.schedule(soon, Ev::ConsensusTick);
                     }
                 } else if self.nodes.iter().all(|n| n.authority.is_some()) {
                     // Everyone has it: crash the last device if enough shares remain without
@@ -1651,6 +1757,8 @@ impl World {
                 self.ctx_exhausted.insert(i);
             }
             Event::SignFailed { .. } if self.cfg.scenario == Scenario::Journal => self.sign_pending = None,
+            // A commit's signing session gave up: the instance's fallback carries on.
+            Event::SignFailed { .. } if self.cfg.scenario == Scenario::Consensus => {}
             Event::SignFailed { .. } => {
                 let statement = format!("signed in simulation seed {} (retry)", self.cfg.seed).into_bytes();
                 self.schedule(
@@ -1714,6 +1822,49 @@ impl World {
             }
         }
         self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+    }
+
+    /// Consensus scenario: when the authority moved on since the last proposal (or ten
+    /// seconds passed), a live member proposes the next threshold change.
+    fn consensus_tick(&mut self) {
+        use std::fmt::Write;
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|j| !self.nodes[*j].crashed && !self.nodes[*j].lost && self.nodes[*j].peer.authority().is_some())
+            .collect();
+        let epoch = live
+            .iter()
+            .filter_map(|j| self.nodes[*j].peer.authority().map(|v| v.epoch))
+            .max()
+            .unwrap_or(0);
+        let (last_epoch, last_at) = self.proposed.unwrap_or((0, 0));
+        // Someone voted from the current state: that instance is the one to finish (by
+        // fallback if its proposer is gone); a second proposal could only split votes.
+        let prestate = live
+            .iter()
+            .filter_map(|j| self.nodes[*j].peer.authority())
+            .max_by_key(|v| v.epoch)
+            .map(|v| v.prestate());
+        let voted = prestate.is_some_and(|p| self.nodes.iter().any(|n| n.votes.contains_key(&p)));
+        let fresh = epoch > last_epoch || last_at == 0 || (self.now >= last_at + 10_000_000_000 && !voted);
+        if epoch < self.cfg.statements as u64 && fresh && !live.is_empty() {
+            self.proposed = Some((epoch, self.now.max(1)));
+            let p = live[(self.workload.next_u64() % live.len() as u64) as usize];
+            let _ = write!(self.line, "consensus-tick: n{p} proposes");
+            if let Some(v) = self.nodes[p].peer.authority() {
+                // The same threshold again: a real change of the tree (the epoch moves)
+                // that keeps the authority able to sign with the shares it has (raising
+                // it above the devices holding shares would need a new key generation).
+                let threshold = v.threshold;
+                self.schedule(
+                    self.now + 1_000_000,
+                    Ev::Command {
+                        node: p,
+                        cmd: Command::ChangeThreshold { threshold },
+                    },
+                );
+            }
+        }
+        self.schedule(self.now + 1_000_000_000, Ev::ConsensusTick);
     }
 
     /// Journal scenario: a device holding a share asks for the next statement, unless one
@@ -2094,7 +2245,7 @@ impl World {
             // formed: the session died with it (it lives in memory), so the user asks again.
             let asks = matches!(
                 self.cfg.scenario,
-                Scenario::Authority | Scenario::Context | Scenario::Journal
+                Scenario::Authority | Scenario::Context | Scenario::Journal | Scenario::Consensus
             );
             if asks && self.all_paired() && self.nodes[l].peer.authority().is_none() {
                 self.mark("authority-retry");

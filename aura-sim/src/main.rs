@@ -48,6 +48,9 @@ enum ScenarioArg {
     /// Pair, form an (n-1)-of-n authority, then sign a statement every --sign-every-s
     /// until --statements are signed (journal facts for anti-entropy to spread).
     Journal,
+    /// Pair, form a 2-of-n authority, then agree threshold changes by consensus (two
+    /// competing proposals a second) until the tree epoch reaches --statements.
+    Consensus,
 }
 
 #[derive(Clone, clap::Args)]
@@ -104,7 +107,7 @@ struct WorldArgs {
     /// writes in flight; 0 means 0.2 ms).
     #[arg(long, value_parser = parse_range, default_value = "0..3")]
     disk_ms: (u64, u64),
-    /// Journal scenario: statements to sign.
+    /// Journal scenario: statements to sign; consensus scenario: changes to agree.
     #[arg(long, default_value_t = 8)]
     statements: u32,
     /// Journal scenario: simulated seconds between signing requests.
@@ -201,6 +204,7 @@ fn scenario_name(s: ScenarioArg) -> &'static str {
         ScenarioArg::Authority => "authority",
         ScenarioArg::Context => "context",
         ScenarioArg::Journal => "journal",
+        ScenarioArg::Consensus => "consensus",
     }
 }
 
@@ -222,6 +226,7 @@ impl WorldArgs {
                 ScenarioArg::Authority => Scenario::Authority,
                 ScenarioArg::Context => Scenario::Context,
                 ScenarioArg::Journal => Scenario::Journal,
+                ScenarioArg::Consensus => Scenario::Consensus,
             },
             statements: self.statements,
             sign_every: Duration::from_secs(self.sign_every_s),
@@ -296,7 +301,7 @@ impl WorldArgs {
                 self.safety_s, self.liveness_s
             ));
         }
-        if matches!(self.scenario, ScenarioArg::Journal) {
+        if matches!(self.scenario, ScenarioArg::Journal | ScenarioArg::Consensus) {
             f.push_str(&format!(
                 " --statements {} --sign-every-s {}",
                 self.statements, self.sign_every_s

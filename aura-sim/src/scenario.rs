@@ -149,9 +149,10 @@ impl ScenarioFile {
             Some("authority") => Scenario::Authority,
             Some("context") => Scenario::Context,
             Some("journal") => Scenario::Journal,
+            Some("consensus") => Scenario::Consensus,
             Some(w) => {
                 return Err(format!(
-                    "unknown workload {w:?}: use \"pairing\", \"authority\", \"context\" or \"journal\""
+                    "unknown workload {w:?}: use \"pairing\", \"authority\", \"context\", \"journal\" or \"consensus\""
                 ))
             }
         };
