@@ -81,6 +81,16 @@ pub enum Request {
     },
     /// Facts this device wrote, with their propagation and confirmations.
     Propagation,
+    /// Have the authority agree (consensus) on a new threshold; answered when applied.
+    AuthorityThreshold {
+        /// The new threshold.
+        threshold: u16,
+    },
+    /// Have the authority agree (consensus) to remove a device; answered when applied.
+    DeviceRemove {
+        /// Device id or unique prefix (a member).
+        device: String,
+    },
     /// Shut down cleanly.
     Stop,
 }

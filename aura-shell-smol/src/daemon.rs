@@ -68,6 +68,8 @@ struct Waiters {
     syncs: Vec<SyncWait>,
     /// `note` requests, answered when the note is durable.
     notes: VecDeque<Reply>,
+    /// Tree changes asked for, answered when one applies (or fails).
+    changes: VecDeque<Reply>,
 }
 
 struct SyncWait {
@@ -335,6 +337,31 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             }
         }
         Request::Propagation => send_now(json!({ "ok": true, "facts": WrittenInfo::all(&host.peer) })),
+        Request::AuthorityThreshold { threshold } => {
+            match host.input(Input::Command(Command::ChangeThreshold { threshold })) {
+                Ok(()) => w.changes.push_back(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
+        Request::DeviceRemove { device } => {
+            let member = host.peer.authority().and_then(|v| {
+                let d = device.trim().to_lowercase();
+                let hits: Vec<DeviceId> = v
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|id| id.to_hex().starts_with(&d))
+                    .collect();
+                (hits.len() == 1 && !d.is_empty()).then(|| hits[0])
+            });
+            match member {
+                None => send_now(err(format!("no single member of the authority matches {device:?}"))),
+                Some(id) => match host.input(Input::Command(Command::RemoveDevice { device: id })) {
+                    Ok(()) => w.changes.push_back(reply),
+                    Err(e) => send_now(err(e)),
+                },
+            }
+        }
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -449,9 +476,18 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
         }
         Event::Delivered { fact, peer } => tracing::info!(fact = %fact.short(), peer = %peer.short(), "note delivered"),
         Event::Committed { authority, epoch, .. } => {
-            tracing::info!(authority = %authority.short(), epoch, "change agreed and applied")
+            tracing::info!(authority = %authority.short(), epoch, "change agreed and applied");
+            if let Some(r) = w.changes.pop_front() {
+                let v = peer.authority();
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "epoch": epoch, "threshold": v.map(|v| v.threshold), "members": v.map(|v| v.members.len()) }));
+            }
         }
-        Event::ConsensusFailed { reason, .. } => tracing::warn!(%reason, "consensus failed"),
+        Event::ConsensusFailed { reason, .. } => {
+            tracing::warn!(%reason, "consensus failed");
+            if let Some(r) = w.changes.pop_front() {
+                let _ = r.try_send(err(format!("the change was not agreed: {reason}")));
+            }
+        }
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");
             if let Some(r) = w.ctx_invites.pop_front() {

@@ -95,6 +95,9 @@ enum Cmd {
     /// Threshold authority of this device's paired devices.
     #[command(subcommand)]
     Authority(AuthorityCmd),
+    /// The authority's devices (needs a running peer).
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Have the authority sign TEXT; prints the signature, group key and signed bytes in hex.
     ///
     /// The signature is a plain FROST(ristretto255) signature: it verifies with any standard
@@ -235,6 +238,31 @@ enum AuthorityCmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Change how many members must agree and sign, by consensus among the members (a
+    /// majority of them must vote); waits until the change applies.
+    ///
+    /// The key shares are not regenerated yet: lowering the threshold below the one the
+    /// authority was created with leaves it unable to sign.
+    Threshold {
+        /// The new threshold (2 <= T <= members).
+        threshold: u16,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Remove a device (lost or revoked) from the authority, by consensus among the
+    /// members; waits until the change applies.
+    Remove {
+        /// Device id or a unique prefix of it (a member).
+        device: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
     },
 }
 
@@ -472,6 +500,20 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             println!("threshold: {} of {}", v["threshold"], v["members"]);
             Ok(())
         }
+        Cmd::Authority(AuthorityCmd::Threshold { threshold, timeout_s }) => {
+            let v = ask(
+                dir,
+                &Request::AuthorityThreshold { threshold },
+                Duration::from_secs(timeout_s),
+            )?
+            .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!(
+                "agreed: the authority is at epoch {}, threshold {} of {}",
+                v["epoch"], v["threshold"], v["members"]
+            );
+            Ok(())
+        }
         Cmd::Authority(AuthorityCmd::Show { json }) => {
             let info: Option<AuthorityInfo> = match ask(dir, &Request::AuthorityShow, quick)? {
                 Some(v) if v["ok"] == Value::Bool(true) => serde_json::from_value(v["authority"].clone()).ok(),
@@ -507,6 +549,16 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Context(c) => context_cmd(dir, c),
+        Cmd::Device(DeviceCmd::Remove { device, timeout_s }) => {
+            let v = ask(dir, &Request::DeviceRemove { device }, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!(
+                "removed: the authority is at epoch {}, {} members, threshold {}",
+                v["epoch"], v["members"], v["threshold"]
+            );
+            Ok(())
+        }
         Cmd::Sync { peer, timeout_s, json } => {
             let v = ask(dir, &Request::Sync { peer }, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;

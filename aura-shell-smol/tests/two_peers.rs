@@ -293,6 +293,17 @@ fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
     let bad = smol(&dirs[1], &["sync", "--peer", "zzzz"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no paired device or context member"));
+    // The three agree, by consensus, that from now on three must agree.
+    let out = ok(&dirs[0], &["authority", "threshold", "3"]);
+    assert!(out.contains("threshold 3 of 3"), "{out}");
+    let t0 = Instant::now();
+    while await_authority(&dirs[2])["threshold"] != 3 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "C did not apply the change");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bad = smol(&dirs[0], &["authority", "threshold", "9"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does not apply"));
     for d in daemons.iter_mut().filter_map(Option::take) {
         d.stop();
     }
