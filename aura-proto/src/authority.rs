@@ -81,23 +81,32 @@ impl AuthorityView {
             rejected: Vec::new(),
         };
         for (fid, f) in journal.entries(&ns) {
-            let outcome = match &f.body {
-                FactBody::TreeOp(op) if op.parent_epoch != v.epoch || op.parent_commitment != v.commitment => {
-                    Err(TreeOpReject::StaleParent)
-                }
-                FactBody::TreeOp(op) => v.apply(&op.kind).then_some(()).ok_or(TreeOpReject::Invalid),
-                FactBody::Commit(c) => v.apply_commit(c),
-                _ => continue,
-            };
-            match outcome {
-                Ok(()) => {
-                    v.epoch += 1;
-                    v.commitment = next_commitment(&v.commitment, &fid);
-                }
-                Err(why) => v.rejected.push((fid, why)),
-            }
+            v.step(fid, f);
         }
         Some(v)
+    }
+
+    /// Applies one fact that sorts after every fact this view was reduced from (tree
+    /// operations and commits change the tree; other facts do nothing). Reducing a
+    /// journal is folding `step` over its facts in order, so a fact appended at the end
+    /// can be applied to the last view instead of reducing the whole journal again
+    /// (which would check every earlier commit's votes once more).
+    pub fn step(&mut self, fid: FactId, f: &Fact) {
+        let outcome = match &f.body {
+            FactBody::TreeOp(op) if op.parent_epoch != self.epoch || op.parent_commitment != self.commitment => {
+                Err(TreeOpReject::StaleParent)
+            }
+            FactBody::TreeOp(op) => self.apply(&op.kind).then_some(()).ok_or(TreeOpReject::Invalid),
+            FactBody::Commit(c) => self.apply_commit(c),
+            _ => return,
+        };
+        match outcome {
+            Ok(()) => {
+                self.epoch += 1;
+                self.commitment = next_commitment(&self.commitment, &fid);
+            }
+            Err(why) => self.rejected.push((fid, why)),
+        }
     }
 
     /// The hash consensus instances of this authority are bound to: its id, tree epoch

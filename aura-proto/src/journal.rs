@@ -557,6 +557,11 @@ impl Journal {
             .flat_map(|m| m.iter().map(|(k, f)| (k.2, &**f)))
     }
 
+    /// The order key of the last fact of `ns`.
+    pub fn last_key(&self, ns: &Namespace) -> Option<OrderKey> {
+        self.facts.get(ns)?.keys().next_back().copied()
+    }
+
     /// Namespaces present.
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.facts.keys()

@@ -1353,6 +1353,17 @@ impl Peer {
             Kind::Other
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
+        // A tree change appended at the end of the journal (the usual case) is applied
+        // to the current view; one that sorts earlier needs the whole reduction.
+        let appended = match ns {
+            Namespace::Authority(a) => {
+                matches!(kind, Kind::TreeOp)
+                    && self.views.0.contains_key(&a)
+                    && self.journal.last_key(&ns).is_none_or(|k| k < fact.order_key())
+            }
+            Namespace::Context(_) => false,
+        };
+        let step_fact = appended.then(|| fact.clone());
         let commit = match &fact.body {
             FactBody::Commit(c) => Some((c.id, c.prestate)),
             _ => None,
@@ -1370,7 +1381,11 @@ impl Peer {
         // Only a genesis or a tree operation changes the view; re-reducing on every
         // statement would make each insert cost the whole journal.
         let changes_view = is_genesis || matches!(kind, Kind::TreeOp) || !self.views.0.contains_key(&id);
-        let view = if changes_view {
+        let view = if let Some(f) = step_fact {
+            let mut v = self.views.0[&id].clone();
+            v.step(f.id(), &f);
+            v
+        } else if changes_view {
             match AuthorityView::reduce(&self.journal, id) {
                 Some(v) => v,
                 None => return true,

@@ -41,6 +41,10 @@ fn a_threshold_change_is_agreed_signed_and_applied_on_every_device() {
             net.nodes[i].events
         );
         assert_ne!(v.prestate(), before.prestate());
+        // The view a device keeps by applying appended changes is the reduction of its
+        // journal.
+        let reduced = authority::AuthorityView::reduce(net.nodes[i].peer.journal(), before.id).unwrap();
+        assert_eq!(*v, reduced, "device {i}");
     }
     // The commit carries a quorum of votes (2 of 3), each voter's vote durable.
     let ns = journal::Namespace::Authority(before.id);
