@@ -58,7 +58,7 @@ pub fn frame_decode(data: &[u8]) {
 }
 
 /// 300 items with spread-out clocks (enough for fingerprinted ranges and id lists).
-fn sync_items() -> &'static [(u64, aura_proto::journal::FactId)] {
+pub fn sync_items() -> &'static [(u64, aura_proto::journal::FactId)] {
     static ITEMS: OnceLock<Vec<(u64, aura_proto::journal::FactId)>> = OnceLock::new();
     ITEMS.get_or_init(|| {
         (0..300u64)

@@ -115,11 +115,7 @@ fn generate_seed_corpus() {
     }
     // Reconciliation: a first message over a set of 300 ids, and the sub-protocol
     // messages anti-entropy adds.
-    let items: Vec<(u64, aura_proto::journal::FactId)> = (0..300u64)
-        .map(|i| (i * 7 % 97, fact_id(i)))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let items = aura_fuzz::sync_items();
     write(
         "frame_decode",
         &aura_proto::sync::initiate(&items[..150], 4096).unwrap(),
@@ -133,18 +129,4 @@ fn generate_seed_corpus() {
     write("frame_decode", b"");
     write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
     write("peer_datagrams", b"");
-}
-
-/// A spread-out fact id from a number (the fuzz items and the corpus agree on them).
-fn fact_id(i: u64) -> aura_proto::journal::FactId {
-    let mut b = [0u8; 32];
-    for (k, chunk) in b.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(
-            &(i + 1)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(k as u32 * 13)
-                .to_le_bytes(),
-        );
-    }
-    aura_proto::journal::FactId(b)
 }
