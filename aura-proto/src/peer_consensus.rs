@@ -57,6 +57,10 @@ pub(super) struct Seen {
     expires: Instant,
 }
 
+/// Instances remembered at once; a proposal for a new one beyond this is dropped
+/// (`overloaded`), so no member can fill memory with proposals.
+const MAX_PROPOSALS: usize = 64;
+
 /// How long a proposal from a prestate that is not ours is kept (we may be behind).
 const KEEP_FOREIGN: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -147,6 +151,9 @@ impl Peer {
             && Self::coordinator_of(&view, &p.id, p.proposer, p.attempt) == from;
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        if !self.consensus.proposals.contains_key(&p.id) && self.consensus.proposals.len() >= MAX_PROPOSALS {
+            return self.metrics.drop(DropReason::Overloaded);
         }
         let deadline = self.now.mono.saturating_add(Self::fallback_after(p.attempt));
         let expires = self.now.mono.saturating_add(KEEP_FOREIGN);

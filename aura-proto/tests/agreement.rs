@@ -234,3 +234,28 @@ fn a_device_does_not_propose_while_an_instance_from_its_state_is_open() {
     assert!((0..3).all(|i| net.nodes[i].peer.authority().unwrap().threshold == 3));
     assert_eq!(net.cmd(0, Command::ChangeThreshold { threshold: 2 }), Ok(()));
 }
+
+#[test]
+fn a_member_cannot_fill_memory_with_proposals() {
+    let mut net = authority_net(None);
+    let overloaded = |net: &Net| net.nodes[1].peer.metrics().drops(DropReason::Overloaded);
+    let before = overloaded(&net);
+    // Well-formed proposals from device 0 (as their proposer) for states device 1 is not
+    // in: each would be kept a while in case device 1 is behind.
+    for k in 0..100u64 {
+        let mut prestate = [0u8; 32];
+        prestate[..8].copy_from_slice(&k.to_le_bytes());
+        let op = wire::encode(&TreeOpKind::ChangeThreshold(2));
+        let p = Proposal {
+            id: consensus_id(&prestate, &op_hash(&op), &[1; 32]),
+            prestate,
+            op,
+            nonce: [1; 32],
+            attempt: 0,
+            proposer: net.id(0),
+        };
+        net.deliver_proto(1, 0, journal::ContextId::OWN, &AuthMsg::Propose(p));
+    }
+    assert_eq!(overloaded(&net) - before, 100 - 64);
+    assert_eq!(votes_recorded(&net.nodes[1]), 0);
+}
