@@ -33,6 +33,10 @@ pub struct AuthorityView {
     pub genesis: FactId,
     /// Signatures needed.
     pub threshold: u16,
+    /// The threshold the group key was generated with: FROST cannot sign with fewer
+    /// shares, so no change may take the authority below it (until key generation for
+    /// membership changes exists).
+    pub key_threshold: u16,
     /// Group verifying key.
     pub group_key: [u8; 32],
     /// Root key of the authority's capability tokens.
@@ -68,6 +72,7 @@ impl AuthorityView {
             id,
             genesis: gid,
             threshold: genesis.threshold,
+            key_threshold: genesis.threshold,
             group_key: genesis.group_key,
             cap_root: genesis.cap_root,
             members: genesis
@@ -148,14 +153,15 @@ impl AuthorityView {
                 true
             }
             TreeOpKind::RemoveDevice(d) => {
-                if !self.members.contains_key(d) || self.members.len() - 1 < self.threshold as usize {
+                let floor = self.threshold.max(self.key_threshold) as usize;
+                if !self.members.contains_key(d) || self.members.len() - 1 < floor {
                     return false;
                 }
                 self.members.remove(d);
                 true
             }
             TreeOpKind::ChangeThreshold(t) => {
-                if *t < 2 || *t as usize > self.members.len() {
+                if *t < 2 || *t < self.key_threshold || *t as usize > self.members.len() {
                     return false;
                 }
                 self.threshold = *t;

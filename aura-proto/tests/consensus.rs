@@ -512,6 +512,23 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     let v = AuthorityView::reduce(&k, id).unwrap();
     assert_eq!(v.epoch, 0);
     assert!(v.rejected.contains(&(weak.id(), TreeOpReject::NoQuorum)));
+    // Nor does going below the threshold the key was made with, whoever agrees: three
+    // shares would no longer be needed, but two could not sign.
+    let (mut k, _) = authority(&g, 3);
+    let (below, _) = committed(
+        &g,
+        3,
+        id,
+        v0.prestate(),
+        &TreeOpKind::ChangeThreshold(2),
+        &[0, 1, 2, 3],
+        10,
+    );
+    k.insert(below.clone());
+    let v = AuthorityView::reduce(&k, id).unwrap();
+    assert_eq!((v.epoch, v.threshold), (0, 3));
+    assert!(v.rejected.contains(&(below.id(), TreeOpReject::Invalid)));
+    assert_eq!(v.key_threshold, 3);
     // The next change is agreed from the new prestate, by the quorum the new threshold
     // asks for (four votes; three are no longer enough).
     let (three, _) = committed(
