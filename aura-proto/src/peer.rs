@@ -1512,6 +1512,14 @@ impl Peer {
 
     // ----- datagrams ----------------------------------------------------------------
 
+    /// Strictly decodes a message carried in a frame; a failure is counted and gives `None`.
+    pub(super) fn decode_msg<'a, T: serde::Deserialize<'a> + serde::Serialize>(&mut self, data: &'a [u8]) -> Option<T> {
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let msg = wire::strict_decode(data, &mut scratch);
+        self.scratch = scratch;
+        msg.map_err(|e| self.count_decode(e)).ok()
+    }
+
     pub(super) fn count_decode(&mut self, e: DecodeError) {
         self.metrics.drop(match e {
             DecodeError::Truncated => DropReason::Truncated,
@@ -1588,12 +1596,8 @@ impl Peer {
             self.metrics.drop(DropReason::Unauthenticated);
             return;
         };
-        let mut scratch = core::mem::take(&mut self.scratch);
-        let payload: Result<InitPayload, _> = wire::strict_decode(&buf[..n], &mut scratch);
-        self.scratch = scratch;
-        let payload = match payload {
-            Ok(p) => p,
-            Err(e) => return self.count_decode(e),
+        let Some(payload) = self.decode_msg::<InitPayload>(&buf[..n]) else {
+            return;
         };
         let Some(remote_static) = hs.get_remote_static().and_then(|s| <[u8; 32]>::try_from(s).ok()) else {
             self.metrics.drop(DropReason::Unauthenticated);

@@ -200,12 +200,8 @@ impl Peer {
     }
 
     pub(super) fn on_proto(&mut self, from: DeviceId, data: &[u8]) {
-        let mut scratch = core::mem::take(&mut self.scratch);
-        let msg: Result<AuthMsg, _> = wire::strict_decode(data, &mut scratch);
-        self.scratch = scratch;
-        match msg {
-            Ok(m) => self.on_auth(from, m),
-            Err(e) => self.count_decode(e),
+        if let Some(m) = self.decode_msg::<AuthMsg>(data) {
+            self.on_auth(from, m);
         }
     }
 

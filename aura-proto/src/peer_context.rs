@@ -757,12 +757,8 @@ impl Peer {
 
     /// A `Frame::Proto` on a `ContextJoin` channel.
     pub(super) fn on_ctx_msg(&mut self, idx: u32, peer: DeviceId, data: &[u8]) {
-        let mut scratch = core::mem::take(&mut self.scratch);
-        let msg: Result<CtxMsg, _> = wire::strict_decode(data, &mut scratch);
-        self.scratch = scratch;
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => return self.count_decode(e),
+        let Some(msg) = self.decode_msg::<CtxMsg>(data) else {
+            return;
         };
         let role = self.channels.get(&idx).map(|c| c.role);
         let inviter = role == Some(crate::channel::Role::Responder);

@@ -215,20 +215,19 @@ impl Peer {
 
     /// A `Frame::Accounting` on the channel of (context, from).
     pub(super) fn on_accounting(&mut self, context: ContextId, from: DeviceId, data: &[u8]) {
-        let mut scratch = core::mem::take(&mut self.scratch);
-        let msg: Result<Accounting, _> = wire::strict_decode(data, &mut scratch);
-        self.scratch = scratch;
+        let Some(msg) = self.decode_msg::<Accounting>(data) else {
+            return;
+        };
         match msg {
-            Err(e) => self.count_decode(e),
-            Ok(Accounting::Batch(b)) => self.on_batch(context, from, *b),
-            Ok(Accounting::Ack { epoch, through }) => {
+            Accounting::Batch(b) => self.on_batch(context, from, *b),
+            Accounting::Ack { epoch, through } => {
                 if let Some(ch) = self.out_chains.get_mut(&(context, epoch)) {
                     let a = ch.acked.entry(from).or_default();
                     *a = (*a).max(through.saturating_add(1));
                     ch.settle();
                 }
             }
-            Ok(Accounting::Need { epoch, from: nonce }) => {
+            Accounting::Need { epoch, from: nonce } => {
                 let now = self.now.mono;
                 let Some(ch) = self.out_chains.get_mut(&(context, epoch)) else {
                     return;

@@ -893,12 +893,8 @@ impl Peer {
     /// A `Proto` frame on the channel of context `scope`: anti-entropy of that context's
     /// journal and nothing else.
     pub(super) fn on_context_proto(&mut self, scope: ContextId, from: DeviceId, data: &[u8]) {
-        let mut scratch = core::mem::take(&mut self.scratch);
-        let msg: Result<AuthMsg, _> = wire::strict_decode(data, &mut scratch);
-        self.scratch = scratch;
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => return self.count_decode(e),
+        let Some(msg) = self.decode_msg::<AuthMsg>(data) else {
+            return;
         };
         let here = Namespace::Context(scope);
         let msg = match msg {
