@@ -383,6 +383,32 @@ pub enum AuthMsg {
         /// Why.
         refusal: crate::consensus::Refusal,
     },
+    /// Fallback coordinator of `ballot` → members: promise to ignore lower ballots from
+    /// `prestate` and report your highest vote.
+    Prepare {
+        /// The prestate.
+        prestate: [u8; 32],
+        /// The ballot (≥ 1), which the sender coordinates.
+        ballot: u32,
+    },
+    /// Witness → fallback coordinator: the promise (durable at the witness before it was
+    /// sent), with the witness's highest vote from that prestate and what it voted for.
+    Promise {
+        /// The prestate.
+        prestate: [u8; 32],
+        /// The ballot promised.
+        ballot: u32,
+        /// The highest vote cast from the prestate, with its proposal.
+        last: Option<(crate::consensus::Vote, crate::consensus::Proposal)>,
+    },
+    /// Fallback coordinator → members: vote at `ballot` for this instance (the one the
+    /// promises forced, or any if none did).
+    Accept {
+        /// The ballot.
+        ballot: u32,
+        /// The instance.
+        proposal: crate::consensus::Proposal,
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

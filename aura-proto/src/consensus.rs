@@ -1,33 +1,34 @@
-//! Single-shot agreement bound to a prestate: the pure part (issue 7, first increment).
+//! Single-shot agreement bound to a prestate: the pure part.
 //!
 //! A non-monotone change (a tree operation, a context epoch bump) is agreed once per
-//! *prestate*: the hash of the reduced state it applies to. An *instance* is one attempt
-//! to agree on one operation from one prestate; its id is `H(prestate, op, nonce)`.
+//! *prestate*: the hash of the reduced state it applies to. An *instance* is one
+//! operation proposed from one prestate; its id is `H(prestate, op, nonce)`. Several
+//! instances may be proposed from one prestate (devices that did not hear of each other);
+//! at most one of them commits.
 //!
-//! Safety rests on votes, not on the threshold signature alone. A witness checks the
-//! prestate against its own reduced state and then signs a [`Vote`] for the instance:
-//! at most one per prestate, ever (the vote is persisted before anything that depends
-//! on it leaves the device). A [`Commit`] carries the votes of a [`quorum`] of members,
-//! `max(t, n/2 + 1)`, and the group's FROST signature over the commit. Any two quorums of
-//! `n/2 + 1` members share a member, so two commits from one prestate need a member
-//! that voted twice, and the two votes are an [`Equivocation`] proof against it
-//! ([`equivocation_between`] extracts it from the two commits). A threshold below a
-//! majority still signs, but only after a majority voted.
+//! The agreement is single-decree Paxos with a fast first ballot, run by the members of
+//! the authority, with device-signed [`Vote`]s as the accept messages:
+//! - **Ballot 0** (the fast path) belongs to every proposer: a witness votes at ballot 0
+//!   for the first instance it sees from a prestate and for no other. A commit at ballot
+//!   0 needs [`fast_quorum`] votes.
+//! - **Ballot b ≥ 1** (the fallback) belongs to one device, [`coordinator`] (a rotation
+//!   of the members that depends on the prestate). It first gathers promises from a
+//!   [`quorum`] of witnesses (each promises to ignore lower ballots and reports its
+//!   highest vote), [`choose`]s the instance those reports force (or any if none is
+//!   forced), then asks for votes at ballot b. A commit at ballot b ≥ 1 needs a
+//!   [`quorum`], `max(t, n/2 + 1)`, of votes at that ballot.
+//! - The fast quorum is large enough that a fallback coordinator can tell, from any
+//!   quorum of promises, which ballot-0 instance may have committed: two commits from one
+//!   prestate need a witness that broke the rules (two votes at one ballot are an
+//!   [`Equivocation`] proof; see `spec/consensus.md` for what lying in a promise takes).
 //!
-//! The coordinator side is [`Round`]: it gathers votes with FROST round-1 commitments,
-//! builds the signing package once a quorum is in, and aggregates the shares. A witness
-//! signs a package only after [`check_package`] showed it is the commit of the instance
-//! it voted for. When no commit is seen within [`fallback_timeout`], the next device in
-//! the instance's [`rotation`] coordinates a new attempt of the same instance (witnesses
-//! repeat their vote for it; FROST nonces are never reused).
-//!
-//! The wiring into `Peer` (messages, timers, persistence, membership procedures) is the
-//! next increment; see `spec/consensus.md`.
+//! A witness's state per prestate is [`Ballots`]; every vote and promise is persisted
+//! before it leaves the device. A [`Commit`] carries the votes and the group's FROST
+//! signature over the commit fact ([`CommitFrame`]); reducers check it vote by vote.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use frost_ristretto255 as frost;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{schnorr_ok, Fact, FactBody, FactSig, Namespace, Sig64};
@@ -61,36 +62,55 @@ pub fn op_hash(op: &[u8]) -> Hash32 {
     blake3::derive_key(CTX_OP, op)
 }
 
-/// Votes a commit needs among `members` devices with signing threshold `threshold`:
-/// at least the threshold and a strict majority.
+/// Votes a fallback commit (ballot ≥ 1) needs among `members` devices with signing
+/// threshold `threshold`, and promises a fallback coordinator gathers: at least the
+/// threshold and a strict majority.
 pub fn quorum(members: usize, threshold: u16) -> usize {
     (threshold as usize).max(members / 2 + 1)
 }
 
-/// How long a witness waits for a commit before the next coordinator takes over:
-/// three observed round trips, at least 200 ms.
+/// Votes a fast commit (ballot 0) needs: at least a [`quorum`], and enough that
+/// `2 * fast + quorum > 2 * members`. Then among any quorum of promises at most one
+/// ballot-0 instance can show enough votes to have committed (see [`choose`]). The fast
+/// path needs all of 3 members, 3 of 4, 4 of 5, 6 of 7.
+pub fn fast_quorum(members: usize, threshold: u16) -> usize {
+    let q = quorum(members, threshold);
+    q.max((members + 1).saturating_sub(q.div_ceil(2)))
+}
+
+/// Who coordinates ballot `ballot` (≥ 1) from `prestate`: the members in a rotation
+/// that starts at a place the prestate picks, so no device leads every fallback. Ballot
+/// 0 has no single coordinator (`None`), nor has an empty member set.
+pub fn coordinator(members: &BTreeSet<DeviceId>, prestate: &Hash32, ballot: u32) -> Option<DeviceId> {
+    if ballot == 0 || members.is_empty() {
+        return None;
+    }
+    let order = rotation(members, prestate);
+    Some(order[(ballot as usize - 1) % order.len()])
+}
+
+/// How long a witness waits for a commit before the next ballot is due: three observed
+/// round trips, at least 200 ms.
 pub fn fallback_timeout(rtt: Option<Duration>) -> Duration {
     const FLOOR: Duration = Duration::from_millis(200);
     rtt.map_or(FLOOR, |r| r.saturating_mul(3).max(FLOOR))
 }
 
-/// The order in which `members` coordinate instance `id`: attempt `k` is coordinated by
-/// the `k`-th device (cyclically). Every device computes the same order from the same
-/// member set; where it starts depends on the instance, so no device coordinates every
-/// fallback.
-pub fn rotation(members: &BTreeSet<DeviceId>, id: &ConsensusId) -> Vec<DeviceId> {
+/// The order in which `members` coordinate fallback ballots from a prestate (`seed`):
+/// ballot `k` is coordinated by the `k`-th device (cyclically). Every device computes
+/// the same order from the same member set.
+pub fn rotation(members: &BTreeSet<DeviceId>, seed: &Hash32) -> Vec<DeviceId> {
     let all: Vec<DeviceId> = members.iter().copied().collect();
     if all.is_empty() {
         return all;
     }
     let mut start = [0u8; 8];
-    start.copy_from_slice(&id.0[..8]);
+    start.copy_from_slice(&seed[..8]);
     let start = (u64::from_le_bytes(start) % all.len() as u64) as usize;
     all[start..].iter().chain(&all[..start]).copied().collect()
 }
 
-/// An instance as its coordinator proposes it (attempt `attempt` of what `proposer`
-/// started).
+/// An instance as its proposer made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// The instance: `consensus_id(prestate, op_hash(op), nonce)`.
@@ -101,9 +121,7 @@ pub struct Proposal {
     pub op: Vec<u8>,
     /// The proposer's nonce.
     pub nonce: [u8; 32],
-    /// 0 from the proposer, then one per fallback coordinator.
-    pub attempt: u32,
-    /// Who proposed it (coordinates attempt 0).
+    /// Who proposed it.
     pub proposer: DeviceId,
 }
 
@@ -114,7 +132,8 @@ impl Proposal {
     }
 }
 
-/// A witness's signed choice: from `prestate`, instance `id` (operation hash `op`).
+/// A witness's signed choice: from `prestate`, at ballot `ballot`, instance `id`
+/// (operation hash `op`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Vote {
     /// The instance.
@@ -123,6 +142,8 @@ pub struct Vote {
     pub prestate: Hash32,
     /// Hash of the operation.
     pub op: Hash32,
+    /// The ballot: 0 for the fast path, else the fallback ballot that asked for it.
+    pub ballot: u32,
     /// The witness.
     pub voter: DeviceId,
     /// The witness's device signature over all of the above.
@@ -134,41 +155,50 @@ struct VoteBody<'a> {
     id: &'a ConsensusId,
     prestate: &'a Hash32,
     op: &'a Hash32,
+    ballot: u32,
     voter: &'a DeviceId,
 }
 
 impl Vote {
-    fn signing_bytes(id: &ConsensusId, prestate: &Hash32, op: &Hash32, voter: &DeviceId) -> Vec<u8> {
+    fn signing_bytes(&self) -> Vec<u8> {
         let mut out = CTX_VOTE.as_bytes().to_vec();
         out.extend_from_slice(&wire::encode(&VoteBody {
-            id,
-            prestate,
-            op,
-            voter,
+            id: &self.id,
+            prestate: &self.prestate,
+            op: &self.op,
+            ballot: self.ballot,
+            voter: &self.voter,
         }));
         out
     }
 
-    /// Signs a vote with this device's key.
-    pub fn sign(keys: &DeviceKeys, rng: &mut PeerRng, id: ConsensusId, prestate: Hash32, op: Hash32) -> Vote {
-        let msg = Vote::signing_bytes(&id, &prestate, &op, &keys.id);
-        Vote {
-            id,
-            prestate,
-            op,
+    /// Signs a vote at `ballot` for the instance `p` with this device's key.
+    pub fn sign(keys: &DeviceKeys, rng: &mut PeerRng, p: &Proposal, ballot: u32) -> Vote {
+        let mut v = Vote {
+            id: p.id,
+            prestate: p.prestate,
+            op: op_hash(&p.op),
+            ballot,
             voter: keys.id,
-            sig: Sig64(keys.sign(rng, &msg)),
-        }
+            sig: Sig64([0; 64]),
+        };
+        v.sig = Sig64(keys.sign(rng, &v.signing_bytes()));
+        v
     }
 
     /// Whether the signature verifies under the voter's signing key `key`.
     pub fn verify(&self, key: &[u8; 32]) -> bool {
-        let msg = Vote::signing_bytes(&self.id, &self.prestate, &self.op, &self.voter);
-        schnorr_ok(key, &msg, &self.sig)
+        schnorr_ok(key, &self.signing_bytes(), &self.sig)
+    }
+
+    /// Whether this is a vote for proposal `p`.
+    pub fn is_for(&self, p: &Proposal) -> bool {
+        self.id == p.id && self.prestate == p.prestate && self.op == op_hash(&p.op)
     }
 }
 
-/// Two votes of one member for different instances from the same prestate.
+/// Two votes of one member at one ballot for different instances from the same
+/// prestate: no correct witness signs those.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Equivocation {
     /// The vote with the smaller instance id.
@@ -186,6 +216,10 @@ pub enum EquivocationError {
     /// The votes are for different prestates (voting once per prestate is allowed).
     #[error("the votes are for different prestates")]
     DifferentPrestates,
+    /// The votes are at different ballots (a witness may change its mind at a higher
+    /// ballot when a fallback coordinator asks).
+    #[error("the votes are at different ballots")]
+    DifferentBallots,
     /// Both votes are for the same instance (repeating a vote is allowed).
     #[error("both votes are for the same instance")]
     SameInstance,
@@ -198,7 +232,7 @@ impl Equivocation {
     /// The proof formed by two votes, in canonical order; `None` if they do not conflict
     /// (signatures are checked by [`Equivocation::check`]).
     pub fn of(a: Vote, b: Vote) -> Option<Equivocation> {
-        if a.voter != b.voter || a.prestate != b.prestate || a.id == b.id {
+        if a.voter != b.voter || a.prestate != b.prestate || a.ballot != b.ballot || a.id == b.id {
             return None;
         }
         let (first, second) = if a.id < b.id { (a, b) } else { (b, a) };
@@ -213,6 +247,9 @@ impl Equivocation {
         }
         if a.prestate != b.prestate {
             return Err(EquivocationError::DifferentPrestates);
+        }
+        if a.ballot != b.ballot {
+            return Err(EquivocationError::DifferentBallots);
         }
         if a.id == b.id {
             return Err(EquivocationError::SameInstance);
@@ -233,60 +270,162 @@ pub enum Refusal {
         /// The witness's own prestate.
         mine: Hash32,
     },
-    /// The witness already voted for another instance from this prestate: here is that
-    /// vote (the coordinator can join that instance instead).
+    /// The witness already voted at that ballot for another instance from this
+    /// prestate: here is that vote (a fast proposer learns it lost the race).
     Voted(Vote),
     /// The operation does not apply to the witness's state (or does not decode).
     Invalid,
+    /// The witness promised a fallback coordinator to ignore ballots below `ballot`.
+    Promised {
+        /// The ballot promised.
+        ballot: u32,
+    },
 }
 
-/// A witness's answer to a proposal.
+/// A witness's answer to a proposal (ballot 0) or to a fallback coordinator's request
+/// for votes (ballot ≥ 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Vote: sign a new vote, persist it, only then send it.
     Vote,
-    /// Already voted for this very instance: send that vote again.
+    /// Already voted for this very instance at this ballot: send that vote again.
     Again(Vote),
     /// Do not vote.
     Refuse(Refusal),
 }
 
-/// What a witness voted, by prestate (rebuilt from its durable vote records on restore).
+/// A witness's answer to a fallback coordinator's prepare request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Promise {
+    /// Promise (persist the promise, then send it) and report the highest vote cast.
+    Give(Option<Vote>),
+    /// Do not promise.
+    Refuse(Refusal),
+}
+
+/// What a witness did from one prestate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// The highest ballot promised (0: none).
+    pub promised: u32,
+    /// Votes cast, by ballot (one per ballot).
+    pub votes: BTreeMap<u32, Vote>,
+}
+
+/// What a witness promised and voted, by prestate (rebuilt from its durable records on
+/// restore). The rules: one vote per ballot; a ballot-0 vote only before any other vote
+/// or promise; no vote below a ballot promised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ballots {
-    by_prestate: BTreeMap<Hash32, Vote>,
+    by_prestate: BTreeMap<Hash32, Slot>,
 }
 
 impl Ballots {
-    /// Whether to vote for instance `id` (operation `op`) proposed from `prestate`, when
-    /// this witness's own reduced state hashes to `mine`.
-    pub fn decide(&self, mine: &Hash32, id: &ConsensusId, prestate: &Hash32) -> Decision {
+    /// Whether to vote at `ballot` for instance `id` proposed from `prestate`, when this
+    /// witness's own reduced state hashes to `mine`.
+    pub fn decide(&self, mine: &Hash32, id: &ConsensusId, prestate: &Hash32, ballot: u32) -> Decision {
         if prestate != mine {
             return Decision::Refuse(Refusal::Prestate { mine: *mine });
         }
-        match self.by_prestate.get(prestate) {
-            Some(v) if v.id == *id => Decision::Again(v.clone()),
-            Some(v) => Decision::Refuse(Refusal::Voted(v.clone())),
-            None => Decision::Vote,
+        let Some(slot) = self.by_prestate.get(prestate) else {
+            return Decision::Vote;
+        };
+        match slot.votes.get(&ballot) {
+            Some(v) if v.id == *id => return Decision::Again(v.clone()),
+            Some(v) => return Decision::Refuse(Refusal::Voted(v.clone())),
+            None => {}
         }
+        if slot.promised > ballot {
+            return Decision::Refuse(Refusal::Promised { ballot: slot.promised });
+        }
+        if ballot == 0 {
+            // The fast ballot only before anything else (no promise: checked above).
+            if let Some(v) = slot.votes.values().next_back() {
+                return Decision::Refuse(Refusal::Voted(v.clone()));
+            }
+        }
+        Decision::Vote
     }
 
-    /// Remembers a vote whose record is durable. A second, different vote for one
-    /// prestate is refused (the caller has a bug; nothing is overwritten).
+    /// Whether to promise ballot `ballot` (≥ 1) from `prestate`.
+    pub fn prepare(&self, mine: &Hash32, prestate: &Hash32, ballot: u32) -> Promise {
+        if prestate != mine {
+            return Promise::Refuse(Refusal::Prestate { mine: *mine });
+        }
+        let slot = self.by_prestate.get(prestate);
+        let promised = slot.map_or(0, |s| s.promised);
+        if ballot == 0 || ballot < promised {
+            return Promise::Refuse(Refusal::Promised { ballot: promised });
+        }
+        Promise::Give(slot.and_then(|s| s.votes.values().next_back().cloned()))
+    }
+
+    /// Remembers a vote (decided by [`Ballots::decide`]). A second, different vote at one
+    /// ballot is refused (the caller has a bug; nothing is overwritten).
     pub fn record(&mut self, vote: Vote) -> bool {
-        match self.by_prestate.get(&vote.prestate) {
+        let slot = self.by_prestate.entry(vote.prestate).or_default();
+        match slot.votes.get(&vote.ballot) {
             Some(v) => *v == vote,
             None => {
-                self.by_prestate.insert(vote.prestate, vote);
+                slot.promised = slot.promised.max(vote.ballot);
+                slot.votes.insert(vote.ballot, vote);
                 true
             }
         }
     }
 
-    /// The vote cast from `prestate`, if any.
-    pub fn vote_for(&self, prestate: &Hash32) -> Option<&Vote> {
+    /// Remembers a promise.
+    pub fn promise(&mut self, prestate: Hash32, ballot: u32) {
+        let slot = self.by_prestate.entry(prestate).or_default();
+        slot.promised = slot.promised.max(ballot);
+    }
+
+    /// What was done from `prestate`, if anything.
+    pub fn slot(&self, prestate: &Hash32) -> Option<&Slot> {
         self.by_prestate.get(prestate)
     }
+
+    /// Forgets prestates other than `keep` (a prestate left behind never comes back:
+    /// prestates chain every applied change).
+    pub fn retain(&mut self, keep: impl Fn(&Hash32) -> bool) {
+        self.by_prestate.retain(|p, _| keep(p));
+    }
+}
+
+/// What a fallback coordinator may ask votes for, given the highest votes a quorum of
+/// witnesses reported in their promises (`None`: no vote yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// This instance may have committed (or a higher ballot chose it): only it.
+    Bound(ConsensusId),
+    /// None can have committed: any instance from the prestate.
+    Free,
+}
+
+/// The fallback rule. `reports` are the highest votes of distinct witnesses (at least a
+/// [`quorum`] of them) among `members` members with threshold `threshold`.
+///
+/// The highest-ballot vote reported, if at ballot ≥ 1, binds (classic Paxos: its
+/// coordinator chose it by this very rule). Otherwise a ballot-0 instance binds if the
+/// votes reported for it plus every member that did not report could make a fast quorum;
+/// at most one instance can, because `2 * fast + quorum > 2 * members`.
+pub fn choose(reports: &[Option<Vote>], members: usize, threshold: u16) -> Choice {
+    let highest = reports.iter().flatten().max_by_key(|v| v.ballot);
+    match highest {
+        None => return Choice::Free,
+        Some(v) if v.ballot > 0 => return Choice::Bound(v.id),
+        Some(_) => {}
+    }
+    let mut counts: BTreeMap<ConsensusId, usize> = BTreeMap::new();
+    for v in reports.iter().flatten() {
+        *counts.entry(v.id).or_default() += 1;
+    }
+    let silent = members.saturating_sub(reports.len());
+    let fast = fast_quorum(members, threshold);
+    counts
+        .into_iter()
+        .find(|(_, c)| c + silent >= fast)
+        .map_or(Choice::Free, |(id, _)| Choice::Bound(id))
 }
 
 /// An agreed operation: the instance, the operation and a quorum of votes for it. As a
@@ -300,7 +439,8 @@ pub struct Commit {
     pub prestate: Hash32,
     /// The operation's bytes.
     pub op: Vec<u8>,
-    /// Votes for the instance, ascending by voter, at least a quorum.
+    /// Votes for the instance at one ballot, ascending by voter: at least a fast quorum
+    /// at ballot 0, a quorum at a fallback ballot.
     pub votes: Vec<Vote>,
 }
 
@@ -310,8 +450,8 @@ pub enum CommitError {
     /// Fewer distinct member votes than the quorum.
     #[error("fewer votes than the quorum")]
     NoQuorum,
-    /// A vote names another instance, prestate or operation.
-    #[error("a vote is for another instance, prestate or operation")]
+    /// A vote names another instance, prestate, operation or ballot.
+    #[error("a vote is for another instance, prestate, operation or ballot")]
     Mismatch,
     /// Votes are not strictly ascending by voter (duplicates or disorder).
     #[error("votes are not strictly ascending by voter")]
@@ -322,9 +462,6 @@ pub enum CommitError {
     /// A vote's signature does not verify.
     #[error("a vote's signature does not verify")]
     BadVote,
-    /// The package is not for the instance this witness voted for, or lacks its vote.
-    #[error("the package is not the commit of the instance this witness voted for")]
-    NotMyInstance,
 }
 
 /// Where a commit goes: its journal, the coordinator's Lamport clock there, and the
@@ -364,19 +501,30 @@ impl CommitFrame {
 }
 
 impl Commit {
-    /// Checks the votes: at least `quorum(members, threshold)` distinct members, each
-    /// vote for this instance, prestate and operation, and signed by its voter (`members`
-    /// maps each member to its signing key).
+    /// The ballot its votes were cast at.
+    pub fn ballot(&self) -> u32 {
+        self.votes.first().map_or(0, |v| v.ballot)
+    }
+
+    /// Checks the votes: all at one ballot, from at least `fast_quorum(members,
+    /// threshold)` distinct members at ballot 0 or `quorum(members, threshold)` at a
+    /// fallback ballot, each vote for this instance, prestate and operation, and signed
+    /// by its voter (`members` maps each member to its signing key).
     pub fn check(&self, members: &BTreeMap<DeviceId, [u8; 32]>, threshold: u16) -> Result<(), CommitError> {
         if !self.votes.windows(2).all(|w| w[0].voter < w[1].voter) {
             return Err(CommitError::Order);
         }
-        if self.votes.len() < quorum(members.len(), threshold) {
+        let ballot = self.ballot();
+        let needed = match ballot {
+            0 => fast_quorum(members.len(), threshold),
+            _ => quorum(members.len(), threshold),
+        };
+        if self.votes.len() < needed {
             return Err(CommitError::NoQuorum);
         }
         let op = op_hash(&self.op);
         for v in &self.votes {
-            if v.id != self.id || v.prestate != self.prestate || v.op != op {
+            if v.id != self.id || v.prestate != self.prestate || v.op != op || v.ballot != ballot {
                 return Err(CommitError::Mismatch);
             }
             let key = members.get(&v.voter).ok_or(CommitError::NotMember)?;
@@ -388,25 +536,12 @@ impl Commit {
     }
 }
 
-/// What a witness checks before it signs a package: the commit is well formed and is for
-/// the instance it voted for, with its own vote in it.
-pub fn check_package(
-    commit: &Commit,
-    mine: &Vote,
-    members: &BTreeMap<DeviceId, [u8; 32]>,
-    threshold: u16,
-) -> Result<(), CommitError> {
-    if commit.id != mine.id || commit.prestate != mine.prestate || !commit.votes.contains(mine) {
-        return Err(CommitError::NotMyInstance);
-    }
-    commit.check(members, threshold)
-}
-
-/// The equivocation two commits from one prestate prove: some member voted in both for
-/// different instances. `None` if they are for the same instance or different prestates
-/// (or share no voter, which valid commits from one prestate cannot).
+/// The equivocation two commits from one prestate at one ballot prove: some member
+/// voted in both for different instances. `None` if they are for the same instance,
+/// different prestates or different ballots (two commits at different ballots need a
+/// witness that lied in a promise, which its votes alone do not show).
 pub fn equivocation_between(a: &Commit, b: &Commit) -> Option<Equivocation> {
-    if a.prestate != b.prestate || a.id == b.id {
+    if a.prestate != b.prestate || a.id == b.id || a.ballot() != b.ballot() {
         return None;
     }
     let theirs: BTreeMap<DeviceId, &Vote> = b.votes.iter().map(|v| (v.voter, v)).collect();
@@ -415,143 +550,4 @@ pub fn equivocation_between(a: &Commit, b: &Commit) -> Option<Equivocation> {
             .get(&v.voter)
             .and_then(|w| Equivocation::of(v.clone(), (*w).clone()))
     })
-}
-
-/// Why a coordinator's round refuses an input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RoundError {
-    /// The vote is not a valid vote of that member for this instance.
-    #[error("not a valid vote for this instance")]
-    BadVote,
-    /// The FROST identifier does not belong to the voter.
-    #[error("the signer identifier does not belong to the voter")]
-    WrongIdentifier,
-    /// A share for a signer outside the package, or given twice.
-    #[error("unexpected signature share")]
-    UnexpectedShare,
-    /// The package is built already; late votes are not needed.
-    #[error("the package is built already")]
-    Late,
-    /// Aggregation failed (a bad share).
-    #[error("aggregation failed")]
-    Aggregate,
-}
-
-/// One attempt of an instance, as its coordinator runs it.
-#[derive(Debug)]
-pub struct Round {
-    commit: Commit,
-    frame: CommitFrame,
-    op_hash: Hash32,
-    /// Members: device → (signing key, FROST identifier).
-    members: BTreeMap<DeviceId, ([u8; 32], frost::Identifier)>,
-    needed: usize,
-    votes: BTreeMap<DeviceId, Vote>,
-    commitments: BTreeMap<frost::Identifier, frost::round1::SigningCommitments>,
-    package: Option<frost::SigningPackage>,
-    shares: BTreeMap<frost::Identifier, frost::round2::SignatureShare>,
-}
-
-impl Round {
-    /// A round for instance `id` agreeing on `op` from `prestate`, among `members`
-    /// (device → signing key and FROST identifier) with signing threshold `threshold`;
-    /// the commit will be the fact `frame` describes.
-    pub fn new(
-        id: ConsensusId,
-        prestate: Hash32,
-        op: Vec<u8>,
-        members: BTreeMap<DeviceId, ([u8; 32], frost::Identifier)>,
-        threshold: u16,
-        frame: CommitFrame,
-    ) -> Round {
-        let needed = quorum(members.len(), threshold);
-        Round {
-            op_hash: op_hash(&op),
-            commit: Commit {
-                id,
-                prestate,
-                op,
-                votes: Vec::new(),
-            },
-            frame,
-            members,
-            needed,
-            votes: BTreeMap::new(),
-            commitments: BTreeMap::new(),
-            package: None,
-            shares: BTreeMap::new(),
-        }
-    }
-
-    /// Votes needed.
-    pub fn needed(&self) -> usize {
-        self.needed
-    }
-
-    /// A member's vote with its round-1 commitment. Returns the commit to sign and the
-    /// signing package once a quorum is in (exactly once).
-    pub fn on_vote(
-        &mut self,
-        vote: Vote,
-        identifier: frost::Identifier,
-        commitments: frost::round1::SigningCommitments,
-    ) -> Result<Option<(Commit, frost::SigningPackage)>, RoundError> {
-        if self.package.is_some() {
-            return Err(RoundError::Late);
-        }
-        let Some((key, ident)) = self.members.get(&vote.voter) else {
-            return Err(RoundError::BadVote);
-        };
-        let valid = vote.id == self.commit.id
-            && vote.prestate == self.commit.prestate
-            && vote.op == self.op_hash
-            && vote.verify(key);
-        if !valid {
-            return Err(RoundError::BadVote);
-        }
-        if *ident != identifier {
-            return Err(RoundError::WrongIdentifier);
-        }
-        self.commitments.insert(identifier, commitments);
-        self.votes.insert(vote.voter, vote);
-        if self.votes.len() < self.needed {
-            return Ok(None);
-        }
-        self.commit.votes = self.votes.values().cloned().collect();
-        let package = frost::SigningPackage::new(self.commitments.clone(), &self.frame.message(&self.commit));
-        self.package = Some(package.clone());
-        Ok(Some((self.commit.clone(), package)))
-    }
-
-    /// A signature share. Returns the commit fact once every signer of the package has
-    /// sent a valid share.
-    pub fn on_share(
-        &mut self,
-        identifier: frost::Identifier,
-        share: frost::round2::SignatureShare,
-        public: &frost::keys::PublicKeyPackage,
-    ) -> Result<Option<Fact>, RoundError> {
-        let Some(package) = &self.package else {
-            return Err(RoundError::UnexpectedShare);
-        };
-        if !package.signing_commitments().contains_key(&identifier) || self.shares.contains_key(&identifier) {
-            return Err(RoundError::UnexpectedShare);
-        }
-        self.shares.insert(identifier, share);
-        if self.shares.len() < package.signing_commitments().len() {
-            return Ok(None);
-        }
-        let signature = frost::aggregate(package, &self.shares, public)
-            .ok()
-            .and_then(|s| s.serialize().ok())
-            .and_then(|b| <[u8; 64]>::try_from(b).ok());
-        match signature {
-            Some(sig) => Ok(Some(self.frame.fact(self.commit.clone(), sig))),
-            None => {
-                // Keep the round usable: a bad share is dropped, not fatal for the others.
-                self.shares.remove(&identifier);
-                Err(RoundError::Aggregate)
-            }
-        }
-    }
 }

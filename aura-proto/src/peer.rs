@@ -660,6 +660,13 @@ enum Pending {
         vote: crate::consensus::Vote,
         to: DeviceId,
     },
+    /// A consensus promise is durable: send it to the coordinator (`None`: we are the
+    /// coordinator; send the prepare requests).
+    Promised {
+        prestate: [u8; 32],
+        ballot: u32,
+        to: Option<DeviceId>,
+    },
     /// A delivery confirmation is durable: report it.
     Delivered {
         fact: FactId,
@@ -1002,6 +1009,7 @@ impl Peer {
             Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
             Record::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Record::Voted { vote, proposal } => self.restore_vote(vote, proposal),
+            Record::Promised { prestate, ballot } => self.consensus.ballots.promise(prestate, ballot),
             Record::Reserve {
                 context,
                 peer,
@@ -2256,6 +2264,7 @@ impl Peer {
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
             Pending::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Pending::Voted { vote, to } => self.vote_durable(vote, to),
+            Pending::Promised { prestate, ballot, to } => self.promise_durable(prestate, ballot, to),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);
                 self.add_peer(peer);

@@ -265,6 +265,9 @@ impl Peer {
             AuthMsg::Propose(p) => self.on_propose(from, p),
             AuthMsg::Voted { vote } => self.on_voted(from, vote),
             AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),
+            AuthMsg::Prepare { prestate, ballot } => self.on_prepare(from, prestate, ballot),
+            AuthMsg::Promise { prestate, ballot, last } => self.on_promise(from, prestate, ballot, last),
+            AuthMsg::Accept { ballot, proposal } => self.on_accept_ballot(from, ballot, proposal),
         }
     }
 

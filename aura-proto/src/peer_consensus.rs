@@ -1,26 +1,24 @@
 //! Consensus in [`Peer`]: agreeing on one change of the authority's device tree per
 //! prestate (see `crate::consensus` for the rules and `spec/consensus.md`).
 //!
-//! The proposer sends `Propose { id, prestate, op, nonce, attempt, proposer }` to every
-//! member. A witness checks the instance id against the nonce, the prestate against its
-//! own reduced view and the change against that view, then votes at most once per
-//! prestate: the vote is persisted (`Record::Voted`) before it leaves. The coordinator of
-//! the attempt gathers a quorum of votes, puts them into a `Commit` and has the group
-//! sign the commit fact through the ordinary FROST signing session (whose nonce counter
-//! is persisted before any commitment leaves); members sign a commit only if its votes
-//! form a quorum of their own view and it applies to their prestate. The commit is pushed
-//! to every member and spread by anti-entropy; each device reports `Event::Committed`
-//! once it applies.
+//! Fast path (ballot 0): the proposer sends `Propose` to every member; a witness checks
+//! the instance id, the prestate against its own reduced view and the change against
+//! that view, and votes at ballot 0 for the first instance it sees from a prestate. The
+//! proposer gathers a fast quorum of votes, puts them into a `Commit` and has the group
+//! sign the commit fact through the ordinary FROST signing session; members sign a
+//! commit only if its votes hold up against their own view. The commit is pushed to
+//! every member and spread by anti-entropy; each device reports `Event::Committed` once
+//! it applies.
 //!
-//! Fallback: every device that saw a proposal waits `fallback_timeout` (doubling per
-//! attempt, at most 30 s) for its prestate to move; if it does not, the attempt number
-//! goes up and the next coordinator in the instance's rotation proposes the same instance
-//! again (witnesses repeat their vote). An instance is never given up while its prestate
-//! stands: its votes are final, so no other instance from that prestate could win. A
-//! device that does not know the proposal lets its turn pass; a restarted voter knows it
-//! from its vote record. A device does not propose while it knows an instance from the
-//! current prestate (`CommandError::Busy`); competing proposals from devices that did
-//! not hear of each other can still split the votes (see `spec/consensus.md`).
+//! Fallback (ballot b ≥ 1): every device that knows an open instance from its current
+//! prestate waits `fallback_after(b)`; when the prestate has not moved by then, the
+//! device that owns the next ballot in the prestate's rotation persists its own promise,
+//! sends `Prepare`, gathers `Promise`s (each durable at its witness, reporting the
+//! witness's highest vote and what it was for) from a quorum, asks for votes at its
+//! ballot with `Accept` for the instance `choose` allows, and commits with a quorum of
+//! those votes. Promises and votes are persisted before they leave. A device that owns a
+//! ballot but knows no instance lets it pass; the timers double once per full rotation,
+//! so a quorum that can talk always gets a coordinator with enough time.
 //!
 //! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), equivocation
 //! proof facts and exclusion, adding devices (needs a key generation among the new set),
@@ -31,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{CommandError, Event, Peer, Pending};
 use crate::authority::{AuthMsg, AuthorityView};
 use crate::consensus::{
-    consensus_id, fallback_timeout, op_hash, quorum, rotation, Ballots, Commit, ConsensusId, Decision, Proposal,
-    Refusal, Vote,
+    choose, consensus_id, coordinator, fallback_timeout, fast_quorum, op_hash, quorum, Ballots, Choice, Commit,
+    ConsensusId, Decision, Hash32, Promise, Proposal, Refusal, Vote,
 };
 use crate::journal::{AuthorityId, FactBody, Namespace, TreeOpKind};
 use crate::keys::DeviceId;
@@ -41,48 +39,72 @@ use crate::record::Record;
 use crate::time::Instant;
 use crate::wire;
 
-/// Highest attempt number accepted in a proposal (an instance is never given up while
-/// its prestate stands, since its votes are final; attempts only slow down).
-const MAX_ATTEMPT: u32 = 100_000;
-/// Longest wait between fallback attempts.
+/// Highest ballot accepted (timers double once per rotation, so this is never reached
+/// in practice; it keeps arithmetic far from overflow).
+const MAX_BALLOT: u32 = 1 << 24;
+/// Longest wait between fallback ballots.
 const MAX_FALLBACK: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// An instance this device has seen proposed, and when its attempt times out.
+/// An instance this device knows (its operation bytes are needed to vote or re-propose).
 #[derive(Debug)]
 pub(super) struct Seen {
-    authority: AuthorityId,
     proposal: Proposal,
+}
+
+/// A prestate with an instance open, as this device sees it.
+#[derive(Debug)]
+pub(super) struct Open {
+    authority: AuthorityId,
+    /// When the next fallback ballot is due.
     deadline: Instant,
-    /// Forgotten after this unless its prestate becomes ours (it may be ahead of us).
+    /// The highest ballot heard of or run from this prestate.
+    ballot: u32,
+    /// Forgotten after this unless the prestate becomes ours (we may be behind).
     expires: Instant,
 }
 
-/// Instances remembered at once; a proposal for a new one beyond this is dropped
-/// (`overloaded`), so no member can fill memory with proposals.
+/// Instances (and open prestates) remembered at once; a message about a new one beyond
+/// this is dropped (`overloaded`), so no member can fill memory.
 const MAX_PROPOSALS: usize = 64;
 
-/// How long a proposal from a prestate that is not ours is kept (we may be behind).
+/// How long an instance from a prestate that is not ours is kept (we may be behind).
 const KEEP_FOREIGN: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// An attempt this device coordinates.
-#[derive(Debug, Default)]
-pub(super) struct Coordinating {
-    votes: BTreeMap<DeviceId, Vote>,
-    /// Refusals other than "your prestate is not mine" (a device behind may catch up).
-    refused: BTreeSet<DeviceId>,
-    signing: bool,
+/// A ballot this device runs: the fast ballot of its own proposal, or a fallback ballot
+/// it owns.
+#[derive(Debug)]
+enum Phase {
+    /// Gathering promises (fallback ballots only): each witness's highest vote.
+    Promises(BTreeMap<DeviceId, Option<Vote>>),
+    /// Gathering votes for one instance.
+    Votes {
+        id: ConsensusId,
+        votes: BTreeMap<DeviceId, Vote>,
+        signing: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Lead {
+    authority: AuthorityId,
+    ballot: u32,
+    phase: Phase,
 }
 
 /// Consensus state of a [`Peer`].
 #[derive(Debug, Default)]
 pub(super) struct ConsensusState {
-    /// Votes cast (restored from `Record::Voted`).
+    /// Promises and votes (restored from `Record::Promised` / `Record::Voted`). Updated
+    /// when decided; what is sent waits for the record (`writing`).
     pub(super) ballots: Ballots,
     proposals: BTreeMap<ConsensusId, Seen>,
-    rounds: BTreeMap<ConsensusId, Coordinating>,
-    /// Votes whose record is being written, by prestate: they count as cast (a second
-    /// proposal from the same prestate must not get a vote while the first is on disk).
-    voting: BTreeMap<[u8; 32], Vote>,
+    open: BTreeMap<Hash32, Open>,
+    /// The ballot this device runs from a prestate (the latest one started).
+    leads: BTreeMap<Hash32, Lead>,
+    /// Votes and promises (prestate, ballot) whose record is being written: asked again
+    /// meanwhile, the answer waits for the record.
+    writing_votes: BTreeSet<(Hash32, u32)>,
+    writing_promises: BTreeSet<(Hash32, u32)>,
 }
 
 impl Peer {
@@ -94,16 +116,9 @@ impl Peer {
         }
         let op = wire::encode(&kind);
         let prestate = view.prestate();
-        // A second instance from one prestate could split the votes for good (each vote
-        // is final): while one is known, it is the one to finish.
-        let pending = self.consensus.ballots.vote_for(&prestate).is_some()
-            || self.consensus.voting.contains_key(&prestate)
-            || self
-                .consensus
-                .proposals
-                .values()
-                .any(|s| s.proposal.prestate == prestate);
-        if pending {
+        // While an instance from this prestate is open, it is the one to finish (a second
+        // would compete for the same votes and delay both).
+        if self.consensus.open.contains_key(&prestate) || self.consensus.ballots.slot(&prestate).is_some() {
             return Err(CommandError::Busy);
         }
         let nonce = self.rng.bytes32();
@@ -113,72 +128,117 @@ impl Peer {
             prestate,
             op,
             nonce,
-            attempt: 0,
             proposer: self.keys.id,
         };
-        self.start_attempt(&view, proposal);
-        Ok(())
-    }
-
-    /// The coordinator of `attempt` of instance `id`: the proposer first, then the
-    /// rotation.
-    fn coordinator_of(view: &AuthorityView, id: &ConsensusId, proposer: DeviceId, attempt: u32) -> DeviceId {
-        if attempt == 0 {
-            return proposer;
-        }
-        let members: BTreeSet<DeviceId> = view.members.keys().copied().collect();
-        let order = rotation(&members, id);
-        order[(attempt as usize - 1) % order.len()]
-    }
-
-    fn start_attempt(&mut self, view: &AuthorityView, proposal: Proposal) {
-        self.consensus.rounds.insert(proposal.id, Coordinating::default());
+        self.consensus.proposals.insert(
+            id,
+            Seen {
+                proposal: proposal.clone(),
+            },
+        );
+        self.touch_open(&view, prestate, 0);
+        self.consensus.leads.insert(
+            prestate,
+            Lead {
+                authority: view.id,
+                ballot: 0,
+                phase: Phase::Votes {
+                    id,
+                    votes: BTreeMap::new(),
+                    signing: false,
+                },
+            },
+        );
         // Every member, this device included (its own vote goes through the same rules).
         for d in view.members.keys().copied().collect::<Vec<_>>() {
             self.send_auth(d, AuthMsg::Propose(proposal.clone()));
         }
+        Ok(())
     }
 
-    /// A witness receives a proposal.
+    /// How long ballot `ballot` gets before the next one is due: the fallback timer,
+    /// doubling once per full rotation of `members` coordinators, at most `MAX_FALLBACK`.
+    fn fallback_after(ballot: u32, members: usize) -> std::time::Duration {
+        let rounds = ballot / members.max(1) as u32;
+        fallback_timeout(None)
+            .saturating_mul(1u32 << rounds.min(16))
+            .min(MAX_FALLBACK)
+    }
+
+    /// Notes activity at `ballot` from `prestate`: the prestate is open here, and its
+    /// next fallback ballot is due `fallback_after` from now (later if already later).
+    fn touch_open(&mut self, view: &AuthorityView, prestate: Hash32, ballot: u32) {
+        let now = self.now.mono;
+        let deadline = now.saturating_add(Self::fallback_after(ballot, view.members.len()));
+        let open = self.consensus.open.entry(prestate).or_insert(Open {
+            authority: view.id,
+            deadline,
+            ballot,
+            expires: now,
+        });
+        open.expires = now.saturating_add(KEEP_FOREIGN);
+        if ballot >= open.ballot {
+            open.ballot = ballot;
+            open.deadline = open.deadline.max(deadline);
+        }
+    }
+
+    /// Whether remembering something new about instance `id` / `prestate` fits.
+    fn room_for(&self, id: Option<&ConsensusId>, prestate: &Hash32) -> bool {
+        let c = &self.consensus;
+        let new_id = id.is_some_and(|i| !c.proposals.contains_key(i));
+        let new_open = !c.open.contains_key(prestate);
+        !(new_id && c.proposals.len() >= MAX_PROPOSALS || new_open && c.open.len() >= MAX_PROPOSALS)
+    }
+
+    fn member_set(view: &AuthorityView) -> BTreeSet<DeviceId> {
+        view.members.keys().copied().collect()
+    }
+
+    /// A witness receives a proposal (ballot 0, straight from its proposer).
     pub(super) fn on_propose(&mut self, from: DeviceId, p: Proposal) {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
-        let valid = view.members.contains_key(&from)
+        if !(view.members.contains_key(&from) && p.proposer == from && p.binds()) {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        self.witness(&view, from, p, 0);
+    }
+
+    /// A witness receives a fallback coordinator's request for votes.
+    pub(super) fn on_accept_ballot(&mut self, from: DeviceId, ballot: u32, p: Proposal) {
+        let Some(view) = self.my_authority().cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let valid = (1..=MAX_BALLOT).contains(&ballot)
             && view.members.contains_key(&p.proposer)
-            && p.attempt <= MAX_ATTEMPT
             && p.binds()
-            && Self::coordinator_of(&view, &p.id, p.proposer, p.attempt) == from;
+            && coordinator(&Self::member_set(&view), &p.prestate, ballot) == Some(from);
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        if !self.consensus.proposals.contains_key(&p.id) && self.consensus.proposals.len() >= MAX_PROPOSALS {
+        self.witness(&view, from, p, ballot);
+    }
+
+    /// Votes for `p` at `ballot` if the rules allow, else says why.
+    fn witness(&mut self, view: &AuthorityView, from: DeviceId, p: Proposal, ballot: u32) {
+        if !self.room_for(Some(&p.id), &p.prestate) {
             return self.metrics.drop(DropReason::Overloaded);
         }
-        let deadline = self.now.mono.saturating_add(Self::fallback_after(p.attempt));
-        let expires = self.now.mono.saturating_add(KEEP_FOREIGN);
-        let known = self.consensus.proposals.entry(p.id).or_insert(Seen {
-            authority: view.id,
-            proposal: p.clone(),
-            deadline,
-            expires,
-        });
-        known.expires = expires;
-        if p.attempt >= known.proposal.attempt {
-            known.proposal.attempt = p.attempt;
-            known.deadline = known.deadline.max(deadline);
-        }
-        let Proposal { id, prestate, op, .. } = p;
-        let mine = view.prestate();
-        let decision = match self.consensus.voting.get(&prestate) {
-            // Being written: it goes to the coordinator of its time once durable.
-            Some(v) if v.id == id => return,
-            Some(v) if prestate == mine => Decision::Refuse(Refusal::Voted(v.clone())),
-            _ => self.consensus.ballots.decide(&mine, &id, &prestate),
-        };
-        match decision {
+        self.consensus
+            .proposals
+            .entry(p.id)
+            .or_insert(Seen { proposal: p.clone() });
+        self.touch_open(view, p.prestate, ballot);
+        let id = p.id;
+        match self
+            .consensus
+            .ballots
+            .decide(&view.prestate(), &id, &p.prestate, ballot)
+        {
             Decision::Vote => {
-                let change = wire::strict_decode::<TreeOpKind>(&op, &mut Vec::new()).ok();
+                let change = wire::strict_decode::<TreeOpKind>(&p.op, &mut Vec::new()).ok();
                 if !change.is_some_and(|k| view.applies(&k)) {
                     return self.send_auth(
                         from,
@@ -188,101 +248,250 @@ impl Peer {
                         },
                     );
                 }
-                let vote = Vote::sign(&self.keys, &mut self.rng, id, prestate, op_hash(&op));
-                self.consensus.voting.insert(prestate, vote.clone());
-                let proposal = self.consensus.proposals[&id].proposal.clone();
+                let vote = Vote::sign(&self.keys, &mut self.rng, &p, ballot);
+                self.consensus.ballots.record(vote.clone());
+                self.consensus.writing_votes.insert((p.prestate, ballot));
                 self.persist(
                     Record::Voted {
                         vote: vote.clone(),
-                        proposal,
+                        proposal: p,
                     },
                     Pending::Voted { vote, to: from },
                 );
             }
+            // Being written: it goes out once durable.
+            Decision::Again(_) if self.consensus.writing_votes.contains(&(p.prestate, ballot)) => {}
             Decision::Again(vote) => self.send_auth(from, AuthMsg::Voted { vote }),
             Decision::Refuse(refusal) => self.send_auth(from, AuthMsg::Refused { id, refusal }),
         }
     }
 
-    /// Our vote is durable: remember it, then send it.
+    /// Our vote is durable: send it to whoever runs its ballot.
     pub(super) fn vote_durable(&mut self, vote: Vote, to: DeviceId) {
-        self.consensus.voting.remove(&vote.prestate);
-        self.consensus.ballots.record(vote.clone());
-        // The coordinator may have changed meanwhile: the vote goes to whoever
-        // coordinates the instance now.
-        let to = self
-            .consensus
-            .proposals
-            .get(&vote.id)
-            .and_then(|s| {
-                let view = self.views.0.get(&s.authority)?;
-                let p = &s.proposal;
-                Some(Self::coordinator_of(view, &vote.id, p.proposer, p.attempt))
-            })
-            .unwrap_or(to);
+        self.consensus.writing_votes.remove(&(vote.prestate, vote.ballot));
         self.send_auth(to, AuthMsg::Voted { vote });
     }
 
-    /// Restores a vote record, and the proposal so this device takes part in its
-    /// fallback (dropped at the first timeout if the prestate moved meanwhile).
+    /// Restores a vote record, and its instance so this device takes part in its
+    /// fallback (forgotten once a commit from its prestate applies, or when it expires).
     pub(super) fn restore_vote(&mut self, vote: Vote, proposal: Proposal) {
         self.consensus.ballots.record(vote);
-        let Some(authority) = self.my_authority().map(|v| v.id) else {
+        let Some(view) = self.my_authority().cloned() else {
             return;
         };
-        let deadline = self.now.mono.saturating_add(fallback_timeout(None));
-        let expires = self.now.mono.saturating_add(KEEP_FOREIGN);
-        self.consensus.proposals.entry(proposal.id).or_insert(Seen {
-            authority,
-            proposal,
-            deadline,
-            expires,
-        });
+        let prestate = proposal.prestate;
+        self.consensus.proposals.entry(proposal.id).or_insert(Seen { proposal });
+        self.touch_open(&view, prestate, 0);
     }
 
-    /// How long an attempt gets before the next coordinator takes over: the fallback
-    /// timer, doubling per attempt up to `MAX_FALLBACK`.
-    fn fallback_after(attempt: u32) -> std::time::Duration {
-        fallback_timeout(None)
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(MAX_FALLBACK)
+    /// A fallback coordinator asks for a promise.
+    pub(super) fn on_prepare(&mut self, from: DeviceId, prestate: Hash32, ballot: u32) {
+        let Some(view) = self.my_authority().cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let valid = (1..=MAX_BALLOT).contains(&ballot)
+            && coordinator(&Self::member_set(&view), &prestate, ballot) == Some(from);
+        if !valid {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        if !self.room_for(None, &prestate) {
+            return self.metrics.drop(DropReason::Overloaded);
+        }
+        self.touch_open(&view, prestate, ballot);
+        let Promise::Give(_) = self.consensus.ballots.prepare(&view.prestate(), &prestate, ballot) else {
+            // Behind, ahead or promised higher: no answer; the coordinator's ballot times
+            // out and a later one asks again.
+            return;
+        };
+        let c = &self.consensus;
+        if c.writing_votes
+            .iter()
+            .chain(&c.writing_promises)
+            .any(|(p, _)| *p == prestate)
+        {
+            // What we would report or promise is not durable yet: no answer (a later
+            // ballot asks again).
+            return;
+        }
+        if c.ballots.slot(&prestate).is_some_and(|s| s.promised >= ballot) {
+            // Promised already (durably: nothing is being written), or it is our own
+            // prepare (promised before it was sent): answer.
+            return self.promise_durable(prestate, ballot, Some(from));
+        }
+        self.write_promise(prestate, ballot, Some(from));
     }
 
-    /// The coordinator receives a vote.
-    pub(super) fn on_voted(&mut self, from: DeviceId, vote: Vote) {
-        let (Some(round), Some(seen)) = (
-            self.consensus.rounds.get(&vote.id),
-            self.consensus.proposals.get(&vote.id),
-        ) else {
+    /// A promise is durable: send it (with our highest vote) to the coordinator, or, if
+    /// we are the coordinator, send the prepare requests.
+    pub(super) fn promise_durable(&mut self, prestate: Hash32, ballot: u32, to: Option<DeviceId>) {
+        self.consensus.writing_promises.remove(&(prestate, ballot));
+        let Some(to) = to else {
+            let Some(view) = self.my_authority().cloned() else {
+                return;
+            };
+            for d in view.members.keys().copied().collect::<Vec<_>>() {
+                self.send_auth(d, AuthMsg::Prepare { prestate, ballot });
+            }
+            return;
+        };
+        let last = self
+            .consensus
+            .ballots
+            .slot(&prestate)
+            .and_then(|s| s.votes.values().next_back().cloned());
+        let last = match last {
+            None => None,
+            Some(v) => match self.consensus.proposals.get(&v.id) {
+                Some(seen) => Some((v, seen.proposal.clone())),
+                // Without the instance we cannot report the vote: no promise rather
+                // than a false one.
+                None => return,
+            },
+        };
+        self.send_auth(to, AuthMsg::Promise { prestate, ballot, last });
+    }
+
+    /// The coordinator of `ballot` receives a promise.
+    pub(super) fn on_promise(&mut self, from: DeviceId, prestate: Hash32, ballot: u32, last: Option<(Vote, Proposal)>) {
+        let Some(lead) = self.consensus.leads.get(&prestate) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
-        let Some(view) = self.views.0.get(&seen.authority).cloned() else {
+        if lead.ballot != ballot || !matches!(lead.phase, Phase::Promises(_)) {
+            return; // an older ballot of ours, or we moved on to votes
+        }
+        let Some(view) = self.views.0.get(&lead.authority).cloned() else {
             return;
         };
-        let p = &seen.proposal;
+        let Some(member) = view.members.get(&from) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let report = match last {
+            None => None,
+            Some((v, p)) => {
+                let valid = v.voter == from
+                    && v.prestate == prestate
+                    && v.ballot <= ballot
+                    && v.is_for(&p)
+                    && p.binds()
+                    && v.verify(&member.cert.signing);
+                if !valid {
+                    return self.metrics.drop(DropReason::BadFact);
+                }
+                if !self.room_for(Some(&p.id), &prestate) {
+                    return self.metrics.drop(DropReason::Overloaded);
+                }
+                self.consensus.proposals.entry(p.id).or_insert(Seen { proposal: p });
+                Some(v)
+            }
+        };
+        let lead = self.consensus.leads.get_mut(&prestate).expect("checked");
+        let Phase::Promises(reports) = &mut lead.phase else {
+            return;
+        };
+        reports.insert(from, report);
+        if reports.len() < quorum(view.members.len(), view.threshold) {
+            return;
+        }
+        let reports: Vec<Option<Vote>> = reports.values().cloned().collect();
+        let id = match choose(&reports, view.members.len(), view.threshold) {
+            Choice::Bound(id) => Some(id),
+            Choice::Free => {
+                // Any instance from this prestate: the one most reported, else one we know
+                // (ours first).
+                let mut counts: BTreeMap<ConsensusId, usize> = BTreeMap::new();
+                for v in reports.iter().flatten() {
+                    *counts.entry(v.id).or_default() += 1;
+                }
+                let me = self.keys.id;
+                let known = self
+                    .consensus
+                    .proposals
+                    .values()
+                    .filter(|s| s.proposal.prestate == prestate)
+                    .min_by_key(|s| (s.proposal.proposer != me, s.proposal.id))
+                    .map(|s| s.proposal.id);
+                counts
+                    .into_iter()
+                    .max_by_key(|(id, c)| (*c, std::cmp::Reverse(*id)))
+                    .map(|(id, _)| id)
+                    .or(known)
+            }
+        };
+        let Some(proposal) = id
+            .and_then(|id| self.consensus.proposals.get(&id))
+            .map(|s| s.proposal.clone())
+        else {
+            // Nothing to agree on from here: let the ballot go.
+            self.consensus.leads.remove(&prestate);
+            return;
+        };
+        self.consensus.leads.insert(
+            prestate,
+            Lead {
+                authority: view.id,
+                ballot,
+                phase: Phase::Votes {
+                    id: proposal.id,
+                    votes: BTreeMap::new(),
+                    signing: false,
+                },
+            },
+        );
+        for d in view.members.keys().copied().collect::<Vec<_>>() {
+            self.send_auth(
+                d,
+                AuthMsg::Accept {
+                    ballot,
+                    proposal: proposal.clone(),
+                },
+            );
+        }
+    }
+
+    /// The proposer (ballot 0) or fallback coordinator receives a vote.
+    pub(super) fn on_voted(&mut self, from: DeviceId, vote: Vote) {
+        let Some(lead) = self.consensus.leads.get(&vote.prestate) else {
+            return self.metrics.drop(DropReason::UnknownSession);
+        };
+        let Phase::Votes { id, votes, signing } = &lead.phase else {
+            return;
+        };
+        if lead.ballot != vote.ballot || *id != vote.id {
+            return; // another ballot's vote (ours moved on), or a vote we did not ask for
+        }
+        let (Some(view), Some(seen)) = (
+            self.views.0.get(&lead.authority).cloned(),
+            self.consensus.proposals.get(&vote.id),
+        ) else {
+            return;
+        };
         let key = view.members.get(&from).map(|m| m.cert.signing);
-        let valid = vote.voter == from
-            && vote.prestate == p.prestate
-            && vote.op == op_hash(&p.op)
-            && key.is_some_and(|k| vote.verify(&k));
+        let valid = vote.voter == from && vote.is_for(&seen.proposal) && key.is_some_and(|k| vote.verify(&k));
         if !valid {
             return self.metrics.drop(DropReason::BadFact);
         }
-        if round.signing || round.votes.contains_key(&from) {
+        if *signing || votes.contains_key(&from) {
             return;
         }
-        let needed = quorum(view.members.len(), view.threshold);
-        let round = self.consensus.rounds.get_mut(&vote.id).expect("checked");
-        round.votes.insert(from, vote.clone());
-        if round.votes.len() < needed {
+        let needed = match vote.ballot {
+            0 => fast_quorum(view.members.len(), view.threshold),
+            _ => quorum(view.members.len(), view.threshold),
+        };
+        let op = seen.proposal.op.clone();
+        let lead = self.consensus.leads.get_mut(&vote.prestate).expect("checked");
+        let Phase::Votes { votes, signing, .. } = &mut lead.phase else {
+            return;
+        };
+        votes.insert(from, vote.clone());
+        if votes.len() < needed {
             return;
         }
-        round.signing = true;
+        *signing = true;
         let commit = Commit {
             id: vote.id,
-            prestate: p.prestate,
-            op: p.op.clone(),
-            votes: round.votes.values().cloned().collect(),
+            prestate: vote.prestate,
+            op,
+            votes: votes.values().cloned().collect(),
         };
         let ns = Namespace::Authority(view.id);
         let fact = crate::authority::UnsignedFact {
@@ -294,63 +503,28 @@ impl Peer {
         self.start_commit_signing(view.group_key, fact, vote.id);
     }
 
-    /// The coordinator hears a refusal; an instance that can no longer reach a quorum
-    /// is given up.
+    /// A witness did not vote. Only a change that most members find invalid is given up
+    /// here; every other refusal leaves the instance to the fallback ballots.
     pub(super) fn on_refused(&mut self, from: DeviceId, id: ConsensusId, refusal: Refusal) {
-        if let Refusal::Voted(v) = &refusal {
-            if v.id != id && self.consensus.proposals.contains_key(&v.id) {
-                // Another instance from this prestate has votes and we know it: that is
-                // the one to finish (its fallback goes on); ours can only split votes.
-                self.consensus.rounds.remove(&id);
-                if self
-                    .consensus
-                    .proposals
-                    .get(&id)
-                    .is_some_and(|s| s.proposal.proposer == self.keys.id)
-                {
-                    self.consensus.proposals.remove(&id);
-                }
-                return;
-            }
-        }
-        let Some(round) = self.consensus.rounds.get_mut(&id) else {
+        let Some(seen) = self.consensus.proposals.get(&id) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
-        if matches!(refusal, Refusal::Prestate { .. }) {
-            // Behind (it will catch up by anti-entropy and vote at a later attempt) or
-            // ahead (then our prestate moves and the instance is over): no verdict yet.
+        if refusal != Refusal::Invalid || seen.proposal.proposer != self.keys.id {
             return;
         }
-        round.refused.insert(from);
-        let moved = self
-            .consensus
-            .proposals
-            .get(&id)
-            .and_then(|s| Some((self.views.0.get(&s.authority)?.prestate(), s.proposal.prestate)))
-            .is_none_or(|(now, then)| now != then);
-        if moved {
-            // Refused because the change (or another) already applied: nothing failed.
-            self.consensus.rounds.remove(&id);
-            return;
-        }
-        let refused = round.refused.len();
-        let Some(view) = self
-            .consensus
-            .proposals
-            .get(&id)
-            .and_then(|s| self.views.0.get(&s.authority))
-        else {
+        let prestate = seen.proposal.prestate;
+        let Some(view) = self.my_authority().cloned() else {
             return;
         };
-        if view.members.len() - refused.min(view.members.len()) < quorum(view.members.len(), view.threshold) {
-            // Our own vote for it is final: the instance stays known (others may carry
-            // it on), but this device stops coordinating it.
-            self.consensus.rounds.remove(&id);
-            self.event(Event::ConsensusFailed {
-                instance: id,
-                reason: format!("too many members refused (last: {refusal:?})"),
-            });
+        if !view.members.contains_key(&from) || view.prestate() != prestate {
+            return;
         }
+        // The witness checked the change against the same state we did: one of us has a
+        // bug, or it is faulty. Nothing can be done about it here but say so.
+        self.event(Event::ConsensusFailed {
+            instance: id,
+            reason: format!("device {} found the change invalid", from.short()),
+        });
     }
 
     /// Whether this device signs commit `c` for `from`: it checks like a reducer would,
@@ -369,50 +543,94 @@ impl Peer {
     }
 
     pub(super) fn consensus_deadline(&self) -> Option<Instant> {
-        self.consensus.proposals.values().map(|p| p.deadline).min()
+        self.consensus.open.values().map(|o| o.deadline).min()
     }
 
-    /// Fallback: instances whose prestate did not move in time go to their next
-    /// coordinator; instances whose prestate moved are over.
+    /// Fallback: a prestate whose open instance did not commit in time moves to its next
+    /// ballot (run here if this device owns it); prestates that are not ours wait or
+    /// expire.
     pub(super) fn consensus_timeout(&mut self) {
         let now = self.now.mono;
         let me = self.keys.id;
-        let due: Vec<ConsensusId> = self
+        let due: Vec<Hash32> = self
             .consensus
-            .proposals
+            .open
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| *id)
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(p, _)| *p)
             .collect();
-        for id in due {
-            let seen = self.consensus.proposals.get(&id).expect("listed");
-            let Some(view) = self.views.0.get(&seen.authority).cloned() else {
-                self.consensus.proposals.remove(&id);
+        for prestate in due {
+            let open = self.consensus.open.get(&prestate).expect("listed");
+            let view = self.views.0.get(&open.authority).cloned();
+            let Some(view) = view.filter(|v| v.members.contains_key(&me)) else {
+                self.forget_prestate(&prestate);
                 continue;
             };
-            if view.prestate() != seen.proposal.prestate {
-                // Not our state: we are behind (wait; it may become ours) or it is over
-                // (forgotten when it expires, or when a commit from it applies).
-                if seen.expires <= now {
-                    self.consensus.proposals.remove(&id);
-                    self.consensus.rounds.remove(&id);
+            if view.prestate() != prestate {
+                // Not our state: we are behind (wait; it may become ours) or it is over.
+                if open.expires <= now {
+                    self.forget_prestate(&prestate);
                 } else {
-                    let wait = Self::fallback_after(seen.proposal.attempt);
-                    self.consensus.proposals.get_mut(&id).expect("listed").deadline = now.saturating_add(wait);
+                    let wait = Self::fallback_after(open.ballot, view.members.len());
+                    self.consensus.open.get_mut(&prestate).expect("listed").deadline = now.saturating_add(wait);
                 }
                 continue;
             }
-            let attempt = (seen.proposal.attempt + 1).min(MAX_ATTEMPT);
-            let deadline = now.saturating_add(Self::fallback_after(attempt));
-            let seen = self.consensus.proposals.get_mut(&id).expect("listed");
-            seen.proposal.attempt = attempt;
-            seen.deadline = deadline;
-            let next = seen.proposal.clone();
-            if Self::coordinator_of(&view, &id, next.proposer, next.attempt) == me {
-                self.metrics.consensus_fallbacks += 1;
-                self.start_attempt(&view, next);
+            let known = self
+                .consensus
+                .proposals
+                .values()
+                .any(|s| s.proposal.prestate == prestate);
+            if !known {
+                // Heard of a ballot but know no instance: nothing to finish from here.
+                self.consensus.open.remove(&prestate);
+                continue;
+            }
+            let promised = self.consensus.ballots.slot(&prestate).map_or(0, |s| s.promised);
+            let next = open.ballot.max(promised).saturating_add(1).min(MAX_BALLOT);
+            let n = view.members.len();
+            let open = self.consensus.open.get_mut(&prestate).expect("listed");
+            open.ballot = next;
+            open.deadline = now.saturating_add(Self::fallback_after(next, n));
+            let members = Self::member_set(&view);
+            if coordinator(&members, &prestate, next) == Some(me) {
+                self.start_ballot(&view, prestate, next);
             }
         }
+    }
+
+    /// Runs fallback ballot `ballot` from `prestate`: our own promise first (durable
+    /// before any prepare leaves, so a restarted coordinator never runs a ballot twice),
+    /// then the prepare requests.
+    fn start_ballot(&mut self, view: &AuthorityView, prestate: Hash32, ballot: u32) {
+        self.metrics.consensus_fallbacks += 1;
+        self.consensus.leads.insert(
+            prestate,
+            Lead {
+                authority: view.id,
+                ballot,
+                phase: Phase::Promises(BTreeMap::new()),
+            },
+        );
+        self.write_promise(prestate, ballot, None);
+    }
+
+    /// Promises `ballot` from `prestate`; the answer (`to`, or our own prepare requests)
+    /// leaves once the record is durable.
+    fn write_promise(&mut self, prestate: Hash32, ballot: u32, to: Option<DeviceId>) {
+        self.consensus.ballots.promise(prestate, ballot);
+        self.consensus.writing_promises.insert((prestate, ballot));
+        self.persist(
+            Record::Promised { prestate, ballot },
+            Pending::Promised { prestate, ballot, to },
+        );
+    }
+
+    fn forget_prestate(&mut self, prestate: &Hash32) {
+        let c = &mut self.consensus;
+        c.open.remove(prestate);
+        c.leads.remove(prestate);
+        c.proposals.retain(|_, s| s.proposal.prestate != *prestate);
     }
 
     /// The group signed our commit: record it and push it to every member (each reports
@@ -421,8 +639,12 @@ impl Peer {
         let Namespace::Authority(a) = fact.namespace else {
             return;
         };
-        if let Some(r) = self.consensus.rounds.get_mut(&instance) {
-            r.signing = false;
+        for lead in self.consensus.leads.values_mut() {
+            if let Phase::Votes { id, signing, .. } = &mut lead.phase {
+                if *id == instance {
+                    *signing = false;
+                }
+            }
         }
         let me = self.keys.id;
         let others: BTreeSet<DeviceId> = self
@@ -434,26 +656,32 @@ impl Peer {
         self.record_facts(vec![fact], Some(others));
     }
 
-    /// A commit applied here (the view moved): report it, and forget its instance.
+    /// A commit applied here (the view moved): report it, and forget its prestate (the
+    /// state moved on and never comes back).
     pub(super) fn committed(&mut self, authority: AuthorityId, id: ConsensusId, prestate: [u8; 32], epoch: u64) {
-        // That instance and every other one from its prestate are over.
-        let over: Vec<ConsensusId> = self
+        let me = self.keys.id;
+        let lost: Vec<ConsensusId> = self
             .consensus
             .proposals
-            .iter()
-            .filter(|(k, s)| **k == id || s.proposal.prestate == prestate)
-            .map(|(k, _)| *k)
+            .values()
+            .filter(|s| s.proposal.prestate == prestate && s.proposal.id != id && s.proposal.proposer == me)
+            .map(|s| s.proposal.id)
             .collect();
-        for k in over.into_iter().chain([id]) {
-            self.consensus.proposals.remove(&k);
-            self.consensus.rounds.remove(&k);
+        self.forget_prestate(&prestate);
+        self.consensus.ballots.retain(|p| *p != prestate);
+        if self.restoring {
+            return;
         }
-        if !self.restoring {
-            self.event(Event::Committed {
-                authority,
-                instance: id,
-                epoch,
+        for instance in lost {
+            self.event(Event::ConsensusFailed {
+                instance,
+                reason: "another change from the same state was agreed first".into(),
             });
         }
+        self.event(Event::Committed {
+            authority,
+            instance: id,
+            epoch,
+        });
     }
 }

@@ -138,13 +138,21 @@ pub enum Record {
         /// This device's wall clock when the confirmation arrived, ms since the epoch.
         at_ms: u64,
     },
-    /// A consensus vote this device cast (it never votes twice from one prestate), with
-    /// the operation it voted for.
+    /// A consensus vote this device cast (never two at one ballot from one prestate),
+    /// with the operation it voted for.
     Voted {
         /// The vote.
         vote: crate::consensus::Vote,
         /// The proposal voted for (so a restarted device can carry on its fallback).
         proposal: crate::consensus::Proposal,
+    },
+    /// A promise to a fallback coordinator (or, as coordinator, to itself): no vote
+    /// below `ballot` from `prestate`.
+    Promised {
+        /// The prestate.
+        prestate: [u8; 32],
+        /// The ballot.
+        ballot: u32,
     },
 }
 

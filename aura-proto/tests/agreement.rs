@@ -1,6 +1,7 @@
 //! Consensus between running peers: a tree change agreed by a quorum of votes, signed by
 //! the group and applied everywhere; votes durable before they leave; a fallback
-//! coordinator finishing an instance whose proposer crashed; hostile proposals refused.
+//! coordinator finishing an instance whose proposer crashed; competing proposals settled
+//! by a fallback ballot; a change with a device down; hostile proposals refused.
 
 mod common;
 
@@ -22,6 +23,19 @@ fn committed(n: &Node) -> Vec<(ConsensusId, u64)> {
 
 fn votes_recorded(n: &Node) -> usize {
     n.records.iter().filter(|r| matches!(r, Record::Voted { .. })).count()
+}
+
+/// The first commit in device `i`'s journal of authority `a`.
+fn first_commit(net: &Net, i: usize, a: journal::AuthorityId) -> aura_proto::consensus::Commit {
+    net.nodes[i]
+        .peer
+        .journal()
+        .facts(&journal::Namespace::Authority(a))
+        .find_map(|f| match &f.body {
+            FactBody::Commit(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("the commit is in the journal")
 }
 
 #[test]
@@ -46,17 +60,10 @@ fn a_threshold_change_is_agreed_signed_and_applied_on_every_device() {
         let reduced = authority::AuthorityView::reduce(net.nodes[i].peer.journal(), before.id).unwrap();
         assert_eq!(*v, reduced, "device {i}");
     }
-    // The commit carries a quorum of votes (2 of 3), each voter's vote durable.
-    let ns = journal::Namespace::Authority(before.id);
-    let commit = net.nodes[1]
-        .peer
-        .journal()
-        .facts(&ns)
-        .find_map(|f| match &f.body {
-            FactBody::Commit(c) => Some(c.clone()),
-            _ => None,
-        })
-        .expect("the commit is in the journal");
+    // The commit carries a fast quorum of votes (all three: nobody was away), each
+    // voter's vote durable.
+    let commit = first_commit(&net, 1, before.id);
+    assert_eq!((commit.ballot(), commit.votes.len()), (0, 3));
     assert!(commit.votes.len() >= 2);
     for v in &commit.votes {
         let i = (0..3).find(|i| net.id(*i) == v.voter).unwrap();
@@ -132,7 +139,6 @@ fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
         prestate,
         op: op.clone(),
         nonce: [5; 32],
-        attempt: 0,
         proposer: net.id(0),
     });
     net.deliver_proto(1, 0, journal::ContextId::OWN, &forged);
@@ -141,7 +147,6 @@ fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
         prestate,
         op: op.clone(),
         nonce,
-        attempt: 0,
         proposer: net.id(2),
     });
     net.deliver_proto(1, 0, journal::ContextId::OWN, &not_theirs);
@@ -159,7 +164,6 @@ fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
             prestate: [1; 32],
             op,
             nonce,
-            attempt: 0,
             proposer: net.id(0),
         }),
     );
@@ -174,7 +178,6 @@ fn proposals_that_do_not_bind_or_do_not_apply_get_no_vote() {
             prestate,
             op: bad_op,
             nonce,
-            attempt: 0,
             proposer: net.id(0),
         }),
     );
@@ -193,7 +196,6 @@ fn a_second_instance_from_the_same_prestate_gets_no_vote_even_while_the_first_is
             prestate,
             op,
             nonce: [nonce; 32],
-            attempt: 0,
             proposer,
         }
     };
@@ -251,11 +253,72 @@ fn a_member_cannot_fill_memory_with_proposals() {
             prestate,
             op,
             nonce: [1; 32],
-            attempt: 0,
             proposer: net.id(0),
         };
         net.deliver_proto(1, 0, journal::ContextId::OWN, &AuthMsg::Propose(p));
     }
     assert_eq!(overloaded(&net) - before, 100 - 64);
     assert_eq!(votes_recorded(&net.nodes[1]), 0);
+}
+
+fn failed(n: &Node) -> Vec<ConsensusId> {
+    n.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConsensusFailed { instance, .. } => Some(*instance),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn competing_proposals_from_one_state_end_in_exactly_one_commit() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    // Devices 0 and 1 propose different changes at the same moment; each votes for its
+    // own, device 2 for whichever reaches it first: no fast quorum (all three) for either.
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.cmd(1, Command::RemoveDevice { device: net.id(2) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    let after: Vec<_> = (0..3)
+        .map(|i| authority::AuthorityView::reduce(net.nodes[i].peer.journal(), before.id).unwrap())
+        .collect();
+    assert!(after.iter().all(|v| v.epoch == before.epoch + 1), "one change applied");
+    assert!(after.iter().all(|v| *v == after[0]), "the same one everywhere");
+    let won = committed(&net.nodes[0])[0].0;
+    for i in 0..3 {
+        assert_eq!(committed(&net.nodes[i]).len(), 1, "device {i}");
+        assert_eq!(committed(&net.nodes[i])[0].0, won, "device {i}");
+    }
+    // The proposer of the other change hears that it lost; the winner's does not.
+    let losers: Vec<usize> = (0..2).filter(|i| !failed(&net.nodes[*i]).is_empty()).collect();
+    assert_eq!(losers.len(), 1, "exactly one proposer lost: {losers:?}");
+    assert!(!failed(&net.nodes[losers[0]]).contains(&won));
+    let fallbacks: u64 = (0..3).map(|i| net.nodes[i].peer.metrics().consensus_fallbacks).sum();
+    assert!(fallbacks >= 1, "a fallback ballot settled it");
+    // And the authority can change again from the new state.
+    let proposer = if after[0].members.len() == 3 { 2 } else { 1 };
+    assert_eq!(net.cmd(proposer, Command::ChangeThreshold { threshold: 2 }), Ok(()));
+}
+
+#[test]
+fn with_one_device_down_a_change_commits_at_a_fallback_ballot() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    net.cut.insert(2);
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    for i in 0..2 {
+        let v = net.nodes[i].peer.authority().unwrap();
+        assert_eq!((v.threshold, v.epoch), (3, before.epoch + 1), "device {i}");
+    }
+    // Two votes of three do not make a fast commit; the commit is from a fallback ballot.
+    let commit = first_commit(&net, 1, before.id);
+    assert!(commit.ballot() >= 1 && commit.votes.len() == 2, "{commit:?}");
+    // The device that was down catches up when it is back.
+    net.cut.clear();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert_eq!(net.nodes[2].peer.authority().unwrap().threshold, 3);
 }

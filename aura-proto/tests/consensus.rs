@@ -1,7 +1,8 @@
-//! Prestate-bound single-shot agreement, the pure part: votes, quorums, commits with a
-//! real FROST signature, witness checks, rotation, and "at most one commit per prestate
-//! unless someone provably equivocated" over random schedules. Key shares come from a
-//! trusted dealer here (tests only; devices get theirs by DKG).
+//! Prestate-bound single-shot agreement, the pure part: quorums, witness rules, the
+//! fallback choice, commits checked vote by vote, equivocation proofs, rotation, and "at
+//! most one value agreed per prestate" over random schedules of proposers, fallback
+//! coordinators, lost messages and competing proposals. Key shares come from a trusted
+//! dealer here (tests only; devices get theirs by DKG).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -46,115 +47,154 @@ impl Group {
     fn signing_keys(&self) -> BTreeMap<DeviceId, [u8; 32]> {
         self.keys.iter().map(|k| (k.id, k.cert.signing)).collect()
     }
-
-    fn members(&self) -> BTreeMap<DeviceId, ([u8; 32], frost::Identifier)> {
-        self.keys
-            .iter()
-            .zip(&self.shares)
-            .map(|(k, s)| (k.id, (k.cert.signing, *s.identifier())))
-            .collect()
-    }
 }
 
 const PRESTATE: Hash32 = [9; 32];
 
-fn frame(g: &Group) -> CommitFrame {
-    CommitFrame {
-        namespace: Namespace::Authority(AuthorityId([5; 32])),
-        lamport: 3,
-        author: g.keys[0].id,
-    }
-}
-
-/// The commit in a commit fact whose group signature plain FROST verification accepts.
-fn group_signed_commit(g: &Group, f: &Fact) -> Commit {
-    let (FactBody::Commit(commit), FactSig::Group(s)) = (&f.body, &f.sig) else {
-        panic!("a group-signed commit fact")
-    };
-    let sig = frost::Signature::deserialize(&s.0).unwrap();
-    assert!(g.public.verifying_key().verify(&frame(g).message(commit), &sig).is_ok());
-    commit.clone()
-}
-
-fn instance(op: &[u8], nonce: u8) -> ConsensusId {
-    consensus_id(&PRESTATE, &op_hash(op), &[nonce; 32])
-}
-
-#[test]
-fn the_fast_path_commits_with_a_signature_plain_frost_accepts() {
-    for (n, t) in [(3u16, 2u16), (5, 3), (7, 5), (4, 2)] {
-        let g = Group::new(n, t, n as u8 * 10 + t as u8);
-        let op = b"add device 7".to_vec();
-        let id = instance(&op, 1);
-        let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), t, frame(&g));
-        assert_eq!(round.needed(), quorum(n as usize, t));
-        let mut rng = PeerRng::from_seed([1; 32]);
-        let mut ballots: Vec<Ballots> = vec![Ballots::default(); n as usize];
-        let mut nonces = BTreeMap::new();
-        let mut out = None;
-        for (i, ballot) in ballots.iter_mut().enumerate() {
-            assert_eq!(ballot.decide(&PRESTATE, &id, &PRESTATE), Decision::Vote);
-            let vote = Vote::sign(&g.keys[i], &mut rng, id, PRESTATE, op_hash(&op));
-            assert!(ballot.record(vote.clone()));
-            let (nc, cm) = frost::round1::commit(g.shares[i].signing_share(), &mut rng);
-            nonces.insert(i, nc);
-            if let Some(p) = round.on_vote(vote, *g.shares[i].identifier(), cm).unwrap() {
-                out = Some(p);
-                break;
-            }
-        }
-        let (commit, package) = out.expect("a quorum of votes builds the package");
-        assert_eq!(commit.votes.len(), quorum(n as usize, t), "n={n} t={t}");
-        // Every signer checks the package is the commit it voted for, then signs.
-        let mut sig = None;
-        for (i, nc) in &nonces {
-            let mine = ballots[*i].vote_for(&PRESTATE).unwrap();
-            check_package(&commit, mine, &g.signing_keys(), t).unwrap();
-            let share = frost::round2::sign(&package, nc, &g.shares[*i]).unwrap();
-            if let Some(done) = round.on_share(*g.shares[*i].identifier(), share, &g.public).unwrap() {
-                sig = Some(done);
-            }
-        }
-        let fact = sig.expect("all shares aggregate");
-        let commit = group_signed_commit(&g, &fact);
-        assert_eq!(commit.check(&g.signing_keys(), t), Ok(()));
+fn proposal(op: &[u8], nonce: u8, proposer: DeviceId) -> Proposal {
+    Proposal {
+        id: consensus_id(&PRESTATE, &op_hash(op), &[nonce; 32]),
+        prestate: PRESTATE,
+        op: op.to_vec(),
+        nonce: [nonce; 32],
+        proposer,
     }
 }
 
 #[test]
-fn a_witness_votes_once_per_prestate_and_refuses_a_stale_one_with_evidence() {
+fn quorums_intersect_as_the_fallback_rule_needs() {
+    let table: Vec<(usize, u16, usize, usize)> =
+        [(1, 1), (2, 2), (3, 2), (3, 3), (4, 2), (5, 3), (5, 5), (7, 2), (7, 5)]
+            .iter()
+            .map(|&(n, t)| (n, t, quorum(n, t), fast_quorum(n, t)))
+            .collect();
+    assert_eq!(
+        table,
+        [
+            (1, 1, 1, 1),
+            (2, 2, 2, 2),
+            (3, 2, 2, 3),
+            (3, 3, 3, 3),
+            (4, 2, 3, 3),
+            (5, 3, 3, 4),
+            (5, 5, 5, 5),
+            (7, 2, 4, 6),
+            (7, 5, 5, 5)
+        ]
+    );
+    for n in 1..=12usize {
+        for t in 1..=n as u16 {
+            let (q, f) = (quorum(n, t), fast_quorum(n, t));
+            assert!(q * 2 > n && q >= t as usize && q <= n, "n={n} t={t}");
+            assert!(f >= q && f <= n, "n={n} t={t}");
+            assert!(
+                2 * f + q > 2 * n,
+                "n={n} t={t}: two fast instances could both look chosen"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_witness_keeps_its_promises_and_votes_once_per_ballot() {
     let g = Group::new(3, 2, 3);
     let mut rng = PeerRng::from_seed([2; 32]);
-    let (a, b) = (instance(b"remove device 2", 1), instance(b"threshold 3", 2));
-    let mut ballots = Ballots::default();
+    let (a, b) = (
+        proposal(b"remove device 2", 1, g.keys[1].id),
+        proposal(b"threshold 3", 2, g.keys[2].id),
+    );
+    let mut w = Ballots::default();
     // A coordinator behind (or ahead): the witness says where it is.
     assert_eq!(
-        ballots.decide(&PRESTATE, &a, &[1; 32]),
+        w.decide(&PRESTATE, &a.id, &[1; 32], 0),
         Decision::Refuse(Refusal::Prestate { mine: PRESTATE })
     );
-    let vote = Vote::sign(&g.keys[0], &mut rng, a, PRESTATE, op_hash(b"remove device 2"));
-    assert!(ballots.record(vote.clone()));
-    // The same instance again (a fallback coordinator): the same vote.
-    assert_eq!(ballots.decide(&PRESTATE, &a, &PRESTATE), Decision::Again(vote.clone()));
-    // Another instance from the same prestate: refused, with the vote it already has.
     assert_eq!(
-        ballots.decide(&PRESTATE, &b, &PRESTATE),
-        Decision::Refuse(Refusal::Voted(vote.clone()))
+        w.prepare(&PRESTATE, &[1; 32], 1),
+        Promise::Refuse(Refusal::Prestate { mine: PRESTATE })
     );
-    // Nothing overwrites a recorded vote.
-    let other = Vote::sign(&g.keys[0], &mut rng, b, PRESTATE, op_hash(b"threshold 3"));
-    assert!(!ballots.record(other));
-    assert_eq!(ballots.vote_for(&PRESTATE), Some(&vote));
+    assert_eq!(w.decide(&PRESTATE, &a.id, &PRESTATE, 0), Decision::Vote);
+    let va = Vote::sign(&g.keys[0], &mut rng, &a, 0);
+    assert!(w.record(va.clone()));
+    // The same instance again: the same vote. Another one at the fast ballot: refused,
+    // with the vote it has (the proposer learns it lost that witness).
+    assert_eq!(w.decide(&PRESTATE, &a.id, &PRESTATE, 0), Decision::Again(va.clone()));
+    assert_eq!(
+        w.decide(&PRESTATE, &b.id, &PRESTATE, 0),
+        Decision::Refuse(Refusal::Voted(va.clone()))
+    );
+    assert!(
+        !w.record(Vote::sign(&g.keys[0], &mut rng, &b, 0)),
+        "nothing overwrites a vote"
+    );
+    // A fallback coordinator at ballot 2 gets a promise reporting the vote; ballot 1 is
+    // then refused, ballot 2 may ask for another instance.
+    assert_eq!(w.prepare(&PRESTATE, &PRESTATE, 2), Promise::Give(Some(va.clone())));
+    w.promise(PRESTATE, 2);
+    assert_eq!(
+        w.prepare(&PRESTATE, &PRESTATE, 1),
+        Promise::Refuse(Refusal::Promised { ballot: 2 })
+    );
+    assert_eq!(
+        w.decide(&PRESTATE, &b.id, &PRESTATE, 1),
+        Decision::Refuse(Refusal::Promised { ballot: 2 })
+    );
+    assert_eq!(w.decide(&PRESTATE, &b.id, &PRESTATE, 2), Decision::Vote);
+    let vb = Vote::sign(&g.keys[0], &mut rng, &b, 2);
+    assert!(w.record(vb.clone()));
+    assert_eq!(
+        w.decide(&PRESTATE, &a.id, &PRESTATE, 2),
+        Decision::Refuse(Refusal::Voted(vb.clone()))
+    );
+    // Its highest vote is what it reports from now on.
+    assert_eq!(w.prepare(&PRESTATE, &PRESTATE, 3), Promise::Give(Some(vb.clone())));
+    assert_eq!(w.slot(&PRESTATE).unwrap().promised, 2);
+    // A fresh witness that promised anything no longer votes at the fast ballot.
+    let mut fresh = Ballots::default();
+    fresh.promise(PRESTATE, 1);
+    assert_eq!(
+        fresh.decide(&PRESTATE, &a.id, &PRESTATE, 0),
+        Decision::Refuse(Refusal::Promised { ballot: 1 })
+    );
+    assert_eq!(
+        fresh.prepare(&PRESTATE, &PRESTATE, 0),
+        Promise::Refuse(Refusal::Promised { ballot: 1 })
+    );
 }
 
 #[test]
-fn two_votes_of_one_member_prove_equivocation_and_nothing_else_does() {
+fn the_fallback_choice_keeps_whatever_may_have_committed() {
+    let g = Group::new(5, 3, 4);
+    let mut rng = PeerRng::from_seed([6; 32]);
+    let (a, b) = (proposal(b"a", 1, g.keys[0].id), proposal(b"b", 2, g.keys[1].id));
+    let v = |i: usize, p: &Proposal, ballot: u32, rng: &mut PeerRng| Some(Vote::sign(&g.keys[i], rng, p, ballot));
+    // Five members, quorum 3, fast quorum 4. Nothing reported: free.
+    assert_eq!(choose(&[None, None, None], 5, 3), Choice::Free);
+    // Two of three reports for `a` at the fast ballot: with the two silent members `a`
+    // could have had four votes; it binds.
+    let r = [v(0, &a, 0, &mut rng), v(1, &a, 0, &mut rng), v(2, &b, 0, &mut rng)];
+    assert_eq!(choose(&r, 5, 3), Choice::Bound(a.id));
+    // One each and one empty: neither could have reached four.
+    let r = [v(0, &a, 0, &mut rng), v(1, &b, 0, &mut rng), None];
+    assert_eq!(choose(&r, 5, 3), Choice::Free);
+    // Four reports, one for `a`: a could have had at most two votes.
+    let r = [v(0, &a, 0, &mut rng), None, None, v(3, &b, 0, &mut rng)];
+    assert_eq!(choose(&r, 5, 3), Choice::Free);
+    // A fallback-ballot vote outranks fast votes, and the highest ballot wins.
+    let r = [v(0, &a, 0, &mut rng), v(1, &a, 0, &mut rng), v(2, &b, 1, &mut rng)];
+    assert_eq!(choose(&r, 5, 3), Choice::Bound(b.id));
+    let r = [v(0, &a, 3, &mut rng), v(1, &b, 1, &mut rng), None];
+    assert_eq!(choose(&r, 5, 3), Choice::Bound(a.id));
+}
+
+#[test]
+fn votes_at_one_ballot_prove_equivocation_and_nothing_else_does() {
     let g = Group::new(3, 2, 5);
     let mut rng = PeerRng::from_seed([3; 32]);
-    let (a, b) = (instance(b"x", 1), instance(b"y", 2));
+    let (a, b) = (proposal(b"x", 1, g.keys[0].id), proposal(b"y", 2, g.keys[0].id));
     let key = g.keys[1].cert.signing;
-    let va = Vote::sign(&g.keys[1], &mut rng, a, PRESTATE, op_hash(b"x"));
-    let vb = Vote::sign(&g.keys[1], &mut rng, b, PRESTATE, op_hash(b"y"));
+    let va = Vote::sign(&g.keys[1], &mut rng, &a, 0);
+    let vb = Vote::sign(&g.keys[1], &mut rng, &b, 0);
     let proof = Equivocation::of(va.clone(), vb.clone()).unwrap();
     assert_eq!(
         proof,
@@ -162,42 +202,53 @@ fn two_votes_of_one_member_prove_equivocation_and_nothing_else_does() {
         "canonical order"
     );
     assert_eq!(proof.check(&key), Ok(g.keys[1].id));
-    // Repeating a vote, voting from another prestate, or two voters: no proof.
+    // Repeating a vote, changing it at a higher ballot, voting from another prestate, or
+    // two voters: no proof.
     assert!(Equivocation::of(va.clone(), va.clone()).is_none());
-    let later = Vote::sign(&g.keys[1], &mut rng, b, [8; 32], op_hash(b"y"));
-    assert!(Equivocation::of(va.clone(), later).is_none());
-    let other = Vote::sign(&g.keys[2], &mut rng, b, PRESTATE, op_hash(b"y"));
-    assert!(Equivocation::of(va.clone(), other).is_none());
-    // A forged proof fails its check.
+    assert!(Equivocation::of(va.clone(), Vote::sign(&g.keys[1], &mut rng, &b, 1)).is_none());
+    let mut elsewhere = b.clone();
+    elsewhere.prestate = [8; 32];
+    assert!(Equivocation::of(va.clone(), Vote::sign(&g.keys[1], &mut rng, &elsewhere, 0)).is_none());
+    assert!(Equivocation::of(va.clone(), Vote::sign(&g.keys[2], &mut rng, &b, 0)).is_none());
+    // A forged or doctored proof fails its check.
     let mut forged = proof.clone();
     forged.second.sig.0[5] ^= 1;
     assert_eq!(forged.check(&key), Err(EquivocationError::BadSignature));
-    let mut mixed = proof;
+    let mut mixed = proof.clone();
     mixed.second.voter = g.keys[2].id;
     assert_eq!(mixed.check(&key), Err(EquivocationError::DifferentVoters));
+    let mut moved = proof;
+    moved.second.ballot = 1;
+    assert_eq!(moved.check(&key), Err(EquivocationError::DifferentBallots));
 }
 
 #[test]
-fn commits_and_packages_are_checked_vote_by_vote() {
+fn commits_are_checked_vote_by_vote() {
     let g = Group::new(5, 3, 7);
     let mut rng = PeerRng::from_seed([4; 32]);
-    let op = b"rotate".to_vec();
-    let id = instance(&op, 3);
-    let mut votes: Vec<Vote> = g.keys[..3]
-        .iter()
-        .map(|k| Vote::sign(k, &mut rng, id, PRESTATE, op_hash(&op)))
-        .collect();
-    votes.sort_by_key(|v| v.voter);
-    let commit = Commit {
-        id,
+    let p = proposal(b"rotate", 3, g.keys[0].id);
+    let votes = |who: &[usize], ballot: u32, rng: &mut PeerRng| {
+        let mut vs: Vec<Vote> = who.iter().map(|i| Vote::sign(&g.keys[*i], rng, &p, ballot)).collect();
+        vs.sort_by_key(|v| v.voter);
+        vs
+    };
+    let commit = |votes: Vec<Vote>| Commit {
+        id: p.id,
         prestate: PRESTATE,
-        op: op.clone(),
-        votes: votes.clone(),
+        op: p.op.clone(),
+        votes,
     };
     let keys = g.signing_keys();
-    assert_eq!(commit.check(&keys, 3), Ok(()));
+    // A fallback ballot needs a quorum (3 of 5), the fast ballot a fast quorum (4).
+    let fallback = commit(votes(&[0, 1, 2], 1, &mut rng));
+    assert_eq!(fallback.check(&keys, 3), Ok(()));
+    assert_eq!(
+        commit(votes(&[0, 1, 2], 0, &mut rng)).check(&keys, 3),
+        Err(CommitError::NoQuorum)
+    );
+    assert_eq!(commit(votes(&[0, 1, 2, 4], 0, &mut rng)).check(&keys, 3), Ok(()));
     let with = |f: &dyn Fn(&mut Commit)| {
-        let mut c = commit.clone();
+        let mut c = fallback.clone();
         f(&mut c);
         c.check(&keys, 3)
     };
@@ -212,85 +263,50 @@ fn commits_and_packages_are_checked_vote_by_vote() {
     );
     assert_eq!(with(&|c| c.op = b"something else".to_vec()), Err(CommitError::Mismatch));
     assert_eq!(with(&|c| c.votes[1].sig.0[0] ^= 1), Err(CommitError::BadVote));
+    // Votes from two ballots do not add up.
+    let mut mixed = votes(&[0, 1], 1, &mut rng);
+    mixed.extend(votes(&[2], 2, &mut rng));
+    mixed.sort_by_key(|v| v.voter);
+    assert_eq!(commit(mixed).check(&keys, 3), Err(CommitError::Mismatch));
     let mut fewer = keys.clone();
-    fewer.remove(&votes[2].voter);
-    assert_eq!(commit.check(&fewer, 3), Err(CommitError::NotMember));
-    // A witness signs only the commit of the instance it voted for, with its vote in it.
-    assert_eq!(check_package(&commit, &votes[0], &keys, 3), Ok(()));
-    let outsider = Vote::sign(&g.keys[4], &mut rng, id, PRESTATE, op_hash(&op));
-    assert_eq!(
-        check_package(&commit, &outsider, &keys, 3),
-        Err(CommitError::NotMyInstance)
-    );
-    let elsewhere = Vote::sign(&g.keys[0], &mut rng, instance(&op, 4), PRESTATE, op_hash(&op));
-    assert_eq!(
-        check_package(&commit, &elsewhere, &keys, 3),
-        Err(CommitError::NotMyInstance)
-    );
+    fewer.remove(&fallback.votes[2].voter);
+    assert_eq!(fallback.check(&fewer, 3), Err(CommitError::NotMember));
+    // As a journal fact the commit is signed by the group: plain FROST verifies it.
+    let frame = CommitFrame {
+        namespace: Namespace::Authority(AuthorityId([5; 32])),
+        lamport: 3,
+        author: g.keys[0].id,
+    };
+    let fact = frame.fact(fallback.clone(), group_sign(&g, 3, &frame.message(&fallback)));
+    let FactSig::Group(s) = &fact.sig else {
+        panic!("group-signed")
+    };
+    let sig = frost::Signature::deserialize(&s.0).unwrap();
+    assert!(g.public.verifying_key().verify(&frame.message(&fallback), &sig).is_ok());
 }
 
 #[test]
-fn a_round_refuses_what_it_cannot_use() {
-    let g = Group::new(3, 2, 11);
-    let mut rng = PeerRng::from_seed([5; 32]);
-    let op = b"op".to_vec();
-    let id = instance(&op, 1);
-    let mut round = Round::new(id, PRESTATE, op.clone(), g.members(), 2, frame(&g));
-    let cm = |i: usize, rng: &mut PeerRng| frost::round1::commit(g.shares[i].signing_share(), rng);
-    // A vote for another operation, or under another member's identifier.
-    let wrong = Vote::sign(&g.keys[0], &mut rng, id, PRESTATE, op_hash(b"other"));
-    let (_, c0) = cm(0, &mut rng);
-    assert_eq!(
-        round.on_vote(wrong, *g.shares[0].identifier(), c0),
-        Err(RoundError::BadVote)
-    );
-    let v0 = Vote::sign(&g.keys[0], &mut rng, id, PRESTATE, op_hash(&op));
-    assert_eq!(
-        round.on_vote(v0.clone(), *g.shares[1].identifier(), c0),
-        Err(RoundError::WrongIdentifier)
-    );
-    let (n0, c0) = cm(0, &mut rng);
-    assert_eq!(round.on_vote(v0, *g.shares[0].identifier(), c0), Ok(None));
-    let (n1, c1) = cm(1, &mut rng);
-    let v1 = Vote::sign(&g.keys[1], &mut rng, id, PRESTATE, op_hash(&op));
-    let (_, package) = round.on_vote(v1, *g.shares[1].identifier(), c1).unwrap().unwrap();
-    // Late votes are not needed; shares from outside the package are refused.
-    let (_, c2) = cm(2, &mut rng);
-    let v2 = Vote::sign(&g.keys[2], &mut rng, id, PRESTATE, op_hash(&op));
-    assert_eq!(round.on_vote(v2, *g.shares[2].identifier(), c2), Err(RoundError::Late));
-    let s0 = frost::round2::sign(&package, &n0, &g.shares[0]).unwrap();
-    let s1 = frost::round2::sign(&package, &n1, &g.shares[1]).unwrap();
-    assert_eq!(
-        round.on_share(*g.shares[2].identifier(), s0, &g.public),
-        Err(RoundError::UnexpectedShare)
-    );
-    // A share from the wrong signer's nonces fails aggregation and is dropped; the right
-    // one completes the round.
-    assert_eq!(round.on_share(*g.shares[0].identifier(), s0, &g.public), Ok(None));
-    assert_eq!(
-        round.on_share(*g.shares[1].identifier(), s0, &g.public),
-        Err(RoundError::Aggregate)
-    );
-    let fact = round
-        .on_share(*g.shares[1].identifier(), s1, &g.public)
-        .unwrap()
-        .unwrap();
-    group_signed_commit(&g, &fact);
-}
-
-#[test]
-fn rotation_and_fallback_timer() {
+fn rotation_coordinators_and_fallback_timer() {
     let g = Group::new(5, 3, 13);
     let members: BTreeSet<DeviceId> = g.keys.iter().map(|k| k.id).collect();
     let starts: BTreeSet<DeviceId> = (0..20u8)
         .map(|k| {
-            let r = rotation(&members, &instance(b"op", k));
+            let r = rotation(&members, &[k; 32]);
             assert_eq!(r.iter().copied().collect::<BTreeSet<_>>(), members, "a permutation");
-            assert_eq!(r, rotation(&members, &instance(b"op", k)), "deterministic");
+            assert_eq!(r, rotation(&members, &[k; 32]), "deterministic");
+            for b in 1..=10u32 {
+                assert_eq!(coordinator(&members, &[k; 32], b), Some(r[(b as usize - 1) % 5]));
+            }
             r[0]
         })
         .collect();
-    assert!(starts.len() >= 3, "instances start at different devices: {starts:?}");
+    assert!(starts.len() >= 3, "prestates start at different devices: {starts:?}");
+    assert_eq!(
+        coordinator(&members, &PRESTATE, 0),
+        None,
+        "the fast ballot is everyone's"
+    );
+    assert_eq!(coordinator(&BTreeSet::new(), &PRESTATE, 1), None);
     assert_eq!(fallback_timeout(None), Duration::from_millis(200));
     assert_eq!(
         fallback_timeout(Some(Duration::from_millis(10))),
@@ -302,83 +318,157 @@ fn rotation_and_fallback_timer() {
     );
 }
 
-/// Two coordinators propose different operations from one prestate to `n` witnesses in
-/// an arbitrary interleaving; honest witnesses vote for the first proposal they see,
-/// Byzantine ones vote for both. A commit forms wherever a quorum of votes gathers.
-/// Safety: two commits only with an equivocation proof against a Byzantine witness.
+/// A model run: `n` honest witnesses, up to three proposers racing at the fast ballot
+/// with different operations, and fallback coordinators at ballots 1, 2, ... that start
+/// whenever the schedule says (several may run at once). Every message may be delayed
+/// arbitrarily or lost. A coordinator with a free choice picks adversarially. Safety:
+/// every (ballot, instance) that gathered its quorum of votes names the same instance.
 #[test]
-fn at_most_one_commit_per_prestate_unless_someone_provably_equivocated() {
+fn at_most_one_instance_is_agreed_per_prestate_under_any_schedule() {
     static G: std::sync::OnceLock<Group> = std::sync::OnceLock::new();
-    // Runs in which Byzantine votes did produce two commits (the proof path ran).
-    static TWO: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    fn prop(seed: u64, n: u8, t: u8, byzantine: u8) -> TestResult {
+    static AGREED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static BY_FALLBACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    #[derive(Clone)]
+    enum Msg {
+        Fast(usize, usize),
+        Prepare(usize, u32),
+        Promise(u32, Option<Vote>),
+        Accept(usize, u32, usize),
+    }
+    fn prop(seed: u64, n: u8, t: u8, proposers: u8) -> TestResult {
         let g = G.get_or_init(|| Group::new(7, 2, 17));
-        let keys = &g.signing_keys();
         let n = 3 + (n % 5) as usize; // 3..=7 witnesses
-        let t = 2 + (t as usize % (n - 1)); // 2..=n
-        let byz = (byzantine % 3) as usize; // 0..=2 Byzantine witnesses
-        let members: BTreeMap<DeviceId, [u8; 32]> = keys.iter().take(n).map(|(d, k)| (*d, *k)).collect();
-        let witnesses: Vec<&DeviceKeys> = g.keys.iter().filter(|k| members.contains_key(&k.id)).collect();
+        let t = 1 + (t as usize % n) as u16; // 1..=n
+        let proposers = 1 + (proposers % 3) as usize;
         let mut seed32 = [0u8; 32];
         seed32[..8].copy_from_slice(&seed.to_le_bytes());
         let mut rng = PeerRng::from_seed(seed32);
-        let ops = [b"op x".to_vec(), b"op y".to_vec()];
-        let ids = [instance(&ops[0], 1), instance(&ops[1], 2)];
-        // Every (witness, proposal) delivery, shuffled.
-        let mut deliveries: Vec<(usize, usize)> = (0..n).flat_map(|w| [(w, 0), (w, 1)]).collect();
-        for i in (1..deliveries.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            deliveries.swap(i, j);
-        }
-        let mut ballots = vec![Ballots::default(); n];
-        let mut votes: [Vec<Vote>; 2] = [Vec::new(), Vec::new()];
-        for (w, p) in deliveries {
-            let vote = Vote::sign(witnesses[w], &mut rng, ids[p], PRESTATE, op_hash(&ops[p]));
-            if w < byz {
-                votes[p].push(vote); // Byzantine: votes for everything
+        let pick = |k: usize, rng: &mut PeerRng| (rng.next_u64() % k as u64) as usize;
+        let props: Vec<Proposal> = (0..proposers)
+            .map(|i| proposal(format!("op {i}").as_bytes(), i as u8, g.keys[i].id))
+            .collect();
+        let (q, f) = (quorum(n, t), fast_quorum(n, t));
+        let mut witnesses = vec![Ballots::default(); n];
+        let mut pool: Vec<Msg> = (0..n)
+            .flat_map(|w| (0..proposers).map(move |p| Msg::Fast(w, p)))
+            .collect();
+        // Per fallback ballot: promises gathered, and whether it asked for votes.
+        let mut coords: BTreeMap<u32, (Vec<Option<Vote>>, bool)> = BTreeMap::new();
+        let mut cast: BTreeMap<(u32, ConsensusId), BTreeSet<usize>> = BTreeMap::new();
+        let mut next_ballot = 1u32;
+        for _ in 0..400 {
+            let r = pick(10, &mut rng);
+            if r == 0 && next_ballot <= 6 {
+                coords.insert(next_ballot, (Vec::new(), false));
+                pool.extend((0..n).map(|w| Msg::Prepare(w, next_ballot)));
+                next_ballot += 1;
                 continue;
             }
-            match ballots[w].decide(&PRESTATE, &ids[p], &PRESTATE) {
-                Decision::Vote => {
-                    ballots[w].record(vote.clone());
-                    votes[p].push(vote);
+            if pool.is_empty() {
+                break;
+            }
+            let m = pool.swap_remove(pick(pool.len(), &mut rng));
+            if r == 1 {
+                continue; // lost
+            }
+            match m {
+                Msg::Fast(w, p) | Msg::Accept(w, _, p) => {
+                    let ballot = if let Msg::Accept(_, b, _) = m { b } else { 0 };
+                    if witnesses[w].decide(&PRESTATE, &props[p].id, &PRESTATE, ballot) == Decision::Vote {
+                        assert!(witnesses[w].record(Vote::sign(&g.keys[w], &mut rng, &props[p], ballot)));
+                        cast.entry((ballot, props[p].id)).or_default().insert(w);
+                    }
                 }
-                Decision::Again(v) => votes[p].push(v),
-                Decision::Refuse(_) => {}
+                Msg::Prepare(w, b) => {
+                    if let Promise::Give(last) = witnesses[w].prepare(&PRESTATE, &PRESTATE, b) {
+                        witnesses[w].promise(PRESTATE, b);
+                        pool.push(Msg::Promise(b, last));
+                    }
+                }
+                Msg::Promise(b, last) => {
+                    let (reports, asked) = coords.get_mut(&b).expect("started");
+                    if *asked {
+                        continue;
+                    }
+                    reports.push(last);
+                    if reports.len() < q {
+                        continue;
+                    }
+                    *asked = true;
+                    let chosen = match choose(reports, n, t) {
+                        Choice::Bound(id) => props.iter().position(|p| p.id == id).expect("a proposal"),
+                        Choice::Free => pick(proposers, &mut rng),
+                    };
+                    pool.extend((0..n).map(|w| Msg::Accept(w, b, chosen)));
+                }
             }
         }
-        let commits: Vec<Commit> = (0..2)
-            .filter_map(|p| {
-                let mut vs = votes[p].clone();
-                vs.sort_by_key(|v| v.voter);
-                let c = Commit {
-                    id: ids[p],
-                    prestate: PRESTATE,
-                    op: ops[p].clone(),
-                    votes: vs,
-                };
-                c.check(&members, t as u16).is_ok().then_some(c)
-            })
+        let agreed: BTreeSet<ConsensusId> = cast
+            .iter()
+            .filter(|((b, _), ws)| ws.len() >= if *b == 0 { f } else { q })
+            .map(|((_, id), _)| *id)
             .collect();
-        if commits.len() < 2 {
-            return TestResult::passed();
+        if !agreed.is_empty() {
+            AGREED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // Two commits: some member voted in both, and it is a Byzantine one.
-        TWO.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(proof) = equivocation_between(&commits[0], &commits[1]) else {
-            return TestResult::error("two commits without an equivocation proof");
-        };
-        let who = proof.check(&members[&proof.first.voter]).unwrap();
-        let bad: BTreeSet<DeviceId> = witnesses[..byz].iter().map(|k| k.id).collect();
-        TestResult::from_bool(bad.contains(&who))
+        if cast.iter().any(|((b, _), ws)| *b > 0 && ws.len() >= q) {
+            BY_FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        TestResult::from_bool(agreed.len() <= 1)
     }
     QuickCheck::new()
-        .tests(300)
+        .tests(2000)
         .quickcheck(prop as fn(u64, u8, u8, u8) -> TestResult);
-    assert!(
-        TWO.load(std::sync::atomic::Ordering::Relaxed) > 0,
-        "no schedule produced two commits"
+    let (agreed, by_fallback) = (
+        AGREED.load(std::sync::atomic::Ordering::Relaxed),
+        BY_FALLBACK.load(std::sync::atomic::Ordering::Relaxed),
     );
+    assert!(
+        agreed > 200 && by_fallback > 100,
+        "the schedules reach agreement: {agreed} runs, {by_fallback} by fallback"
+    );
+}
+
+/// Byzantine witnesses that vote for everything at the fast ballot can make two fast
+/// commits; the two commits then prove one of them equivocated.
+#[test]
+fn two_commits_at_one_ballot_name_a_byzantine_voter() {
+    let g = Group::new(7, 2, 19);
+    let keys = g.signing_keys();
+    let mut rng = PeerRng::from_seed([9; 32]);
+    let (a, b) = (proposal(b"a", 1, g.keys[0].id), proposal(b"b", 2, g.keys[1].id));
+    // Seven members, threshold 2: fast quorum 6. Devices 0 and 1 vote for both.
+    let fast = |p: &Proposal, who: &[usize], rng: &mut PeerRng| {
+        let mut votes: Vec<Vote> = who.iter().map(|i| Vote::sign(&g.keys[*i], rng, p, 0)).collect();
+        votes.sort_by_key(|v| v.voter);
+        Commit {
+            id: p.id,
+            prestate: PRESTATE,
+            op: p.op.clone(),
+            votes,
+        }
+    };
+    let ca = fast(&a, &[0, 1, 2, 3, 4, 5], &mut rng);
+    let cb = fast(&b, &[0, 1, 6, 2, 3, 4], &mut rng);
+    assert_eq!((ca.check(&keys, 2), cb.check(&keys, 2)), (Ok(()), Ok(())));
+    let proof = equivocation_between(&ca, &cb).expect("an equivocation");
+    let who = proof.check(&keys[&proof.first.voter]).unwrap();
+    assert!([0usize, 1, 2, 3, 4].iter().any(|i| g.keys[*i].id == who));
+    // Commits at different ballots prove nothing by their votes alone.
+    let mut later = cb.clone();
+    later.votes = later
+        .votes
+        .iter()
+        .map(|v| {
+            Vote::sign(
+                &g.keys[(0..7).find(|i| g.keys[*i].id == v.voter).unwrap()],
+                &mut rng,
+                &b,
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(equivocation_between(&ca, &later), None);
 }
 
 /// Signs `msg` with the group: FROST rounds among the first `t` shares.
@@ -442,22 +532,30 @@ fn authority(g: &Group, t: u16) -> (Journal, AuthorityId) {
     (j, id)
 }
 
-/// A commit fact for `kind` from `prestate` with the votes of devices `voters`.
+/// A commit fact for `kind` from `prestate` with the votes of devices `voters` at
+/// `ballot`, signed by three shares.
 fn committed(
     g: &Group,
-    t: u16,
     id: AuthorityId,
     prestate: Hash32,
     kind: &TreeOpKind,
     voters: &[usize],
     lamport: u64,
+    ballot: u32,
 ) -> (Fact, Commit) {
     let mut rng = PeerRng::from_seed([lamport as u8; 32]);
     let op = wire::encode(kind);
     let instance = consensus_id(&prestate, &op_hash(&op), &[lamport as u8; 32]);
+    let p = Proposal {
+        id: instance,
+        prestate,
+        op: op.clone(),
+        nonce: [lamport as u8; 32],
+        proposer: g.keys[voters[0]].id,
+    };
     let mut votes: Vec<Vote> = voters
         .iter()
-        .map(|i| Vote::sign(&g.keys[*i], &mut rng, instance, prestate, op_hash(&op)))
+        .map(|i| Vote::sign(&g.keys[*i], &mut rng, &p, ballot))
         .collect();
     votes.sort_by_key(|v| v.voter);
     let commit = Commit {
@@ -471,7 +569,7 @@ fn committed(
         lamport,
         author: g.keys[voters[0]].id,
     };
-    let sig = group_sign(g, t as usize, &frame.message(&commit));
+    let sig = group_sign(g, 3, &frame.message(&commit));
     (frame.fact(commit.clone(), sig), commit)
 }
 
@@ -481,8 +579,15 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     let (mut j, id) = authority(&g, 3);
     let v0 = AuthorityView::reduce(&j, id).unwrap();
     let views = |j: &Journal| Views([(id, AuthorityView::reduce(j, id).unwrap())].into_iter().collect());
-    // Devices 0, 1, 2 (a majority of five) agree to raise the threshold to 4.
-    let (raise, c1) = committed(&g, 3, id, v0.prestate(), &TreeOpKind::ChangeThreshold(4), &[0, 1, 2], 5);
+    // Three votes are not enough at the fast ballot (it needs four of five)...
+    let (fast, _) = committed(&g, id, v0.prestate(), &TreeOpKind::ChangeThreshold(4), &[0, 1, 2], 4, 0);
+    let mut k = j.clone();
+    k.insert(fast.clone());
+    let v = AuthorityView::reduce(&k, id).unwrap();
+    assert!(v.rejected.contains(&(fast.id(), TreeOpReject::NoQuorum)));
+    // ...but at a fallback ballot devices 0, 1, 2 (a majority of five) raise the
+    // threshold to 4.
+    let (raise, c1) = committed(&g, id, v0.prestate(), &TreeOpKind::ChangeThreshold(4), &[0, 1, 2], 5, 1);
     assert_eq!(verify_fact(&raise, &raise.namespace, &views(&j)), Ok(()));
     j.insert(raise.clone());
     let v1 = AuthorityView::reduce(&j, id).unwrap();
@@ -492,12 +597,12 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     // does not apply, and the two commits prove device 2 equivocated.
     let (remove, c2) = committed(
         &g,
-        3,
         id,
         v0.prestate(),
         &TreeOpKind::RemoveDevice(g.keys[4].id),
         &[2, 3, 4],
         6,
+        1,
     );
     j.insert(remove.clone());
     let v2 = AuthorityView::reduce(&j, id).unwrap();
@@ -507,7 +612,7 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     assert_eq!(proof.check(&g.keys[2].cert.signing), Ok(g.keys[2].id));
     // Too few votes (two of five) do not apply, whatever the group signed.
     let (mut k, _) = authority(&g, 3);
-    let (weak, _) = committed(&g, 3, id, v0.prestate(), &TreeOpKind::ChangeThreshold(2), &[0, 1], 7);
+    let (weak, _) = committed(&g, id, v0.prestate(), &TreeOpKind::ChangeThreshold(2), &[0, 1], 7, 1);
     k.insert(weak.clone());
     let v = AuthorityView::reduce(&k, id).unwrap();
     assert_eq!(v.epoch, 0);
@@ -517,12 +622,12 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     let (mut k, _) = authority(&g, 3);
     let (below, _) = committed(
         &g,
-        3,
         id,
         v0.prestate(),
         &TreeOpKind::ChangeThreshold(2),
         &[0, 1, 2, 3],
         10,
+        1,
     );
     k.insert(below.clone());
     let v = AuthorityView::reduce(&k, id).unwrap();
@@ -533,12 +638,12 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     // asks for (four votes; three are no longer enough).
     let (three, _) = committed(
         &g,
-        3,
         id,
         v1.prestate(),
         &TreeOpKind::RemoveDevice(g.keys[4].id),
         &[0, 1, 3],
         9,
+        1,
     );
     let mut k = j.clone();
     k.insert(three.clone());
@@ -546,12 +651,12 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     assert!(v.rejected.contains(&(three.id(), TreeOpReject::NoQuorum)));
     let (next, _) = committed(
         &g,
-        3,
         id,
         v1.prestate(),
         &TreeOpKind::RemoveDevice(g.keys[4].id),
         &[0, 1, 2, 3],
         8,
+        1,
     );
     j.insert(next);
     let v3 = AuthorityView::reduce(&j, id).unwrap();

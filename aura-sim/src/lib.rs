@@ -85,10 +85,10 @@ pub enum Scenario {
     Journal,
     /// Pairing and a 2-of-n authority, then tree changes (setting the threshold it has)
     /// agreed by consensus until the authority's tree epoch reaches
-    /// [`SimConfig::statements`]: whenever the authority moved on (or ten seconds passed
-    /// without anyone having voted), a random live member proposes the next change, so
-    /// crashed proposers leave work to fallback coordinators. (Competing proposals from
-    /// one prestate can split the votes for good: see spec/consensus.md.)
+    /// [`SimConfig::statements`]: whenever the authority moved on (or ten seconds
+    /// passed), a random live member proposes the next change, a third of the time two
+    /// at once (competing for one prestate's votes), so crashed proposers and split votes
+    /// leave work to fallback ballots.
     Consensus,
 }
 
@@ -452,8 +452,8 @@ struct Node {
     in_flight: BTreeMap<u64, (Ticket, Record)>,
     /// Gone for good.
     lost: bool,
-    /// Consensus votes whose record landed: prestate → instance.
-    votes: BTreeMap<[u8; 32], aura_proto::consensus::ConsensusId>,
+    /// Consensus votes whose record landed: (prestate, ballot) → instance.
+    votes: BTreeMap<([u8; 32], u32), aura_proto::consensus::ConsensusId>,
     /// Durable flow reservations by (context, peer, epoch), from landed `Reserve` records.
     reserved: BTreeMap<(aura_proto::journal::ContextId, DeviceId, u64), u64>,
     /// Send numbers the guard chain refused in this incarnation.
@@ -867,8 +867,8 @@ impl World {
         }
     }
 
-    /// Two commits from one prestate for different instances that share a voter: with
-    /// honest devices (every simulated one is) that cannot happen.
+    /// Two commits from one prestate for different instances: with honest devices
+    /// (every simulated one is) that cannot happen.
     fn two_commits(&self) -> Option<String> {
         use aura_proto::journal::{FactBody, Namespace};
         let mut by_prestate: BTreeMap<[u8; 32], Vec<aura_proto::consensus::Commit>> = BTreeMap::new();
@@ -891,19 +891,16 @@ impl World {
                 }
             }
         }
-        for commits in by_prestate.values() {
-            for (k, a) in commits.iter().enumerate() {
-                for b in &commits[k + 1..] {
-                    if let Some(e) = aura_proto::consensus::equivocation_between(a, b) {
-                        return Some(format!(
-                            "two commits from one prestate; {} voted for both",
-                            short(&e.first.voter)
-                        ));
-                    }
-                }
-            }
-        }
-        None
+        let commits = by_prestate.values().find(|c| c.len() > 1)?;
+        let (a, b) = (&commits[0], &commits[1]);
+        let who = aura_proto::consensus::equivocation_between(a, b)
+            .map(|e| format!("; {} voted for both", short(&e.first.voter)))
+            .unwrap_or_default();
+        Some(format!(
+            "two commits from one prestate, at ballots {} and {}{who}",
+            a.ballot(),
+            b.ballot()
+        ))
     }
 
     /// The first namespace whose connected live members hold different journals, as a
@@ -1264,20 +1261,27 @@ impl World {
     /// A write of node `i` is on disk.
     fn landed(&mut self, i: usize, record: Record) {
         if let Record::Voted { vote, .. } = &record {
-            // Invariant: a device votes at most once from a prestate, across crashes.
-            match self.nodes[i].votes.get(&vote.prestate) {
+            // Invariant: a device votes at most once per ballot from a prestate, across
+            // crashes.
+            match self.nodes[i].votes.get(&(vote.prestate, vote.ballot)) {
                 Some(id) if *id != vote.id => {
                     let v = self.violation(
-                        "one-vote-per-prestate",
-                        format!("n{i} voted for two instances from one prestate"),
+                        "one-vote-per-ballot",
+                        format!(
+                            "n{i} voted for two instances at ballot {} from one prestate",
+                            vote.ballot
+                        ),
                     );
                     self.pending_violation.get_or_insert(v);
                 }
                 _ => {
-                    self.nodes[i].votes.insert(vote.prestate, vote.id);
+                    self.nodes[i].votes.insert((vote.prestate, vote.ballot), vote.id);
                 }
             }
-            self.mark("vote");
+            self.mark(if vote.ballot == 0 { "vote" } else { "fallback-vote" });
+        }
+        if let Record::Promised { .. } = &record {
+            self.mark("promise");
         }
         if let Record::Reserve {
             context,
@@ -1611,7 +1615,22 @@ impl World {
             } => self.mark("peer-closed"),
             Event::ChannelFailed { .. } => self.mark("link-failed"),
             Event::SignFailed { .. } => self.mark("sign-failed"),
-            Event::Committed { .. } => self.mark("committed"),
+            Event::Committed { instance, .. } => {
+                self.mark("committed");
+                // Which path agreed it: the fast ballot or a fallback one.
+                let ballot = self.nodes[i].peer.authority().and_then(|v| {
+                    let ns = aura_proto::journal::Namespace::Authority(v.id);
+                    self.nodes[i].peer.journal().facts(&ns).find_map(|f| match &f.body {
+                        aura_proto::journal::FactBody::Commit(c) if c.id == *instance => Some(c.ballot()),
+                        _ => None,
+                    })
+                });
+                match ballot {
+                    Some(0) => self.mark("fast-commit"),
+                    Some(_) => self.mark("fallback-commit"),
+                    None => {}
+                }
+            }
             Event::ConsensusFailed { .. } => self.mark("consensus-failed"),
             Event::AuthorityFailed { .. } => self.mark("dkg-failed"),
             _ => {}
@@ -1827,7 +1846,6 @@ impl World {
     /// Consensus scenario: when the authority moved on since the last proposal (or ten
     /// seconds passed), a live member proposes the next threshold change.
     fn consensus_tick(&mut self) {
-        use std::fmt::Write;
         let live: Vec<usize> = (0..self.nodes.len())
             .filter(|j| !self.nodes[*j].crashed && !self.nodes[*j].lost && self.nodes[*j].peer.authority().is_some())
             .collect();
@@ -1837,19 +1855,28 @@ impl World {
             .max()
             .unwrap_or(0);
         let (last_epoch, last_at) = self.proposed.unwrap_or((0, 0));
-        // Someone voted from the current state: that instance is the one to finish (by
-        // fallback if its proposer is gone); a second proposal could only split votes.
-        let prestate = live
-            .iter()
-            .filter_map(|j| self.nodes[*j].peer.authority())
-            .max_by_key(|v| v.epoch)
-            .map(|v| v.prestate());
-        let voted = prestate.is_some_and(|p| self.nodes.iter().any(|n| n.votes.contains_key(&p)));
-        let fresh = epoch > last_epoch || last_at == 0 || (self.now >= last_at + 10_000_000_000 && !voted);
+        let fresh = epoch > last_epoch || last_at == 0 || self.now >= last_at + 10_000_000_000;
         if epoch < self.cfg.statements as u64 && fresh && !live.is_empty() {
             self.proposed = Some((epoch, self.now.max(1)));
-            let p = live[(self.workload.next_u64() % live.len() as u64) as usize];
-            let _ = write!(self.line, "consensus-tick: n{p} proposes");
+            // One proposer, or (a third of the time) two at once that compete for the
+            // same prestate's votes.
+            let mut proposers = vec![live[(self.workload.next_u64() % live.len() as u64) as usize]];
+            if self.workload.next_u64().is_multiple_of(3) {
+                proposers.push(live[(self.workload.next_u64() % live.len() as u64) as usize]);
+                proposers.dedup();
+            }
+            for p in proposers {
+                self.propose_threshold(p);
+            }
+        }
+        self.schedule(self.now + 1_000_000_000, Ev::ConsensusTick);
+    }
+
+    /// Consensus scenario: device `p` proposes to set the threshold (again).
+    fn propose_threshold(&mut self, p: usize) {
+        use std::fmt::Write;
+        {
+            let _ = write!(self.line, "consensus-tick: n{p} proposes; ");
             if let Some(v) = self.nodes[p].peer.authority() {
                 // The same threshold again: a real change of the tree (the epoch moves)
                 // that keeps the authority able to sign with the shares it has (raising
@@ -1864,7 +1891,6 @@ impl World {
                 );
             }
         }
-        self.schedule(self.now + 1_000_000_000, Ev::ConsensusTick);
     }
 
     /// Journal scenario: a device holding a share asks for the next statement, unless one
