@@ -4,7 +4,7 @@
 //! The message-driven machines themselves live with the [`Peer`](crate::Peer) (they need its
 //! channels and persistence); this module holds the pure parts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,10 @@ pub struct AuthorityView {
     pub commitment: [u8; 32],
     /// Tree operations that did not apply, and why.
     pub rejected: Vec<(FactId, TreeOpReject)>,
+    /// Members proven (by an equivocation fact) to have voted twice at one ballot. A
+    /// grow-only set that does not move the prestate; devices stop counting these in
+    /// consensus, and removing them for good is a tree change like any other.
+    pub equivocators: BTreeSet<DeviceId>,
 }
 
 fn next_commitment(prev: &[u8; 32], fact: &FactId) -> [u8; 32] {
@@ -84,6 +88,7 @@ impl AuthorityView {
             epoch: 0,
             commitment: next_commitment(&[0; 32], &gid),
             rejected: Vec::new(),
+            equivocators: BTreeSet::new(),
         };
         for (fid, f) in journal.entries(&ns) {
             v.step(fid, f);
@@ -92,7 +97,8 @@ impl AuthorityView {
     }
 
     /// Applies one fact that sorts after every fact this view was reduced from (tree
-    /// operations and commits change the tree; other facts do nothing). Reducing a
+    /// operations and commits change the tree, equivocation proofs the equivocator set;
+    /// other facts do nothing). Reducing a
     /// journal is folding `step` over its facts in order, so a fact appended at the end
     /// can be applied to the last view instead of reducing the whole journal again
     /// (which would check every earlier commit's votes once more).
@@ -103,6 +109,13 @@ impl AuthorityView {
             }
             FactBody::TreeOp(op) => self.apply(&op.kind).then_some(()).ok_or(TreeOpReject::Invalid),
             FactBody::Commit(c) => self.apply_commit(c),
+            FactBody::Equivocation(e) => {
+                let voter = self.members.get(&e.first.voter).map(|m| m.cert.signing);
+                if let Some(Ok(d)) = voter.map(|k| e.check(&k)) {
+                    self.equivocators.insert(d);
+                }
+                return;
+            }
             _ => return,
         };
         match outcome {

@@ -263,6 +263,10 @@ pub enum FactBody {
     /// An operation agreed by consensus from a prestate, with a quorum of votes
     /// (group-signed). In an authority journal its operation is a [`TreeOpKind`].
     Commit(crate::consensus::Commit),
+    /// Proof that a member voted for two instances at one ballot from one prestate
+    /// (device-signed by the member that noticed). Every device that knows it stops
+    /// counting the equivocator in consensus.
+    Equivocation(crate::consensus::Equivocation),
 }
 
 impl FactBody {
@@ -277,6 +281,7 @@ impl FactBody {
             FactBody::ContextAccept(_) => "context-accept",
             FactBody::Note(_) => "note",
             FactBody::Commit(_) => "commit",
+            FactBody::Equivocation(_) => "equivocation",
         }
     }
 }
@@ -446,6 +451,16 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
             if !matches!(ns, Namespace::Context(_)) {
                 return Err(FactError::WrongNamespace);
             }
+            let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
+            schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
+        }
+        (FactBody::Equivocation(_), FactSig::Device(sig)) => {
+            // Checked against the voter's key where it is applied (the voter must be a
+            // member there); here only the reporter.
+            if !matches!(ns, Namespace::Authority(_)) {
+                return Err(FactError::WrongNamespace);
+            }
+            keys.group_key(ns).ok_or(FactError::UnknownAuthority)?;
             let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
         }

@@ -86,6 +86,13 @@ pub mod fuzzing {
         peer.fuzz_deliver_proto(now, from, scope, data);
     }
 
+    /// Makes `peer` a faulty consensus witness that votes at the fast ballot for every
+    /// instance it is offered (without recording any of those votes), for simulations
+    /// and tests of equivocation detection.
+    pub fn equivocate(peer: &mut crate::Peer, on: bool) {
+        peer.fuzz_equivocate(on);
+    }
+
     /// Encoded examples of those messages, for the seed corpus.
     pub fn inner_message_samples() -> Vec<Vec<u8>> {
         crate::peer::inner_message_samples()

@@ -124,8 +124,10 @@ pub struct Metrics {
     pub sync_retries: u64,
     /// Anti-entropy sessions that gave up.
     pub sync_failed: u64,
-    /// Consensus attempts this device coordinated as a fallback coordinator.
+    /// Fallback ballots this device ran.
     pub consensus_fallbacks: u64,
+    /// Equivocation proofs this device found and wrote.
+    pub equivocations: u64,
 }
 
 impl Metrics {

@@ -551,6 +551,15 @@ pub enum Event {
         /// Which stage refused.
         reason: Denial,
     },
+    /// An equivocation proof against a member of this device's authority applied: the
+    /// member voted for two instances at one ballot. It no longer counts in consensus
+    /// here (remove it with `Command::RemoveDevice`).
+    EquivocationProven {
+        /// The authority.
+        authority: AuthorityId,
+        /// The equivocator.
+        device: DeviceId,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -1190,6 +1199,10 @@ impl Peer {
     }
 
     /// See `crate::fuzzing::deliver_proto`.
+    pub(crate) fn fuzz_equivocate(&mut self, on: bool) {
+        self.consensus.equivocate = on;
+    }
+
     pub(crate) fn fuzz_deliver_proto(&mut self, now: Now, from: DeviceId, scope: ContextId, data: &[u8]) {
         self.now = Now {
             mono: now.mono.max(self.now.mono),

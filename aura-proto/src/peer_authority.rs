@@ -970,6 +970,7 @@ impl Peer {
             // Tree operations need agreement (consensus), not one member's request; the rest
             // are device-signed, never group-signed.
             FactBody::TreeOp(_)
+            | FactBody::Equivocation(_)
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
             | FactBody::ContextAccept(_)
@@ -1346,7 +1347,10 @@ impl Peer {
     fn merge_fact(&mut self, fact: Fact) -> bool {
         let ns = fact.namespace;
         let is_genesis = matches!(fact.body, FactBody::Genesis(_));
-        let kind = if matches!(fact.body, FactBody::TreeOp(_) | FactBody::Commit(_)) {
+        let kind = if matches!(
+            fact.body,
+            FactBody::TreeOp(_) | FactBody::Commit(_) | FactBody::Equivocation(_)
+        ) {
             Kind::TreeOp
         } else {
             Kind::Other
@@ -1364,7 +1368,7 @@ impl Peer {
         };
         let step_fact = appended.then(|| fact.clone());
         let commit = match &fact.body {
-            FactBody::Commit(c) => Some((c.id, c.prestate)),
+            FactBody::Commit(c) => Some(c.clone()),
             _ => None,
         };
         if !self.journal.insert(fact) {
@@ -1395,13 +1399,26 @@ impl Peer {
         let mine = view.members.contains_key(&self.keys.id);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
         let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
-        if let (Some((instance, prestate)), true) = (commit, moved) {
-            self.committed(id, instance, prestate, view.epoch);
+        if let Some(c) = &commit {
+            // Applied or not, its votes may show a member voting twice.
+            self.observe_votes(id, &c.votes);
         }
+        if let (Some(c), true) = (commit, moved) {
+            self.committed(id, c.id, c.prestate, view.epoch);
+        }
+        let newly: Vec<DeviceId> = match self.views.0.get(&id) {
+            Some(old) => view.equivocators.difference(&old.equivocators).copied().collect(),
+            None => view.equivocators.iter().copied().collect(),
+        };
         self.views.0.insert(id, view.clone());
         self.pending_genesis.remove(&view.group_key);
         if changes_view {
             self.refresh_contexts_of(id);
+        }
+        if !self.restoring {
+            for device in newly {
+                self.event(Event::EquivocationProven { authority: id, device });
+            }
         }
         if created && !self.restoring {
             self.event(Event::AuthorityCreated {

@@ -20,9 +20,14 @@
 //! ballot but knows no instance lets it pass; the timers double once per full rotation,
 //! so a quorum that can talk always gets a coordinator with enough time.
 //!
-//! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), equivocation
-//! proof facts and exclusion, adding devices (needs a key generation among the new set),
-//! context epoch bumps.
+//! Equivocation: every vote this device sees (in votes, promises, refusals and commits)
+//! is kept per (prestate, ballot, voter) while the prestate is open; two for different
+//! instances become a `FactBody::Equivocation` proof, written and pushed to every member.
+//! Once a proof is in the view, the equivocator is excluded: its proposals, prepares,
+//! accepts, votes and promises are ignored and no commit with its vote is signed.
+//!
+//! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), adding
+//! devices (needs a key generation among the new set), context epoch bumps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -105,7 +110,19 @@ pub(super) struct ConsensusState {
     /// meanwhile, the answer waits for the record.
     writing_votes: BTreeSet<(Hash32, u32)>,
     writing_promises: BTreeSet<(Hash32, u32)>,
+    /// Votes of other members seen from open prestates (in votes, promises, refusals
+    /// and commits), by (prestate, ballot, voter): a second one for another instance is
+    /// an equivocation.
+    seen: BTreeMap<(Hash32, u32, DeviceId), Vote>,
+    /// Equivocators this device wrote a proof against (one proof each is enough).
+    reported: BTreeSet<DeviceId>,
+    /// Simulation of a faulty member (`fuzzing::equivocate`): vote for every instance at
+    /// the fast ballot, ignoring the witness rules. Never set outside tests.
+    pub(super) equivocate: bool,
 }
+
+/// Votes remembered for equivocation checks at once (beyond this, new ones are not).
+const MAX_SEEN: usize = 4096;
 
 impl Peer {
     /// `Command::ChangeThreshold` / `Command::RemoveDevice`: propose a tree change.
@@ -200,7 +217,9 @@ impl Peer {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
-        if !(view.members.contains_key(&from) && p.proposer == from && p.binds()) {
+        let valid =
+            view.members.contains_key(&from) && !view.equivocators.contains(&from) && p.proposer == from && p.binds();
+        if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
         self.witness(&view, from, p, 0);
@@ -213,6 +232,7 @@ impl Peer {
         };
         let valid = (1..=MAX_BALLOT).contains(&ballot)
             && view.members.contains_key(&p.proposer)
+            && !view.equivocators.contains(&from)
             && p.binds()
             && coordinator(&Self::member_set(&view), &p.prestate, ballot) == Some(from);
         if !valid {
@@ -232,6 +252,11 @@ impl Peer {
             .or_insert(Seen { proposal: p.clone() });
         self.touch_open(view, p.prestate, ballot);
         let id = p.id;
+        if self.consensus.equivocate && ballot == 0 && p.prestate == view.prestate() {
+            // The faulty member of the simulations: a fast vote for anything, unrecorded.
+            let vote = Vote::sign(&self.keys, &mut self.rng, &p, 0);
+            return self.send_vote(vote, from);
+        }
         match self
             .consensus
             .ballots
@@ -266,10 +291,22 @@ impl Peer {
         }
     }
 
-    /// Our vote is durable: send it to whoever runs its ballot.
+    /// Our vote is durable: send it to whoever runs its ballot, and to every other
+    /// member (so that two different votes of one member at one ballot meet somewhere
+    /// and prove an equivocation).
     pub(super) fn vote_durable(&mut self, vote: Vote, to: DeviceId) {
         self.consensus.writing_votes.remove(&(vote.prestate, vote.ballot));
-        self.send_auth(to, AuthMsg::Voted { vote });
+        self.send_vote(vote, to);
+    }
+
+    fn send_vote(&mut self, vote: Vote, to: DeviceId) {
+        let members: Vec<DeviceId> = self
+            .my_authority()
+            .map(|v| v.members.keys().copied().collect())
+            .unwrap_or_default();
+        for d in members.into_iter().filter(|d| *d != to).chain([to]) {
+            self.send_auth(d, AuthMsg::Voted { vote: vote.clone() });
+        }
     }
 
     /// Restores a vote record, and its instance so this device takes part in its
@@ -290,6 +327,7 @@ impl Peer {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
         let valid = (1..=MAX_BALLOT).contains(&ballot)
+            && !view.equivocators.contains(&from)
             && coordinator(&Self::member_set(&view), &prestate, ballot) == Some(from);
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
@@ -365,6 +403,9 @@ impl Peer {
         let Some(member) = view.members.get(&from) else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
+        if view.equivocators.contains(&from) {
+            return; // its word counts for nothing: as if it did not answer
+        }
         let report = match last {
             None => None,
             Some((v, p)) => {
@@ -381,6 +422,7 @@ impl Peer {
                     return self.metrics.drop(DropReason::Overloaded);
                 }
                 self.consensus.proposals.entry(p.id).or_insert(Seen { proposal: p });
+                self.observe_votes(view.id, std::slice::from_ref(&v));
                 Some(v)
             }
         };
@@ -448,37 +490,45 @@ impl Peer {
         }
     }
 
-    /// The proposer (ballot 0) or fallback coordinator receives a vote.
+    /// A vote arrives: every member gets a copy; the proposer (ballot 0) or the fallback
+    /// coordinator also counts it.
     pub(super) fn on_voted(&mut self, from: DeviceId, vote: Vote) {
+        // Any correctly signed vote of a member is evidence, whether we still need it
+        // or not.
+        let Some(view) = self.my_authority().cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let key = view.members.get(&from).map(|m| m.cert.signing);
+        if !(vote.voter == from && key.is_some_and(|k| vote.verify(&k))) {
+            return self.metrics.drop(DropReason::BadFact);
+        }
+        self.observe_votes(view.id, std::slice::from_ref(&vote));
         let Some(lead) = self.consensus.leads.get(&vote.prestate) else {
-            return self.metrics.drop(DropReason::UnknownSession);
+            return; // a copy for the record (we do not gather this ballot's votes)
         };
         let Phase::Votes { id, votes, signing } = &lead.phase else {
             return;
         };
-        if lead.ballot != vote.ballot || *id != vote.id {
+        if lead.ballot != vote.ballot || *id != vote.id || lead.authority != view.id {
             return; // another ballot's vote (ours moved on), or a vote we did not ask for
         }
-        let (Some(view), Some(seen)) = (
-            self.views.0.get(&lead.authority).cloned(),
-            self.consensus.proposals.get(&vote.id),
-        ) else {
+        let Some(seen) = self.consensus.proposals.get(&vote.id) else {
             return;
         };
-        let key = view.members.get(&from).map(|m| m.cert.signing);
-        let valid = vote.voter == from && vote.is_for(&seen.proposal) && key.is_some_and(|k| vote.verify(&k));
-        if !valid {
+        if !vote.is_for(&seen.proposal) {
             return self.metrics.drop(DropReason::BadFact);
         }
-        if *signing || votes.contains_key(&from) {
+        if *signing || votes.contains_key(&from) || view.equivocators.contains(&from) {
             return;
         }
+        let op = seen.proposal.op.clone();
         let needed = match vote.ballot {
             0 => fast_quorum(view.members.len(), view.threshold),
             _ => quorum(view.members.len(), view.threshold),
         };
-        let op = seen.proposal.op.clone();
-        let lead = self.consensus.leads.get_mut(&vote.prestate).expect("checked");
+        let Some(lead) = self.consensus.leads.get_mut(&vote.prestate) else {
+            return;
+        };
         let Phase::Votes { votes, signing, .. } = &mut lead.phase else {
             return;
         };
@@ -506,6 +556,13 @@ impl Peer {
     /// A witness did not vote. Only a change that most members find invalid is given up
     /// here; every other refusal leaves the instance to the fallback ballots.
     pub(super) fn on_refused(&mut self, from: DeviceId, id: ConsensusId, refusal: Refusal) {
+        if let (Refusal::Voted(v), Some(view)) = (&refusal, self.my_authority()) {
+            let key = view.members.get(&from).map(|m| m.cert.signing);
+            if v.voter == from && key.is_some_and(|k| v.verify(&k)) {
+                let (a, v) = (view.id, v.clone());
+                self.observe_votes(a, &[v]);
+            }
+        }
         let Some(seen) = self.consensus.proposals.get(&id) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
@@ -537,6 +594,7 @@ impl Peer {
         let change = wire::strict_decode::<TreeOpKind>(&c.op, &mut Vec::new()).ok();
         from == author
             && view.members.contains_key(from)
+            && !c.votes.iter().any(|v| view.equivocators.contains(&v.voter))
             && c.prestate == view.prestate()
             && c.check(&keys, view.threshold).is_ok()
             && change.is_some_and(|k| view.applies(&k))
@@ -631,6 +689,49 @@ impl Peer {
         c.open.remove(prestate);
         c.leads.remove(prestate);
         c.proposals.retain(|_, s| s.proposal.prestate != *prestate);
+        c.seen.retain(|(p, _, _), _| p != prestate);
+    }
+
+    /// Checks votes of members of `authority` against those seen before; two for
+    /// different instances at one ballot become an equivocation fact, written once per
+    /// equivocator and pushed to every member. Signatures are checked (the proof must
+    /// hold for everyone who reduces it).
+    pub(super) fn observe_votes(&mut self, authority: AuthorityId, votes: &[Vote]) {
+        let Some(view) = self.views.0.get(&authority).cloned() else {
+            return;
+        };
+        let mut proofs = Vec::new();
+        for v in votes {
+            let key = (v.prestate, v.ballot, v.voter);
+            match self.consensus.seen.get(&key) {
+                Some(w) if w.id != v.id => {
+                    if let Some(e) = crate::consensus::Equivocation::of(w.clone(), v.clone()) {
+                        proofs.push(e);
+                    }
+                }
+                Some(_) => {}
+                None if self.consensus.seen.len() < MAX_SEEN => {
+                    self.consensus.seen.insert(key, v.clone());
+                }
+                None => {}
+            }
+        }
+        for e in proofs {
+            let voter = e.first.voter;
+            let Some(m) = view.members.get(&voter) else { continue };
+            if e.check(&m.cert.signing).is_err()
+                || view.equivocators.contains(&voter)
+                || !self.consensus.reported.insert(voter)
+            {
+                continue;
+            }
+            self.metrics.equivocations += 1;
+            let ns = Namespace::Authority(authority);
+            let fact = self.device_fact(ns, FactBody::Equivocation(e), &[]);
+            let me = self.keys.id;
+            let others = view.members.keys().copied().filter(|d| *d != me).collect();
+            self.record_facts(vec![fact], Some(others));
+        }
     }
 
     /// The group signed our commit: record it and push it to every member (each reports

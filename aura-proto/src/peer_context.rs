@@ -797,7 +797,7 @@ impl Peer {
 
     /// A device-signed fact by this device in `ns`, with a Lamport clock past the
     /// journal's and `batch`'s.
-    fn device_fact(&mut self, ns: Namespace, body: FactBody, batch: &[Fact]) -> Fact {
+    pub(super) fn device_fact(&mut self, ns: Namespace, body: FactBody, batch: &[Fact]) -> Fact {
         let lamport = batch
             .iter()
             .filter(|f| f.namespace == ns)

@@ -322,3 +322,59 @@ fn with_one_device_down_a_change_commits_at_a_fallback_ballot() {
     net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
     assert_eq!(net.nodes[2].peer.authority().unwrap().threshold, 3);
 }
+
+#[test]
+fn a_member_that_votes_twice_is_proven_and_left_out() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    // Device 2 is faulty: it votes for every instance at the fast ballot. Devices 0 and
+    // 1 propose at once (two instances of setting the threshold it has: 2 of 3, so the
+    // two honest devices can go on without the faulty one), so it votes for both.
+    aura_proto::fuzzing::equivocate(&mut net.nodes[2].peer, true);
+    net.cmd(0, Command::ChangeThreshold { threshold: 2 }).unwrap();
+    net.cmd(1, Command::ChangeThreshold { threshold: 2 }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    let bad = net.id(2);
+    let proven = |n: &Node| {
+        n.events
+            .iter()
+            .any(|e| matches!(e, Event::EquivocationProven { device, .. } if *device == bad))
+    };
+    for i in 0..3 {
+        let v = net.nodes[i].peer.authority().unwrap();
+        assert_eq!(
+            v.equivocators.iter().copied().collect::<Vec<_>>(),
+            vec![bad],
+            "device {i}"
+        );
+        assert!(proven(&net.nodes[i]), "device {i}");
+        // Exactly one of the two changes applied, without the equivocator's vote.
+        assert_eq!(v.epoch, before.epoch + 1, "device {i}");
+    }
+    let found: u64 = (0..3).map(|i| net.nodes[i].peer.metrics().equivocations).sum();
+    assert!(found >= 1);
+    let commit = first_commit(&net, 0, before.id);
+    assert!(commit.ballot() >= 1, "no fast quorum without the equivocator");
+    assert!(commit.votes.iter().all(|v| v.voter != bad), "{commit:?}");
+    // Its proposals are no longer heard.
+    let unexpected = net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame);
+    let threshold = net.nodes[2].peer.authority().unwrap().threshold;
+    net.cmd(2, Command::ChangeThreshold { threshold }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    assert!(net.nodes[0].peer.metrics().drops(DropReason::UnexpectedFrame) > unexpected);
+    assert!((0..3).all(|i| net.nodes[i].peer.authority().unwrap().epoch == before.epoch + 1));
+    // Nor do its promises and votes count: with device 1 away, device 0 and the
+    // equivocator are two of three, a quorum by number, but agree on nothing.
+    net.cut.insert(1);
+    let threshold = net.nodes[0].peer.authority().unwrap().threshold;
+    net.cmd(0, Command::ChangeThreshold { threshold }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 20_000);
+    assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, before.epoch + 1);
+    // Back together, the honest two finish it.
+    net.cut.clear();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, before.epoch + 2);
+}

@@ -482,6 +482,9 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
                 let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "epoch": epoch, "threshold": v.map(|v| v.threshold), "members": v.map(|v| v.members.len()) }));
             }
         }
+        Event::EquivocationProven { device, .. } => {
+            tracing::warn!(device = %device.short(), "a device of this authority voted twice; it no longer counts in consensus (remove it with `aura-smol device remove`)");
+        }
         Event::ConsensusFailed { reason, .. } => {
             tracing::warn!(%reason, "consensus failed");
             if let Some(r) = w.changes.pop_front() {

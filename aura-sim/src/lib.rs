@@ -264,6 +264,9 @@ pub struct SimConfig {
     pub statements: u32,
     /// Journal scenario: interval between signing requests.
     pub sign_every: Duration,
+    /// The last device is a faulty consensus witness: it votes at the fast ballot for
+    /// every instance it is offered (`aura_proto::fuzzing::equivocate`).
+    pub byzantine: bool,
 }
 
 impl SimConfig {
@@ -295,6 +298,7 @@ impl Default for SimConfig {
             script: Vec::new(),
             statements: 8,
             sign_every: Duration::from_secs(5),
+            byzantine: false,
         }
     }
 }
@@ -668,6 +672,10 @@ impl World {
                 Self::now_of(0),
             );
             ids.push(peer.id());
+            let mut peer = peer;
+            if cfg.byzantine && nodes.len() + 1 == cfg.peers {
+                aura_proto::fuzzing::equivocate(&mut peer, true);
+            }
             nodes.push(Node {
                 peer,
                 secret,
@@ -851,7 +859,17 @@ impl World {
             return Ok(false);
         }
         if let Some(d) = self.two_commits() {
-            return Err(self.violation("one-commit-per-prestate", d));
+            if !self.cfg.byzantine {
+                return Err(self.violation("one-commit-per-prestate", d));
+            }
+            // Votes and promises are not enough against a member that breaks the rules
+            // (it can hide a vote in a promise): with one, a conflict is recorded, not a
+            // violation (see spec/consensus.md).
+            self.mark("byzantine-conflict");
+            if !self.line.contains("byzantine conflict") {
+                use std::fmt::Write;
+                let _ = write!(self.line, "byzantine conflict: {d}");
+            }
         }
         self.next_converge_check = self.now + CONVERGE_CHECK_NS;
         match self.divergence() {
@@ -1482,6 +1500,17 @@ impl World {
     fn check_event(&mut self, i: usize, e: &Event) -> Result<(), Violation> {
         self.stats.checks += 1;
         match e {
+            Event::EquivocationProven { device, .. } => {
+                // Invariant: only the faulty device can ever be proven to equivocate.
+                let faulty = self.cfg.byzantine && self.nodes.last().is_some_and(|n| n.peer.id() == *device);
+                if !faulty {
+                    return Err(self.violation(
+                        "honest-never-accused",
+                        format!("n{i} holds an equivocation proof against {}", short(device)),
+                    ));
+                }
+                self.mark("equivocation-proven");
+            }
             Event::ContextReceived { peer, .. } if self.cfg.scenario == Scenario::Context => {
                 // Every context message costs one unit of the budget the receiver's
                 // authority granted the sender: more arriving from one sender than that
@@ -2232,6 +2261,9 @@ impl World {
             records: n.durable.clone(),
         };
         n.peer = Peer::restore(self.cfg.peer_config.clone(), durable, seed, now);
+        if self.cfg.byzantine && i + 1 == self.cfg.peers {
+            aura_proto::fuzzing::equivocate(&mut n.peer, true);
+        }
         // Send numbers start again with the new incarnation.
         n.denied.clear();
         n.egress = None;
@@ -2364,6 +2396,9 @@ impl World {
             records: n.durable.clone(),
         };
         n.peer = Peer::restore(self.cfg.peer_config.clone(), durable, seed, Self::now_of(self.now));
+        if self.cfg.byzantine && i + 1 == self.cfg.peers {
+            aura_proto::fuzzing::equivocate(&mut n.peer, true);
+        }
         n.denied.clear();
         n.egress = None;
         n.timer_gen += 1;
@@ -2434,6 +2469,7 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::Delivered { fact, peer } => format!("delivered {} {}", fact.short(), who(peer)),
         Event::Committed { epoch, .. } => format!("committed e{epoch}"),
         Event::ConsensusFailed { reason, .. } => format!("consensus-failed {reason}"),
+        Event::EquivocationProven { device, .. } => format!("equivocation-proven {}", short(device)),
     }
 }
 

@@ -113,6 +113,10 @@ struct WorldArgs {
     /// Journal scenario: simulated seconds between signing requests.
     #[arg(long, default_value_t = 5)]
     sign_every_s: u64,
+    /// Consensus scenario: the last device is faulty and votes at the fast ballot for
+    /// every instance it is offered; honest devices must prove it and never be accused.
+    #[arg(long)]
+    byzantine: bool,
 }
 
 #[derive(clap::Args)]
@@ -230,6 +234,7 @@ impl WorldArgs {
             },
             statements: self.statements,
             sign_every: Duration::from_secs(self.sign_every_s),
+            byzantine: self.byzantine,
             faults: self.faults(),
             persist_latency: self.disk(),
             ..SimConfig::default()
@@ -282,6 +287,9 @@ impl WorldArgs {
         let mut f = String::new();
         if self.swarm {
             f.push_str(" --swarm");
+        }
+        if self.byzantine {
+            f.push_str(" --byzantine");
         }
         if let Some(n) = self.crash_every_s {
             f.push_str(&format!(" --crash-every-s {n}"));

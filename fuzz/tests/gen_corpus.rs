@@ -126,6 +126,43 @@ fn generate_seed_corpus() {
             ids: vec![items[0].1, items[1].1],
         }),
     );
+    // Consensus: a proposal, a vote, and the fallback ballot's messages.
+    {
+        use aura_proto::authority::AuthMsg;
+        use aura_proto::consensus::{consensus_id, op_hash, Proposal, Vote};
+        let op = wire::encode(&aura_proto::journal::TreeOpKind::ChangeThreshold(2));
+        let proposal = Proposal {
+            id: consensus_id(&[3; 32], &op_hash(&op), &[4; 32]),
+            prestate: [3; 32],
+            op: op.clone(),
+            nonce: [4; 32],
+            proposer: aura_proto::DeviceId([5; 32]),
+        };
+        let vote = Vote {
+            id: proposal.id,
+            prestate: proposal.prestate,
+            op: op_hash(&op),
+            ballot: 2,
+            voter: aura_proto::DeviceId([6; 32]),
+            sig: aura_proto::journal::Sig64([7; 64]),
+        };
+        for m in [
+            AuthMsg::Propose(proposal.clone()),
+            AuthMsg::Voted { vote: vote.clone() },
+            AuthMsg::Prepare {
+                prestate: [3; 32],
+                ballot: 3,
+            },
+            AuthMsg::Promise {
+                prestate: [3; 32],
+                ballot: 3,
+                last: Some((vote, proposal.clone())),
+            },
+            AuthMsg::Accept { ballot: 3, proposal },
+        ] {
+            write("frame_decode", &wire::encode(&m));
+        }
+    }
     write("frame_decode", b"");
     write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
     write("peer_datagrams", b"");
