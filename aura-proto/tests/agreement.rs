@@ -378,3 +378,37 @@ fn a_member_that_votes_twice_is_proven_and_left_out() {
     net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
     assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, before.epoch + 2);
 }
+
+#[test]
+fn a_proposer_cut_off_after_proposing_is_replaced_by_a_fallback_ballot() {
+    let mut net = authority_net(None);
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    // Device 0's proposal reaches devices 1 and 2, then device 0 is cut off: their votes
+    // never reach it and the fast ballot (all three) cannot finish.
+    net.cut.insert(0);
+    let op = wire::encode(&TreeOpKind::ChangeThreshold(3));
+    let p = Proposal {
+        id: consensus_id(&v.prestate(), &op_hash(&op), &[8; 32]),
+        prestate: v.prestate(),
+        op,
+        nonce: [8; 32],
+        proposer: net.id(0),
+    };
+    for i in [1, 2] {
+        net.deliver_proto(i, 0, journal::ContextId::OWN, &AuthMsg::Propose(p.clone()));
+    }
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    // The two that can talk are a quorum: a fallback ballot commits the same instance.
+    for i in [1, 2] {
+        let view = net.nodes[i].peer.authority().unwrap();
+        assert_eq!((view.threshold, view.epoch), (3, v.epoch + 1), "device {i}");
+        assert_eq!(committed(&net.nodes[i]), vec![(p.id, v.epoch + 1)], "device {i}");
+    }
+    assert!(first_commit(&net, 1, v.id).ballot() >= 1);
+    assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, v.epoch);
+    // Once it can talk again, the cut-off device learns the outcome.
+    net.cut.clear();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, v.epoch + 1);
+}

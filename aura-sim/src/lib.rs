@@ -88,7 +88,8 @@ pub enum Scenario {
     /// [`SimConfig::statements`]: whenever the authority moved on (or ten seconds
     /// passed), a random live member proposes the next change, a third of the time two
     /// at once (competing for one prestate's votes), so crashed proposers and split votes
-    /// leave work to fallback ballots.
+    /// leave work to fallback ballots. A device lost for good (a scripted `lose`) is
+    /// removed by the rest before anything else, and must be gone when the run ends.
     Consensus,
 }
 
@@ -979,11 +980,13 @@ impl World {
             return self.stats.signatures >= self.cfg.statements as u64;
         }
         if self.cfg.scenario == Scenario::Consensus {
-            // Every live member applied the agreed changes.
+            // Every live member applied the agreed changes, among them the removal of
+            // every device lost for good.
+            let lost: Vec<DeviceId> = self.nodes.iter().filter(|n| n.lost).map(|n| n.peer.id()).collect();
             return self.nodes.iter().filter(|n| !n.lost && !n.crashed).all(|n| {
-                n.peer
-                    .authority()
-                    .is_some_and(|v| v.epoch >= self.cfg.statements as u64)
+                n.peer.authority().is_some_and(|v| {
+                    v.epoch >= self.cfg.statements as u64 && lost.iter().all(|d| !v.members.contains_key(d))
+                })
             });
         }
         if self.cfg.scenario == Scenario::Keepalive {
@@ -1906,6 +1909,20 @@ impl World {
         use std::fmt::Write;
         {
             let _ = write!(self.line, "consensus-tick: n{p} proposes; ");
+            // A device lost for good that is still a member: the rest remove it.
+            let lost = self.nodes[p].peer.authority().and_then(|v| {
+                self.nodes
+                    .iter()
+                    .filter(|n| n.lost)
+                    .map(|n| n.peer.id())
+                    .find(|d| v.members.contains_key(d))
+            });
+            if let Some(device) = lost {
+                let _ = write!(self.line, "remove {}; ", short(&device));
+                let cmd = Command::RemoveDevice { device };
+                self.schedule(self.now + 1_000_000, Ev::Command { node: p, cmd });
+                return;
+            }
             if let Some(v) = self.nodes[p].peer.authority() {
                 // The same threshold again: a real change of the tree (the epoch moves)
                 // that keeps the authority able to sign with the shares it has (raising

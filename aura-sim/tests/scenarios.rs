@@ -114,3 +114,20 @@ fn a_device_partitioned_for_half_a_day_catches_up() {
     let w = journals_converge("long-partition.toml");
     assert_eq!(w.stats.signatures, 23);
 }
+
+#[test]
+fn a_lost_device_is_removed_by_the_others() {
+    // The consensus workload counts as done only once every live device's view has
+    // agreed all changes and no longer lists the lost device.
+    let (trace, w) = run_file("lose-a-device.toml");
+    assert!(w.done(), "{:?}", w.stats);
+    assert_eq!(w.stats.coverage.get("device-lost"), Some(&1));
+    let removal = trace
+        .lines()
+        .position(|l| l.contains("cmd remove-device"))
+        .expect("a removal was proposed");
+    let loss = trace.lines().position(|l| l.contains("script lose n3")).unwrap();
+    assert!(removal > loss);
+    let (again, _) = run_file("lose-a-device.toml");
+    assert_eq!(trace, again, "replays bit for bit");
+}
