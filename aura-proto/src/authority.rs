@@ -422,6 +422,51 @@ pub enum AuthMsg {
         /// The instance.
         proposal: crate::consensus::Proposal,
     },
+    /// Proposer → members: `Propose`, and the signers listed (by FROST identifier, with
+    /// the nonce commitment each set aside for the proposer) sign the commit header at
+    /// `lamport` along with their vote.
+    ProposeSigned {
+        /// The instance.
+        proposal: crate::consensus::Proposal,
+        /// The commit fact's Lamport clock (the proposer authors it).
+        lamport: u64,
+        /// (identifier, serialized `SigningCommitments`) of the signers, ascending.
+        commitments: Vec<(u16, Vec<u8>)>,
+    },
+    /// Witness → the one gathering its ballot: the vote (durable first), the share of the
+    /// commit header if asked for, and a nonce commitment set aside for the next signing.
+    VoteSigned {
+        /// The vote.
+        vote: crate::consensus::Vote,
+        /// Serialized `SignatureShare`, if this witness was asked to sign and could.
+        share: Option<Vec<u8>>,
+        /// Serialized `SigningCommitments` set aside for the receiver.
+        next: Option<Vec<u8>>,
+    },
+    /// Gatherer → chosen voters: sign the commit header of instance `id` at `lamport`
+    /// with the nonces you set aside for me (listed).
+    CommitPackage {
+        /// The instance.
+        id: crate::consensus::ConsensusId,
+        /// The commit fact's Lamport clock.
+        lamport: u64,
+        /// (identifier, serialized `SigningCommitments`) of the signers, ascending.
+        commitments: Vec<(u16, Vec<u8>)>,
+    },
+    /// Voter → gatherer: its share, and a fresh nonce commitment for next time.
+    CommitShare {
+        /// The instance.
+        id: crate::consensus::ConsensusId,
+        /// Serialized `SignatureShare`.
+        share: Vec<u8>,
+        /// Serialized `SigningCommitments` set aside for the receiver.
+        next: Option<Vec<u8>>,
+    },
+    /// A nonce commitment set aside for the receiver (when a share could not be made).
+    Nonce {
+        /// Serialized `SigningCommitments`.
+        commitment: Vec<u8>,
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

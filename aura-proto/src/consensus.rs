@@ -42,6 +42,7 @@ pub type Hash32 = [u8; 32];
 const CTX_ID: &str = "aura 2026-12 consensus instance id";
 const CTX_OP: &str = "aura 2026-12 consensus operation";
 const CTX_VOTE: &str = "aura 2026-12 consensus vote";
+const CTX_BATCH: &str = "aura 2026-12 consensus vote batch blinding";
 
 /// Identifies one instance: `H(prestate, op, nonce)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -523,16 +524,31 @@ impl Commit {
             return Err(CommitError::NoQuorum);
         }
         let op = op_hash(&self.op);
+        let mut batch = frost_core::batch::Verifier::<frost_ristretto255::Ristretto255Sha512>::new();
+        let mut seed = blake3::Hasher::new_derive_key(CTX_BATCH);
         for v in &self.votes {
             if v.id != self.id || v.prestate != self.prestate || v.op != op || v.ballot != ballot {
                 return Err(CommitError::Mismatch);
             }
             let key = members.get(&v.voter).ok_or(CommitError::NotMember)?;
-            if !v.verify(key) {
+            let (Ok(vk), Ok(sig)) = (
+                frost_ristretto255::VerifyingKey::deserialize(key),
+                frost_ristretto255::Signature::deserialize(&v.sig.0),
+            ) else {
                 return Err(CommitError::BadVote);
-            }
+            };
+            let msg = v.signing_bytes();
+            seed.update(key);
+            seed.update(&v.sig.0);
+            seed.update(&msg);
+            let item = frost_core::batch::Item::new(vk, sig, msg).map_err(|_| CommitError::BadVote)?;
+            batch.queue(item);
         }
-        Ok(())
+        // All votes at once: one multiscalar multiplication instead of one check each.
+        // The blinding factors must be unpredictable to whoever made the signatures;
+        // derived from every key, signature and message in the batch, they are.
+        let rng = PeerRng::from_seed(seed.finalize().into());
+        batch.verify(rng).map_err(|_| CommitError::BadVote)
     }
 }
 

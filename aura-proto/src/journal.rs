@@ -313,8 +313,21 @@ struct Unsigned<'a> {
 pub type OrderKey = (u64, DeviceId, FactId);
 
 impl Fact {
-    /// The bytes a signature covers: a domain prefix and everything but the signature.
+    /// The bytes a signature covers: a domain prefix and everything but the signature,
+    /// except a commit's votes. The group signs a commit's header (instance, prestate,
+    /// operation) while the votes are still being gathered, so that signing and voting
+    /// share one round trip; each vote carries its own device signature, and reducers
+    /// check them.
     pub fn signing_bytes(namespace: &Namespace, lamport: u64, author: &DeviceId, body: &FactBody) -> Vec<u8> {
+        if let FactBody::Commit(c) = body {
+            if !c.votes.is_empty() {
+                let header = FactBody::Commit(crate::consensus::Commit {
+                    votes: Vec::new(),
+                    ..c.clone()
+                });
+                return Fact::signing_bytes(namespace, lamport, author, &header);
+            }
+        }
         wire::encode_into(
             &Unsigned {
                 namespace,

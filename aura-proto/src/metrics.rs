@@ -128,6 +128,13 @@ pub struct Metrics {
     pub consensus_fallbacks: u64,
     /// Equivocation proofs this device found and wrote.
     pub equivocations: u64,
+    /// Commits this device had signed with shares that came with the votes (one round
+    /// trip), after the votes (two), and by the general signing session (three).
+    pub commits_warm: u64,
+    /// See `commits_warm`.
+    pub commits_cold: u64,
+    /// See `commits_warm`.
+    pub commits_session: u64,
 }
 
 impl Metrics {

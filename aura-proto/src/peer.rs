@@ -644,6 +644,8 @@ enum Pending {
         session: [u8; 32],
         counter: u64,
     },
+    /// Nonce counter values up to this one are durably reserved.
+    NoncesReserved(u64),
     /// An issued token is durable.
     TokenDurable(Vec<u8>),
     ShowContextInvite(Invitation),
@@ -668,6 +670,7 @@ enum Pending {
     Voted {
         vote: crate::consensus::Vote,
         to: DeviceId,
+        ask: Option<consensus_impl::SignAsk>,
     },
     /// A consensus promise is durable: send it to the coordinator (`None`: we are the
     /// coordinator; send the prepare requests).
@@ -768,7 +771,16 @@ pub struct Peer {
     /// Key generations being given up (their `ShareAbandoned` not yet durable).
     abandoning: BTreeSet<[u8; 32]>,
     auth_secrets: BTreeMap<AuthorityId, [u8; 32]>,
+    /// FROST nonce counter: the last value used. Every value used is durable (persisted
+    /// alone before use, or below `nonce_reserved`), so no nonce is derived twice.
     nonce_counter: u64,
+    /// Counter values up to this one are durably reserved and may be used without a
+    /// write of their own (consensus votes carry nonce commitments this way).
+    nonce_reserved: u64,
+    /// A reservation is being written.
+    nonce_refilling: bool,
+    /// The last reservation written (durable or not).
+    nonce_refill_to: u64,
     dkg: BTreeMap<[u8; 32], Dkg>,
     sign_coord: BTreeMap<[u8; 32], SignCoord>,
     sign_part: BTreeMap<[u8; 32], SignPart>,
@@ -911,6 +923,9 @@ impl Peer {
             abandoning: BTreeSet::new(),
             auth_secrets: BTreeMap::new(),
             nonce_counter: 0,
+            nonce_reserved: 0,
+            nonce_refilling: false,
+            nonce_refill_to: 0,
             dkg: BTreeMap::new(),
             sign_coord: BTreeMap::new(),
             sign_part: BTreeMap::new(),
@@ -944,6 +959,11 @@ impl Peer {
         p.restoring = true;
         for r in durable.records {
             p.apply_record(r);
+        }
+        // Every counter value up to the largest recorded may have been used.
+        p.nonce_reserved = p.nonce_counter;
+        if p.my_authority().is_some_and(|v| p.shares.contains_key(&v.group_key)) {
+            p.top_up_nonces();
         }
         p.restoring = false;
         p.refresh_guard();
@@ -2240,6 +2260,10 @@ impl Peer {
             Pending::ShareDurable { session, share } => self.share_durable(session, *share),
             Pending::Abandoned { session, group_key } => self.abandon_durable(session, group_key),
             Pending::Commit { session, counter } => self.commit_durable(session, counter),
+            Pending::NoncesReserved(upto) => {
+                self.nonce_refilling = false;
+                self.nonce_reserved = self.nonce_reserved.max(upto);
+            }
             Pending::ShowContextInvite(inv) => {
                 let code = inv.to_code();
                 let expires_unix_ms = inv.expires_unix_ms;
@@ -2276,7 +2300,7 @@ impl Peer {
             }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
             Pending::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
-            Pending::Voted { vote, to } => self.vote_durable(vote, to),
+            Pending::Voted { vote, to, ask } => self.vote_durable(vote, to, ask),
             Pending::Promised { prestate, ballot, to } => self.promise_durable(prestate, ballot, to),
             Pending::Paired { idx, peer } => {
                 let (id, addr, invite) = (peer.id, peer.addr.clone(), peer.invite);

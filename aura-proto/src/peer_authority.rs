@@ -262,7 +262,20 @@ impl Peer {
             AuthMsg::SyncFetch { namespace, ids } => self.on_sync_fetch(from, namespace, ids),
             AuthMsg::FactsAck { ids } => self.on_facts_ack(from, ids),
             AuthMsg::Delivered { ids } => self.on_delivered(from, ids),
-            AuthMsg::Propose(p) => self.on_propose(from, p),
+            AuthMsg::Propose(p) => self.on_propose(from, p, None),
+            AuthMsg::ProposeSigned {
+                proposal,
+                lamport,
+                commitments,
+            } => self.on_propose(from, proposal, Some((lamport, commitments))),
+            AuthMsg::VoteSigned { vote, share, next } => self.on_vote_signed(from, vote, share, next),
+            AuthMsg::CommitPackage {
+                id,
+                lamport,
+                commitments,
+            } => self.on_commit_package(from, id, lamport, commitments),
+            AuthMsg::CommitShare { id, share, next } => self.on_commit_share(from, id, share, next),
+            AuthMsg::Nonce { commitment } => self.on_nonce(from, commitment),
             AuthMsg::Voted { vote } => self.on_voted(from, vote),
             AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),
             AuthMsg::Prepare { prestate, ballot } => self.on_prepare(from, prestate, ballot),
@@ -1010,7 +1023,8 @@ impl Peer {
         );
         // The nonce counter is durable before any nonce derived from it exists, so a
         // restarted device (even one handed its old seed) never draws the same nonce twice.
-        self.nonce_counter += 1;
+        // (Past any reservation, so the recorded values only grow.)
+        self.nonce_counter = self.nonce_counter.max(self.nonce_reserved).max(self.nonce_refill_to) + 1;
         self.persist(
             Record::NonceCounter(self.nonce_counter),
             Pending::Commit {
@@ -1020,17 +1034,52 @@ impl Peer {
         );
     }
 
+    /// Fresh FROST nonces from the peer's stream and a durable, never reused counter
+    /// value (so even a peer restored with an old seed never draws a nonce twice).
+    pub(super) fn frost_nonce(
+        rng: &mut PeerRng,
+        counter: u64,
+        key: &KeyPackage,
+    ) -> (SigningNonces, SigningCommitments) {
+        let mut seed = [0u8; 40];
+        seed[..32].copy_from_slice(&rng.bytes32());
+        seed[32..].copy_from_slice(&counter.to_le_bytes());
+        let mut nonce_rng = PeerRng::from_seed(blake3::derive_key("aura 2026-11 frost nonce", &seed));
+        frost::round1::commit(key.signing_share(), &mut nonce_rng)
+    }
+
+    /// A nonce from the durable reservation for the share of `group_key`, if one is
+    /// left (and a new reservation is written when few are); `None` means "not now",
+    /// and callers fall back to a path that persists its own counter.
+    pub(super) fn reserved_nonce(&mut self, group_key: &[u8; 32]) -> Option<(SigningNonces, SigningCommitments)> {
+        self.top_up_nonces();
+        let share = self.shares.get(group_key)?;
+        if self.nonce_counter >= self.nonce_reserved {
+            return None;
+        }
+        self.nonce_counter += 1;
+        Some(Self::frost_nonce(&mut self.rng, self.nonce_counter, &share.key))
+    }
+
+    /// Writes a new reservation of nonce counter values when few are left (and none is
+    /// being written), so that consensus votes can carry nonce commitments.
+    pub(super) fn top_up_nonces(&mut self) {
+        const BLOCK: u64 = 256;
+        if self.nonce_reserved.saturating_sub(self.nonce_counter) < BLOCK / 4 && !self.nonce_refilling {
+            self.nonce_refilling = true;
+            let upto = self.nonce_counter.max(self.nonce_reserved) + BLOCK;
+            self.nonce_refill_to = upto;
+            self.persist(Record::NonceCounter(upto), Pending::NoncesReserved(upto));
+        }
+    }
+
     /// The nonce counter is durable: commit and answer.
     pub(super) fn commit_durable(&mut self, session: [u8; 32], counter: u64) {
         let Some(p) = self.sign_part.get(&session) else { return };
         let Some(share) = self.shares.get(&p.group_key) else {
             return;
         };
-        let mut seed = [0u8; 40];
-        seed[..32].copy_from_slice(&self.rng.bytes32());
-        seed[32..].copy_from_slice(&counter.to_le_bytes());
-        let mut nonce_rng = PeerRng::from_seed(blake3::derive_key("aura 2026-11 frost nonce", &seed));
-        let (nonces, commitments) = frost::round1::commit(share.key.signing_share(), &mut nonce_rng);
+        let (nonces, commitments) = Self::frost_nonce(&mut self.rng, counter, &share.key);
         let me = identifier_number(share.key.identifier());
         let raw = ser(commitments.serialize());
         let msg = AuthMsg::SignCommit {
@@ -1420,6 +1469,9 @@ impl Peer {
                 self.event(Event::EquivocationProven { authority: id, device });
             }
         }
+        if created && !self.restoring && self.shares.contains_key(&view.group_key) {
+            self.top_up_nonces();
+        }
         if created && !self.restoring {
             self.event(Event::AuthorityCreated {
                 authority: id,
@@ -1785,7 +1837,7 @@ fn group_key_of(public: &PublicKeyPackage) -> [u8; 32] {
         .expect("32-byte group key")
 }
 
-fn identifier_number(id: &Identifier) -> u16 {
+pub(super) fn identifier_number(id: &Identifier) -> u16 {
     // Identifiers we create are small integers; recover the number from its encoding.
     let b = id.serialize();
     u16::from_le_bytes([b[0], b[1]])

@@ -31,6 +31,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use frost::round1::{SigningCommitments, SigningNonces};
+use frost::round2::SignatureShare;
+use frost::{Identifier, SigningPackage};
+use frost_ristretto255 as frost;
+
 use super::{CommandError, Event, Peer, Pending};
 use crate::authority::{AuthMsg, AuthorityView};
 use crate::consensus::{
@@ -81,12 +86,46 @@ const KEEP_FOREIGN: std::time::Duration = std::time::Duration::from_secs(600);
 enum Phase {
     /// Gathering promises (fallback ballots only): each witness's highest vote.
     Promises(BTreeMap<DeviceId, Option<Vote>>),
-    /// Gathering votes for one instance.
-    Votes {
-        id: ConsensusId,
-        votes: BTreeMap<DeviceId, Vote>,
-        signing: bool,
-    },
+    /// Gathering votes for one instance, and the group's signature over its commit.
+    Votes(Box<Gather>),
+}
+
+#[derive(Debug)]
+struct Gather {
+    id: ConsensusId,
+    votes: BTreeMap<DeviceId, Vote>,
+    /// Signing begun with the proposal (nonces members set aside for us earlier): the
+    /// shares come back with the votes. One round trip in all.
+    warm: Option<Signing>,
+    /// Signing begun once the votes were in, with the nonces that came with them.
+    cold: Option<Signing>,
+    /// Last resort: the general signing session was started.
+    session: bool,
+    /// The commit is signed (or the session will sign it).
+    done: bool,
+}
+
+impl Gather {
+    fn new(id: ConsensusId, warm: Option<Signing>) -> Gather {
+        Gather {
+            id,
+            votes: BTreeMap::new(),
+            warm,
+            cold: None,
+            session: false,
+            done: false,
+        }
+    }
+}
+
+/// One FROST signing of a commit header by a chosen set of signers.
+#[derive(Debug)]
+struct Signing {
+    lamport: u64,
+    package: SigningPackage,
+    /// The signers: FROST identifier → device.
+    signers: BTreeMap<u16, DeviceId>,
+    shares: BTreeMap<Identifier, SignatureShare>,
 }
 
 #[derive(Debug)]
@@ -119,7 +158,19 @@ pub(super) struct ConsensusState {
     /// Simulation of a faulty member (`fuzzing::equivocate`): vote for every instance at
     /// the fast ballot, ignoring the witness rules. Never set outside tests.
     pub(super) equivocate: bool,
+    /// FROST nonces set aside for each member that may gather our votes (their
+    /// commitments were sent to it), newest last, at most two each; a nonce signs once.
+    set_aside: BTreeMap<DeviceId, Vec<(SigningNonces, Vec<u8>)>>,
+    /// The newest nonce commitment each member set aside for us.
+    held: BTreeMap<DeviceId, Vec<u8>>,
 }
+
+/// What a proposal asks its signers to sign along with their vote: the commit header
+/// with this Lamport clock, with these signers' commitments (identifier, bytes).
+pub(super) type SignAsk = (u64, Vec<(u16, Vec<u8>)>);
+
+/// A signing and the commitments (identifier, bytes) its package was built from.
+type Planned = (Signing, Vec<(u16, Vec<u8>)>);
 
 /// Votes remembered for equivocation checks at once (beyond this, new ones are not).
 const MAX_SEEN: usize = 4096;
@@ -154,23 +205,98 @@ impl Peer {
             },
         );
         self.touch_open(&view, prestate, 0);
+        let warm = self.warm_signing(&view, &proposal);
+        let ask = warm.as_ref().map(|(s, list)| (s.lamport, list.clone()));
         self.consensus.leads.insert(
             prestate,
             Lead {
                 authority: view.id,
                 ballot: 0,
-                phase: Phase::Votes {
-                    id,
-                    votes: BTreeMap::new(),
-                    signing: false,
-                },
+                phase: Phase::Votes(Box::new(Gather::new(id, warm.map(|(s, _)| s)))),
             },
         );
         // Every member, this device included (its own vote goes through the same rules).
         for d in view.members.keys().copied().collect::<Vec<_>>() {
-            self.send_auth(d, AuthMsg::Propose(proposal.clone()));
+            let msg = match &ask {
+                Some((lamport, commitments)) => AuthMsg::ProposeSigned {
+                    proposal: proposal.clone(),
+                    lamport: *lamport,
+                    commitments: commitments.clone(),
+                },
+                None => AuthMsg::Propose(proposal.clone()),
+            };
+            self.send_auth(d, msg);
         }
         Ok(())
+    }
+
+    /// The bytes the group signs for a commit of `p` authored by `author` at `lamport`:
+    /// the commit fact's signing bytes, which leave the votes out.
+    fn header_message(view: &AuthorityView, p: &Proposal, author: DeviceId, lamport: u64) -> Vec<u8> {
+        let body = FactBody::Commit(Commit {
+            id: p.id,
+            prestate: p.prestate,
+            op: p.op.clone(),
+            votes: Vec::new(),
+        });
+        crate::journal::Fact::signing_bytes(&Namespace::Authority(view.id), lamport, &author, &body)
+    }
+
+    /// Signing that starts with the proposal: when a threshold of members (this device
+    /// first) set nonces aside for us, their commitments are used up here and the
+    /// package is fixed before any vote.
+    fn warm_signing(&mut self, view: &AuthorityView, p: &Proposal) -> Option<Planned> {
+        let me = self.keys.id;
+        let t = view.threshold as usize;
+        let mut chosen: Vec<DeviceId> = Vec::new();
+        for d in std::iter::once(me).chain(view.members.keys().copied().filter(|d| *d != me)) {
+            if chosen.len() < t && self.consensus.held.contains_key(&d) && !view.equivocators.contains(&d) {
+                chosen.push(d);
+            }
+        }
+        if chosen.len() < t || !chosen.contains(&me) {
+            return None;
+        }
+        let lamport = self.journal.next_lamport(&Namespace::Authority(view.id));
+        let signing = self.signing_for(view, p, lamport, &chosen)?;
+        Some(signing)
+    }
+
+    /// A package over the commit header for `signers`, from the commitments they set
+    /// aside for us (used up here).
+    fn signing_for(
+        &mut self,
+        view: &AuthorityView,
+        p: &Proposal,
+        lamport: u64,
+        signers: &[DeviceId],
+    ) -> Option<Planned> {
+        let mut list = Vec::new();
+        let mut map = BTreeMap::new();
+        let mut by_ident = BTreeMap::new();
+        for d in signers {
+            let i = view.members.get(d)?.identifier;
+            let raw = self.consensus.held.get(d)?.clone();
+            let cm = SigningCommitments::deserialize(&raw).ok()?;
+            map.insert(Identifier::try_from(i).ok()?, cm);
+            by_ident.insert(i, *d);
+            list.push((i, raw));
+        }
+        for d in signers {
+            self.consensus.held.remove(d);
+        }
+        list.sort();
+        let message = Self::header_message(view, p, self.keys.id, lamport);
+        let package = SigningPackage::new(map, &message);
+        Some((
+            Signing {
+                lamport,
+                package,
+                signers: by_ident,
+                shares: BTreeMap::new(),
+            },
+            list,
+        ))
     }
 
     /// How long ballot `ballot` gets before the next one is due: the fallback timer,
@@ -212,8 +338,9 @@ impl Peer {
         view.members.keys().copied().collect()
     }
 
-    /// A witness receives a proposal (ballot 0, straight from its proposer).
-    pub(super) fn on_propose(&mut self, from: DeviceId, p: Proposal) {
+    /// A witness receives a proposal (ballot 0, straight from its proposer), perhaps
+    /// with a request to sign the commit header along with the vote.
+    pub(super) fn on_propose(&mut self, from: DeviceId, p: Proposal, ask: Option<SignAsk>) {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
@@ -222,7 +349,7 @@ impl Peer {
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        self.witness(&view, from, p, 0);
+        self.witness(&view, from, p, 0, ask);
     }
 
     /// A witness receives a fallback coordinator's request for votes.
@@ -238,11 +365,11 @@ impl Peer {
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        self.witness(&view, from, p, ballot);
+        self.witness(&view, from, p, ballot, None);
     }
 
     /// Votes for `p` at `ballot` if the rules allow, else says why.
-    fn witness(&mut self, view: &AuthorityView, from: DeviceId, p: Proposal, ballot: u32) {
+    fn witness(&mut self, view: &AuthorityView, from: DeviceId, p: Proposal, ballot: u32, ask: Option<SignAsk>) {
         if !self.room_for(Some(&p.id), &p.prestate) {
             return self.metrics.drop(DropReason::Overloaded);
         }
@@ -281,7 +408,7 @@ impl Peer {
                         vote: vote.clone(),
                         proposal: p,
                     },
-                    Pending::Voted { vote, to: from },
+                    Pending::Voted { vote, to: from, ask },
                 );
             }
             // Being written: it goes out once durable.
@@ -294,9 +421,89 @@ impl Peer {
     /// Our vote is durable: send it to whoever runs its ballot, and to every other
     /// member (so that two different votes of one member at one ballot meet somewhere
     /// and prove an equivocation).
-    pub(super) fn vote_durable(&mut self, vote: Vote, to: DeviceId) {
+    pub(super) fn vote_durable(&mut self, vote: Vote, to: DeviceId, ask: Option<SignAsk>) {
         self.consensus.writing_votes.remove(&(vote.prestate, vote.ballot));
-        self.send_vote(vote, to);
+        // To whoever gathers: our share of the header if asked (the nonce it names is
+        // used up). To everyone: a fresh nonce commitment set aside for them, so that
+        // whoever proposes next can ask for shares with its proposal.
+        let share = ask.and_then(|(lamport, list)| self.header_share(to, &vote, lamport, &list));
+        let members: Vec<DeviceId> = self
+            .my_authority()
+            .map(|v| v.members.keys().copied().collect())
+            .unwrap_or_default();
+        for d in members.into_iter().filter(|d| *d != to) {
+            // Members holding an unused one of ours keep it.
+            let next = match self.consensus.set_aside.get(&d) {
+                Some(kept) if !kept.is_empty() => None,
+                _ => self.set_aside_nonce(d),
+            };
+            let vote = vote.clone();
+            self.send_auth(
+                d,
+                AuthMsg::VoteSigned {
+                    vote,
+                    share: None,
+                    next,
+                },
+            );
+        }
+        let next = self.set_aside_nonce(to);
+        self.send_auth(to, AuthMsg::VoteSigned { vote, share, next });
+    }
+
+    /// Sets a fresh nonce aside for `gatherer` and returns its commitment (`None` when
+    /// no reserved nonce is left: the gatherer then falls back to a slower signing).
+    fn set_aside_nonce(&mut self, gatherer: DeviceId) -> Option<Vec<u8>> {
+        let group_key = self.my_authority()?.group_key;
+        let (nonces, commitments) = self.reserved_nonce(&group_key)?;
+        let raw = commitments.serialize().ok()?;
+        let kept = self.consensus.set_aside.entry(gatherer).or_default();
+        kept.push((nonces, raw.clone()));
+        if kept.len() > 2 {
+            kept.remove(0);
+        }
+        Some(raw)
+    }
+
+    /// Our share of the commit header of the instance `vote` is for, authored by
+    /// `gatherer` at `lamport`, with the signers' commitments `list`: only if our own
+    /// entry is a nonce we set aside for that gatherer (used up here, whatever happens).
+    fn header_share(
+        &mut self,
+        gatherer: DeviceId,
+        vote: &Vote,
+        lamport: u64,
+        list: &[(u16, Vec<u8>)],
+    ) -> Option<Vec<u8>> {
+        let view = self.my_authority()?.clone();
+        let share = self.shares.get(&view.group_key)?;
+        let me = super::authority_impl::identifier_number(share.key.identifier());
+        let (_, mine) = list.iter().find(|(i, _)| *i == me)?;
+        let kept = self.consensus.set_aside.get_mut(&gatherer)?;
+        let k = kept.iter().position(|(_, raw)| raw == mine)?;
+        let (nonces, _) = kept.remove(k);
+        let p = self.consensus.proposals.get(&vote.id)?.proposal.clone();
+        if !vote.is_for(&p) || view.prestate() != vote.prestate || !view.members.contains_key(&gatherer) {
+            return None;
+        }
+        let mut map = BTreeMap::new();
+        for (i, raw) in list {
+            let cm = if *i == me {
+                *nonces.commitments()
+            } else {
+                SigningCommitments::deserialize(raw).ok()?
+            };
+            map.insert(Identifier::try_from(*i).ok()?, cm);
+        }
+        if map.len() != list.len() {
+            return None;
+        }
+        let message = Self::header_message(&view, &p, gatherer, lamport);
+        let package = SigningPackage::new(map, &message);
+        let share = self.shares.get(&view.group_key)?;
+        frost::round2::sign(&package, &nonces, &share.key)
+            .ok()
+            .map(|s| s.serialize())
     }
 
     fn send_vote(&mut self, vote: Vote, to: DeviceId) {
@@ -472,11 +679,7 @@ impl Peer {
             Lead {
                 authority: view.id,
                 ballot,
-                phase: Phase::Votes {
-                    id: proposal.id,
-                    votes: BTreeMap::new(),
-                    signing: false,
-                },
+                phase: Phase::Votes(Box::new(Gather::new(proposal.id, None))),
             },
         );
         for d in view.members.keys().copied().collect::<Vec<_>>() {
@@ -493,23 +696,41 @@ impl Peer {
     /// A vote arrives: every member gets a copy; the proposer (ballot 0) or the fallback
     /// coordinator also counts it.
     pub(super) fn on_voted(&mut self, from: DeviceId, vote: Vote) {
-        // Any correctly signed vote of a member is evidence, whether we still need it
-        // or not.
+        self.on_vote_signed(from, vote, None, None);
+    }
+
+    /// A vote for the ballot we gather, perhaps with a share of the commit header we
+    /// asked for and a nonce commitment set aside for our next signing.
+    pub(super) fn on_vote_signed(&mut self, from: DeviceId, vote: Vote, share: Option<Vec<u8>>, next: Option<Vec<u8>>) {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
         let key = view.members.get(&from).map(|m| m.cert.signing);
-        if !(vote.voter == from && key.is_some_and(|k| vote.verify(&k))) {
+        if vote.voter != from || key.is_none() || view.equivocators.contains(&from) {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        self.hold_commitment(from, next);
+        let gathering = self
+            .consensus
+            .leads
+            .get(&vote.prestate)
+            .is_some_and(|l| l.ballot == vote.ballot);
+        if !gathering {
+            // A copy for the record: kept as evidence unchecked (signatures are checked
+            // if it ever conflicts with another vote, which costs nothing otherwise).
+            return self.observe_votes(view.id, std::slice::from_ref(&vote));
+        }
+        if !key.is_some_and(|k| vote.verify(&k)) {
             return self.metrics.drop(DropReason::BadFact);
         }
         self.observe_votes(view.id, std::slice::from_ref(&vote));
         let Some(lead) = self.consensus.leads.get(&vote.prestate) else {
-            return; // a copy for the record (we do not gather this ballot's votes)
-        };
-        let Phase::Votes { id, votes, signing } = &lead.phase else {
             return;
         };
-        if lead.ballot != vote.ballot || *id != vote.id || lead.authority != view.id {
+        let Phase::Votes(g) = &lead.phase else {
+            return;
+        };
+        if lead.ballot != vote.ballot || g.id != vote.id || lead.authority != view.id {
             return; // another ballot's vote (ours moved on), or a vote we did not ask for
         }
         let Some(seen) = self.consensus.proposals.get(&vote.id) else {
@@ -518,39 +739,224 @@ impl Peer {
         if !vote.is_for(&seen.proposal) {
             return self.metrics.drop(DropReason::BadFact);
         }
-        if *signing || votes.contains_key(&from) || view.equivocators.contains(&from) {
+        let prestate = vote.prestate;
+        let Some(Lead {
+            phase: Phase::Votes(g), ..
+        }) = self.consensus.leads.get_mut(&prestate)
+        else {
+            return;
+        };
+        g.votes.entry(from).or_insert(vote);
+        if let (Some(w), Some(bytes)) = (g.warm.as_mut(), share) {
+            Self::add_header_share(w, &view, from, &bytes);
+        }
+        self.try_finish(&view, prestate);
+    }
+
+    /// Remembers the nonce commitment `member` set aside for us, if it parses.
+    fn hold_commitment(&mut self, member: DeviceId, next: Option<Vec<u8>>) {
+        if let Some(raw) = next.filter(|r| SigningCommitments::deserialize(r).is_ok()) {
+            self.consensus.held.insert(member, raw);
+        }
+    }
+
+    /// A signer's share for signing `s`, kept if the signer is in it (checked as a whole
+    /// when aggregating).
+    fn add_header_share(s: &mut Signing, view: &AuthorityView, from: DeviceId, bytes: &[u8]) {
+        let Some(i) = view.members.get(&from).map(|m| m.identifier) else {
+            return;
+        };
+        if s.signers.get(&i) != Some(&from) {
             return;
         }
-        let op = seen.proposal.op.clone();
-        let needed = match vote.ballot {
+        if let (Ok(id), Ok(share)) = (Identifier::try_from(i), SignatureShare::deserialize(bytes)) {
+            s.shares.insert(id, share);
+        }
+    }
+
+    /// With enough votes: finish with whichever signing has all its shares; if none is
+    /// under way that can, start signing with the nonces that came with the votes (two
+    /// more delays), or as a last resort the general signing session.
+    fn try_finish(&mut self, view: &AuthorityView, prestate: Hash32) {
+        let Some(Lead {
+            ballot,
+            phase: Phase::Votes(g),
+            ..
+        }) = self.consensus.leads.get_mut(&prestate)
+        else {
+            return;
+        };
+        let needed = match *ballot {
             0 => fast_quorum(view.members.len(), view.threshold),
             _ => quorum(view.members.len(), view.threshold),
         };
-        let Some(lead) = self.consensus.leads.get_mut(&vote.prestate) else {
-            return;
-        };
-        let Phase::Votes { votes, signing, .. } = &mut lead.phase else {
-            return;
-        };
-        votes.insert(from, vote.clone());
-        if votes.len() < needed {
+        if g.done || g.votes.len() < needed {
             return;
         }
-        *signing = true;
+        let Some(p) = self.consensus.proposals.get(&g.id).map(|s| s.proposal.clone()) else {
+            return;
+        };
         let commit = Commit {
-            id: vote.id,
-            prestate: vote.prestate,
-            op,
-            votes: votes.values().cloned().collect(),
+            id: p.id,
+            prestate: p.prestate,
+            op: p.op.clone(),
+            votes: g.votes.values().cloned().collect(),
         };
-        let ns = Namespace::Authority(view.id);
-        let fact = crate::authority::UnsignedFact {
-            namespace: ns,
-            lamport: self.journal.next_lamport(&ns),
-            author: self.keys.id,
-            body: FactBody::Commit(commit),
+        let public = self.shares.get(&view.group_key).map(|s| s.public.clone());
+        let mut finished = None;
+        for (k, signing) in [&mut g.warm, &mut g.cold].into_iter().enumerate() {
+            let Some(s) = signing else { continue };
+            if s.shares.len() < s.signers.len() {
+                continue;
+            }
+            let signature = public
+                .as_ref()
+                .and_then(|public| frost::aggregate(&s.package, &s.shares, public).ok())
+                .and_then(|sig| sig.serialize().ok())
+                .and_then(|b| <[u8; 64]>::try_from(b).ok());
+            let Some(sig) = signature else {
+                // A bad share: this signing is lost, another one may still finish.
+                *signing = None;
+                continue;
+            };
+            g.done = true;
+            let frame = crate::consensus::CommitFrame {
+                namespace: Namespace::Authority(view.id),
+                lamport: s.lamport,
+                author: self.keys.id,
+            };
+            finished = Some((k, frame.fact(commit.clone(), sig)));
+            break;
+        }
+        if let Some((k, fact)) = finished {
+            match k {
+                0 => self.metrics.commits_warm += 1,
+                _ => self.metrics.commits_cold += 1,
+            }
+            return self.commit_signed(p.id, fact);
+        }
+        if g.cold.is_some() || g.session {
+            return; // its shares are on their way
+        }
+        // Signers: voters that set a nonce aside for us, this device first.
+        let me = self.keys.id;
+        let t = view.threshold as usize;
+        let voters: Vec<DeviceId> = std::iter::once(me)
+            .chain(g.votes.keys().copied())
+            .filter(|d| g.votes.contains_key(d) && self.consensus.held.contains_key(d))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut chosen: Vec<DeviceId> = voters.iter().copied().filter(|d| *d == me).collect();
+        chosen.extend(voters.iter().copied().filter(|d| *d != me));
+        chosen.truncate(t);
+        let lamport = self.journal.next_lamport(&Namespace::Authority(view.id));
+        let cold = if chosen.len() == t {
+            self.signing_for(view, &p, lamport, &chosen)
+        } else {
+            None
         };
-        self.start_commit_signing(view.group_key, fact, vote.id);
+        let Some(Lead {
+            phase: Phase::Votes(g), ..
+        }) = self.consensus.leads.get_mut(&prestate)
+        else {
+            return;
+        };
+        match cold {
+            Some((s, list)) => {
+                let signers: Vec<DeviceId> = s.signers.values().copied().collect();
+                g.cold = Some(s);
+                for d in signers {
+                    self.send_auth(
+                        d,
+                        AuthMsg::CommitPackage {
+                            id: p.id,
+                            lamport,
+                            commitments: list.clone(),
+                        },
+                    );
+                }
+            }
+            None => {
+                g.session = true;
+                g.done = true;
+                self.metrics.commits_session += 1;
+                let ns = Namespace::Authority(view.id);
+                let fact = crate::authority::UnsignedFact {
+                    namespace: ns,
+                    lamport,
+                    author: me,
+                    body: FactBody::Commit(commit),
+                };
+                self.start_commit_signing(view.group_key, fact, p.id);
+            }
+        }
+    }
+
+    /// A gatherer asks for our share of the header of a commit we voted for, naming a
+    /// nonce we set aside for it.
+    pub(super) fn on_commit_package(
+        &mut self,
+        from: DeviceId,
+        id: ConsensusId,
+        lamport: u64,
+        commitments: Vec<(u16, Vec<u8>)>,
+    ) {
+        let Some(view) = self.my_authority().cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        if !view.members.contains_key(&from) || view.equivocators.contains(&from) {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        // Our own vote for it, from our current state (any ballot).
+        let prestate = view.prestate();
+        let mine = self
+            .consensus
+            .ballots
+            .slot(&prestate)
+            .and_then(|s| s.votes.values().find(|v| v.id == id).cloned());
+        let Some(vote) = mine.filter(|v| !self.consensus.writing_votes.contains(&(v.prestate, v.ballot))) else {
+            return self.metrics.drop(DropReason::UnknownSession);
+        };
+        let share = self.header_share(from, &vote, lamport, &commitments);
+        let next = self.set_aside_nonce(from);
+        if let Some(share) = share {
+            self.send_auth(from, AuthMsg::CommitShare { id, share, next });
+        } else if let Some(next) = next {
+            self.send_auth(from, AuthMsg::Nonce { commitment: next });
+        }
+    }
+
+    /// A signer's share for the commit we sign after the votes.
+    pub(super) fn on_commit_share(&mut self, from: DeviceId, id: ConsensusId, share: Vec<u8>, next: Option<Vec<u8>>) {
+        let Some(view) = self.my_authority().cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        if !view.members.contains_key(&from) || view.equivocators.contains(&from) {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        self.hold_commitment(from, next);
+        let found = self.consensus.leads.iter_mut().find_map(|(p, l)| match &mut l.phase {
+            Phase::Votes(g) if g.id == id => Some((*p, g)),
+            _ => None,
+        });
+        let Some((prestate, g)) = found else {
+            return self.metrics.drop(DropReason::UnknownSession);
+        };
+        if let Some(c) = g.cold.as_mut() {
+            Self::add_header_share(c, &view, from, &share);
+        }
+        self.try_finish(&view, prestate);
+    }
+
+    /// A member set a nonce aside for us outside a vote.
+    pub(super) fn on_nonce(&mut self, from: DeviceId, commitment: Vec<u8>) {
+        let ok = self
+            .my_authority()
+            .is_some_and(|v| v.members.contains_key(&from) && !v.equivocators.contains(&from));
+        if ok {
+            self.hold_commitment(from, Some(commitment));
+        }
     }
 
     /// A witness did not vote. Only a change that most members find invalid is given up
@@ -694,8 +1100,9 @@ impl Peer {
 
     /// Checks votes of members of `authority` against those seen before; two for
     /// different instances at one ballot become an equivocation fact, written once per
-    /// equivocator and pushed to every member. Signatures are checked (the proof must
-    /// hold for everyone who reduces it).
+    /// equivocator and pushed to every member. Signatures are checked only then (the
+    /// proof must hold for everyone who reduces it); a badly signed vote kept earlier is
+    /// replaced by a good one.
     pub(super) fn observe_votes(&mut self, authority: AuthorityId, votes: &[Vote]) {
         let Some(view) = self.views.0.get(&authority).cloned() else {
             return;
@@ -719,10 +1126,15 @@ impl Peer {
         for e in proofs {
             let voter = e.first.voter;
             let Some(m) = view.members.get(&voter) else { continue };
-            if e.check(&m.cert.signing).is_err()
-                || view.equivocators.contains(&voter)
-                || !self.consensus.reported.insert(voter)
-            {
+            if e.check(&m.cert.signing).is_err() {
+                // Votes are kept unchecked: a bad one must not shadow a good one.
+                let key = (e.first.prestate, e.first.ballot, voter);
+                if let Some(good) = [&e.first, &e.second].into_iter().find(|v| v.verify(&m.cert.signing)) {
+                    self.consensus.seen.insert(key, good.clone());
+                }
+                continue;
+            }
+            if view.equivocators.contains(&voter) || !self.consensus.reported.insert(voter) {
                 continue;
             }
             self.metrics.equivocations += 1;
@@ -740,13 +1152,7 @@ impl Peer {
         let Namespace::Authority(a) = fact.namespace else {
             return;
         };
-        for lead in self.consensus.leads.values_mut() {
-            if let Phase::Votes { id, signing, .. } = &mut lead.phase {
-                if *id == instance {
-                    *signing = false;
-                }
-            }
-        }
+        let _ = instance;
         let me = self.keys.id;
         let others: BTreeSet<DeviceId> = self
             .views

@@ -412,3 +412,32 @@ fn a_proposer_cut_off_after_proposing_is_replaced_by_a_fallback_ballot() {
     net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
     assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, v.epoch + 1);
 }
+
+/// Message delays from a proposal to the commit applied at its proposer.
+fn delays_to_commit(net: &mut Net, proposer: usize, cmd: Command) -> usize {
+    let before = committed(&net.nodes[proposer]).len();
+    net.cmd(proposer, cmd).unwrap();
+    net.waves_until(|n| committed(&n.nodes[proposer]).len() > before)
+}
+
+#[test]
+fn a_warm_commit_takes_one_round_trip_and_a_cold_one_two() {
+    let mut net = authority_net(None);
+    net.run();
+    let t = net.nodes[0].peer.authority().unwrap().threshold;
+    // The first change: nobody set a nonce aside for device 0 yet, so the votes bring
+    // nonce commitments and the shares follow: two round trips.
+    let cold = delays_to_commit(&mut net, 0, Command::ChangeThreshold { threshold: t });
+    net.run();
+    // The next one from the same device uses the nonces that came with those votes:
+    // each signer's share comes with its vote.
+    let warm = delays_to_commit(&mut net, 0, Command::ChangeThreshold { threshold: t });
+    net.run();
+    assert_eq!((cold, warm), (4, 2));
+    let warm_again = delays_to_commit(&mut net, 0, Command::ChangeThreshold { threshold: t });
+    assert_eq!(warm_again, 2);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    let epochs: Vec<u64> = (0..3).map(|i| net.nodes[i].peer.authority().unwrap().epoch).collect();
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+}

@@ -1058,6 +1058,16 @@ impl World {
                 *self.stats.coverage.entry("consensus-fallback".into()).or_default() +=
                     n.peer.metrics().consensus_fallbacks;
             }
+            let m = n.peer.metrics();
+            for (mark, c) in [
+                ("commit-warm", m.commits_warm),
+                ("commit-cold", m.commits_cold),
+                ("commit-session", m.commits_session),
+            ] {
+                if c > 0 {
+                    *self.stats.coverage.entry(mark.into()).or_default() += c;
+                }
+            }
             if n.peer.metrics().dkg_partial > 0 {
                 *self.stats.coverage.entry("dkg-partial".into()).or_default() += n.peer.metrics().dkg_partial;
             }

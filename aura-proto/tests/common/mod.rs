@@ -154,15 +154,39 @@ impl Net {
     /// Delivers everything in flight (and whatever it causes).
     pub fn run(&mut self) {
         while let Some((from, to, bytes)) = self.wire.pop_front() {
-            let Some(j) = self.nodes.iter().position(|n| n.addr == to) else {
-                continue;
-            };
-            if self.cut.contains(&from) || self.cut.contains(&j) {
-                continue;
-            }
-            let from = self.nodes[from].addr.clone();
-            self.input(j, Input::Datagram { from, bytes }).unwrap();
+            self.deliver(from, &to, bytes);
         }
+    }
+
+    /// Hands one datagram to its receiver, unless either side is cut off.
+    fn deliver(&mut self, from: usize, to: &str, bytes: Vec<u8>) {
+        let Some(j) = self.nodes.iter().position(|n| n.addr == to) else {
+            return;
+        };
+        if self.cut.contains(&from) || self.cut.contains(&j) {
+            return;
+        }
+        let from = self.nodes[from].addr.clone();
+        self.input(j, Input::Datagram { from, bytes }).unwrap();
+    }
+
+    /// Delivers what is on the wire in waves (everything sent in answer to one wave is
+    /// the next), without moving time, until `done` holds; returns the number of waves:
+    /// message delays on a network where every hop takes the same time.
+    pub fn waves_until(&mut self, done: impl Fn(&Net) -> bool) -> usize {
+        let mut waves = 0;
+        while !done(self) {
+            let wave: Vec<_> = self.wire.drain(..).collect();
+            assert!(
+                !wave.is_empty() && waves < 100,
+                "nothing left to deliver after {waves} waves"
+            );
+            waves += 1;
+            for (from, to, bytes) in wave {
+                self.deliver(from, &to, bytes);
+            }
+        }
+        waves
     }
 
     /// Advances time to `t` ms, firing due timers in order.
