@@ -121,7 +121,16 @@ impl AuthorityView {
         match outcome {
             Ok(()) => {
                 self.epoch += 1;
-                self.commitment = next_commitment(&self.commitment, &fid);
+                // A commit chains by its instance, not by its fact: one instance can be
+                // recorded as more than one fact (two gatherers, a different vote set,
+                // another Lamport clock), and every copy must lead to the same state, or
+                // a later change agreed from one copy's state would be undone when the
+                // other copy sorts first.
+                let link = match &f.body {
+                    FactBody::Commit(c) => FactId(c.id.0),
+                    _ => fid,
+                };
+                self.commitment = next_commitment(&self.commitment, &link);
             }
             Err(why) => self.rejected.push((fid, why)),
         }

@@ -2178,6 +2178,7 @@ impl Peer {
                 match c.pings.remove(&id) {
                     Some(t) => {
                         let rtt = now.saturating_since(t);
+                        self.observe_rtt(peer, rtt);
                         self.event(Event::Pong { peer, rtt });
                     }
                     None => self.metrics.drop(DropReason::UnexpectedFrame),

@@ -163,6 +163,11 @@ pub(super) struct ConsensusState {
     set_aside: BTreeMap<DeviceId, Vec<(SigningNonces, Vec<u8>)>>,
     /// The newest nonce commitment each member set aside for us.
     held: BTreeMap<DeviceId, Vec<u8>>,
+    /// Smoothed round-trip times to members (pings, and proposals or accepts answered
+    /// by a vote): the fallback timer follows the slowest.
+    rtt: BTreeMap<DeviceId, std::time::Duration>,
+    /// When we asked for votes from a prestate at a ballot (to time the answers).
+    asked: BTreeMap<(Hash32, u32), Instant>,
 }
 
 /// What a proposal asks its signers to sign along with their vote: the commit header
@@ -215,6 +220,7 @@ impl Peer {
                 phase: Phase::Votes(Box::new(Gather::new(id, warm.map(|(s, _)| s)))),
             },
         );
+        self.consensus.asked.insert((prestate, 0), self.now.mono);
         // Every member, this device included (its own vote goes through the same rules).
         for d in view.members.keys().copied().collect::<Vec<_>>() {
             let msg = match &ask {
@@ -299,20 +305,41 @@ impl Peer {
         ))
     }
 
-    /// How long ballot `ballot` gets before the next one is due: the fallback timer,
-    /// doubling once per full rotation of `members` coordinators, at most `MAX_FALLBACK`.
-    fn fallback_after(ballot: u32, members: usize) -> std::time::Duration {
-        let rounds = ballot / members.max(1) as u32;
-        fallback_timeout(None)
+    /// Whether this device votes for (and signs) change `kind`: it must apply, and adding
+    /// a device waits for the key generation that gives the new device a share (a member
+    /// without one would count in quorums but could never sign).
+    fn agreeable(view: &AuthorityView, kind: &TreeOpKind) -> bool {
+        !matches!(kind, TreeOpKind::AddDevice(_)) && view.applies(kind)
+    }
+
+    /// How long ballot `ballot` gets before the next one is due: the fallback timer
+    /// (three times the slowest round trip observed to a member of `view`, at least
+    /// 200 ms), doubling once per full rotation of the members, at most `MAX_FALLBACK`.
+    fn fallback_after(&self, view: &AuthorityView, ballot: u32) -> std::time::Duration {
+        let rtt = view
+            .members
+            .keys()
+            .filter_map(|d| self.consensus.rtt.get(d))
+            .max()
+            .copied();
+        let rounds = ballot / view.members.len().max(1) as u32;
+        fallback_timeout(rtt)
             .saturating_mul(1u32 << rounds.min(16))
             .min(MAX_FALLBACK)
+    }
+
+    /// A round trip to `peer` took `sample`: smoothed like TCP's estimate (7/8 old).
+    pub(super) fn observe_rtt(&mut self, peer: DeviceId, sample: std::time::Duration) {
+        let sample = sample.min(MAX_FALLBACK);
+        let e = self.consensus.rtt.entry(peer).or_insert(sample);
+        *e = (*e * 7 + sample) / 8;
     }
 
     /// Notes activity at `ballot` from `prestate`: the prestate is open here, and its
     /// next fallback ballot is due `fallback_after` from now (later if already later).
     fn touch_open(&mut self, view: &AuthorityView, prestate: Hash32, ballot: u32) {
         let now = self.now.mono;
-        let deadline = now.saturating_add(Self::fallback_after(ballot, view.members.len()));
+        let deadline = now.saturating_add(self.fallback_after(view, ballot));
         let open = self.consensus.open.entry(prestate).or_insert(Open {
             authority: view.id,
             deadline,
@@ -391,7 +418,7 @@ impl Peer {
         {
             Decision::Vote => {
                 let change = wire::strict_decode::<TreeOpKind>(&p.op, &mut Vec::new()).ok();
-                if !change.is_some_and(|k| view.applies(&k)) {
+                if !change.is_some_and(|k| Self::agreeable(view, &k)) {
                     return self.send_auth(
                         from,
                         AuthMsg::Refused {
@@ -413,6 +440,9 @@ impl Peer {
             }
             // Being written: it goes out once durable.
             Decision::Again(_) if self.consensus.writing_votes.contains(&(p.prestate, ballot)) => {}
+            // A vote still being written is not shown to anyone (it may yet be lost in a
+            // crash, and a vote shown and then lost would look like a second vote).
+            Decision::Refuse(Refusal::Voted(v)) if self.consensus.writing_votes.contains(&(v.prestate, v.ballot)) => {}
             Decision::Again(vote) => self.send_auth(from, AuthMsg::Voted { vote }),
             Decision::Refuse(refusal) => self.send_auth(from, AuthMsg::Refused { id, refusal }),
         }
@@ -570,6 +600,13 @@ impl Peer {
     /// we are the coordinator, send the prepare requests.
     pub(super) fn promise_durable(&mut self, prestate: Hash32, ballot: u32, to: Option<DeviceId>) {
         self.consensus.writing_promises.remove(&(prestate, ballot));
+        if self.consensus.writing_votes.iter().any(|(p, _)| *p == prestate) {
+            // Our newest vote is not durable yet: no promise that reports (or hides) it;
+            // the coordinator's ballot times out and a later one asks again.
+            if to.is_some() {
+                return;
+            }
+        }
         let Some(to) = to else {
             let Some(view) = self.my_authority().cloned() else {
                 return;
@@ -682,6 +719,7 @@ impl Peer {
                 phase: Phase::Votes(Box::new(Gather::new(proposal.id, None))),
             },
         );
+        self.consensus.asked.insert((prestate, ballot), self.now.mono);
         for d in view.members.keys().copied().collect::<Vec<_>>() {
             self.send_auth(
                 d,
@@ -722,6 +760,11 @@ impl Peer {
         }
         if !key.is_some_and(|k| vote.verify(&k)) {
             return self.metrics.drop(DropReason::BadFact);
+        }
+        if let Some(at) = self.consensus.asked.get(&(vote.prestate, vote.ballot)).copied() {
+            if from != self.keys.id {
+                self.observe_rtt(from, self.now.mono.saturating_since(at));
+            }
         }
         self.observe_votes(view.id, std::slice::from_ref(&vote));
         let Some(lead) = self.consensus.leads.get(&vote.prestate) else {
@@ -790,6 +833,8 @@ impl Peer {
             0 => fast_quorum(view.members.len(), view.threshold),
             _ => quorum(view.members.len(), view.threshold),
         };
+        // A vote counted before its voter was proven an equivocator counts no more.
+        g.votes.retain(|d, _| !view.equivocators.contains(d));
         if g.done || g.votes.len() < needed {
             return;
         }
@@ -1003,7 +1048,7 @@ impl Peer {
             && !c.votes.iter().any(|v| view.equivocators.contains(&v.voter))
             && c.prestate == view.prestate()
             && c.check(&keys, view.threshold).is_ok()
-            && change.is_some_and(|k| view.applies(&k))
+            && change.is_some_and(|k| Self::agreeable(view, &k))
     }
 
     pub(super) fn consensus_deadline(&self) -> Option<Instant> {
@@ -1035,7 +1080,7 @@ impl Peer {
                 if open.expires <= now {
                     self.forget_prestate(&prestate);
                 } else {
-                    let wait = Self::fallback_after(open.ballot, view.members.len());
+                    let wait = self.fallback_after(&view, open.ballot);
                     self.consensus.open.get_mut(&prestate).expect("listed").deadline = now.saturating_add(wait);
                 }
                 continue;
@@ -1052,10 +1097,10 @@ impl Peer {
             }
             let promised = self.consensus.ballots.slot(&prestate).map_or(0, |s| s.promised);
             let next = open.ballot.max(promised).saturating_add(1).min(MAX_BALLOT);
-            let n = view.members.len();
+            let wait = self.fallback_after(&view, next);
             let open = self.consensus.open.get_mut(&prestate).expect("listed");
             open.ballot = next;
-            open.deadline = now.saturating_add(Self::fallback_after(next, n));
+            open.deadline = now.saturating_add(wait);
             let members = Self::member_set(&view);
             if coordinator(&members, &prestate, next) == Some(me) {
                 self.start_ballot(&view, prestate, next);
@@ -1096,6 +1141,7 @@ impl Peer {
         c.leads.remove(prestate);
         c.proposals.retain(|_, s| s.proposal.prestate != *prestate);
         c.seen.retain(|(p, _, _), _| p != prestate);
+        c.asked.retain(|(p, _), _| p != prestate);
     }
 
     /// Checks votes of members of `authority` against those seen before; two for
@@ -1108,7 +1154,11 @@ impl Peer {
             return;
         };
         let mut proofs = Vec::new();
+        let current = view.prestate();
         for v in votes {
+            if v.prestate != current && !self.consensus.open.contains_key(&v.prestate) {
+                continue; // only prestates still open here are worth watching
+            }
             let key = (v.prestate, v.ballot, v.voter);
             match self.consensus.seen.get(&key) {
                 Some(w) if w.id != v.id => {

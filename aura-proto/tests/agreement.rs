@@ -205,9 +205,14 @@ fn a_second_instance_from_the_same_prestate_gets_no_vote_even_while_the_first_is
         proposal(TreeOpKind::ChangeThreshold(3), 1, net.id(0)),
         proposal(TreeOpKind::ChangeThreshold(2), 2, net.id(2)),
     );
+    let sent = |net: &Net| net.sent.iter().filter(|(j, _)| *j == 1).count();
+    let before = sent(&net);
     net.deliver_proto(1, 0, journal::ContextId::OWN, &AuthMsg::Propose(p0));
     net.deliver_proto(1, 2, journal::ContextId::OWN, &AuthMsg::Propose(p2));
     assert_eq!(votes_recorded(&net.nodes[1]), 1, "one vote per prestate, ever");
+    // Not even a refusal shows the vote while it is not durable (lost in a crash, it
+    // would look like a second vote next to the one cast after the restart).
+    assert_eq!(sent(&net), before);
     // Once it is durable the answer is the same: the second gets the first's vote back.
     net.nodes[1].hold_persist = false;
     let held: Vec<_> = net.nodes[1].held.drain(..).collect();

@@ -662,3 +662,60 @@ fn a_committed_tree_operation_applies_once_from_its_prestate() {
     let v3 = AuthorityView::reduce(&j, id).unwrap();
     assert_eq!((v3.epoch, v3.members.len()), (2, 4));
 }
+
+#[test]
+fn two_facts_of_one_instance_lead_to_the_same_state() {
+    // One instance recorded twice (two gatherers after a fallback, other votes, another
+    // Lamport clock): whichever copy sorts first, the state after it is the same, so a
+    // change agreed from that state applies whatever copies arrive later.
+    let g = Group::new(5, 3, 29);
+    let (j0, id) = authority(&g, 3);
+    let v0 = AuthorityView::reduce(&j0, id).unwrap();
+    let kind = TreeOpKind::ChangeThreshold(3);
+    let (a, c) = committed(&g, id, v0.prestate(), &kind, &[0, 1, 2], 5, 1);
+    let p = Proposal {
+        id: c.id,
+        prestate: c.prestate,
+        op: c.op.clone(),
+        nonce: [5; 32],
+        proposer: g.keys[0].id,
+    };
+    let mut rng = PeerRng::from_seed([31; 32]);
+    let mut votes: Vec<Vote> = [1usize, 2, 3]
+        .iter()
+        .map(|i| Vote::sign(&g.keys[*i], &mut rng, &p, 2))
+        .collect();
+    votes.sort_by_key(|v| v.voter);
+    let other = Commit { votes, ..c.clone() };
+    let frame = CommitFrame {
+        namespace: Namespace::Authority(id),
+        lamport: 4,
+        author: g.keys[1].id,
+    };
+    let b = frame.fact(other.clone(), group_sign(&g, 3, &frame.message(&other)));
+    assert_ne!(a.id(), b.id());
+    let with = |facts: &[&Fact]| {
+        let mut j = j0.clone();
+        for f in facts {
+            j.insert((*f).clone());
+        }
+        AuthorityView::reduce(&j, id).unwrap()
+    };
+    let (va, vb, both) = (with(&[&a]), with(&[&b]), with(&[&a, &b]));
+    assert_eq!((va.epoch, va.prestate()), (1, vb.prestate()));
+    assert_eq!((both.epoch, both.prestate()), (1, va.prestate()));
+    // The next change, agreed from the state after copy `a`, applies with either copy.
+    let (next, _) = committed(
+        &g,
+        id,
+        va.prestate(),
+        &TreeOpKind::RemoveDevice(g.keys[4].id),
+        &[0, 1, 2],
+        7,
+        1,
+    );
+    for facts in [vec![&a, &next], vec![&b, &next], vec![&a, &b, &next]] {
+        let v = with(&facts);
+        assert_eq!((v.epoch, v.members.len()), (2, 4));
+    }
+}

@@ -204,3 +204,28 @@ fn context_budgets_hold_through_crashes_and_partitions() {
         assert!(w.done(), "seed {seed}: context workload unfinished");
     }
 }
+
+#[test]
+fn the_fallback_timer_follows_the_observed_round_trip() {
+    // Links of 150-160 ms each way: a round trip plus a disk write takes well over the
+    // 200 ms floor. Timed by observed round trips, fallback ballots run only where
+    // proposals really compete (a fixed 200 ms timer starts 27-37 of them per run here).
+    for seed in 1..=3 {
+        let cfg = SimConfig {
+            seed,
+            peers: 4,
+            scenario: aura_sim::Scenario::Consensus,
+            link: LinkModel {
+                min_delay: Duration::from_millis(150),
+                mean_extra: Duration::from_millis(10),
+                ..LinkModel::default()
+            },
+            ..SimConfig::default()
+        };
+        let mut w = World::new(cfg);
+        w.run().expect("no invariant violation");
+        assert!(w.done(), "seed {seed}: {:?}", w.stats);
+        let fallbacks = w.stats.coverage.get("consensus-fallback").copied().unwrap_or(0);
+        assert!(fallbacks <= 10, "seed {seed}: {fallbacks} fallback ballots");
+    }
+}
