@@ -476,6 +476,18 @@ pub enum AuthMsg {
         /// Serialized `SigningCommitments`.
         commitment: Vec<u8>,
     },
+    /// Fallback coordinator → members: `Accept`, and the signers listed sign the commit
+    /// header at `lamport` along with their vote (as in `ProposeSigned`).
+    AcceptSigned {
+        /// The ballot.
+        ballot: u32,
+        /// The instance.
+        proposal: crate::consensus::Proposal,
+        /// The commit fact's Lamport clock (the coordinator authors it).
+        lamport: u64,
+        /// (identifier, serialized `SigningCommitments`) of the signers, ascending.
+        commitments: Vec<(u16, Vec<u8>)>,
+    },
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

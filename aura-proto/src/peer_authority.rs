@@ -280,7 +280,13 @@ impl Peer {
             AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),
             AuthMsg::Prepare { prestate, ballot } => self.on_prepare(from, prestate, ballot),
             AuthMsg::Promise { prestate, ballot, last } => self.on_promise(from, prestate, ballot, last),
-            AuthMsg::Accept { ballot, proposal } => self.on_accept_ballot(from, ballot, proposal),
+            AuthMsg::Accept { ballot, proposal } => self.on_accept_ballot(from, ballot, proposal, None),
+            AuthMsg::AcceptSigned {
+                ballot,
+                proposal,
+                lamport,
+                commitments,
+            } => self.on_accept_ballot(from, ballot, proposal, Some((lamport, commitments))),
         }
     }
 

@@ -210,7 +210,16 @@ impl Peer {
             },
         );
         self.touch_open(&view, prestate, 0);
-        let warm = self.warm_signing(&view, &proposal);
+        let warm = {
+            // Members with a channel up are the likeliest to answer.
+            let up: BTreeSet<DeviceId> = view
+                .members
+                .keys()
+                .copied()
+                .filter(|d| self.active.contains_key(&(crate::journal::ContextId::OWN, *d)))
+                .collect();
+            self.warm_signing(&view, &proposal, &up)
+        };
         let ask = warm.as_ref().map(|(s, list)| (s.lamport, list.clone()));
         self.consensus.leads.insert(
             prestate,
@@ -251,16 +260,19 @@ impl Peer {
     /// Signing that starts with the proposal: when a threshold of members (this device
     /// first) set nonces aside for us, their commitments are used up here and the
     /// package is fixed before any vote.
-    fn warm_signing(&mut self, view: &AuthorityView, p: &Proposal) -> Option<Planned> {
+    fn warm_signing(&mut self, view: &AuthorityView, p: &Proposal, alive: &BTreeSet<DeviceId>) -> Option<Planned> {
         let me = self.keys.id;
         let t = view.threshold as usize;
         let mut chosen: Vec<DeviceId> = Vec::new();
-        for d in std::iter::once(me).chain(view.members.keys().copied().filter(|d| *d != me)) {
+        // This device, then those known to be up (they just answered), then the rest.
+        let others = view.members.keys().copied().filter(|d| *d != me);
+        let (up, rest): (Vec<DeviceId>, Vec<DeviceId>) = others.partition(|d| alive.contains(d));
+        for d in std::iter::once(me).chain(up).chain(rest) {
             if chosen.len() < t && self.consensus.held.contains_key(&d) && !view.equivocators.contains(&d) {
                 chosen.push(d);
             }
         }
-        if chosen.len() < t || !chosen.contains(&me) {
+        if chosen.len() < t {
             return None;
         }
         let lamport = self.journal.next_lamport(&Namespace::Authority(view.id));
@@ -380,7 +392,7 @@ impl Peer {
     }
 
     /// A witness receives a fallback coordinator's request for votes.
-    pub(super) fn on_accept_ballot(&mut self, from: DeviceId, ballot: u32, p: Proposal) {
+    pub(super) fn on_accept_ballot(&mut self, from: DeviceId, ballot: u32, p: Proposal, ask: Option<SignAsk>) {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
@@ -392,7 +404,7 @@ impl Peer {
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        self.witness(&view, from, p, ballot, None);
+        self.witness(&view, from, p, ballot, ask);
     }
 
     /// Votes for `p` at `ballot` if the rules allow, else says why.
@@ -678,6 +690,7 @@ impl Peer {
         if reports.len() < quorum(view.members.len(), view.threshold) {
             return;
         }
+        let alive: BTreeSet<DeviceId> = reports.keys().copied().collect();
         let reports: Vec<Option<Vote>> = reports.values().cloned().collect();
         let id = match choose(&reports, view.members.len(), view.threshold) {
             Choice::Bound(id) => Some(id),
@@ -711,23 +724,31 @@ impl Peer {
             self.consensus.leads.remove(&prestate);
             return;
         };
+        // As with a proposal: if a threshold set nonces aside for us, they sign with
+        // their vote (the fallback then takes prepare, promise, accept, vote: 4 delays).
+        let warm = self.warm_signing(&view, &proposal, &alive);
+        let ask = warm.as_ref().map(|(s, list)| (s.lamport, list.clone()));
         self.consensus.leads.insert(
             prestate,
             Lead {
                 authority: view.id,
                 ballot,
-                phase: Phase::Votes(Box::new(Gather::new(proposal.id, None))),
+                phase: Phase::Votes(Box::new(Gather::new(proposal.id, warm.map(|(s, _)| s)))),
             },
         );
         self.consensus.asked.insert((prestate, ballot), self.now.mono);
         for d in view.members.keys().copied().collect::<Vec<_>>() {
-            self.send_auth(
-                d,
-                AuthMsg::Accept {
+            let proposal = proposal.clone();
+            let msg = match &ask {
+                Some((lamport, commitments)) => AuthMsg::AcceptSigned {
                     ballot,
-                    proposal: proposal.clone(),
+                    proposal,
+                    lamport: *lamport,
+                    commitments: commitments.clone(),
                 },
-            );
+                None => AuthMsg::Accept { ballot, proposal },
+            };
+            self.send_auth(d, msg);
         }
     }
 

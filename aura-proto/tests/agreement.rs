@@ -446,3 +446,46 @@ fn a_warm_commit_takes_one_round_trip_and_a_cold_one_two() {
     let epochs: Vec<u64> = (0..3).map(|i| net.nodes[i].peer.authority().unwrap().epoch).collect();
     assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
 }
+
+#[test]
+fn after_the_proposer_is_lost_a_fallback_commits_one_timer_and_four_delays_later() {
+    let mut net = authority_net(None);
+    net.run();
+    let t = net.nodes[0].peer.authority().unwrap().threshold;
+    // A first change, so that every device set nonces aside for every other.
+    delays_to_commit(&mut net, 0, Command::ChangeThreshold { threshold: t });
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    // The owner of fallback ballot 1 from the current state, and a proposer that is not it.
+    let v = net.nodes[0].peer.authority().unwrap().clone();
+    let members: std::collections::BTreeSet<DeviceId> = v.members.keys().copied().collect();
+    let owner = aura_proto::consensus::coordinator(&members, &v.prestate(), 1).unwrap();
+    let o = (0..3).find(|i| net.id(*i) == owner).unwrap();
+    let p = (0..3).find(|i| *i != o).unwrap();
+    // The proposal reaches the others, then the proposer is gone: no fast quorum.
+    net.cmd(p, Command::ChangeThreshold { threshold: t }).unwrap();
+    net.wave();
+    net.cut.insert(p);
+    net.run_waves_while_any();
+    let before = committed(&net.nodes[o]).len();
+    // Fire timers one at a time (each with the network quiet): count the waves after
+    // the one that starts the fallback ballot.
+    let mut fallback = None;
+    for _ in 0..200 {
+        let (at, i) = (0..3)
+            .filter(|i| *i != p)
+            .filter_map(|i| net.nodes[i].peer.poll_timeout().map(|d| (d.as_nanos(), i)))
+            .min()
+            .unwrap();
+        net.now_ns = net.now_ns.max(at);
+        net.input(i, Input::Timeout).unwrap();
+        let started = net.nodes[o].peer.metrics().consensus_fallbacks > 0;
+        let waves = net.run_waves_while_any_or(|n| committed(&n.nodes[o]).len() > before);
+        if committed(&net.nodes[o]).len() > before {
+            assert!(started);
+            fallback = Some(waves);
+            break;
+        }
+    }
+    assert_eq!(fallback, Some(4), "prepare, promise, accept, vote with share");
+}

@@ -156,7 +156,23 @@ fn generate_seed_corpus() {
             AuthMsg::Promise {
                 prestate: [3; 32],
                 ballot: 3,
-                last: Some((vote, proposal.clone())),
+                last: Some((vote.clone(), proposal.clone())),
+            },
+            AuthMsg::AcceptSigned {
+                ballot: 3,
+                proposal: proposal.clone(),
+                lamport: 9,
+                commitments: vec![(1, vec![2; 66]), (2, vec![3; 66])],
+            },
+            AuthMsg::VoteSigned {
+                vote: vote.clone(),
+                share: Some(vec![4; 32]),
+                next: Some(vec![5; 66]),
+            },
+            AuthMsg::CommitShare {
+                id: proposal.id,
+                share: vec![4; 32],
+                next: None,
             },
             AuthMsg::Accept { ballot: 3, proposal },
         ] {

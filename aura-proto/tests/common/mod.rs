@@ -189,6 +189,29 @@ impl Net {
         waves
     }
 
+    /// Delivers waves until the wire is quiet.
+    pub fn run_waves_while_any(&mut self) -> usize {
+        self.run_waves_while_any_or(|_| false)
+    }
+
+    /// Delivers waves until the wire is quiet or `done` holds; returns the waves.
+    pub fn run_waves_while_any_or(&mut self, done: impl Fn(&Net) -> bool) -> usize {
+        let mut waves = 0;
+        while !self.wire.is_empty() && !done(self) {
+            waves += 1;
+            self.wave();
+        }
+        waves
+    }
+
+    /// Delivers what is on the wire now (not what that sends).
+    pub fn wave(&mut self) {
+        let wave: Vec<_> = self.wire.drain(..).collect();
+        for (from, to, bytes) in wave {
+            self.deliver(from, &to, bytes);
+        }
+    }
+
     /// Advances time to `t` ms, firing due timers in order.
     pub fn advance_to_ms(&mut self, t_ms: u64) {
         let end = t_ms * 1_000_000;
