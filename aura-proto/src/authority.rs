@@ -470,6 +470,8 @@ pub enum AuthMsg {
         share: Vec<u8>,
         /// Serialized `SigningCommitments` set aside for the receiver.
         next: Option<Vec<u8>>,
+        /// Names the package signed (its Lamport clock and commitments).
+        package: [u8; 32],
     },
     /// A nonce commitment set aside for the receiver (when a share could not be made).
     Nonce {

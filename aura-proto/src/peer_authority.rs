@@ -274,7 +274,12 @@ impl Peer {
                 lamport,
                 commitments,
             } => self.on_commit_package(from, id, lamport, commitments),
-            AuthMsg::CommitShare { id, share, next } => self.on_commit_share(from, id, share, next),
+            AuthMsg::CommitShare {
+                id,
+                share,
+                next,
+                package,
+            } => self.on_commit_share(from, id, share, next, package),
             AuthMsg::Nonce { commitment } => self.on_nonce(from, commitment),
             AuthMsg::Voted { vote } => self.on_voted(from, vote),
             AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),

@@ -24,7 +24,7 @@
 //! is kept per (prestate, ballot, voter) while the prestate is open; two for different
 //! instances become a `FactBody::Equivocation` proof, written and pushed to every member.
 //! Once a proof is in the view, the equivocator is excluded: its proposals, prepares,
-//! accepts, votes and promises are ignored and no commit with its vote is signed.
+//! accepts, votes and promises are ignored, and a gatherer leaves its votes out.
 //!
 //! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), adding
 //! devices (needs a key generation among the new set), context epoch bumps.
@@ -59,6 +59,8 @@ const MAX_FALLBACK: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Debug)]
 pub(super) struct Seen {
     proposal: Proposal,
+    /// The member whose message made us keep it (for per-member quotas).
+    by: DeviceId,
 }
 
 /// A prestate with an instance open, as this device sees it.
@@ -71,11 +73,16 @@ pub(super) struct Open {
     ballot: u32,
     /// Forgotten after this unless the prestate becomes ours (we may be behind).
     expires: Instant,
+    /// The member whose message opened it (for per-member quotas).
+    by: DeviceId,
 }
 
 /// Instances (and open prestates) remembered at once; a message about a new one beyond
 /// this is dropped (`overloaded`), so no member can fill memory.
 const MAX_PROPOSALS: usize = 64;
+/// Of those, how many one member's messages may have brought in (so one member cannot
+/// crowd out the others' proposals either).
+const MAX_PER_MEMBER: usize = 16;
 
 /// How long an instance from a prestate that is not ours is kept (we may be behind).
 const KEEP_FOREIGN: std::time::Duration = std::time::Duration::from_secs(600);
@@ -103,6 +110,8 @@ struct Gather {
     session: bool,
     /// The commit is signed (or the session will sign it).
     done: bool,
+    /// Members whose share broke an aggregate: left out of later signings.
+    culprits: BTreeSet<DeviceId>,
 }
 
 impl Gather {
@@ -114,6 +123,7 @@ impl Gather {
             cold: None,
             session: false,
             done: false,
+            culprits: BTreeSet::new(),
         }
     }
 }
@@ -122,6 +132,9 @@ impl Gather {
 #[derive(Debug)]
 struct Signing {
     lamport: u64,
+    /// Names the package (its Lamport clock and commitments): a share carries it, so a
+    /// late share for a package given up cannot spoil the next one.
+    digest: [u8; 32],
     package: SigningPackage,
     /// The signers: FROST identifier → device.
     signers: BTreeMap<u16, DeviceId>,
@@ -180,6 +193,10 @@ type Planned = (Signing, Vec<(u16, Vec<u8>)>);
 /// Votes remembered for equivocation checks at once (beyond this, new ones are not).
 const MAX_SEEN: usize = 4096;
 
+fn open_ballot(open: &BTreeMap<Hash32, Open>, prestate: &Hash32) -> u32 {
+    open.get(prestate).map_or(0, |o| o.ballot)
+}
+
 impl Peer {
     /// `Command::ChangeThreshold` / `Command::RemoveDevice`: propose a tree change.
     pub(super) fn propose_change(&mut self, kind: TreeOpKind) -> Result<(), CommandError> {
@@ -203,13 +220,15 @@ impl Peer {
             nonce,
             proposer: self.keys.id,
         };
+        let me = self.keys.id;
         self.consensus.proposals.insert(
             id,
             Seen {
                 proposal: proposal.clone(),
+                by: me,
             },
         );
-        self.touch_open(&view, prestate, 0);
+        self.touch_open(&view, prestate, 0, me);
         let warm = {
             // Members with a channel up are the likeliest to answer.
             let up: BTreeSet<DeviceId> = view
@@ -280,6 +299,14 @@ impl Peer {
         Some(signing)
     }
 
+    /// The name of a package: its Lamport clock and signers' commitments.
+    fn package_digest(lamport: u64, list: &[(u16, Vec<u8>)]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("aura 2026-12 commit package");
+        h.update(&lamport.to_le_bytes());
+        h.update(&wire::encode(&list));
+        h.finalize().into()
+    }
+
     /// A package over the commit header for `signers`, from the commitments they set
     /// aside for us (used up here).
     fn signing_for(
@@ -309,6 +336,7 @@ impl Peer {
         Some((
             Signing {
                 lamport,
+                digest: Self::package_digest(lamport, &list),
                 package,
                 signers: by_ident,
                 shares: BTreeMap::new(),
@@ -349,7 +377,7 @@ impl Peer {
 
     /// Notes activity at `ballot` from `prestate`: the prestate is open here, and its
     /// next fallback ballot is due `fallback_after` from now (later if already later).
-    fn touch_open(&mut self, view: &AuthorityView, prestate: Hash32, ballot: u32) {
+    fn touch_open(&mut self, view: &AuthorityView, prestate: Hash32, ballot: u32, by: DeviceId) {
         let now = self.now.mono;
         let deadline = now.saturating_add(self.fallback_after(view, ballot));
         let open = self.consensus.open.entry(prestate).or_insert(Open {
@@ -357,6 +385,7 @@ impl Peer {
             deadline,
             ballot,
             expires: now,
+            by,
         });
         open.expires = now.saturating_add(KEEP_FOREIGN);
         if ballot >= open.ballot {
@@ -366,11 +395,15 @@ impl Peer {
     }
 
     /// Whether remembering something new about instance `id` / `prestate` fits.
-    fn room_for(&self, id: Option<&ConsensusId>, prestate: &Hash32) -> bool {
+    fn room_for(&self, id: Option<&ConsensusId>, prestate: &Hash32, by: DeviceId) -> bool {
         let c = &self.consensus;
         let new_id = id.is_some_and(|i| !c.proposals.contains_key(i));
         let new_open = !c.open.contains_key(prestate);
-        !(new_id && c.proposals.len() >= MAX_PROPOSALS || new_open && c.open.len() >= MAX_PROPOSALS)
+        let ids_by = || c.proposals.values().filter(|s| s.by == by).count();
+        let opens_by = || c.open.values().filter(|o| o.by == by).count();
+        let full_ids = new_id && (c.proposals.len() >= MAX_PROPOSALS || ids_by() >= MAX_PER_MEMBER);
+        let full_opens = new_open && (c.open.len() >= MAX_PROPOSALS || opens_by() >= MAX_PER_MEMBER);
+        !(full_ids || full_opens)
     }
 
     fn member_set(view: &AuthorityView) -> BTreeSet<DeviceId> {
@@ -409,14 +442,14 @@ impl Peer {
 
     /// Votes for `p` at `ballot` if the rules allow, else says why.
     fn witness(&mut self, view: &AuthorityView, from: DeviceId, p: Proposal, ballot: u32, ask: Option<SignAsk>) {
-        if !self.room_for(Some(&p.id), &p.prestate) {
+        if !self.room_for(Some(&p.id), &p.prestate, from) {
             return self.metrics.drop(DropReason::Overloaded);
         }
-        self.consensus
-            .proposals
-            .entry(p.id)
-            .or_insert(Seen { proposal: p.clone() });
-        self.touch_open(view, p.prestate, ballot);
+        self.consensus.proposals.entry(p.id).or_insert(Seen {
+            proposal: p.clone(),
+            by: from,
+        });
+        self.touch_open(view, p.prestate, ballot, from);
         let id = p.id;
         if self.consensus.equivocate && ballot == 0 && p.prestate == view.prestate() {
             // The faulty member of the simulations: a fast vote for anything, unrecorded.
@@ -566,8 +599,12 @@ impl Peer {
             return;
         };
         let prestate = proposal.prestate;
-        self.consensus.proposals.entry(proposal.id).or_insert(Seen { proposal });
-        self.touch_open(&view, prestate, 0);
+        let me = self.keys.id;
+        self.consensus
+            .proposals
+            .entry(proposal.id)
+            .or_insert(Seen { proposal, by: me });
+        self.touch_open(&view, prestate, 0, me);
     }
 
     /// A fallback coordinator asks for a promise.
@@ -581,10 +618,10 @@ impl Peer {
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        if !self.room_for(None, &prestate) {
+        if !self.room_for(None, &prestate, from) {
             return self.metrics.drop(DropReason::Overloaded);
         }
-        self.touch_open(&view, prestate, ballot);
+        self.touch_open(&view, prestate, ballot, from);
         let Promise::Give(_) = self.consensus.ballots.prepare(&view.prestate(), &prestate, ballot) else {
             // Behind, ahead or promised higher: no answer; the coordinator's ballot times
             // out and a later one asks again.
@@ -674,10 +711,13 @@ impl Peer {
                 if !valid {
                     return self.metrics.drop(DropReason::BadFact);
                 }
-                if !self.room_for(Some(&p.id), &prestate) {
+                if !self.room_for(Some(&p.id), &prestate, from) {
                     return self.metrics.drop(DropReason::Overloaded);
                 }
-                self.consensus.proposals.entry(p.id).or_insert(Seen { proposal: p });
+                self.consensus
+                    .proposals
+                    .entry(p.id)
+                    .or_insert(Seen { proposal: p, by: from });
                 self.observe_votes(view.id, std::slice::from_ref(&v));
                 Some(v)
             }
@@ -782,11 +822,6 @@ impl Peer {
         if !key.is_some_and(|k| vote.verify(&k)) {
             return self.metrics.drop(DropReason::BadFact);
         }
-        if let Some(at) = self.consensus.asked.get(&(vote.prestate, vote.ballot)).copied() {
-            if from != self.keys.id {
-                self.observe_rtt(from, self.now.mono.saturating_since(at));
-            }
-        }
         self.observe_votes(view.id, std::slice::from_ref(&vote));
         let Some(lead) = self.consensus.leads.get(&vote.prestate) else {
             return;
@@ -804,6 +839,17 @@ impl Peer {
             return self.metrics.drop(DropReason::BadFact);
         }
         let prestate = vote.prestate;
+        // Time the first answer of each voter to what we asked (only votes for it).
+        let first = !g.votes.contains_key(&from) && from != self.keys.id;
+        if let Some(at) = self
+            .consensus
+            .asked
+            .get(&(prestate, vote.ballot))
+            .copied()
+            .filter(|_| first)
+        {
+            self.observe_rtt(from, self.now.mono.saturating_since(at));
+        }
         let Some(Lead {
             phase: Phase::Votes(g), ..
         }) = self.consensus.leads.get_mut(&prestate)
@@ -875,13 +921,22 @@ impl Peer {
             if s.shares.len() < s.signers.len() {
                 continue;
             }
-            let signature = public
-                .as_ref()
-                .and_then(|public| frost::aggregate(&s.package, &s.shares, public).ok())
-                .and_then(|sig| sig.serialize().ok())
-                .and_then(|b| <[u8; 64]>::try_from(b).ok());
+            let Some(public) = public.as_ref() else { continue };
+            let signature = match frost::aggregate(&s.package, &s.shares, public) {
+                Ok(sig) => sig.serialize().ok().and_then(|b| <[u8; 64]>::try_from(b).ok()),
+                Err(e) => {
+                    // A bad share: this signing is lost (another may still finish), and
+                    // its signer is left out from now on.
+                    for c in e.culprits() {
+                        let i = super::authority_impl::identifier_number(&c);
+                        if let Some(d) = s.signers.get(&i) {
+                            g.culprits.insert(*d);
+                        }
+                    }
+                    None
+                }
+            };
             let Some(sig) = signature else {
-                // A bad share: this signing is lost, another one may still finish.
                 *signing = None;
                 continue;
             };
@@ -909,7 +964,7 @@ impl Peer {
         let t = view.threshold as usize;
         let voters: Vec<DeviceId> = std::iter::once(me)
             .chain(g.votes.keys().copied())
-            .filter(|d| g.votes.contains_key(d) && self.consensus.held.contains_key(d))
+            .filter(|d| g.votes.contains_key(d) && self.consensus.held.contains_key(d) && !g.culprits.contains(d))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -987,14 +1042,30 @@ impl Peer {
         let share = self.header_share(from, &vote, lamport, &commitments);
         let next = self.set_aside_nonce(from);
         if let Some(share) = share {
-            self.send_auth(from, AuthMsg::CommitShare { id, share, next });
+            let package = Self::package_digest(lamport, &commitments);
+            self.send_auth(
+                from,
+                AuthMsg::CommitShare {
+                    id,
+                    share,
+                    next,
+                    package,
+                },
+            );
         } else if let Some(next) = next {
             self.send_auth(from, AuthMsg::Nonce { commitment: next });
         }
     }
 
     /// A signer's share for the commit we sign after the votes.
-    pub(super) fn on_commit_share(&mut self, from: DeviceId, id: ConsensusId, share: Vec<u8>, next: Option<Vec<u8>>) {
+    pub(super) fn on_commit_share(
+        &mut self,
+        from: DeviceId,
+        id: ConsensusId,
+        share: Vec<u8>,
+        next: Option<Vec<u8>>,
+        package: [u8; 32],
+    ) {
         let Some(view) = self.my_authority().cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
@@ -1009,8 +1080,9 @@ impl Peer {
         let Some((prestate, g)) = found else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
-        if let Some(c) = g.cold.as_mut() {
-            Self::add_header_share(c, &view, from, &share);
+        match g.cold.as_mut() {
+            Some(c) if c.digest == package => Self::add_header_share(c, &view, from, &share),
+            _ => return, // for a package given up
         }
         self.try_finish(&view, prestate);
     }
@@ -1116,6 +1188,16 @@ impl Peer {
                 self.consensus.open.remove(&prestate);
                 continue;
             }
+            if self.replan_signing(&view, prestate) {
+                // We hold a quorum of votes: what is late is the signing, so that is what
+                // starts again (a new ballot would throw the votes away).
+                let wait = self.fallback_after(&view, open_ballot(&self.consensus.open, &prestate));
+                if let Some(o) = self.consensus.open.get_mut(&prestate) {
+                    o.deadline = now.saturating_add(wait);
+                }
+                continue;
+            }
+            let open = self.consensus.open.get(&prestate).expect("listed");
             let promised = self.consensus.ballots.slot(&prestate).map_or(0, |s| s.promised);
             let next = open.ballot.max(promised).saturating_add(1).min(MAX_BALLOT);
             let wait = self.fallback_after(&view, next);
@@ -1127,6 +1209,37 @@ impl Peer {
                 self.start_ballot(&view, prestate, next);
             }
         }
+    }
+
+    /// When the ballot we gather from `prestate` has its votes but no signature yet:
+    /// gives up the signing under way and plans a new one (other signers, fresh nonces).
+    fn replan_signing(&mut self, view: &AuthorityView, prestate: Hash32) -> bool {
+        let Some(Lead {
+            ballot,
+            phase: Phase::Votes(g),
+            ..
+        }) = self.consensus.leads.get_mut(&prestate)
+        else {
+            return false;
+        };
+        let needed = match *ballot {
+            0 => fast_quorum(view.members.len(), view.threshold),
+            _ => quorum(view.members.len(), view.threshold),
+        };
+        if g.done || g.votes.len() < needed {
+            return false;
+        }
+        // The signers that did not answer are the likely reason.
+        for s in [g.warm.take(), g.cold.take()].into_iter().flatten() {
+            let answered: BTreeSet<u16> = s.shares.keys().map(super::authority_impl::identifier_number).collect();
+            for (i, d) in &s.signers {
+                if !answered.contains(i) && *d != self.keys.id {
+                    g.culprits.insert(*d);
+                }
+            }
+        }
+        self.try_finish(view, prestate);
+        true
     }
 
     /// Runs fallback ballot `ballot` from `prestate`: our own promise first (durable

@@ -173,6 +173,7 @@ fn generate_seed_corpus() {
                 id: proposal.id,
                 share: vec![4; 32],
                 next: None,
+                package: [6; 32],
             },
             AuthMsg::Accept { ballot: 3, proposal },
         ] {
