@@ -146,21 +146,22 @@ fn paired_records() -> &'static (Vec<Record>, Vec<Record>) {
     })
 }
 
+/// The fixture device whose secret is all ones, restored from `records` at time 0.
+fn device_one(records: &[Record], seed: [u8; 32]) -> Peer {
+    let durable = Durable {
+        secret: DeviceSecret::from_bytes([1; 32]),
+        records: records.to_vec(),
+    };
+    Peer::restore(Config::default(), durable, seed, Now::from_parts(0, UNIX0))
+}
+
 /// A paired peer fed arbitrary datagrams (and timeouts): it must never panic, and every
 /// datagram that produced no event must be counted (as a drop or as handled traffic).
 pub fn peer_datagrams(data: &[u8]) {
     let (ra, _) = paired_records();
     let mut now_ns = 0u64;
     let now = |ns: u64| Now::from_parts(ns, UNIX0 + ns / 1_000_000);
-    let mut a = Peer::restore(
-        Config::default(),
-        Durable {
-            secret: DeviceSecret::from_bytes([1; 32]),
-            records: ra.clone(),
-        },
-        [21; 32],
-        now(0),
-    );
+    let mut a = device_one(ra, [21; 32]);
     while a.poll_output().is_some() {}
     // Input format: repeated [len_hi, len_lo, op, bytes...]; op 0 = datagram, 1 = timeout.
     let mut rest = data;
@@ -281,4 +282,177 @@ fn fact_id(i: u64) -> aura_proto::journal::FactId {
         );
     }
     aura_proto::journal::FactId(b)
+}
+
+fn mini_now() -> Now {
+    Now::from_parts(0, UNIX0)
+}
+
+/// Three peers on an instant network (for building fixtures).
+struct Mini {
+    peers: Vec<Peer>,
+    wire: std::collections::VecDeque<(usize, usize, Vec<u8>)>,
+    records: Vec<Record>,
+    code: Option<String>,
+    created: usize,
+}
+
+impl Mini {
+    fn pump(&mut self, i: usize) {
+        while let Some(o) = self.peers[i].poll_output() {
+            match o {
+                Output::Persist { ticket, record } => {
+                    if i == 0 {
+                        self.records.push(record);
+                    }
+                    self.peers[i]
+                        .handle_input(mini_now(), Input::PersistDone(ticket))
+                        .unwrap();
+                }
+                Output::Transmit { to, bytes } => {
+                    if let Some(j) = to.strip_prefix('n').and_then(|s| s.parse::<usize>().ok()) {
+                        self.wire.push_back((i, j, bytes));
+                    }
+                }
+                Output::Event(Event::InviteCreated { code, .. }) => self.code = Some(code),
+                Output::Event(Event::AuthorityCreated { .. }) => self.created += 1,
+                Output::Event(_) | Output::Egress(_) => {}
+            }
+        }
+    }
+
+    fn cmd(&mut self, i: usize, c: Command) {
+        self.peers[i].handle_input(mini_now(), Input::Command(c)).unwrap();
+        self.pump(i);
+    }
+
+    fn run(&mut self) {
+        while let Some((from, to, bytes)) = self.wire.pop_front() {
+            if to < self.peers.len() {
+                let from = format!("n{from}");
+                self.peers[to]
+                    .handle_input(mini_now(), Input::Datagram { from, bytes })
+                    .unwrap();
+                self.pump(to);
+            }
+        }
+    }
+}
+
+/// A 2-of-3 authority formed on an instant network (computed once): the durable records
+/// of device 0, and the three device ids.
+fn authority_fixture() -> &'static (Vec<Record>, Vec<aura_proto::DeviceId>) {
+    static F: OnceLock<(Vec<Record>, Vec<aura_proto::DeviceId>)> = OnceLock::new();
+    F.get_or_init(|| {
+        let peers = (0..3u8)
+            .map(|i| {
+                Peer::new(
+                    Config::default(),
+                    DeviceSecret::from_bytes([i + 1; 32]),
+                    [i + 31; 32],
+                    mini_now(),
+                )
+            })
+            .collect();
+        let mut m = Mini {
+            peers,
+            wire: Default::default(),
+            records: Vec::new(),
+            code: None,
+            created: 0,
+        };
+        for j in 1..3 {
+            m.cmd(
+                0,
+                Command::CreateInvite {
+                    valid_for: Duration::from_secs(3600),
+                    addr_hint: "n0".into(),
+                },
+            );
+            let code = m.code.take().expect("an invitation");
+            m.cmd(j, Command::Join { code });
+            m.run();
+        }
+        let devices = vec![m.peers[1].id(), m.peers[2].id()];
+        m.cmd(0, Command::CreateAuthority { devices, threshold: 2 });
+        m.run();
+        assert_eq!(m.created, 3, "fixture authority not formed");
+        (m.records, m.peers.iter().map(|p| p.id()).collect())
+    })
+}
+
+/// Device 0 of a 2-of-3 authority fed arbitrary sub-protocol messages (consensus,
+/// signing, sync) as if they came, authenticated, from its co-members or a stranger, with
+/// timeouts in between: it must never panic or send an oversized datagram.
+///
+/// Input: repeated [who, len_hi, len_lo, bytes...]; `who` % 4 picks device 1, device 2,
+/// a stranger, or (3) a timeout `len_lo` x 50 ms later with no bytes.
+pub fn consensus_messages(data: &[u8]) {
+    let (records, ids) = authority_fixture();
+    let mut now_ns = 0u64;
+    let now = |ns: u64| Now::from_parts(ns, UNIX0 + ns / 1_000_000);
+    let mut a = device_one(records, [41; 32]);
+    let stranger = aura_proto::DeviceId([7; 32]);
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let (who, len) = (rest[0] % 4, u16::from_be_bytes([rest[1], rest[2]]) as usize);
+        rest = &rest[3..];
+        if who == 3 {
+            now_ns += (len as u64 & 0xff) * 50_000_000;
+            a.handle_input(now(now_ns), Input::Timeout).unwrap();
+        } else {
+            let take = len.min(rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
+            let from = [ids[1], ids[2], stranger][who as usize];
+            aura_proto::fuzzing::deliver_proto(&mut a, now(now_ns), from, aura_proto::journal::ContextId::OWN, chunk);
+        }
+        while let Some(o) = a.poll_output() {
+            match o {
+                Output::Transmit { bytes, .. } => assert!(bytes.len() <= wire::MAX_DATAGRAM),
+                Output::Persist { ticket, .. } => a.handle_input(now(now_ns), Input::PersistDone(ticket)).unwrap(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Seeds for `consensus_messages`: consensus messages that reach deep into the handlers
+/// (a proposal from device 1 for device 0's real state, a prepare from the owner of
+/// ballot 1, a promise and a vote), each framed as the target reads them.
+pub fn consensus_seeds() -> Vec<Vec<u8>> {
+    use aura_proto::authority::{AuthMsg, AuthorityView};
+    use aura_proto::consensus::{consensus_id, coordinator, op_hash, Proposal};
+    let (records, ids) = authority_fixture();
+    let a = device_one(records, [41; 32]);
+    let view: &AuthorityView = a.authority().expect("the fixture's authority");
+    let prestate = view.prestate();
+    let members: std::collections::BTreeSet<_> = view.members.keys().copied().collect();
+    let owner = coordinator(&members, &prestate, 1).unwrap();
+    let who = |d: aura_proto::DeviceId| ids.iter().position(|x| *x == d).unwrap_or(2).min(2) as u8;
+    let op = wire::encode(&aura_proto::journal::TreeOpKind::ChangeThreshold(2));
+    let proposal = Proposal {
+        id: consensus_id(&prestate, &op_hash(&op), &[3; 32]),
+        prestate,
+        op,
+        nonce: [3; 32],
+        proposer: ids[1],
+    };
+    let frame = |who: u8, m: &AuthMsg| {
+        let b = wire::encode(m);
+        let mut out = vec![who];
+        out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        out.extend_from_slice(&b);
+        out
+    };
+    let tick = [3u8, 0, 10];
+    let propose = frame(0, &AuthMsg::Propose(proposal.clone()));
+    let prepare = frame(who(owner).saturating_sub(1), &AuthMsg::Prepare { prestate, ballot: 1 });
+    let accept = frame(who(owner).saturating_sub(1), &AuthMsg::Accept { ballot: 1, proposal });
+    vec![
+        propose.clone(),
+        [propose.clone(), tick.to_vec(), prepare.clone()].concat(),
+        [prepare, accept, tick.to_vec(), tick.to_vec()].concat(),
+        [propose, tick.to_vec(), tick.to_vec(), tick.to_vec()].concat(),
+    ]
 }

@@ -28,3 +28,8 @@ fn peer_datagrams_corpus() {
 fn sim_corpus() {
     replay("sim", aura_fuzz::sim);
 }
+
+#[test]
+fn consensus_messages_corpus() {
+    replay("consensus_messages", aura_fuzz::consensus_messages);
+}

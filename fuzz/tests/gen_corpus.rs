@@ -180,6 +180,10 @@ fn generate_seed_corpus() {
             write("frame_decode", &wire::encode(&m));
         }
     }
+    for seed in aura_fuzz::consensus_seeds() {
+        write("consensus_messages", &seed);
+    }
+    write("consensus_messages", b"");
     write("frame_decode", b"");
     write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
     write("peer_datagrams", b"");
