@@ -116,6 +116,13 @@ impl AuthorityView {
                 }
                 return;
             }
+            FactBody::HiddenVote(h) => {
+                let voter = self.members.get(&h.vote.voter).map(|m| m.cert.signing);
+                if let Some(Ok(d)) = voter.map(|k| h.check(&k)) {
+                    self.equivocators.insert(d);
+                }
+                return;
+            }
             _ => return,
         };
         match outcome {
@@ -422,6 +429,8 @@ pub enum AuthMsg {
         ballot: u32,
         /// The highest vote cast from the prestate, with its proposal.
         last: Option<(crate::consensus::Vote, crate::consensus::Proposal)>,
+        /// The same, signed by the witness (a promise that hid a vote is provable).
+        cert: crate::consensus::PromiseCert,
     },
     /// Fallback coordinator → members: vote at `ballot` for this instance (the one the
     /// promises forced, or any if none did).

@@ -43,6 +43,7 @@ const CTX_ID: &str = "aura 2026-12 consensus instance id";
 const CTX_OP: &str = "aura 2026-12 consensus operation";
 const CTX_VOTE: &str = "aura 2026-12 consensus vote";
 const CTX_BATCH: &str = "aura 2026-12 consensus vote batch blinding";
+const CTX_PROMISE: &str = "aura 2026-12 consensus promise";
 
 /// Identifies one instance: `H(prestate, op, nonce)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -259,6 +260,111 @@ impl Equivocation {
             return Err(EquivocationError::BadSignature);
         }
         Ok(a.voter)
+    }
+}
+
+/// A witness's signed promise: from `prestate` it votes at no ballot below `ballot`, and
+/// its highest vote so far is `last` (ballot and instance), or it has none. Signed, so
+/// that a promise hiding a vote is provable ([`HiddenVote`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PromiseCert {
+    /// The prestate.
+    pub prestate: Hash32,
+    /// The ballot promised.
+    pub ballot: u32,
+    /// The highest vote cast from the prestate: (ballot, instance).
+    pub last: Option<(u32, ConsensusId)>,
+    /// The witness.
+    pub voter: DeviceId,
+    /// The witness's device signature over all of the above.
+    pub sig: Sig64,
+}
+
+#[derive(Serialize)]
+struct PromiseBody<'a> {
+    prestate: &'a Hash32,
+    ballot: u32,
+    last: &'a Option<(u32, ConsensusId)>,
+    voter: &'a DeviceId,
+}
+
+impl PromiseCert {
+    fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = CTX_PROMISE.as_bytes().to_vec();
+        out.extend_from_slice(&wire::encode(&PromiseBody {
+            prestate: &self.prestate,
+            ballot: self.ballot,
+            last: &self.last,
+            voter: &self.voter,
+        }));
+        out
+    }
+
+    /// Signs a promise of `ballot` from `prestate` reporting `last` as the highest vote.
+    pub fn sign(
+        keys: &DeviceKeys,
+        rng: &mut PeerRng,
+        prestate: Hash32,
+        ballot: u32,
+        last: Option<&Vote>,
+    ) -> PromiseCert {
+        let mut c = PromiseCert {
+            prestate,
+            ballot,
+            last: last.map(|v| (v.ballot, v.id)),
+            voter: keys.id,
+            sig: Sig64([0; 64]),
+        };
+        c.sig = Sig64(keys.sign(rng, &c.signing_bytes()));
+        c
+    }
+
+    /// Whether the signature verifies under the witness's signing key `key`.
+    pub fn verify(&self, key: &[u8; 32]) -> bool {
+        schnorr_ok(key, &self.signing_bytes(), &self.sig)
+    }
+
+    /// Whether `vote` shows this promise hid a vote: the same witness and prestate, cast
+    /// below the ballot promised (so before the promise: a witness never votes below a
+    /// ballot it promised) and above the vote reported, or beside it at its ballot.
+    pub fn hides(&self, vote: &Vote) -> bool {
+        vote.voter == self.voter
+            && vote.prestate == self.prestate
+            && vote.ballot < self.ballot
+            && match self.last {
+                None => true,
+                Some((b, id)) => vote.ballot > b || (vote.ballot == b && vote.id != id),
+            }
+    }
+}
+
+/// Proof that a member promised a ballot while hiding a vote it had cast from that
+/// prestate: what a faulty member does to let a fallback ballot override an instance that
+/// may have committed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HiddenVote {
+    /// The signed promise.
+    pub promise: PromiseCert,
+    /// The vote it did not report.
+    pub vote: Vote,
+}
+
+impl HiddenVote {
+    /// Checks the proof with the witness's signing key; returns the witness.
+    pub fn check(&self, key: &[u8; 32]) -> Result<DeviceId, EquivocationError> {
+        if self.promise.voter != self.vote.voter {
+            return Err(EquivocationError::DifferentVoters);
+        }
+        if self.promise.prestate != self.vote.prestate {
+            return Err(EquivocationError::DifferentPrestates);
+        }
+        if !self.promise.hides(&self.vote) {
+            return Err(EquivocationError::DifferentBallots);
+        }
+        if !self.promise.verify(key) || !self.vote.verify(key) {
+            return Err(EquivocationError::BadSignature);
+        }
+        Ok(self.vote.voter)
     }
 }
 

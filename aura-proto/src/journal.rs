@@ -267,6 +267,10 @@ pub enum FactBody {
     /// (device-signed by the member that noticed). Every device that knows it stops
     /// counting the equivocator in consensus.
     Equivocation(crate::consensus::Equivocation),
+    /// Proof that a member promised a fallback ballot while hiding a vote it had cast
+    /// (device-signed by the member that noticed); the same consequence as an
+    /// equivocation.
+    HiddenVote(crate::consensus::HiddenVote),
 }
 
 impl FactBody {
@@ -282,6 +286,7 @@ impl FactBody {
             FactBody::Note(_) => "note",
             FactBody::Commit(_) => "commit",
             FactBody::Equivocation(_) => "equivocation",
+            FactBody::HiddenVote(_) => "hidden-vote",
         }
     }
 }
@@ -467,7 +472,7 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
             let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
         }
-        (FactBody::Equivocation(_), FactSig::Device(sig)) => {
+        (FactBody::Equivocation(_) | FactBody::HiddenVote(_), FactSig::Device(sig)) => {
             // Checked against the voter's key where it is applied (the voter must be a
             // member there); here only the reporter.
             if !matches!(ns, Namespace::Authority(_)) {

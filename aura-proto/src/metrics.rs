@@ -128,6 +128,8 @@ pub struct Metrics {
     pub consensus_fallbacks: u64,
     /// Equivocation proofs this device found and wrote.
     pub equivocations: u64,
+    /// Proofs of promises that hid a vote this device found and wrote.
+    pub hidden_votes: u64,
     /// Commits this device had signed with shares that came with the votes (one round
     /// trip), after the votes (two), and by the general signing session (three).
     pub commits_warm: u64,

@@ -284,7 +284,12 @@ impl Peer {
             AuthMsg::Voted { vote } => self.on_voted(from, vote),
             AuthMsg::Refused { id, refusal } => self.on_refused(from, id, refusal),
             AuthMsg::Prepare { prestate, ballot } => self.on_prepare(from, prestate, ballot),
-            AuthMsg::Promise { prestate, ballot, last } => self.on_promise(from, prestate, ballot, last),
+            AuthMsg::Promise {
+                prestate,
+                ballot,
+                last,
+                cert,
+            } => self.on_promise(from, prestate, ballot, last, cert),
             AuthMsg::Accept { ballot, proposal } => self.on_accept_ballot(from, ballot, proposal, None),
             AuthMsg::AcceptSigned {
                 ballot,
@@ -995,6 +1000,7 @@ impl Peer {
             // are device-signed, never group-signed.
             FactBody::TreeOp(_)
             | FactBody::Equivocation(_)
+            | FactBody::HiddenVote(_)
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
             | FactBody::ContextAccept(_)
@@ -1409,7 +1415,7 @@ impl Peer {
         let is_genesis = matches!(fact.body, FactBody::Genesis(_));
         let kind = if matches!(
             fact.body,
-            FactBody::TreeOp(_) | FactBody::Commit(_) | FactBody::Equivocation(_)
+            FactBody::TreeOp(_) | FactBody::Commit(_) | FactBody::Equivocation(_) | FactBody::HiddenVote(_)
         ) {
             Kind::TreeOp
         } else {

@@ -23,6 +23,8 @@
 //! Equivocation: every vote this device sees (in votes, promises, refusals and commits)
 //! is kept per (prestate, ballot, voter) while the prestate is open; two for different
 //! instances become a `FactBody::Equivocation` proof, written and pushed to every member.
+//! Promises are signed too: a vote of a witness below a ballot it promised and above the
+//! vote that promise reported proves the promise hid it (`FactBody::HiddenVote`).
 //! Once a proof is in the view, the equivocator is excluded: its proposals, prepares,
 //! accepts, votes and promises are ignored, and a gatherer leaves its votes out.
 //!
@@ -168,6 +170,9 @@ pub(super) struct ConsensusState {
     seen: BTreeMap<(Hash32, u32, DeviceId), Vote>,
     /// Equivocators this device wrote a proof against (one proof each is enough).
     reported: BTreeSet<DeviceId>,
+    /// The latest signed promise of each witness, by (prestate, witness), for prestates
+    /// open here.
+    promises: BTreeMap<(Hash32, DeviceId), crate::consensus::PromiseCert>,
     /// Simulation of a faulty member (`fuzzing::equivocate`): vote for every instance at
     /// the fast ballot, ignoring the witness rules. Never set outside tests.
     pub(super) equivocate: bool,
@@ -206,9 +211,17 @@ impl Peer {
         }
         let op = wire::encode(&kind);
         let prestate = view.prestate();
-        // While an instance from this prestate is open, it is the one to finish (a second
-        // would compete for the same votes and delay both).
-        if self.consensus.open.contains_key(&prestate) || self.consensus.ballots.slot(&prestate).is_some() {
+        // While an instance from this prestate is known here, it is the one to finish (a
+        // second would compete for the same votes and delay both). Having voted or
+        // promised from it is no reason to wait when no instance is known (its proposal
+        // may have come from a device now excluded, or been lost with a restart): a
+        // fallback ballot will still finish whatever may have been agreed.
+        let known = self
+            .consensus
+            .proposals
+            .values()
+            .any(|s| s.proposal.prestate == prestate);
+        if known && self.consensus.open.contains_key(&prestate) {
             return Err(CommandError::Busy);
         }
         let nonce = self.rng.bytes32();
@@ -649,6 +662,12 @@ impl Peer {
     /// we are the coordinator, send the prepare requests.
     pub(super) fn promise_durable(&mut self, prestate: Hash32, ballot: u32, to: Option<DeviceId>) {
         self.consensus.writing_promises.remove(&(prestate, ballot));
+        if self.my_authority().is_none_or(|v| v.prestate() != prestate) {
+            // The state moved on while the promise was being written (a commit from it
+            // applied, and what we voted from it is forgotten): the ballot is moot, and a
+            // promise now could not report our votes truthfully.
+            return;
+        }
         if self.consensus.writing_votes.iter().any(|(p, _)| *p == prestate) {
             // Our newest vote is not durable yet: no promise that reports (or hides) it;
             // the coordinator's ballot times out and a later one asks again.
@@ -679,11 +698,33 @@ impl Peer {
                 None => return,
             },
         };
-        self.send_auth(to, AuthMsg::Promise { prestate, ballot, last });
+        let cert = crate::consensus::PromiseCert::sign(
+            &self.keys,
+            &mut self.rng,
+            prestate,
+            ballot,
+            last.as_ref().map(|(v, _)| v),
+        );
+        self.send_auth(
+            to,
+            AuthMsg::Promise {
+                prestate,
+                ballot,
+                last,
+                cert,
+            },
+        );
     }
 
     /// The coordinator of `ballot` receives a promise.
-    pub(super) fn on_promise(&mut self, from: DeviceId, prestate: Hash32, ballot: u32, last: Option<(Vote, Proposal)>) {
+    pub(super) fn on_promise(
+        &mut self,
+        from: DeviceId,
+        prestate: Hash32,
+        ballot: u32,
+        last: Option<(Vote, Proposal)>,
+        cert: crate::consensus::PromiseCert,
+    ) {
         let Some(lead) = self.consensus.leads.get(&prestate) else {
             return self.metrics.drop(DropReason::UnknownSession);
         };
@@ -699,6 +740,14 @@ impl Peer {
         if view.equivocators.contains(&from) {
             return; // its word counts for nothing: as if it did not answer
         }
+        // The signed promise must say what the message says; it is kept, and any vote of
+        // this witness it hid (seen before or after) proves the witness lied.
+        let says = last.as_ref().map(|(v, _)| (v.ballot, v.id));
+        let consistent = cert.voter == from && cert.prestate == prestate && cert.ballot == ballot && cert.last == says;
+        if !consistent || !cert.verify(&member.cert.signing) {
+            return self.metrics.drop(DropReason::BadFact);
+        }
+        self.check_promise(view.id, cert);
         let report = match last {
             None => None,
             Some((v, p)) => {
@@ -1275,7 +1324,66 @@ impl Peer {
         c.leads.remove(prestate);
         c.proposals.retain(|_, s| s.proposal.prestate != *prestate);
         c.seen.retain(|(p, _, _), _| p != prestate);
+        c.promises.retain(|(p, _), _| p != prestate);
         c.asked.retain(|(p, _), _| p != prestate);
+    }
+
+    /// Keeps a witness's signed promise and checks it against the votes of that witness
+    /// seen so far.
+    fn check_promise(&mut self, authority: AuthorityId, cert: crate::consensus::PromiseCert) {
+        let hidden: Vec<Vote> = self
+            .consensus
+            .seen
+            .range((cert.prestate, 0, DeviceId([0; 32]))..=(cert.prestate, u32::MAX, DeviceId([0xff; 32])))
+            .filter(|((_, _, d), v)| *d == cert.voter && cert.hides(v))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let key = (cert.prestate, cert.voter);
+        let keep = self.consensus.promises.get(&key).is_none_or(|c| c.ballot < cert.ballot);
+        if keep && self.consensus.promises.len() < MAX_SEEN {
+            self.consensus.promises.insert(key, cert.clone());
+        }
+        for vote in hidden {
+            let proof = crate::consensus::HiddenVote {
+                promise: cert.clone(),
+                vote,
+            };
+            self.report_misbehaviour(authority, FactBody::HiddenVote(proof));
+        }
+    }
+
+    /// Writes a proof against a member (an equivocation or a hidden vote) once per
+    /// member, pushed to every member, if it checks against the member's key.
+    fn report_misbehaviour(&mut self, authority: AuthorityId, body: FactBody) {
+        let Some(view) = self.views.0.get(&authority) else {
+            return;
+        };
+        let (voter, valid) = match &body {
+            FactBody::Equivocation(e) => (
+                e.first.voter,
+                view.members
+                    .get(&e.first.voter)
+                    .map(|m| e.check(&m.cert.signing).is_ok()),
+            ),
+            FactBody::HiddenVote(h) => (
+                h.vote.voter,
+                view.members
+                    .get(&h.vote.voter)
+                    .map(|m| h.check(&m.cert.signing).is_ok()),
+            ),
+            _ => return,
+        };
+        if valid != Some(true) || view.equivocators.contains(&voter) || !self.consensus.reported.insert(voter) {
+            return;
+        }
+        match &body {
+            FactBody::HiddenVote(_) => self.metrics.hidden_votes += 1,
+            _ => self.metrics.equivocations += 1,
+        }
+        let me = self.keys.id;
+        let others = view.members.keys().copied().filter(|d| *d != me).collect();
+        let fact = self.device_fact(Namespace::Authority(authority), body, &[]);
+        self.record_facts(vec![fact], Some(others));
     }
 
     /// Checks votes of members of `authority` against those seen before; two for
@@ -1318,15 +1426,23 @@ impl Peer {
                 }
                 continue;
             }
-            if view.equivocators.contains(&voter) || !self.consensus.reported.insert(voter) {
-                continue;
+            self.report_misbehaviour(authority, FactBody::Equivocation(e));
+        }
+        // A vote that a promise of its voter hid.
+        for v in votes {
+            let hid = self
+                .consensus
+                .promises
+                .get(&(v.prestate, v.voter))
+                .filter(|c| c.hides(v))
+                .cloned();
+            if let Some(promise) = hid {
+                let proof = crate::consensus::HiddenVote {
+                    promise,
+                    vote: v.clone(),
+                };
+                self.report_misbehaviour(authority, FactBody::HiddenVote(proof));
             }
-            self.metrics.equivocations += 1;
-            let ns = Namespace::Authority(authority);
-            let fact = self.device_fact(ns, FactBody::Equivocation(e), &[]);
-            let me = self.keys.id;
-            let others = view.members.keys().copied().filter(|d| *d != me).collect();
-            self.record_facts(vec![fact], Some(others));
         }
     }
 

@@ -719,3 +719,48 @@ fn two_facts_of_one_instance_lead_to_the_same_state() {
         assert_eq!((v.epoch, v.members.len()), (2, 4));
     }
 }
+
+#[test]
+fn a_signed_promise_that_hid_a_vote_is_provable() {
+    let g = Group::new(3, 2, 37);
+    let mut rng = PeerRng::from_seed([12; 32]);
+    let (a, b) = (proposal(b"a", 1, g.keys[0].id), proposal(b"b", 2, g.keys[1].id));
+    let w = &g.keys[2];
+    let key = w.cert.signing;
+    let fast_a = Vote::sign(w, &mut rng, &a, 0);
+    let at_two = Vote::sign(w, &mut rng, &b, 2);
+    // An honest promise of ballot 3 reports the highest vote (b at 2): nothing is hidden.
+    let honest = PromiseCert::sign(w, &mut rng, PRESTATE, 3, Some(&at_two));
+    assert!(honest.verify(&key));
+    assert!(!honest.hides(&fast_a) && !honest.hides(&at_two));
+    // A promise of ballot 3 claiming no vote hides both; one reporting only the fast
+    // vote hides the later one; none hides a vote at or above the ballot promised.
+    let none = PromiseCert::sign(w, &mut rng, PRESTATE, 3, None);
+    assert!(none.hides(&fast_a) && none.hides(&at_two));
+    let partial = PromiseCert::sign(w, &mut rng, PRESTATE, 3, Some(&fast_a));
+    assert!(!partial.hides(&fast_a) && partial.hides(&at_two));
+    let later = Vote::sign(w, &mut rng, &b, 3);
+    assert!(!none.hides(&later));
+    // A second vote at the reported ballot is hidden too (it is also an equivocation).
+    let other_fast = Vote::sign(w, &mut rng, &b, 0);
+    assert!(partial.hides(&other_fast));
+    // As a proof: checks out for the liar only, and only with valid signatures.
+    let proof = HiddenVote {
+        promise: none.clone(),
+        vote: at_two.clone(),
+    };
+    assert_eq!(proof.check(&key), Ok(w.id));
+    let honest_proof = HiddenVote {
+        promise: honest,
+        vote: at_two.clone(),
+    };
+    assert!(honest_proof.check(&key).is_err());
+    let mut forged = proof.clone();
+    forged.promise.sig.0[3] ^= 1;
+    assert_eq!(forged.check(&key), Err(EquivocationError::BadSignature));
+    let elsewhere = HiddenVote {
+        promise: none,
+        vote: Vote::sign(&g.keys[1], &mut rng, &b, 2),
+    };
+    assert_eq!(elsewhere.check(&key), Err(EquivocationError::DifferentVoters));
+}

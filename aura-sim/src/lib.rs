@@ -1063,6 +1063,7 @@ impl World {
                 ("commit-warm", m.commits_warm),
                 ("commit-cold", m.commits_cold),
                 ("commit-session", m.commits_session),
+                ("hidden-vote-proven", m.hidden_votes),
             ] {
                 if c > 0 {
                     *self.stats.coverage.entry(mark.into()).or_default() += c;

@@ -157,6 +157,13 @@ fn generate_seed_corpus() {
                 prestate: [3; 32],
                 ballot: 3,
                 last: Some((vote.clone(), proposal.clone())),
+                cert: aura_proto::consensus::PromiseCert {
+                    prestate: [3; 32],
+                    ballot: 3,
+                    last: Some((vote.ballot, vote.id)),
+                    voter: vote.voter,
+                    sig: aura_proto::journal::Sig64([8; 64]),
+                },
             },
             AuthMsg::AcceptSigned {
                 ballot: 3,
