@@ -1339,43 +1339,51 @@ impl Peer {
             .map(|(_, v)| v.clone())
             .collect();
         let key = (cert.prestate, cert.voter);
-        let keep = self.consensus.promises.get(&key).is_none_or(|c| c.ballot < cert.ballot);
-        if keep && self.consensus.promises.len() < MAX_SEEN {
+        let known = self.consensus.promises.get(&key);
+        let keep = known.is_none_or(|c| c.ballot < cert.ballot);
+        if keep && (known.is_some() || self.consensus.promises.len() < MAX_SEEN) {
             self.consensus.promises.insert(key, cert.clone());
         }
+        // Kept votes are unchecked: try them until one proof holds (each try checks two
+        // signatures, and a member already proven costs none).
         for vote in hidden {
             let proof = crate::consensus::HiddenVote {
                 promise: cert.clone(),
                 vote,
             };
-            self.report_misbehaviour(authority, FactBody::HiddenVote(proof));
+            if self.report_misbehaviour(authority, FactBody::HiddenVote(proof)) {
+                break;
+            }
         }
     }
 
     /// Writes a proof against a member (an equivocation or a hidden vote) once per
     /// member, pushed to every member, if it checks against the member's key.
-    fn report_misbehaviour(&mut self, authority: AuthorityId, body: FactBody) {
+    fn report_misbehaviour(&mut self, authority: AuthorityId, body: FactBody) -> bool {
         let Some(view) = self.views.0.get(&authority) else {
-            return;
+            return false;
         };
-        let (voter, valid) = match &body {
-            FactBody::Equivocation(e) => (
-                e.first.voter,
-                view.members
-                    .get(&e.first.voter)
-                    .map(|m| e.check(&m.cert.signing).is_ok()),
-            ),
-            FactBody::HiddenVote(h) => (
-                h.vote.voter,
-                view.members
-                    .get(&h.vote.voter)
-                    .map(|m| h.check(&m.cert.signing).is_ok()),
-            ),
-            _ => return,
+        let voter = match &body {
+            FactBody::Equivocation(e) => e.first.voter,
+            FactBody::HiddenVote(h) => h.vote.voter,
+            _ => return false,
         };
-        if valid != Some(true) || view.equivocators.contains(&voter) || !self.consensus.reported.insert(voter) {
-            return;
+        // The cheap tests first: a member already proven costs no signature check.
+        let Some(key) = view.members.get(&voter).map(|m| m.cert.signing) else {
+            return false;
+        };
+        if view.equivocators.contains(&voter) || self.consensus.reported.contains(&voter) {
+            return false;
         }
+        let valid = match &body {
+            FactBody::Equivocation(e) => e.check(&key).is_ok(),
+            FactBody::HiddenVote(h) => h.check(&key).is_ok(),
+            _ => false,
+        };
+        if !valid {
+            return false;
+        }
+        self.consensus.reported.insert(voter);
         match &body {
             FactBody::HiddenVote(_) => self.metrics.hidden_votes += 1,
             _ => self.metrics.equivocations += 1,
@@ -1384,6 +1392,7 @@ impl Peer {
         let others = view.members.keys().copied().filter(|d| *d != me).collect();
         let fact = self.device_fact(Namespace::Authority(authority), body, &[]);
         self.record_facts(vec![fact], Some(others));
+        true
     }
 
     /// Checks votes of members of `authority` against those seen before; two for
@@ -1398,8 +1407,8 @@ impl Peer {
         let mut proofs = Vec::new();
         let current = view.prestate();
         for v in votes {
-            if v.prestate != current && !self.consensus.open.contains_key(&v.prestate) {
-                continue; // only prestates still open here are worth watching
+            if v.prestate != current && !self.consensus.open.contains_key(&v.prestate) || v.ballot > MAX_BALLOT {
+                continue; // only prestates still open here, and real ballots, are worth watching
             }
             let key = (v.prestate, v.ballot, v.voter);
             match self.consensus.seen.get(&key) {
