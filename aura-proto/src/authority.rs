@@ -53,6 +53,17 @@ pub struct AuthorityView {
     /// grow-only set that does not move the prestate; devices stop counting these in
     /// consensus, and removing them for good is a tree change like any other.
     pub equivocators: BTreeSet<DeviceId>,
+    /// The devices the genesis lists (they took part in the key generation).
+    pub founders: BTreeSet<DeviceId>,
+    /// The FROST identifier the next added device gets. Identifiers are never reused: a
+    /// device added under a removed device's identifier would be handed the removed
+    /// device's share.
+    pub next_identifier: u16,
+    /// Verifying share of every identifier ever given out: the genesis lists those of
+    /// the founders, and an added device's is the point of the same polynomial at its
+    /// identifier (interpolated from the founders'), so every member can check the
+    /// newcomer's signature shares without trusting anything it says.
+    pub verifying_shares: BTreeMap<u16, [u8; 32]>,
 }
 
 fn next_commitment(prev: &[u8; 32], fact: &FactId) -> [u8; 32] {
@@ -89,6 +100,15 @@ impl AuthorityView {
             commitment: next_commitment(&[0; 32], &gid),
             rejected: Vec::new(),
             equivocators: BTreeSet::new(),
+            founders: genesis.members.iter().map(|m| m.cert.id()).collect(),
+            next_identifier: genesis
+                .members
+                .iter()
+                .map(|m| m.identifier)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(1),
+            verifying_shares: genesis.verifying_shares.iter().copied().collect(),
         };
         for (fid, f) in journal.entries(&ns) {
             v.step(fid, f);
@@ -175,10 +195,15 @@ impl AuthorityView {
         match kind {
             TreeOpKind::AddDevice(m) => {
                 let Some(id) = m.cert.verify() else { return false };
-                if self.members.contains_key(&id) || self.members.values().any(|x| x.identifier == m.identifier) {
+                if self.members.contains_key(&id) || m.identifier != self.next_identifier || m.identifier == u16::MAX {
                     return false;
                 }
+                let Some(share) = self.share_at(m.identifier) else {
+                    return false;
+                };
+                self.verifying_shares.insert(m.identifier, share);
                 self.members.insert(id, m.clone());
+                self.next_identifier += 1;
                 true
             }
             TreeOpKind::RemoveDevice(d) => {
@@ -199,10 +224,55 @@ impl AuthorityView {
         }
     }
 
+    /// The verifying share of identifier `x`: interpolated from the first `key_threshold`
+    /// shares the genesis lists (any that many determine the polynomial).
+    pub fn share_at(&self, x: u16) -> Option<[u8; 32]> {
+        let basis: Vec<(u16, [u8; 32])> = self
+            .verifying_shares
+            .iter()
+            .take(self.key_threshold as usize)
+            .map(|(i, y)| (*i, *y))
+            .collect();
+        (basis.len() == self.key_threshold as usize)
+            .then(|| interpolate_share(&basis, x))
+            .flatten()
+    }
+
     /// Finds a member by FROST identifier.
     pub fn member_by_identifier(&self, identifier: u16) -> Option<(&DeviceId, &Member)> {
         self.members.iter().find(|(_, m)| m.identifier == identifier)
     }
+}
+
+/// The point at `x` of the polynomial (in the exponent) through `basis`, a set of
+/// (identifier, verifying share) pairs with distinct identifiers: Lagrange
+/// interpolation over the group. At `x = 0` it is the group key; at a newcomer's
+/// identifier, the verifying share its repaired share must match.
+pub fn interpolate_share(basis: &[(u16, [u8; 32])], x: u16) -> Option<[u8; 32]> {
+    use frost_ristretto255::{Field, Group, RistrettoGroup, RistrettoScalarField};
+    type F = RistrettoScalarField;
+    let scalar = |i: u16| {
+        let mut b = [0u8; 32];
+        b[..2].copy_from_slice(&i.to_le_bytes());
+        F::deserialize(&b).ok()
+    };
+    let xs = scalar(x)?;
+    let mut acc = RistrettoGroup::identity();
+    for (k, (i, y)) in basis.iter().enumerate() {
+        let xi = scalar(*i)?;
+        let (mut num, mut den) = (F::one(), F::one());
+        for (l, (j, _)) in basis.iter().enumerate() {
+            if l != k {
+                let xj = scalar(*j)?;
+                num *= xs - xj;
+                den *= xi - xj;
+            }
+        }
+        let lambda = num * F::invert(&den).ok()?;
+        let point = RistrettoGroup::deserialize(y).ok()?;
+        acc += point * lambda;
+    }
+    RistrettoGroup::serialize(&acc).ok()
 }
 
 /// Keys known from a set of reduced authorities.
@@ -498,6 +568,58 @@ pub enum AuthMsg {
         lamport: u64,
         /// (identifier, serialized `SigningCommitments`) of the signers, ascending.
         commitments: Vec<(u16, Vec<u8>)>,
+    },
+    /// Added device → a device it paired with: I am a member of `authority` by its
+    /// journal but hold no share; please have one made for me.
+    EnrollAsk {
+        /// The authority.
+        authority: AuthorityId,
+    },
+    /// Enroller → each helper: repair the share of `newcomer` together with these helpers.
+    EnrollStart {
+        /// Enrollment session.
+        session: [u8; 32],
+        /// The authority.
+        authority: AuthorityId,
+        /// The member that gets the share.
+        newcomer: DeviceId,
+        /// FROST identifiers of the helpers, ascending (at least the key threshold).
+        helpers: Vec<u16>,
+    },
+    /// Helper → helper: its part (a `Delta`) for the receiver, over their member link.
+    EnrollDelta {
+        /// Enrollment session.
+        session: [u8; 32],
+        /// Sender's identifier.
+        from: u16,
+        /// Serialized `Delta`.
+        delta: Vec<u8>,
+    },
+    /// Helper → enroller: the sum of the parts it received (a `Sigma`), HPKE-sealed to
+    /// the newcomer (the enroller cannot open it).
+    EnrollSigma {
+        /// Enrollment session.
+        session: [u8; 32],
+        /// Sender's identifier.
+        from: u16,
+        /// HPKE encapsulated key.
+        enc: [u8; 32],
+        /// Sealed `Sigma`.
+        sealed: Vec<u8>,
+    },
+    /// Enroller → newcomer: every helper's sealed sum; together they are its share.
+    Enroll {
+        /// Enrollment session.
+        session: [u8; 32],
+        /// The authority.
+        authority: AuthorityId,
+        /// (helper identifier, encapsulated key, sealed `Sigma`), ascending.
+        sigmas: Vec<(u16, [u8; 32], Vec<u8>)>,
+    },
+    /// Newcomer → enroller: the share is durable.
+    EnrollDone {
+        /// Enrollment session.
+        session: [u8; 32],
     },
 }
 

@@ -137,6 +137,12 @@ pub struct Metrics {
     pub commits_cold: u64,
     /// See `commits_warm`.
     pub commits_session: u64,
+    /// Enrollment: shares this device (as newcomer) assembled that did not match its
+    /// verifying share (a helper sent a wrong part), and enrollment attempts this device
+    /// (as enroller) started.
+    pub enroll_bad_shares: u64,
+    /// See `enroll_bad_shares`.
+    pub enroll_attempts: u64,
 }
 
 impl Metrics {

@@ -15,6 +15,8 @@ mod authority_impl;
 mod consensus_impl;
 #[path = "peer_context.rs"]
 mod context_impl;
+#[path = "peer_enroll.rs"]
+mod enroll_impl;
 #[path = "peer_guard.rs"]
 mod guard_impl;
 #[path = "peer_receipts.rs"]
@@ -218,6 +220,13 @@ pub enum Command {
     ChangeThreshold {
         /// The new threshold (2 ..= members).
         threshold: u16,
+    },
+    /// Have the authority agree (by consensus) to add a device this one paired with by
+    /// invitation; once the change applies, the device is given a share of the existing
+    /// key (`Event::DeviceEnrolled` here, `Event::AuthorityJoined` there).
+    AddDevice {
+        /// The device.
+        device: DeviceId,
     },
     /// Have the authority agree (by consensus) to remove a device (lost or revoked).
     RemoveDevice {
@@ -560,6 +569,26 @@ pub enum Event {
         /// The equivocator.
         device: DeviceId,
     },
+    /// A device added to our authority holds its share now (reported by the device that
+    /// enrolled it).
+    DeviceEnrolled {
+        /// The authority.
+        authority: AuthorityId,
+        /// The added device.
+        device: DeviceId,
+    },
+    /// This device was added to an authority and holds its share (durably): it is a
+    /// member now.
+    AuthorityJoined {
+        /// The authority.
+        authority: AuthorityId,
+        /// Group verifying key.
+        group_key: [u8; 32],
+        /// Signatures needed.
+        threshold: u16,
+        /// Number of members.
+        members: u16,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -694,6 +723,13 @@ enum Pending {
         epoch: u64,
         up_to: u64,
     },
+    /// An enrolled share is durable.
+    Enrolled {
+        authority: AuthorityId,
+        session: [u8; 32],
+        enroller: DeviceId,
+        share: Box<Share>,
+    },
     /// A fact is durable.
     FactDurable {
         fact: Box<Fact>,
@@ -807,6 +843,8 @@ pub struct Peer {
     sync: sync_impl::SyncState,
     /// Consensus: votes cast, proposals seen, attempts coordinated.
     consensus: consensus_impl::ConsensusState,
+    /// Enrollment of added devices.
+    enroll: enroll_impl::EnrollState,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -943,6 +981,7 @@ impl Peer {
             ctx_push: BTreeMap::new(),
             sync: Default::default(),
             consensus: Default::default(),
+            enroll: Default::default(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -962,6 +1001,7 @@ impl Peer {
         }
         // Every counter value up to the largest recorded may have been used.
         p.nonce_reserved = p.nonce_counter;
+        p.restored_enrollment();
         if p.my_authority().is_some_and(|v| p.shares.contains_key(&v.group_key)) {
             p.top_up_nonces();
         }
@@ -1350,6 +1390,7 @@ impl Peer {
             Command::ChangeThreshold { threshold } => {
                 self.propose_change(crate::journal::TreeOpKind::ChangeThreshold(threshold))
             }
+            Command::AddDevice { device } => self.add_device(device),
             Command::RemoveDevice { device } => self.propose_change(crate::journal::TreeOpKind::RemoveDevice(device)),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
@@ -2300,6 +2341,12 @@ impl Peer {
                 self.event(Event::CapabilityIssued { token });
             }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
+            Pending::Enrolled {
+                authority,
+                session,
+                enroller,
+                share,
+            } => self.enrolled(authority, session, enroller, *share),
             Pending::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Pending::Voted { vote, to, ask } => self.vote_durable(vote, to, ask),
             Pending::Promised { prestate, ballot, to } => self.promise_durable(prestate, ballot, to),

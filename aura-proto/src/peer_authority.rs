@@ -43,7 +43,7 @@ const GENESIS_POLL: Duration = Duration::from_secs(5);
 /// the key generation up.
 const GENESIS_ATTEMPTS: u32 = 3;
 const HPKE_INFO_DKG: &[u8] = b"aura dkg round2 v1";
-const HPKE_INFO_SECRET: &[u8] = b"aura authority secret v1";
+pub(super) const HPKE_INFO_SECRET: &[u8] = b"aura authority secret v1";
 const CTX_MEMBER_LINK_PSK: &str = "aura 2026-11 member link psk";
 
 /// A member's share of one authority key.
@@ -104,6 +104,8 @@ pub(crate) struct SignCoord {
     shares: BTreeMap<Identifier, SignatureShare>,
     purpose: SignPurpose,
     started: Instant,
+    /// Members whose signature shares failed to verify in an earlier attempt.
+    excluded: BTreeSet<DeviceId>,
 }
 
 /// A signing session this device takes part in.
@@ -297,6 +299,12 @@ impl Peer {
                 lamport,
                 commitments,
             } => self.on_accept_ballot(from, ballot, proposal, Some((lamport, commitments))),
+            m @ (AuthMsg::EnrollAsk { .. }
+            | AuthMsg::EnrollStart { .. }
+            | AuthMsg::EnrollDelta { .. }
+            | AuthMsg::EnrollSigma { .. }
+            | AuthMsg::Enroll { .. }
+            | AuthMsg::EnrollDone { .. }) => self.on_enroll(from, m),
         }
     }
 
@@ -724,7 +732,12 @@ impl Peer {
         };
         let session = o.session;
         let unsigned = genesis_unsigned(self.keys.id, genesis);
-        self.start_signing(group_key, unsigned, SignPurpose::Genesis { dkg: session });
+        self.start_signing(
+            group_key,
+            unsigned,
+            SignPurpose::Genesis { dkg: session },
+            BTreeSet::new(),
+        );
     }
 
     /// A member reports a key generation done after its session ended here (a restart on
@@ -898,13 +911,90 @@ impl Peer {
             author: self.keys.id,
             body: FactBody::Statement(statement),
         };
-        self.start_signing(view.group_key, fact, SignPurpose::Statement);
+        self.start_signing(view.group_key, fact, SignPurpose::Statement, BTreeSet::new());
         Ok(())
     }
 
     /// The authority this device is a member of (one per device for now).
     pub(super) fn my_authority(&self) -> Option<&AuthorityView> {
-        self.views.0.values().find(|v| v.members.contains_key(&self.keys.id))
+        self.views.0.values().find(|v| self.owns(v))
+    }
+
+    /// Whether `v` is this device's authority: it lists us, and either its genesis does
+    /// (we took part in its key generation) or we hold a share of its key (we were
+    /// enrolled). Anyone can write a journal whose later changes add our device (a
+    /// genesis signs itself, and so do the votes of devices it invents); being listed
+    /// alone must not make it ours, or a stranger could pick this device's authority.
+    pub(super) fn owns(&self, v: &AuthorityView) -> bool {
+        let me = self.keys.id;
+        v.members.contains_key(&me) && (v.founders.contains(&me) || self.shares.contains_key(&v.group_key))
+    }
+
+    /// Opens the authority secret sealed to us (once) and links with the other members.
+    pub(super) fn open_authority_secret(&mut self, id: crate::journal::AuthorityId) {
+        if self.auth_secrets.contains_key(&id) {
+            return;
+        }
+        let me = self.keys.id;
+        let ns = Namespace::Authority(id);
+        let Some(view) = self.views.0.get(&id) else { return };
+        // Sealed by a member (the founder that coordinated, or whoever enrolled us).
+        let opened = self.journal.facts(&ns).find_map(|f| match &f.body {
+            FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 && view.members.contains_key(&f.author) => {
+                hpke_open(self.keys.hpke_private(), &s.enc, &me.0, HPKE_INFO_SECRET, &s.ciphertext)
+            }
+            _ => None,
+        });
+        let Some(secret) = opened.and_then(|s| <[u8; 32]>::try_from(s).ok()) else {
+            return;
+        };
+        self.auth_secrets.insert(id, secret);
+        self.link_members(id);
+    }
+
+    /// Makes every member of our authority a peer we can open member links with.
+    fn link_members(&mut self, id: crate::journal::AuthorityId) {
+        let me = self.keys.id;
+        let (Some(view), Some(secret)) = (self.views.0.get(&id), self.auth_secrets.get(&id)) else {
+            return;
+        };
+        let mut linked = false;
+        for (d, m) in &view.members {
+            if *d == me || self.peers.contains_key(d) {
+                continue;
+            }
+            let p = PairedPeer {
+                id: *d,
+                cert: m.cert.clone(),
+                addr: m.addr.clone(),
+                link_psk: member_link_psk(secret, &me, d),
+                invite: [0; 32],
+            };
+            self.by_noise.insert(p.cert.noise, p.id);
+            self.peers.insert(p.id, p);
+            linked = true;
+        }
+        if linked && !self.restoring {
+            self.refresh_guard();
+        }
+    }
+
+    /// Our authority's members changed: link with new members, learn their verifying
+    /// shares, and hand the journal to a newcomer this device paired with.
+    fn member_view_changed(&mut self, id: crate::journal::AuthorityId, added: Vec<DeviceId>) {
+        self.link_members(id);
+        let Some(view) = self.views.0.get(&id) else { return };
+        if let Some(share) = self.shares.get_mut(&view.group_key) {
+            super::enroll_impl::extend_public(share, view);
+        }
+        if self.restoring {
+            return;
+        }
+        for d in added {
+            if self.peers.get(&d).is_some_and(|p| p.invite != [0; 32]) {
+                self.push_view_facts(id, d);
+            }
+        }
     }
 
     fn signing_members(&self, group_key: &[u8; 32]) -> Option<(u16, Vec<(DeviceId, u16)>)> {
@@ -924,13 +1014,20 @@ impl Peer {
         fact: UnsignedFact,
         instance: crate::consensus::ConsensusId,
     ) {
-        self.start_signing(group_key, fact, SignPurpose::Commit { instance });
+        self.start_signing(group_key, fact, SignPurpose::Commit { instance }, BTreeSet::new());
     }
 
-    fn start_signing(&mut self, group_key: [u8; 32], fact: UnsignedFact, purpose: SignPurpose) {
-        let Some((threshold, members)) = self.signing_members(&group_key) else {
+    fn start_signing(
+        &mut self,
+        group_key: [u8; 32],
+        fact: UnsignedFact,
+        purpose: SignPurpose,
+        excluded: BTreeSet<DeviceId>,
+    ) {
+        let Some((threshold, mut members)) = self.signing_members(&group_key) else {
             return;
         };
+        members.retain(|(d, _)| !excluded.contains(d));
         let session = self.rng.bytes32();
         let message = fact.signing_bytes();
         self.sign_coord.insert(
@@ -947,6 +1044,7 @@ impl Peer {
                 shares: BTreeMap::new(),
                 purpose,
                 started: self.now.mono,
+                excluded,
             },
         );
         // Ask ourselves and the threshold's worth of others first, preferring devices with a
@@ -1279,9 +1377,24 @@ impl Peer {
         let (pkg, _) = c.package.as_ref().expect("shares follow the package");
         let signature = match frost::aggregate(pkg, &c.shares, &share.public) {
             Ok(s) => s,
-            Err(_) => {
-                // A member sent a bad share; try again with a fresh session.
-                self.start_signing(c.group_key, c.fact, c.purpose);
+            Err(e) => {
+                // A member sent a bad share: try again without it. Without a culprit
+                // (the shares could not be checked at all) or with too few members
+                // left, another attempt would fail the same way at once.
+                let mut excluded = c.excluded.clone();
+                for id in e.culprits() {
+                    if let Some((d, _)) = c.members.iter().find(|(_, i)| ident(*i) == Some(id)) {
+                        excluded.insert(*d);
+                    }
+                }
+                let left = c.members.iter().filter(|(d, _)| !excluded.contains(d)).count();
+                if excluded.len() > c.excluded.len() && left >= c.threshold as usize {
+                    self.start_signing(c.group_key, c.fact, c.purpose, excluded);
+                } else if matches!(c.purpose, SignPurpose::Statement) {
+                    self.event(Event::SignFailed {
+                        reason: "members' signature shares did not verify".into(),
+                    });
+                }
                 return;
             }
         };
@@ -1462,8 +1575,17 @@ impl Peer {
         } else {
             self.views.0[&id].clone()
         };
-        let mine = view.members.contains_key(&self.keys.id);
+        let mine = self.owns(&view);
         let created = is_genesis && mine && !self.views.0.contains_key(&id);
+        let added: Vec<DeviceId> = match self.views.0.get(&id) {
+            Some(old) => view
+                .members
+                .keys()
+                .filter(|d| !old.members.contains_key(d))
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
         let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
         if let Some(c) = &commit {
             // Applied or not, its votes may show a member voting twice.
@@ -1498,35 +1620,14 @@ impl Peer {
                 has_share: self.shares.contains_key(&view.group_key),
             });
         }
-        // Open the authority secret sealed to us, and link with the other members.
-        if mine && (is_sealed || is_genesis) && !self.auth_secrets.contains_key(&id) {
-            let me = self.keys.id;
-            let opened = self.journal.facts(&ns).find_map(|f| match &f.body {
-                FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 => {
-                    hpke_open(self.keys.hpke_private(), &s.enc, &me.0, HPKE_INFO_SECRET, &s.ciphertext)
-                }
-                _ => None,
-            });
-            if let Some(secret) = opened.and_then(|s| <[u8; 32]>::try_from(s).ok()) {
-                self.auth_secrets.insert(id, secret);
-                for (d, m) in &view.members {
-                    if *d == me || self.peers.contains_key(d) {
-                        continue;
-                    }
-                    let p = PairedPeer {
-                        id: *d,
-                        cert: m.cert.clone(),
-                        addr: m.addr.clone(),
-                        link_psk: member_link_psk(&secret, &me, d),
-                        invite: [0; 32],
-                    };
-                    self.by_noise.insert(p.cert.noise, p.id);
-                    self.peers.insert(p.id, p);
-                }
-                if !self.restoring {
-                    self.refresh_guard();
-                }
-            }
+        if mine && (is_sealed || is_genesis) {
+            self.open_authority_secret(id);
+        }
+        if mine && changes_view {
+            self.member_view_changed(id, added);
+        } else if !mine && !self.restoring && view.members.contains_key(&self.keys.id) {
+            // Listed by a change but without a share yet: ask for one (see peer_enroll.rs).
+            self.arm_auth_tick();
         }
         true
     }
@@ -1817,7 +1918,9 @@ impl Peer {
         }
         self.resend_pushes();
         self.resend_context_shares();
-        let busy = !self.dkg.is_empty()
+        self.enroll_tick();
+        let busy = self.enroll_busy()
+            || !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
             || !self.sync.push.is_empty()
             || !self.ctx_push.is_empty()

@@ -358,11 +358,10 @@ impl Peer {
         ))
     }
 
-    /// Whether this device votes for (and signs) change `kind`: it must apply, and adding
-    /// a device waits for the key generation that gives the new device a share (a member
-    /// without one would count in quorums but could never sign).
+    /// Whether this device votes for (and signs) change `kind`: it must apply. An added
+    /// device gets its share after the commit (peer_enroll.rs).
     fn agreeable(view: &AuthorityView, kind: &TreeOpKind) -> bool {
-        !matches!(kind, TreeOpKind::AddDevice(_)) && view.applies(kind)
+        view.applies(kind)
     }
 
     /// How long ballot `ballot` gets before the next one is due: the fallback timer

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use super::{CommandError, Event, Peer, Pending, Queued};
 use crate::authority::AuthMsg;
-use crate::journal::{ContextId, Fact, FactBody, FactId, FactSig, Namespace, Note, Sig64, MAX_NOTE};
+use crate::journal::{ContextId, Fact, FactBody, FactId, Namespace, Note, MAX_NOTE};
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
 use crate::record::Record;
@@ -633,7 +633,7 @@ impl Peer {
 
     /// Sends our facts `ids` of `ns` to `to`; `retried`: until acknowledged (a push of
     /// ours), else once (an answer to a fetch: the fetcher asks again if it must).
-    fn push_facts(&mut self, to: DeviceId, ns: &Namespace, ids: &[FactId], retried: bool) {
+    pub(super) fn push_facts(&mut self, to: DeviceId, ns: &Namespace, ids: &[FactId], retried: bool) {
         let want: BTreeSet<FactId> = ids.iter().copied().collect();
         if want.is_empty() {
             return;
@@ -1087,17 +1087,7 @@ impl Peer {
         if !members.contains(&me) {
             return Err(CommandError::NotMember(ns));
         }
-        let body = FactBody::Note(Note { data, ack });
-        let lamport = self.journal.next_lamport(&ns);
-        let msg = Fact::signing_bytes(&ns, lamport, &me, &body);
-        let sig = self.keys.sign(&mut self.rng, &msg);
-        let fact = Fact {
-            namespace: ns,
-            lamport,
-            author: me,
-            body,
-            sig: FactSig::Device(Sig64(sig)),
-        };
+        let fact = self.device_fact(ns, FactBody::Note(Note { data, ack }), &[]);
         let others: BTreeSet<DeviceId> = members.into_iter().filter(|d| *d != me).collect();
         self.persist(
             Record::Fact(fact.clone()),

@@ -91,6 +91,12 @@ pub enum Request {
         /// Device id or unique prefix (a member).
         device: String,
     },
+    /// Have the authority agree (consensus) to add a device this one paired with, then
+    /// enroll it (give it a share of the key); answered when it holds its share.
+    DeviceAdd {
+        /// Device id or unique prefix (a paired device that is not a member).
+        device: String,
+    },
     /// Shut down cleanly.
     Stop,
 }

@@ -70,6 +70,8 @@ struct Waiters {
     notes: VecDeque<Reply>,
     /// Tree changes asked for, answered when one applies (or fails).
     changes: VecDeque<Reply>,
+    /// Devices being added, answered when the device holds its share.
+    adds: BTreeMap<DeviceId, Vec<Reply>>,
 }
 
 struct SyncWait {
@@ -362,6 +364,25 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
                 },
             }
         }
+        Request::DeviceAdd { device } => {
+            let members = host.peer.authority().map(|v| v.members.clone()).unwrap_or_default();
+            let d = device.trim().to_lowercase();
+            let hits: Vec<DeviceId> = host
+                .peer
+                .paired()
+                .map(|(id, _)| *id)
+                .filter(|id| !members.contains_key(id) && id.to_hex().starts_with(&d))
+                .collect();
+            if hits.len() != 1 || d.is_empty() {
+                return send_now(err(format!(
+                    "no single paired device outside the authority matches {device:?} (pair it first: `aura-smol invite` here, `aura-smol join CODE` there)"
+                )));
+            }
+            match host.input(Input::Command(Command::AddDevice { device: hits[0] })) {
+                Ok(()) => w.adds.entry(hits[0]).or_default().push(reply),
+                Err(e) => send_now(err(e)),
+            }
+        }
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -489,7 +510,26 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             tracing::warn!(%reason, "consensus failed");
             if let Some(r) = w.changes.pop_front() {
                 let _ = r.try_send(err(format!("the change was not agreed: {reason}")));
+            } else if let Some(d) = w.adds.keys().next().copied() {
+                for r in w.adds.remove(&d).unwrap_or_default() {
+                    let _ = r.try_send(err(format!("the change was not agreed: {reason}")));
+                }
             }
+        }
+        Event::DeviceEnrolled { authority, device } => {
+            tracing::info!(authority = %authority.short(), device = %device.short(), "device added and enrolled");
+            let v = peer.authority();
+            for r in w.adds.remove(device).unwrap_or_default() {
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "device": device.to_hex(), "epoch": v.map(|v| v.epoch), "threshold": v.map(|v| v.threshold), "members": v.map(|v| v.members.len()) }));
+            }
+        }
+        Event::AuthorityJoined {
+            authority,
+            threshold,
+            members,
+            ..
+        } => {
+            tracing::info!(authority = %authority.short(), threshold, members, "added to an authority; this device holds its share");
         }
         Event::ContextInviteCreated { code, expires_unix_ms } => {
             tracing::info!("context invitation created");

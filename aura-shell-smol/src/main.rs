@@ -255,6 +255,17 @@ enum AuthorityCmd {
 
 #[derive(Subcommand)]
 enum DeviceCmd {
+    /// Add a device to the authority: the members agree by consensus, then a threshold
+    /// of them give the device a share of the existing key (the group key and authority
+    /// id stay). Pair with the device first (`aura-smol invite` here, `aura-smol join
+    /// CODE` there; both running). Waits until the device holds its share.
+    Add {
+        /// Device id or a unique prefix of it (a paired device, not yet a member).
+        device: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
     /// Remove a device (lost or revoked) from the authority, by consensus among the
     /// members; waits until the change applies.
     Remove {
@@ -549,6 +560,19 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Context(c) => context_cmd(dir, c),
+        Cmd::Device(DeviceCmd::Add { device, timeout_s }) => {
+            let v = ask(dir, &Request::DeviceAdd { device }, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!(
+                "added: {} holds its share; the authority is at epoch {}, {} members, threshold {}",
+                v["device"].as_str().unwrap_or("?"),
+                v["epoch"],
+                v["members"],
+                v["threshold"]
+            );
+            Ok(())
+        }
         Cmd::Device(DeviceCmd::Remove { device, timeout_s }) => {
             let v = ask(dir, &Request::DeviceRemove { device }, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;

@@ -304,6 +304,29 @@ fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
     let bad = smol(&dirs[0], &["authority", "threshold", "9"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not apply"));
+
+    // A fourth device pairs with A and is added: same key, and it signs with two others.
+    let mut dirs = dirs;
+    dirs.push(tempdir("td"));
+    ok(&dirs[3], &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    daemons.push(Some(Daemon::start(&dirs[3])));
+    let code = ok(&dirs[0], &["invite"]).trim().to_string();
+    ok(&dirs[3], &["join", &code, "--wait-s", "30"]);
+    let bad = smol(&dirs[0], &["device", "add", "zzzz"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pair it first"));
+    let d_id = ok(&dirs[3], &["id"]).trim().to_string();
+    let out = ok(&dirs[0], &["device", "add", &d_id[..12]]);
+    assert!(out.contains("holds its share") && out.contains("4 members"), "{out}");
+    let d_show = await_authority(&dirs[3]);
+    assert_eq!(
+        (&d_show["id"], &d_show["group_key"]),
+        (&show[0]["id"], &show[0]["group_key"])
+    );
+    let out = ok(&dirs[3], &["sign", "from the added device", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sig = frost_ristretto255::Signature::deserialize(&unhex(v["signature"].as_str().unwrap())).unwrap();
+    assert!(vk.verify(&unhex(v["message"].as_str().unwrap()), &sig).is_ok());
     for d in daemons.iter_mut().filter_map(Option::take) {
         d.stop();
     }

@@ -2453,6 +2453,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::Publish { .. } => "publish",
         Command::ChangeThreshold { .. } => "change-threshold",
         Command::RemoveDevice { .. } => "remove-device",
+        Command::AddDevice { .. } => "add-device",
     }
 }
 
@@ -2498,6 +2499,8 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::Committed { epoch, .. } => format!("committed e{epoch}"),
         Event::ConsensusFailed { reason, .. } => format!("consensus-failed {reason}"),
         Event::EquivocationProven { device, .. } => format!("equivocation-proven {}", short(device)),
+        Event::DeviceEnrolled { device, .. } => format!("enrolled {}", who(device)),
+        Event::AuthorityJoined { authority, .. } => format!("joined {}", authority.short()),
     }
 }
 

@@ -449,7 +449,32 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
     let propose = frame(0, &AuthMsg::Propose(proposal.clone()));
     let prepare = frame(who(owner).saturating_sub(1), &AuthMsg::Prepare { prestate, ballot: 1 });
     let accept = frame(who(owner).saturating_sub(1), &AuthMsg::Accept { ballot: 1, proposal });
+    // Enrollment: member 1 asks this device and itself to repair member 2's share; its
+    // part follows.
+    let ident = |d: &aura_proto::DeviceId| view.members[d].identifier;
+    let mut helpers = vec![ident(&ids[0]), ident(&ids[1])];
+    helpers.sort();
+    let start = frame(
+        0,
+        &AuthMsg::EnrollStart {
+            session: [4; 32],
+            authority: view.id,
+            newcomer: ids[2],
+            helpers,
+        },
+    );
+    let delta = frame(
+        0,
+        &AuthMsg::EnrollDelta {
+            session: [4; 32],
+            from: ident(&ids[1]),
+            delta: vec![1; 32],
+        },
+    );
+    let ask = frame(0, &AuthMsg::EnrollAsk { authority: view.id });
     vec![
+        [start, delta, tick.to_vec()].concat(),
+        [ask, tick.to_vec()].concat(),
         propose.clone(),
         [propose.clone(), tick.to_vec(), prepare.clone()].concat(),
         [prepare, accept, tick.to_vec(), tick.to_vec()].concat(),

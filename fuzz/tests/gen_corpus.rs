@@ -183,6 +183,32 @@ fn generate_seed_corpus() {
                 package: [6; 32],
             },
             AuthMsg::Accept { ballot: 3, proposal },
+            AuthMsg::EnrollAsk {
+                authority: aura_proto::journal::AuthorityId([1; 32]),
+            },
+            AuthMsg::EnrollStart {
+                session: [2; 32],
+                authority: aura_proto::journal::AuthorityId([1; 32]),
+                newcomer: aura_proto::DeviceId([3; 32]),
+                helpers: vec![1, 2],
+            },
+            AuthMsg::EnrollDelta {
+                session: [2; 32],
+                from: 1,
+                delta: vec![4; 32],
+            },
+            AuthMsg::EnrollSigma {
+                session: [2; 32],
+                from: 2,
+                enc: [5; 32],
+                sealed: vec![6; 48],
+            },
+            AuthMsg::Enroll {
+                session: [2; 32],
+                authority: aura_proto::journal::AuthorityId([1; 32]),
+                sigmas: vec![(1, [5; 32], vec![6; 48]), (2, [7; 32], vec![8; 48])],
+            },
+            AuthMsg::EnrollDone { session: [2; 32] },
         ] {
             write("frame_decode", &wire::encode(&m));
         }

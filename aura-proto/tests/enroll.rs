@@ -1,0 +1,187 @@
+//! Adding a device: the change is agreed like any other, then the newcomer is given a
+//! share of the existing key by repair among a threshold of members; it signs with the
+//! others afterwards, also after a restart. A journal that merely lists a device does
+//! not make that authority the device's, and forged enrollment parts are refused.
+
+mod common;
+
+use aura_proto::authority::{AuthMsg, AuthorityView};
+use aura_proto::journal::ContextId;
+use aura_proto::*;
+use common::*;
+use frost_ristretto255::{Signature, VerifyingKey};
+
+fn verifies(group_key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> bool {
+    let vk = VerifyingKey::deserialize(group_key).unwrap();
+    vk.verify(message, &Signature::deserialize(sig).unwrap()).is_ok()
+}
+
+/// Four devices paired through device 0; devices 0-2 form a 2-of-3 authority.
+fn net_with_spare() -> Net {
+    let mut net = default_net(4);
+    for j in 1..4 {
+        net.pair(0, j);
+    }
+    ask_for_authority(&mut net);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    assert!(net.nodes[0].peer.authority().is_some());
+    assert!(net.nodes[3].peer.authority().is_none());
+    net
+}
+
+fn enrolled(n: &Node, d: DeviceId) -> bool {
+    n.events
+        .iter()
+        .any(|e| matches!(e, Event::DeviceEnrolled { device, .. } if *device == d))
+}
+
+fn joined(n: &Node) -> bool {
+    n.events.iter().any(|e| matches!(e, Event::AuthorityJoined { .. }))
+}
+
+/// Device `i` signs `text` with only the devices not in `cut` reachable; the signature.
+fn sign_with(net: &mut Net, i: usize, cut: &[usize], text: &[u8]) -> Option<[u8; 64]> {
+    net.cut = cut.iter().copied().collect();
+    net.cmd(
+        i,
+        Command::Sign {
+            statement: text.to_vec(),
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    net.cut.clear();
+    signed(&net.nodes[i])
+        .into_iter()
+        .find(|(m, _, _)| m.ends_with(text))
+        .map(|(_, s, _)| s)
+}
+
+#[test]
+fn an_added_device_gets_a_share_of_the_same_key_and_signs() {
+    let mut net = net_with_spare();
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    let newcomer = net.id(3);
+    net.cmd(0, Command::AddDevice { device: newcomer }).unwrap();
+    // Without time passing: the change is agreed and applied, and the newcomer holds the
+    // journal that lists it, but no share yet. Being listed does not make the
+    // authority its own.
+    net.run();
+    let listed = AuthorityView::reduce(net.nodes[3].peer.journal(), before.id).expect("journal pushed");
+    assert!(listed.members.contains_key(&newcomer));
+    assert!(net.nodes[3].peer.authority().is_none());
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    assert!(enrolled(&net.nodes[0], newcomer), "{:?}", net.nodes[0].events);
+    assert!(joined(&net.nodes[3]), "{:?}", net.nodes[3].events);
+    for i in 0..4 {
+        let v = net.nodes[i].peer.authority().unwrap_or_else(|| panic!("device {i}"));
+        assert_eq!((v.id, v.group_key, v.members.len()), (before.id, before.group_key, 4));
+        assert_eq!(v.epoch, before.epoch + 1);
+        // Identifiers go on from the founders'.
+        assert_eq!(v.members[&newcomer].identifier, 4);
+    }
+    // The newcomer and one founder sign without the other two: the newcomer's share is
+    // the key's, and the founder checks and aggregates the newcomer's signature share.
+    let sig = sign_with(&mut net, 3, &[0, 1], b"newcomer signs").expect("signed");
+    let (msg, _, key) = signed(&net.nodes[3]).pop().unwrap();
+    assert_eq!(key, before.group_key);
+    assert!(verifies(&key, &msg, &sig));
+    let sig = sign_with(&mut net, 2, &[0, 1], b"founder with newcomer").expect("signed");
+    let (msg, _, _) = signed(&net.nodes[2]).pop().unwrap();
+    assert!(verifies(&before.group_key, &msg, &sig));
+    // After a restart the newcomer is still a member with its share.
+    let keep = net.nodes[3].records.len();
+    crash_and_restore(&mut net, 3, keep, 77);
+    net.run();
+    assert_eq!(net.nodes[3].peer.authority().map(|v| v.id), Some(before.id));
+    assert!(sign_with(&mut net, 3, &[0, 2], b"after restart").is_some());
+}
+
+#[test]
+fn a_removed_identifier_is_never_given_out_again() {
+    let mut net = net_with_spare();
+    let gone = net.id(2);
+    net.cmd(0, Command::RemoveDevice { device: gone }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    assert!(!net.nodes[0].peer.authority().unwrap().members.contains_key(&gone));
+    net.cmd(0, Command::AddDevice { device: net.id(3) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    // Device 2 had identifier 3; the newcomer gets 4 (identifier 3's share is the
+    // removed device's).
+    assert_eq!(v.members[&net.id(3)].identifier, 4);
+    assert!(joined(&net.nodes[3]));
+    assert!(sign_with(&mut net, 3, &[0, 2], b"without device 0").is_some());
+}
+
+#[test]
+fn forged_or_unasked_enrollments_are_refused() {
+    let mut net = net_with_spare();
+    let a = net.nodes[0].peer.authority().unwrap().id;
+    // Sums that are not sealed to anyone.
+    let garbage = AuthMsg::Enroll {
+        session: [9; 32],
+        authority: a,
+        sigmas: vec![(1, [1; 32], vec![2; 48]), (2, [3; 32], vec![4; 48])],
+    };
+    // An enrollment for a device that is not listed, from a member: dropped.
+    let drops = net.drops(3, DropReason::UnexpectedFrame);
+    net.deliver_proto(3, 0, ContextId::OWN, &garbage);
+    assert_eq!(net.drops(3, DropReason::UnexpectedFrame), drops + 1);
+    assert!(net.nodes[3].peer.authority().is_none());
+    // A non-member's request to help is refused by members.
+    let drops = net.drops(1, DropReason::UnexpectedFrame);
+    net.deliver_proto(
+        1,
+        3,
+        ContextId::OWN,
+        &AuthMsg::EnrollStart {
+            session: [8; 32],
+            authority: a,
+            newcomer: net.id(3),
+            helpers: vec![1, 2],
+        },
+    );
+    assert_eq!(net.drops(1, DropReason::UnexpectedFrame), drops + 1);
+    // Listed now, but the sums are garbage: nothing is persisted.
+    net.cut.insert(3);
+    net.cmd(0, Command::AddDevice { device: net.id(3) }).unwrap();
+    net.run();
+    net.cut.clear();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 100);
+    let records = net.nodes[3].records.len();
+    net.deliver_proto(3, 0, ContextId::OWN, &garbage);
+    assert!(net.nodes[3].records[records..]
+        .iter()
+        .all(|r| !matches!(r, Record::Share { .. })));
+    // The real enrollment still goes through.
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    assert!(joined(&net.nodes[3]), "{:?}", net.nodes[3].events);
+}
+
+#[test]
+fn interpolation_finds_every_share_and_the_group_key_from_any_threshold() {
+    use frost_ristretto255 as frost;
+    let mut rng = aura_proto::rng::PeerRng::from_seed([5; 32]);
+    let (_, public) = frost::keys::generate_with_dealer(5, 3, frost::keys::IdentifierList::Default, &mut rng).unwrap();
+    let all: Vec<(u16, [u8; 32])> = (1..=5u16)
+        .map(|i| {
+            let id = frost::Identifier::try_from(i).unwrap();
+            let y = public.verifying_shares()[&id].serialize().unwrap();
+            (i, y.try_into().unwrap())
+        })
+        .collect();
+    let key: [u8; 32] = public.verifying_key().serialize().unwrap().try_into().unwrap();
+    for basis in [&all[0..3], &all[2..5], &[all[0], all[2], all[4]][..]] {
+        assert_eq!(authority::interpolate_share(basis, 0), Some(key));
+        for (i, y) in &all {
+            assert_eq!(authority::interpolate_share(basis, *i), Some(*y), "share {i}");
+        }
+    }
+    // Too few points describe another polynomial.
+    assert_ne!(authority::interpolate_share(&all[0..2], 0), Some(key));
+}
