@@ -577,8 +577,12 @@ pub enum AuthMsg {
     },
     /// Enroller → each helper: repair the share of `newcomer` together with these helpers.
     EnrollStart {
-        /// Enrollment session.
+        /// Enrollment session: [`enroll_session`] of the other fields, the enroller and
+        /// `nonce`, so every helper of one session works with the same helper set and
+        /// newcomer.
         session: [u8; 32],
+        /// Chosen by the enroller.
+        nonce: [u8; 32],
         /// The authority.
         authority: AuthorityId,
         /// The member that gets the share.
@@ -621,6 +625,29 @@ pub enum AuthMsg {
         /// Enrollment session.
         session: [u8; 32],
     },
+}
+
+/// The id of an enrollment session. Helpers recompute it: with parts from helper sets
+/// that differ between helpers, a faulty enroller could have the sums add up to a
+/// combination of shares other than the newcomer's and, over a few sessions, solve for
+/// the group secret.
+pub fn enroll_session(
+    authority: &AuthorityId,
+    enroller: &DeviceId,
+    newcomer: &DeviceId,
+    helpers: &[u16],
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("aura 2026-12 enroll session");
+    h.update(&authority.0);
+    h.update(&enroller.0);
+    h.update(&newcomer.0);
+    h.update(&(helpers.len() as u64).to_le_bytes());
+    for i in helpers {
+        h.update(&i.to_le_bytes());
+    }
+    h.update(nonce);
+    h.finalize().into()
 }
 
 /// The fact an unsigned fact becomes once the group signed it.

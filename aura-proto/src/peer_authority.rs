@@ -937,10 +937,13 @@ impl Peer {
         }
         let me = self.keys.id;
         let ns = Namespace::Authority(id);
-        let Some(view) = self.views.0.get(&id) else { return };
-        // Sealed by a member (the founder that coordinated, or whoever enrolled us).
+        if !self.views.0.contains_key(&id) {
+            return;
+        }
+        // Sealed by the founder that coordinated, or whoever enrolled us (a member when
+        // the fact was checked on its way in; it may have been removed since).
         let opened = self.journal.facts(&ns).find_map(|f| match &f.body {
-            FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 && view.members.contains_key(&f.author) => {
+            FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 => {
                 hpke_open(self.keys.hpke_private(), &s.enc, &me.0, HPKE_INFO_SECRET, &s.ciphertext)
             }
             _ => None,
@@ -992,7 +995,7 @@ impl Peer {
         }
         for d in added {
             if self.peers.get(&d).is_some_and(|p| p.invite != [0; 32]) {
-                self.push_view_facts(id, d);
+                self.invite_newcomer(id, d);
             }
         }
     }
@@ -1087,6 +1090,7 @@ impl Peer {
                             && o.threshold == g.threshold
                             && o.members == g.members
                     })
+                    && self.genesis_shares_match(group_key, &g.verifying_shares)
             }
             // A statement by a member of the authority that owns this key.
             FactBody::Statement(_) => self.views.0.values().any(|v| {
@@ -1106,6 +1110,23 @@ impl Peer {
             // A commit: checked against our own view like a reducer would.
             FactBody::Commit(c) => self.may_sign_commit(from, &fact.author, c, group_key),
         }
+    }
+
+    /// Whether the verifying shares a genesis lists are the ones our key generation
+    /// computed: added devices' verifying shares are interpolated from them, so a wrong
+    /// list would let its author fake an enrollment.
+    fn genesis_shares_match(&self, group_key: &[u8; 32], listed: &[(u16, [u8; 32])]) -> bool {
+        let Some(share) = self.shares.get(group_key) else {
+            return false;
+        };
+        let ours = share.public.verifying_shares();
+        listed.len() == ours.len()
+            && listed.iter().all(|(i, y)| {
+                ident(*i)
+                    .and_then(|id| ours.get(&id))
+                    .and_then(|v| v.serialize().ok())
+                    .is_some_and(|b| b[..] == y[..])
+            })
     }
 
     fn on_sign_request(&mut self, from: DeviceId, session: [u8; 32], group_key: [u8; 32], fact: UnsignedFact) {

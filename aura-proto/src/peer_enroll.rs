@@ -55,6 +55,12 @@ const HELP_TTL: Duration = Duration::from_secs(120);
 const MAX_HELPS: usize = 16;
 /// How often a listed device without a share asks for one.
 const ASK_EVERY: Duration = Duration::from_secs(5);
+/// How often the enroller pushes the journal to an added device that has not asked yet,
+/// and how many times.
+const INVITE_EVERY: Duration = Duration::from_secs(10);
+const INVITE_PUSHES: u32 = 30;
+/// Sessions one enroller may have a helper keep at once.
+const MAX_HELPS_PER_ENROLLER: usize = 4;
 const HPKE_INFO_ENROLL: &[u8] = b"aura enroll sigma v1";
 
 /// Enrollment as this device sees it: as enroller, helper or newcomer.
@@ -68,10 +74,14 @@ pub(crate) struct EnrollState {
     ask_at: Instant,
     /// Newcomer: a share record is being written.
     writing: bool,
+    /// Enroller: added devices we paired with that have not asked for their share yet,
+    /// with when to push them the journal again and how many pushes are left.
+    invited: BTreeMap<DeviceId, (Instant, u32)>,
 }
 
 struct Lead {
     session: [u8; 32],
+    nonce: [u8; 32],
     authority: AuthorityId,
     helpers: Vec<u16>,
     sigmas: BTreeMap<u16, ([u8; 32], Vec<u8>)>,
@@ -81,6 +91,7 @@ struct Lead {
 
 struct Help {
     enroller: DeviceId,
+    authority: AuthorityId,
     newcomer: DeviceId,
     newcomer_ident: u16,
     me: u16,
@@ -187,7 +198,10 @@ impl Peer {
     }
 
     pub(super) fn enroll_busy(&self) -> bool {
-        !self.enroll.leads.is_empty() || !self.enroll.helps.is_empty() || self.awaiting_share().is_some()
+        !self.enroll.leads.is_empty()
+            || !self.enroll.helps.is_empty()
+            || !self.enroll.invited.is_empty()
+            || self.awaiting_share().is_some()
     }
 
     pub(super) fn on_enroll(&mut self, from: DeviceId, msg: AuthMsg) {
@@ -195,10 +209,11 @@ impl Peer {
             AuthMsg::EnrollAsk { authority } => self.on_enroll_ask(from, authority),
             AuthMsg::EnrollStart {
                 session,
+                nonce,
                 authority,
                 newcomer,
                 helpers,
-            } => self.on_enroll_start(from, session, authority, newcomer, helpers),
+            } => self.on_enroll_start(from, session, nonce, authority, newcomer, helpers),
             AuthMsg::EnrollDelta {
                 session,
                 from: i,
@@ -224,6 +239,7 @@ impl Peer {
 
     fn on_enroll_ask(&mut self, from: DeviceId, authority: AuthorityId) {
         let me = self.keys.id;
+        self.enroll.invited.remove(&from);
         let Some(view) = self.my_authority().filter(|v| v.id == authority).cloned() else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
@@ -272,12 +288,14 @@ impl Peer {
             .take(t)
             .collect();
         helpers.sort();
-        let session = self.rng.bytes32();
+        let nonce = self.rng.bytes32();
+        let session = crate::authority::enroll_session(&view.id, &me, &newcomer, &helpers, &nonce);
         self.metrics.enroll_attempts += 1;
         self.enroll.leads.insert(
             newcomer,
             Lead {
                 session,
+                nonce,
                 authority: view.id,
                 helpers: helpers.clone(),
                 sigmas: BTreeMap::new(),
@@ -298,6 +316,7 @@ impl Peer {
         };
         let msg = AuthMsg::EnrollStart {
             session: l.session,
+            nonce: l.nonce,
             authority: l.authority,
             newcomer: *newcomer,
             helpers: l.helpers.clone(),
@@ -381,6 +400,7 @@ impl Peer {
         };
         let authority = l.authority;
         self.enroll.leads.remove(&from);
+        self.enroll.invited.remove(&from);
         self.event(Event::DeviceEnrolled {
             authority,
             device: from,
@@ -393,10 +413,14 @@ impl Peer {
         &mut self,
         from: DeviceId,
         session: [u8; 32],
+        nonce: [u8; 32],
         authority: AuthorityId,
         newcomer: DeviceId,
         helpers: Vec<u16>,
     ) {
+        if crate::authority::enroll_session(&authority, &from, &newcomer, &helpers, &nonce) != session {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
         if let Some(h) = self.enroll.helps.get(&session) {
             if h.enroller != from {
                 return self.metrics.drop(DropReason::UnexpectedFrame);
@@ -430,8 +454,10 @@ impl Peer {
             && !helpers.contains(&nc.identifier)
             && helpers.iter().all(|i| member_of(i).is_some())
             && view.members.contains_key(&from)
+            && from != newcomer
             && !view.equivocators.contains(&from)
-            && self.enroll.helps.len() < MAX_HELPS;
+            && self.enroll.helps.len() < MAX_HELPS
+            && self.enroll.helps.values().filter(|h| h.enroller == from).count() < MAX_HELPS_PER_ENROLLER;
         if !valid {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
@@ -441,8 +467,13 @@ impl Peer {
             return;
         };
         let key = share.key.clone();
-        let Ok(parts) =
-            repairable::repair_share_part1::<frost::Ristretto255Sha512, _>(&ids, &key, &mut self.rng, target)
+        // Parts drawn from the share and the session: a helper that restarts mid-session
+        // sends the same parts again, so the sums still add up (the session fixes the
+        // helper set, so parts for one set are never mixed with parts for another).
+        let mut seed_material = key.signing_share().serialize();
+        seed_material.extend_from_slice(&session);
+        let mut rng = crate::rng::PeerRng::from_seed(blake3::derive_key("aura 2026-12 enroll parts", &seed_material));
+        let Ok(parts) = repairable::repair_share_part1::<frost::Ristretto255Sha512, _>(&ids, &key, &mut rng, target)
         else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
@@ -467,6 +498,7 @@ impl Peer {
             session,
             Help {
                 enroller: from,
+                authority,
                 newcomer,
                 newcomer_ident: nc_ident,
                 me: me_ident,
@@ -516,8 +548,8 @@ impl Peer {
         let Some(hpke) = self
             .views
             .0
-            .values()
-            .find_map(|v| v.members.get(&h.newcomer))
+            .get(&h.authority)
+            .and_then(|v| v.members.get(&h.newcomer))
             .map(|m| m.cert.hpke)
         else {
             return;
@@ -664,14 +696,39 @@ impl Peer {
     /// After a restart: an enrolled share's record follows the facts that list us, so
     /// the secret and links wait until every record is in.
     pub(super) fn restored_enrollment(&mut self) {
+        if self.awaiting_share().is_some() {
+            self.arm_auth_tick();
+        }
         let Some(id) = self.my_authority().map(|v| v.id) else {
             return;
         };
         self.open_authority_secret(id);
-        let Some(view) = self.views.0.get(&id) else { return };
+        let Some(view) = self.views.0.get(&id).cloned() else {
+            return;
+        };
         if let Some(share) = self.shares.get_mut(&view.group_key) {
-            extend_public(share, view);
+            extend_public(share, &view);
         }
+        // Added devices we paired with may still be waiting for the journal: offer it a
+        // few times (those already enrolled just acknowledge).
+        let now = self.now.mono;
+        for d in view.members.keys() {
+            if !view.founders.contains(d) && self.paired_by_invite(d) {
+                self.enroll.invited.insert(*d, (now, 3));
+            }
+        }
+        if !self.enroll.invited.is_empty() {
+            self.arm_auth_tick();
+        }
+    }
+
+    /// A device we paired with was just added: push it the journal now and again until
+    /// it asks for its share.
+    pub(super) fn invite_newcomer(&mut self, authority: AuthorityId, device: DeviceId) {
+        self.push_view_facts(authority, device);
+        let next = self.now.mono.saturating_add(INVITE_EVERY);
+        self.enroll.invited.insert(device, (next, INVITE_PUSHES));
+        self.arm_auth_tick();
     }
 
     // ----- retransmission -------------------------------------------------------------
@@ -690,17 +747,42 @@ impl Peer {
                 self.enroll.leads.remove(&n);
                 continue;
             }
-            if let Some(m) = self.enroll_msg(&n) {
-                self.send_auth(n, m);
-            } else if l.started.saturating_add(ATTEMPT) <= now {
+            // Timed out even with every sum in: some helper's part was wrong (the
+            // newcomer's check failed), so try other helpers.
+            if l.started.saturating_add(ATTEMPT) <= now {
                 let attempt = l.attempt + 1;
                 self.enroll.leads.remove(&n);
                 if attempt < MAX_ATTEMPTS {
                     self.start_enrollment(&view, n, attempt);
                 }
+            } else if let Some(m) = self.enroll_msg(&n) {
+                self.send_auth(n, m);
             } else {
                 self.send_starts(&n);
             }
+        }
+        // Enroller: an added device that has not asked yet may have missed the journal.
+        let due: Vec<DeviceId> = self
+            .enroll
+            .invited
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in due {
+            let Some(id) = self.my_authority().filter(|v| v.members.contains_key(&d)).map(|v| v.id) else {
+                self.enroll.invited.remove(&d);
+                continue;
+            };
+            let left = self.enroll.invited.get(&d).map_or(0, |(_, n)| *n);
+            if left == 0 {
+                self.enroll.invited.remove(&d);
+                continue;
+            }
+            self.enroll
+                .invited
+                .insert(d, (now.saturating_add(INVITE_EVERY), left - 1));
+            self.push_view_facts(id, d);
         }
         // Helper: forget old sessions.
         self.enroll

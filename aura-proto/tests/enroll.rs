@@ -134,19 +134,50 @@ fn forged_or_unasked_enrollments_are_refused() {
     assert_eq!(net.drops(3, DropReason::UnexpectedFrame), drops + 1);
     assert!(net.nodes[3].peer.authority().is_none());
     // A non-member's request to help is refused by members.
-    let drops = net.drops(1, DropReason::UnexpectedFrame);
-    net.deliver_proto(
-        1,
-        3,
-        ContextId::OWN,
-        &AuthMsg::EnrollStart {
-            session: [8; 32],
+    let start = |net: &Net, from: usize, newcomer: usize, helpers: Vec<u16>, bind: bool| {
+        let (e, n) = (net.id(from), net.id(newcomer));
+        let session = if bind {
+            authority::enroll_session(&a, &e, &n, &helpers, &[1; 32])
+        } else {
+            [8; 32]
+        };
+        AuthMsg::EnrollStart {
+            session,
+            nonce: [1; 32],
             authority: a,
-            newcomer: net.id(3),
-            helpers: vec![1, 2],
-        },
-    );
+            newcomer: n,
+            helpers,
+        }
+    };
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    let ids: Vec<u16> = (0..3).map(|i| v.members[&net.id(i)].identifier).collect();
+    let ident = |i: usize| ids[i];
+    let sorted = |mut h: Vec<u16>| {
+        h.sort();
+        h
+    };
+    let helpers = sorted(vec![ident(0), ident(1)]);
+    let drops = net.drops(1, DropReason::UnexpectedFrame);
+    let m = start(&net, 3, 3, vec![1, 2], true);
+    net.deliver_proto(1, 3, ContextId::OWN, &m);
     assert_eq!(net.drops(1, DropReason::UnexpectedFrame), drops + 1);
+    // A member's request whose session id does not bind its helper set and newcomer
+    // (helpers of one session could otherwise work with different sets, and the sums
+    // add up to something other than the newcomer's share).
+    let m = start(&net, 0, 2, helpers.clone(), false);
+    net.deliver_proto(1, 0, ContextId::OWN, &m);
+    assert_eq!(net.drops(1, DropReason::UnexpectedFrame), drops + 2);
+    // Nor may a member have its own share repaired by others.
+    let m = start(&net, 0, 0, sorted(vec![ident(1), ident(2)]), true);
+    net.deliver_proto(1, 0, ContextId::OWN, &m);
+    assert_eq!(net.drops(1, DropReason::UnexpectedFrame), drops + 3);
+    // A bound request from a member for another member is taken up (the parts go out).
+    let sent = net.sent.len();
+    let m = start(&net, 0, 2, helpers, true);
+    net.deliver_proto(1, 0, ContextId::OWN, &m);
+    assert_eq!(net.drops(1, DropReason::UnexpectedFrame), drops + 3);
+    assert!(net.sent.len() > sent, "helper sent its part");
+    net.wire.clear();
     // Listed now, but the sums are garbage: nothing is persisted.
     net.cut.insert(3);
     net.cmd(0, Command::AddDevice { device: net.id(3) }).unwrap();

@@ -268,6 +268,11 @@ pub struct SimConfig {
     /// The last device is a faulty consensus witness: it votes at the fast ballot for
     /// every instance it is offered (`aura_proto::fuzzing::equivocate`).
     pub byzantine: bool,
+    /// Consensus scenario: the last device pairs but is left out of the authority; the
+    /// first device (which paired with it) proposes adding it once the authority exists,
+    /// and the run is done only when it holds its share (unless the first device was
+    /// lost before the change applied).
+    pub add_device: bool,
 }
 
 impl SimConfig {
@@ -300,6 +305,7 @@ impl Default for SimConfig {
             statements: 8,
             sign_every: Duration::from_secs(5),
             byzantine: false,
+            add_device: false,
         }
     }
 }
@@ -983,11 +989,26 @@ impl World {
             // Every live member applied the agreed changes, among them the removal of
             // every device lost for good.
             let lost: Vec<DeviceId> = self.nodes.iter().filter(|n| n.lost).map(|n| n.peer.id()).collect();
-            return self.nodes.iter().filter(|n| !n.lost && !n.crashed).all(|n| {
-                n.peer.authority().is_some_and(|v| {
-                    v.epoch >= self.cfg.statements as u64 && lost.iter().all(|d| !v.members.contains_key(d))
-                })
+            // A spare whose inviter was lost before adding it can never join.
+            let stranded = self.spare().filter(|s| {
+                let l = self.leader(*s);
+                self.nodes[l].lost
+                    && self.nodes.iter().all(|n| {
+                        n.peer
+                            .authority()
+                            .is_none_or(|v| !v.members.contains_key(&self.ids[*s]))
+                    })
             });
+            return self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, n)| !n.lost && !n.crashed && Some(*j) != stranded)
+                .all(|(_, n)| {
+                    n.peer.authority().is_some_and(|v| {
+                        v.epoch >= self.cfg.statements as u64 && lost.iter().all(|d| !v.members.contains_key(d))
+                    })
+                });
         }
         if self.cfg.scenario == Scenario::Keepalive {
             return false;
@@ -1480,6 +1501,12 @@ impl World {
         }
     }
 
+    /// The device left out of the authority to be added later (`SimConfig::add_device`).
+    fn spare(&self) -> Option<usize> {
+        (self.cfg.add_device && self.cfg.scenario == Scenario::Consensus && self.nodes.len() >= 3)
+            .then(|| self.nodes.len() - 1)
+    }
+
     fn create_authority(&mut self) {
         self.create_authority_of(0);
         if self.cfg.scenario == Scenario::Context {
@@ -1489,8 +1516,9 @@ impl World {
 
     /// Leader `l` asks for an authority of its half ((k-1)-of-k, at least 2).
     fn create_authority_of(&mut self, l: usize) {
+        let spare = self.spare();
         let devices: Vec<DeviceId> = (0..self.nodes.len())
-            .filter(|j| *j != l && self.leader(*j) == l)
+            .filter(|j| *j != l && self.leader(*j) == l && Some(*j) != spare)
             .map(|j| self.ids[j])
             .collect();
         // The consensus workload changes the threshold between 2 and 3, which a 2-of-n
@@ -1676,6 +1704,7 @@ impl World {
             }
             Event::ConsensusFailed { .. } => self.mark("consensus-failed"),
             Event::AuthorityFailed { .. } => self.mark("dkg-failed"),
+            Event::DeviceEnrolled { .. } => self.mark("device-enrolled"),
             _ => {}
         }
         match e {
@@ -1721,6 +1750,13 @@ impl World {
                     );
                 }
             }
+            Event::AuthorityJoined {
+                authority, group_key, ..
+            } => {
+                self.mark("authority-joined");
+                self.nodes[i].authority = Some((authority.0, group_key));
+                self.nodes[i].has_share = true;
+            }
             Event::Pong { .. } if !self.is_leader(i) => {
                 self.stats.pongs += 1;
                 self.nodes[i].pong = true;
@@ -1748,7 +1784,11 @@ impl World {
                         self.schedule(soon, Ev::SignTick);
                     }
                 } else if self.cfg.scenario == Scenario::Consensus {
-                    if self.nodes.iter().all(|n| n.authority.is_some()) && self.proposed.is_none() {
+                    let spare = self.spare();
+                    let founders_in = (0..self.nodes.len())
+                        .filter(|j| Some(*j) != spare)
+                        .all(|j| self.nodes[j].authority.is_some());
+                    if founders_in && self.proposed.is_none() {
                         self.proposed = Some((0, 0));
                         self.schedule(soon, Ev::ConsensusTick);
                     }
@@ -1904,6 +1944,17 @@ impl World {
             // One proposer, or (a third of the time) two at once that compete for the
             // same prestate's votes.
             let mut proposers = vec![live[(self.workload.next_u64() % live.len() as u64) as usize]];
+            // While the spare is out, its inviter (if live) proposes adding it.
+            if let Some(s) = self.spare() {
+                let l = self.leader(s);
+                let out = self.nodes[l]
+                    .peer
+                    .authority()
+                    .is_some_and(|v| !v.members.contains_key(&self.ids[s]));
+                if out && live.contains(&l) {
+                    proposers[0] = l;
+                }
+            }
             if self.workload.next_u64().is_multiple_of(3) {
                 proposers.push(live[(self.workload.next_u64() % live.len() as u64) as usize]);
                 proposers.dedup();
@@ -1933,6 +1984,20 @@ impl World {
                 let cmd = Command::RemoveDevice { device };
                 self.schedule(self.now + 1_000_000, Ev::Command { node: p, cmd });
                 return;
+            }
+            // The spare device, not yet a member: its inviter proposes adding it.
+            if let Some(s) = self.spare().filter(|s| p == self.leader(*s) && !self.nodes[*s].lost) {
+                let device = self.ids[s];
+                if self.nodes[p]
+                    .peer
+                    .authority()
+                    .is_some_and(|v| !v.members.contains_key(&device))
+                {
+                    let _ = write!(self.line, "add {}; ", short(&device));
+                    let cmd = Command::AddDevice { device };
+                    self.schedule(self.now + 1_000_000, Ev::Command { node: p, cmd });
+                    return;
+                }
             }
             if let Some(v) = self.nodes[p].peer.authority() {
                 // The same threshold again: a real change of the tree (the epoch moves)

@@ -117,6 +117,10 @@ struct WorldArgs {
     /// every instance it is offered; honest devices must prove it and never be accused.
     #[arg(long)]
     byzantine: bool,
+    /// Consensus scenario: the last device pairs but stays out of the authority; the
+    /// first device proposes adding it, and it must end up a member holding a share.
+    #[arg(long, conflicts_with = "byzantine")]
+    add_device: bool,
 }
 
 #[derive(clap::Args)]
@@ -235,6 +239,7 @@ impl WorldArgs {
             statements: self.statements,
             sign_every: Duration::from_secs(self.sign_every_s),
             byzantine: self.byzantine,
+            add_device: self.add_device,
             faults: self.faults(),
             persist_latency: self.disk(),
             ..SimConfig::default()
@@ -290,6 +295,9 @@ impl WorldArgs {
         }
         if self.byzantine {
             f.push_str(" --byzantine");
+        }
+        if self.add_device {
+            f.push_str(" --add-device");
         }
         if let Some(n) = self.crash_every_s {
             f.push_str(&format!(" --crash-every-s {n}"));

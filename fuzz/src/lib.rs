@@ -454,10 +454,12 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
     let ident = |d: &aura_proto::DeviceId| view.members[d].identifier;
     let mut helpers = vec![ident(&ids[0]), ident(&ids[1])];
     helpers.sort();
+    let session = aura_proto::authority::enroll_session(&view.id, &ids[1], &ids[2], &helpers, &[5; 32]);
     let start = frame(
         0,
         &AuthMsg::EnrollStart {
-            session: [4; 32],
+            session,
+            nonce: [5; 32],
             authority: view.id,
             newcomer: ids[2],
             helpers,
@@ -466,7 +468,7 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
     let delta = frame(
         0,
         &AuthMsg::EnrollDelta {
-            session: [4; 32],
+            session,
             from: ident(&ids[1]),
             delta: vec![1; 32],
         },

@@ -188,6 +188,7 @@ fn generate_seed_corpus() {
             },
             AuthMsg::EnrollStart {
                 session: [2; 32],
+                nonce: [9; 32],
                 authority: aura_proto::journal::AuthorityId([1; 32]),
                 newcomer: aura_proto::DeviceId([3; 32]),
                 helpers: vec![1, 2],
