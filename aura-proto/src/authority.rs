@@ -221,6 +221,29 @@ impl AuthorityView {
                 self.threshold = *t;
                 true
             }
+            TreeOpKind::Refresh(list) => {
+                // Exactly the members, ascending, on one polynomial through the group key.
+                let ids: Vec<u16> = self
+                    .members
+                    .values()
+                    .map(|m| m.identifier)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let listed: Vec<u16> = list.iter().map(|(i, _)| *i).collect();
+                let t = self.key_threshold as usize;
+                if listed != ids || list.len() < t {
+                    return false;
+                }
+                let basis = &list[..t];
+                let on_curve = interpolate_share(basis, 0) == Some(self.group_key)
+                    && list[t..].iter().all(|(i, y)| interpolate_share(basis, *i) == Some(*y));
+                if !on_curve {
+                    return false;
+                }
+                self.verifying_shares = list.iter().copied().collect();
+                true
+            }
         }
     }
 
@@ -625,6 +648,47 @@ pub enum AuthMsg {
         /// Enrollment session.
         session: [u8; 32],
     },
+    /// Coordinator → every member: refresh our shares (same key) among exactly these
+    /// members, from this prestate.
+    RefreshStart {
+        /// [`refresh_session`] of the other fields, the coordinator and `nonce`.
+        session: [u8; 32],
+        /// Chosen by the coordinator.
+        nonce: [u8; 32],
+        /// The authority.
+        authority: AuthorityId,
+        /// The prestate the member set is read from.
+        prestate: [u8; 32],
+        /// Every member's identifier, ascending.
+        members: Vec<u16>,
+    },
+    /// Member → every other member: its refresh round-1 package.
+    RefreshRound1 {
+        /// Refresh session.
+        session: [u8; 32],
+        /// Sender's identifier.
+        from: u16,
+        /// Serialized `round1::Package`.
+        package: Vec<u8>,
+    },
+    /// Member → one other member (over their member link): its round-2 package for it.
+    RefreshRound2 {
+        /// Refresh session.
+        session: [u8; 32],
+        /// Sender's identifier.
+        from: u16,
+        /// Serialized `round2::Package`.
+        package: Vec<u8>,
+    },
+    /// Member → coordinator: refreshed share durable; the verifying shares it computed.
+    RefreshDone {
+        /// Refresh session.
+        session: [u8; 32],
+        /// Sender's identifier.
+        from: u16,
+        /// Every member's refreshed verifying share, ascending.
+        shares: Vec<(u16, [u8; 32])>,
+    },
 }
 
 /// The id of an enrollment session. Helpers recompute it: with parts from helper sets
@@ -638,12 +702,50 @@ pub fn enroll_session(
     helpers: &[u16],
     nonce: &[u8; 32],
 ) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("aura 2026-12 enroll session");
+    bound_session(
+        "aura 2026-12 enroll session",
+        authority,
+        enroller,
+        &newcomer.0,
+        helpers,
+        nonce,
+    )
+}
+
+/// The id of a refresh session (binds the member set, so every member refreshes with
+/// the same others).
+pub fn refresh_session(
+    authority: &AuthorityId,
+    coordinator: &DeviceId,
+    prestate: &[u8; 32],
+    members: &[u16],
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    bound_session(
+        "aura 2026-12 refresh session",
+        authority,
+        coordinator,
+        prestate,
+        members,
+        nonce,
+    )
+}
+
+/// A session id that commits to who runs it, for what, and with which identifiers.
+fn bound_session(
+    ctx: &str,
+    authority: &AuthorityId,
+    runner: &DeviceId,
+    subject: &[u8; 32],
+    ids: &[u16],
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(ctx);
     h.update(&authority.0);
-    h.update(&enroller.0);
-    h.update(&newcomer.0);
-    h.update(&(helpers.len() as u64).to_le_bytes());
-    for i in helpers {
+    h.update(&runner.0);
+    h.update(subject);
+    h.update(&(ids.len() as u64).to_le_bytes());
+    for i in ids {
         h.update(&i.to_le_bytes());
     }
     h.update(nonce);

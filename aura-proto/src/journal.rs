@@ -172,6 +172,10 @@ pub enum TreeOpKind {
     RemoveDevice(DeviceId),
     /// Change how many signatures are needed.
     ChangeThreshold(u16),
+    /// Switch to refreshed shares of the same key (after a removal): the new verifying
+    /// share of every member, ascending by identifier. A removed device's share is not
+    /// on the refreshed polynomial.
+    Refresh(Vec<(u16, [u8; 32])>),
 }
 
 /// A secret sealed with HPKE to one device's HPKE key.

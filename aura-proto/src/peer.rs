@@ -21,6 +21,8 @@ mod enroll_impl;
 mod guard_impl;
 #[path = "peer_receipts.rs"]
 mod receipts_impl;
+#[path = "peer_refresh.rs"]
+mod refresh_impl;
 #[path = "peer_sync.rs"]
 mod sync_impl;
 
@@ -228,6 +230,10 @@ pub enum Command {
         /// The device.
         device: DeviceId,
     },
+    /// Refresh the key shares among the current members (same group key): a removed
+    /// device's share stops working once the members agree to switch. Runs by itself
+    /// after a removal this device committed.
+    RefreshShares,
     /// Have the authority agree (by consensus) to remove a device (lost or revoked).
     RemoveDevice {
         /// The device.
@@ -577,6 +583,16 @@ pub enum Event {
         /// The added device.
         device: DeviceId,
     },
+    /// The members switched to refreshed shares of the same key (this device too).
+    SharesRefreshed {
+        /// The authority.
+        authority: AuthorityId,
+    },
+    /// A share refresh this device coordinated was given up.
+    RefreshFailed {
+        /// Why.
+        reason: String,
+    },
     /// This device was added to an authority and holds its share (durably): it is a
     /// member now.
     AuthorityJoined {
@@ -723,6 +739,11 @@ enum Pending {
         epoch: u64,
         up_to: u64,
     },
+    /// A refreshed share is durable.
+    Refreshed {
+        session: [u8; 32],
+        share: Box<Share>,
+    },
     /// An enrolled share is durable.
     Enrolled {
         authority: AuthorityId,
@@ -845,6 +866,8 @@ pub struct Peer {
     consensus: consensus_impl::ConsensusState,
     /// Enrollment of added devices.
     enroll: enroll_impl::EnrollState,
+    /// Share refresh.
+    refresh: refresh_impl::RefreshState,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -982,6 +1005,7 @@ impl Peer {
             sync: Default::default(),
             consensus: Default::default(),
             enroll: Default::default(),
+            refresh: Default::default(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -1078,6 +1102,11 @@ impl Peer {
             Record::ContextShared { facts, tokens, addrs } => self.apply_context_share(facts, tokens, addrs),
             Record::Delivered { fact, peer, at_ms } => self.delivery_durable(fact, peer, at_ms),
             Record::Voted { vote, proposal } => self.restore_vote(vote, proposal),
+            Record::Refreshed {
+                key_package,
+                public_key_package,
+                ..
+            } => self.restore_refreshed(&key_package, &public_key_package),
             Record::Promised { prestate, ballot } => self.consensus.ballots.promise(prestate, ballot),
             Record::Reserve {
                 context,
@@ -1391,6 +1420,7 @@ impl Peer {
                 self.propose_change(crate::journal::TreeOpKind::ChangeThreshold(threshold))
             }
             Command::AddDevice { device } => self.add_device(device),
+            Command::RefreshShares => self.start_refresh(),
             Command::RemoveDevice { device } => self.propose_change(crate::journal::TreeOpKind::RemoveDevice(device)),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
@@ -2341,6 +2371,7 @@ impl Peer {
                 self.event(Event::CapabilityIssued { token });
             }
             Pending::FactDurable { fact, push_to, ack_to } => self.fact_durable(*fact, push_to, ack_to),
+            Pending::Refreshed { session, share } => self.refreshed_durable(session, *share),
             Pending::Enrolled {
                 authority,
                 session,

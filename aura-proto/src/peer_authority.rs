@@ -305,6 +305,10 @@ impl Peer {
             | AuthMsg::EnrollSigma { .. }
             | AuthMsg::Enroll { .. }
             | AuthMsg::EnrollDone { .. }) => self.on_enroll(from, m),
+            m @ (AuthMsg::RefreshStart { .. }
+            | AuthMsg::RefreshRound1 { .. }
+            | AuthMsg::RefreshRound2 { .. }
+            | AuthMsg::RefreshDone { .. }) => self.on_refresh(from, m),
         }
     }
 
@@ -984,14 +988,21 @@ impl Peer {
 
     /// Our authority's members changed: link with new members, learn their verifying
     /// shares, and hand the journal to a newcomer this device paired with.
-    fn member_view_changed(&mut self, id: crate::journal::AuthorityId, added: Vec<DeviceId>) {
+    fn member_view_changed(&mut self, id: crate::journal::AuthorityId, added: Vec<DeviceId>, removed_by_me: bool) {
         self.link_members(id);
-        let Some(view) = self.views.0.get(&id) else { return };
+        let Some(view) = self.views.0.get(&id).cloned() else {
+            return;
+        };
+        self.maybe_switch_share(&view);
         if let Some(share) = self.shares.get_mut(&view.group_key) {
-            super::enroll_impl::extend_public(share, view);
+            super::enroll_impl::extend_public(share, &view);
         }
         if self.restoring {
             return;
+        }
+        // A removed device keeps a share of the old polynomial: refresh ours.
+        if removed_by_me {
+            let _ = self.start_refresh();
         }
         for d in added {
             if self.peers.get(&d).is_some_and(|p| p.invite != [0; 32]) {
@@ -1556,6 +1567,7 @@ impl Peer {
             Kind::Other
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
+        let author = fact.author;
         // A tree change appended at the end of the journal (the usual case) is applied
         // to the current view; one that sorts earlier needs the whole reduction.
         let appended = match ns {
@@ -1608,6 +1620,14 @@ impl Peer {
             None => Vec::new(),
         };
         let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
+        let removed_by_me = author == self.keys.id
+            && moved
+            && commit.as_ref().is_some_and(|c| {
+                matches!(
+                    crate::wire::strict_decode::<crate::journal::TreeOpKind>(&c.op, &mut Vec::new()),
+                    Ok(crate::journal::TreeOpKind::RemoveDevice(_))
+                )
+            });
         if let Some(c) = &commit {
             // Applied or not, its votes may show a member voting twice.
             self.observe_votes(id, &c.votes);
@@ -1645,7 +1665,7 @@ impl Peer {
             self.open_authority_secret(id);
         }
         if mine && changes_view {
-            self.member_view_changed(id, added);
+            self.member_view_changed(id, added, removed_by_me);
         } else if !mine && !self.restoring && view.members.contains_key(&self.keys.id) {
             // Listed by a change but without a share yet: ask for one (see peer_enroll.rs).
             self.arm_auth_tick();
@@ -1940,7 +1960,9 @@ impl Peer {
         self.resend_pushes();
         self.resend_context_shares();
         self.enroll_tick();
+        self.refresh_tick();
         let busy = self.enroll_busy()
+            || self.refresh_busy()
             || !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
             || !self.sync.push.is_empty()

@@ -360,8 +360,13 @@ impl Peer {
 
     /// Whether this device votes for (and signs) change `kind`: it must apply. An added
     /// device gets its share after the commit (peer_enroll.rs).
-    fn agreeable(view: &AuthorityView, kind: &TreeOpKind) -> bool {
+    fn agreeable(&self, view: &AuthorityView, kind: &TreeOpKind) -> bool {
         view.applies(kind)
+            && match kind {
+                // Only a member that holds its refreshed share can switch to it.
+                TreeOpKind::Refresh(list) => self.holds_refresh(view, list),
+                _ => true,
+            }
     }
 
     /// How long ballot `ballot` gets before the next one is due: the fallback timer
@@ -475,7 +480,7 @@ impl Peer {
         {
             Decision::Vote => {
                 let change = wire::strict_decode::<TreeOpKind>(&p.op, &mut Vec::new()).ok();
-                if !change.is_some_and(|k| Self::agreeable(view, &k)) {
+                if !change.is_some_and(|k| self.agreeable(view, &k)) {
                     return self.send_auth(
                         from,
                         AuthMsg::Refused {
@@ -1189,7 +1194,7 @@ impl Peer {
             && !c.votes.iter().any(|v| view.equivocators.contains(&v.voter))
             && c.prestate == view.prestate()
             && c.check(&keys, view.threshold).is_ok()
-            && change.is_some_and(|k| Self::agreeable(view, &k))
+            && change.is_some_and(|k| self.agreeable(view, &k))
     }
 
     pub(super) fn consensus_deadline(&self) -> Option<Instant> {

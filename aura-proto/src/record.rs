@@ -154,6 +154,18 @@ pub enum Record {
         /// The ballot.
         ballot: u32,
     },
+    /// Refreshed shares of this device's key, computed with the other members; they
+    /// replace the share once a `Refresh` change with their verifying shares applies.
+    Refreshed {
+        /// Refresh session.
+        session: [u8; 32],
+        /// The group key (unchanged by a refresh).
+        group_key: [u8; 32],
+        /// Serialized frost `KeyPackage` (the refreshed secret share).
+        key_package: Vec<u8>,
+        /// Serialized frost `PublicKeyPackage` (the members' refreshed verifying shares).
+        public_key_package: Vec<u8>,
+    },
 }
 
 impl Record {

@@ -97,6 +97,8 @@ pub enum Request {
         /// Device id or unique prefix (a paired device that is not a member).
         device: String,
     },
+    /// Refresh the key shares among the members; answered when this device switched.
+    AuthorityRefresh,
     /// Shut down cleanly.
     Stop,
 }

@@ -72,6 +72,8 @@ struct Waiters {
     changes: VecDeque<Reply>,
     /// Devices being added, answered when the device holds its share.
     adds: BTreeMap<DeviceId, Vec<Reply>>,
+    /// Share refreshes asked for, answered when this device switched (or it failed).
+    refreshes: Vec<Reply>,
 }
 
 struct SyncWait {
@@ -383,6 +385,10 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
                 Err(e) => send_now(err(e)),
             }
         }
+        Request::AuthorityRefresh => match host.input(Input::Command(Command::RefreshShares)) {
+            Ok(()) => w.refreshes.push(reply),
+            Err(e) => send_now(err(e)),
+        },
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -521,6 +527,19 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             let v = peer.authority();
             for r in w.adds.remove(device).unwrap_or_default() {
                 let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "device": device.to_hex(), "epoch": v.map(|v| v.epoch), "threshold": v.map(|v| v.threshold), "members": v.map(|v| v.members.len()) }));
+            }
+        }
+        Event::SharesRefreshed { authority } => {
+            tracing::info!(authority = %authority.short(), "the members switched to refreshed key shares (same group key)");
+            let epoch = peer.authority().map(|v| v.epoch);
+            for r in w.refreshes.drain(..) {
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "epoch": epoch }));
+            }
+        }
+        Event::RefreshFailed { reason } => {
+            tracing::warn!(%reason, "share refresh failed");
+            for r in w.refreshes.drain(..) {
+                let _ = r.try_send(err(format!("share refresh failed: {reason}")));
             }
         }
         Event::AuthorityJoined {

@@ -251,6 +251,14 @@ enum AuthorityCmd {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
+    /// Refresh the key shares among the current members (the group key stays): a removed
+    /// device's old share stops being a share. Happens by itself after `device remove`;
+    /// needs every member running. Waits until the members switched.
+    Refresh {
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -522,6 +530,16 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             println!(
                 "agreed: the authority is at epoch {}, threshold {} of {}",
                 v["epoch"], v["threshold"], v["members"]
+            );
+            Ok(())
+        }
+        Cmd::Authority(AuthorityCmd::Refresh { timeout_s }) => {
+            let v = ask(dir, &Request::AuthorityRefresh, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!(
+                "refreshed: every member holds a new share of the same key; epoch {}",
+                v["epoch"]
             );
             Ok(())
         }

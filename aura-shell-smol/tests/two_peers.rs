@@ -327,6 +327,18 @@ fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let sig = frost_ristretto255::Signature::deserialize(&unhex(v["signature"].as_str().unwrap())).unwrap();
     assert!(vk.verify(&unhex(v["message"].as_str().unwrap()), &sig).is_ok());
+    // All four refresh their shares of the same key, then sign with the new ones.
+    let out = ok(&dirs[0], &["authority", "refresh"]);
+    assert!(out.contains("refreshed"), "{out}");
+    let t0 = Instant::now();
+    while await_authority(&dirs[3])["epoch"] != await_authority(&dirs[0])["epoch"] {
+        assert!(t0.elapsed() < Duration::from_secs(20), "D did not switch");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ok(&dirs[3], &["sign", "after the refresh", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sig = frost_ristretto255::Signature::deserialize(&unhex(v["signature"].as_str().unwrap())).unwrap();
+    assert!(vk.verify(&unhex(v["message"].as_str().unwrap()), &sig).is_ok());
     for d in daemons.iter_mut().filter_map(Option::take) {
         d.stop();
     }

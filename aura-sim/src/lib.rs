@@ -1705,6 +1705,8 @@ impl World {
             Event::ConsensusFailed { .. } => self.mark("consensus-failed"),
             Event::AuthorityFailed { .. } => self.mark("dkg-failed"),
             Event::DeviceEnrolled { .. } => self.mark("device-enrolled"),
+            Event::SharesRefreshed { .. } => self.mark("shares-refreshed"),
+            Event::RefreshFailed { .. } => self.mark("refresh-failed"),
             _ => {}
         }
         match e {
@@ -2519,6 +2521,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::ChangeThreshold { .. } => "change-threshold",
         Command::RemoveDevice { .. } => "remove-device",
         Command::AddDevice { .. } => "add-device",
+        Command::RefreshShares => "refresh-shares",
     }
 }
 
@@ -2566,6 +2569,8 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::EquivocationProven { device, .. } => format!("equivocation-proven {}", short(device)),
         Event::DeviceEnrolled { device, .. } => format!("enrolled {}", who(device)),
         Event::AuthorityJoined { authority, .. } => format!("joined {}", authority.short()),
+        Event::SharesRefreshed { .. } => "shares-refreshed".into(),
+        Event::RefreshFailed { reason } => format!("refresh-failed {reason}"),
     }
 }
 

@@ -128,6 +128,14 @@ fn a_lost_device_is_removed_by_the_others() {
         .expect("a removal was proposed");
     let loss = trace.lines().position(|l| l.contains("script lose n3")).unwrap();
     assert!(removal > loss);
+    // The remover then had the three others refresh their shares (same key), so the
+    // lost device's share is off the key; each switched.
+    assert_eq!(
+        w.stats.coverage.get("shares-refreshed"),
+        Some(&3),
+        "{:?}",
+        w.stats.coverage
+    );
     let (again, _) = run_file("lose-a-device.toml");
     assert_eq!(trace, again, "replays bit for bit");
 }

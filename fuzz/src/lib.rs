@@ -474,9 +474,23 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
         },
     );
     let ask = frame(0, &AuthMsg::EnrollAsk { authority: view.id });
+    // A refresh started by member 1 for the whole member set.
+    let mut all: Vec<u16> = view.members.values().map(|m| m.identifier).collect();
+    all.sort();
+    let refresh = frame(
+        0,
+        &AuthMsg::RefreshStart {
+            session: aura_proto::authority::refresh_session(&view.id, &ids[1], &prestate, &all, &[6; 32]),
+            nonce: [6; 32],
+            authority: view.id,
+            prestate,
+            members: all,
+        },
+    );
     vec![
         [start, delta, tick.to_vec()].concat(),
         [ask, tick.to_vec()].concat(),
+        [refresh, tick.to_vec()].concat(),
         propose.clone(),
         [propose.clone(), tick.to_vec(), prepare.clone()].concat(),
         [prepare, accept, tick.to_vec(), tick.to_vec()].concat(),

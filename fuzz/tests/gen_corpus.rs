@@ -210,6 +210,28 @@ fn generate_seed_corpus() {
                 sigmas: vec![(1, [5; 32], vec![6; 48]), (2, [7; 32], vec![8; 48])],
             },
             AuthMsg::EnrollDone { session: [2; 32] },
+            AuthMsg::RefreshStart {
+                session: [3; 32],
+                nonce: [4; 32],
+                authority: aura_proto::journal::AuthorityId([1; 32]),
+                prestate: [5; 32],
+                members: vec![1, 2, 3],
+            },
+            AuthMsg::RefreshRound1 {
+                session: [3; 32],
+                from: 2,
+                package: vec![6; 100],
+            },
+            AuthMsg::RefreshRound2 {
+                session: [3; 32],
+                from: 3,
+                package: vec![7; 40],
+            },
+            AuthMsg::RefreshDone {
+                session: [3; 32],
+                from: 1,
+                shares: vec![(1, [8; 32]), (2, [9; 32]), (3, [10; 32])],
+            },
         ] {
             write("frame_decode", &wire::encode(&m));
         }

@@ -486,3 +486,23 @@ pub fn device_fact(
         sig: journal::FactSig::Device(journal::Sig64(keys.sign(r, &msg))),
     }
 }
+
+/// Device `i` signs `text` with only the devices not in `cut` reachable: the signed
+/// message and signature.
+pub fn sign_with(net: &mut Net, i: usize, cut: &[usize], text: &[u8]) -> Option<(Vec<u8>, [u8; 64])> {
+    net.cut = cut.iter().copied().collect();
+    net.cmd(
+        i,
+        Command::Sign {
+            statement: text.to_vec(),
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    net.cut.clear();
+    signed(&net.nodes[i])
+        .into_iter()
+        .find(|(m, _, _)| m.ends_with(text))
+        .map(|(m, s, _)| (m, s))
+}

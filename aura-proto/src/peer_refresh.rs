@@ -1,0 +1,512 @@
+//! Share refresh: new shares of the same key for exactly the current members, so that a
+//! removed device's share stops being a share (it is not on the new polynomial).
+//!
+//! FROST's refresh is a key generation of a random polynomial with zero constant term
+//! among all current members (`refresh_dkg_part1/part2/shares`): each member adds its
+//! points of that polynomial to its share. The group key stays; every verifying share
+//! moves. Since shares of the old and the new polynomial do not mix, the switch is a tree
+//! change agreed by consensus: `Refresh(verifying shares)`. A member votes for it only if
+//! it holds the refreshed share those verifying shares describe, and switches when the
+//! change applies.
+//!
+//! Flow (C = coordinator: the device that committed a removal, or `Command::RefreshShares`):
+//! `RefreshStart` to every member (session bound to prestate and member set) → each runs
+//! part 1 and sends `RefreshRound1` to every other member → with all of them, part 2 and a
+//! `RefreshRound2` to each member over the member link → with all of those, the refreshed
+//! share, persisted (`Record::Refreshed`) → `RefreshDone` with the verifying shares → C,
+//! once every member is done with the same list, proposes `Refresh(list)`.
+//!
+//! Every member must take part (the refresh defines the new polynomial on exactly the
+//! members); a member that stays away stalls it, and C starts over after [`ATTEMPT`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use frost::keys::dkg::{round1, round2};
+use frost::keys::{refresh, KeyPackage, PublicKeyPackage};
+use frost::Identifier;
+use frost_ristretto255 as frost;
+
+use super::authority_impl::Share;
+use super::{CommandError, Event, Peer, Pending};
+use crate::authority::{refresh_session, AuthMsg, AuthorityView};
+use crate::journal::{AuthorityId, TreeOpKind};
+use crate::keys::DeviceId;
+use crate::metrics::DropReason;
+use crate::record::Record;
+use crate::time::Instant;
+
+/// How long one refresh session gets before the coordinator starts a new one.
+const ATTEMPT: Duration = Duration::from_secs(60);
+/// Sessions before the coordinator gives up (`Command::RefreshShares` starts again).
+const MAX_ATTEMPTS: u32 = 5;
+/// How long a member keeps a session.
+const RUN_TTL: Duration = Duration::from_secs(180);
+/// Sessions a member keeps at once.
+const MAX_RUNS: usize = 4;
+
+/// Refresh as this device sees it.
+#[derive(Default)]
+pub(crate) struct RefreshState {
+    lead: Option<Lead>,
+    runs: BTreeMap<[u8; 32], Run>,
+    /// A refreshed share (by group key) waiting for its `Refresh` change to apply.
+    pending: Option<([u8; 32], Share)>,
+}
+
+struct Lead {
+    session: [u8; 32],
+    nonce: [u8; 32],
+    authority: AuthorityId,
+    prestate: [u8; 32],
+    members: Vec<u16>,
+    done: BTreeMap<u16, Vec<(u16, [u8; 32])>>,
+    started: Instant,
+    attempt: u32,
+}
+
+struct Run {
+    coordinator: DeviceId,
+    members: Vec<(u16, DeviceId)>,
+    me: u16,
+    r1_secret: Option<round1::SecretPackage>,
+    r1_msg: AuthMsg,
+    r1s: BTreeMap<Identifier, round1::Package>,
+    r2_secret: Option<round2::SecretPackage>,
+    r2_out: Vec<(DeviceId, AuthMsg)>,
+    r2s: BTreeMap<Identifier, round2::Package>,
+    persisting: bool,
+    done: Option<AuthMsg>,
+    started: Instant,
+}
+
+fn ident(i: u16) -> Option<Identifier> {
+    Identifier::try_from(i).ok()
+}
+
+/// Verifying shares of a public key package, ascending by identifier.
+fn share_list(public: &PublicKeyPackage) -> Vec<(u16, [u8; 32])> {
+    public
+        .verifying_shares()
+        .iter()
+        .filter_map(|(id, vs)| {
+            let b: [u8; 32] = vs.serialize().ok()?.try_into().ok()?;
+            Some((super::authority_impl::identifier_number(id), b))
+        })
+        .collect()
+}
+
+fn member_ids(view: &AuthorityView) -> Vec<u16> {
+    let mut ids: Vec<u16> = view.members.values().map(|m| m.identifier).collect();
+    ids.sort();
+    ids
+}
+
+impl Peer {
+    /// `Command::RefreshShares` (and after a removal this device committed).
+    pub(super) fn start_refresh(&mut self) -> Result<(), CommandError> {
+        let view = self.my_authority().ok_or(CommandError::NotInAuthority)?.clone();
+        if !self.shares.contains_key(&view.group_key) {
+            return Err(CommandError::NotInAuthority);
+        }
+        if self
+            .refresh
+            .lead
+            .as_ref()
+            .is_some_and(|l| l.members == member_ids(&view))
+        {
+            return Err(CommandError::Busy);
+        }
+        self.lead_refresh(&view, 0);
+        Ok(())
+    }
+
+    fn lead_refresh(&mut self, view: &AuthorityView, attempt: u32) {
+        let me = self.keys.id;
+        let members = member_ids(view);
+        let prestate = view.prestate();
+        let nonce = self.rng.bytes32();
+        let session = refresh_session(&view.id, &me, &prestate, &members, &nonce);
+        self.refresh.lead = Some(Lead {
+            session,
+            nonce,
+            authority: view.id,
+            prestate,
+            members,
+            done: BTreeMap::new(),
+            started: self.now.mono,
+            attempt,
+        });
+        self.send_refresh_starts(false);
+        self.arm_auth_tick();
+    }
+
+    fn send_refresh_starts(&mut self, missing_only: bool) {
+        let Some(l) = &self.refresh.lead else { return };
+        let Some(view) = self.views.0.get(&l.authority) else {
+            return;
+        };
+        let msg = AuthMsg::RefreshStart {
+            session: l.session,
+            nonce: l.nonce,
+            authority: l.authority,
+            prestate: l.prestate,
+            members: l.members.clone(),
+        };
+        let to: Vec<DeviceId> = l
+            .members
+            .iter()
+            .filter(|i| !missing_only || !l.done.contains_key(i))
+            .filter_map(|i| view.member_by_identifier(*i).map(|(d, _)| *d))
+            .collect();
+        for d in to {
+            self.send_auth(d, msg.clone());
+        }
+    }
+
+    pub(super) fn refresh_busy(&self) -> bool {
+        self.refresh.lead.is_some() || !self.refresh.runs.is_empty()
+    }
+
+    pub(super) fn on_refresh(&mut self, from: DeviceId, msg: AuthMsg) {
+        match msg {
+            AuthMsg::RefreshStart {
+                session,
+                nonce,
+                authority,
+                prestate,
+                members,
+            } => self.on_refresh_start(from, session, nonce, authority, prestate, members),
+            AuthMsg::RefreshRound1 {
+                session,
+                from: i,
+                package,
+            } => self.on_refresh_r1(from, session, i, package),
+            AuthMsg::RefreshRound2 {
+                session,
+                from: i,
+                package,
+            } => self.on_refresh_r2(from, session, i, package),
+            AuthMsg::RefreshDone {
+                session,
+                from: i,
+                shares,
+            } => self.on_refresh_done(from, session, i, shares),
+            _ => {}
+        }
+    }
+
+    fn on_refresh_start(
+        &mut self,
+        from: DeviceId,
+        session: [u8; 32],
+        nonce: [u8; 32],
+        authority: AuthorityId,
+        prestate: [u8; 32],
+        members: Vec<u16>,
+    ) {
+        if refresh_session(&authority, &from, &prestate, &members, &nonce) != session {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        if let Some(r) = self.refresh.runs.get(&session) {
+            if r.coordinator != from {
+                return self.metrics.drop(DropReason::UnexpectedFrame);
+            }
+            // The coordinator still misses something: send everything again.
+            let mut again: Vec<(DeviceId, AuthMsg)> = r
+                .members
+                .iter()
+                .filter(|(i, _)| *i != r.me)
+                .map(|(_, d)| (*d, r.r1_msg.clone()))
+                .collect();
+            again.extend(r.r2_out.iter().cloned());
+            if let Some(m) = &r.done {
+                again.push((from, m.clone()));
+            }
+            for (to, m) in again {
+                self.send_auth(to, m);
+            }
+            return;
+        }
+        let me = self.keys.id;
+        let Some(view) = self.my_authority().filter(|v| v.id == authority).cloned() else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let (Some(my), true) = (view.members.get(&me), self.shares.contains_key(&view.group_key)) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        // The member set, not the prestate: changes that keep the members (a threshold
+        // change) may apply meanwhile, and the refreshed shares stay valid across them.
+        if member_ids(&view) != members || !view.members.contains_key(&from) || self.refresh.runs.len() >= MAX_RUNS {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        let me_ident = my.identifier;
+        let n = members.len() as u16;
+        let Some(id) = ident(me_ident) else { return };
+        let Ok((secret, package)) = refresh::refresh_dkg_part1(id, n, view.key_threshold, &mut self.rng) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let Ok(bytes) = package.serialize() else { return };
+        let r1_msg = AuthMsg::RefreshRound1 {
+            session,
+            from: me_ident,
+            package: bytes,
+        };
+        let list: Vec<(u16, DeviceId)> = view.members.iter().map(|(d, m)| (m.identifier, *d)).collect();
+        for (_, d) in list.iter().filter(|(i, _)| *i != me_ident) {
+            self.send_auth(*d, r1_msg.clone());
+        }
+        self.refresh.runs.insert(
+            session,
+            Run {
+                coordinator: from,
+                members: list,
+                me: me_ident,
+                r1_secret: Some(secret),
+                r1_msg,
+                r1s: BTreeMap::new(),
+                r2_secret: None,
+                r2_out: Vec::new(),
+                r2s: BTreeMap::new(),
+                persisting: false,
+                done: None,
+                started: self.now.mono,
+            },
+        );
+        self.arm_auth_tick();
+    }
+
+    /// The run of `session`, if `from` is the member with identifier `i` in it.
+    fn run_from(&mut self, session: &[u8; 32], from: &DeviceId, i: u16) -> Option<&mut Run> {
+        let r = self.refresh.runs.get_mut(session)?;
+        (i != r.me && r.members.iter().any(|(j, d)| *j == i && d == from)).then_some(r)
+    }
+
+    fn on_refresh_r1(&mut self, from: DeviceId, session: [u8; 32], i: u16, package: Vec<u8>) {
+        let (Some(id), Ok(p)) = (ident(i), round1::Package::deserialize(&package)) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let Some(r) = self.run_from(&session, &from, i) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        r.r1s.entry(id).or_insert(p);
+        if r.r1s.len() + 1 < r.members.len() || r.r2_secret.is_some() {
+            return;
+        }
+        let Some(secret) = r.r1_secret.take() else { return };
+        let Ok((secret2, out)) = refresh::refresh_dkg_part2(secret, &r.r1s) else {
+            // A package that does not fit: this session cannot finish.
+            self.refresh.runs.remove(&session);
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let me = r.me;
+        let mut msgs = Vec::new();
+        for (to, p) in out {
+            let j = super::authority_impl::identifier_number(&to);
+            let (Some((_, d)), Ok(bytes)) = (r.members.iter().find(|(k, _)| *k == j), p.serialize()) else {
+                continue;
+            };
+            msgs.push((
+                *d,
+                AuthMsg::RefreshRound2 {
+                    session,
+                    from: me,
+                    package: bytes,
+                },
+            ));
+        }
+        r.r2_secret = Some(secret2);
+        r.r2_out = msgs.clone();
+        for (to, m) in msgs {
+            self.send_auth(to, m);
+        }
+        self.refresh_finish(session);
+    }
+
+    fn on_refresh_r2(&mut self, from: DeviceId, session: [u8; 32], i: u16, package: Vec<u8>) {
+        let (Some(id), Ok(p)) = (ident(i), round2::Package::deserialize(&package)) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let Some(r) = self.run_from(&session, &from, i) else {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        r.r2s.entry(id).or_insert(p);
+        self.refresh_finish(session);
+    }
+
+    /// With every round-2 package in: the refreshed share, persisted before it is reported.
+    fn refresh_finish(&mut self, session: [u8; 32]) {
+        let Some(r) = self.refresh.runs.get(&session) else {
+            return;
+        };
+        let n = r.members.len();
+        if r.persisting || r.done.is_some() || r.r1s.len() + 1 < n || r.r2s.len() + 1 < n {
+            return;
+        }
+        let Some(secret2) = &r.r2_secret else { return };
+        let Some(view) = self.my_authority() else { return };
+        let Some(old) = self.shares.get(&view.group_key) else {
+            return;
+        };
+        let group_key = view.group_key;
+        let result = refresh::refresh_dkg_shares(secret2, &r.r1s, &r.r2s, old.public.clone(), old.key.clone());
+        let Ok((key, public)) = result else {
+            self.refresh.runs.remove(&session);
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        };
+        let (Ok(kb), Ok(pb)) = (key.serialize(), public.serialize()) else {
+            return;
+        };
+        if let Some(r) = self.refresh.runs.get_mut(&session) {
+            r.persisting = true;
+        }
+        self.persist(
+            Record::Refreshed {
+                session,
+                group_key,
+                key_package: kb,
+                public_key_package: pb,
+            },
+            Pending::Refreshed {
+                session,
+                share: Box::new(Share { key, public }),
+            },
+        );
+    }
+
+    /// Our refreshed share is durable: report it, and keep it until the change applies.
+    pub(super) fn refreshed_durable(&mut self, session: [u8; 32], share: Share) {
+        let group_key: [u8; 32] = match share.public.verifying_key().serialize() {
+            Ok(b) => b.try_into().unwrap_or([0; 32]),
+            Err(_) => return,
+        };
+        let shares = share_list(&share.public);
+        self.refresh.pending = Some((group_key, share));
+        let Some(r) = self.refresh.runs.get_mut(&session) else {
+            return;
+        };
+        r.persisting = false;
+        // The round secrets are no longer needed.
+        r.r2_secret = None;
+        r.r2s.clear();
+        let msg = AuthMsg::RefreshDone {
+            session,
+            from: r.me,
+            shares,
+        };
+        r.done = Some(msg.clone());
+        let to = r.coordinator;
+        self.send_auth(to, msg);
+    }
+
+    /// After a restart: a refreshed share waits for its change.
+    pub(super) fn restore_refreshed(&mut self, key_package: &[u8], public_key_package: &[u8]) {
+        if let (Ok(key), Ok(public)) = (
+            KeyPackage::deserialize(key_package),
+            PublicKeyPackage::deserialize(public_key_package),
+        ) {
+            let gk: Option<[u8; 32]> = public.verifying_key().serialize().ok().and_then(|b| b.try_into().ok());
+            if let Some(gk) = gk {
+                self.refresh.pending = Some((gk, Share { key, public }));
+            }
+        }
+    }
+
+    fn on_refresh_done(&mut self, from: DeviceId, session: [u8; 32], i: u16, shares: Vec<(u16, [u8; 32])>) {
+        let Some(l) = self.refresh.lead.as_mut().filter(|l| l.session == session) else {
+            return;
+        };
+        let sender_ok = self
+            .views
+            .0
+            .get(&l.authority)
+            .and_then(|v| v.member_by_identifier(i))
+            .is_some_and(|(d, _)| *d == from);
+        if !sender_ok || !l.members.contains(&i) || shares.len() != l.members.len() {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        l.done.entry(i).or_insert(shares);
+        self.propose_refresh();
+    }
+
+    /// Every member is done with the same verifying shares: agree to switch.
+    fn propose_refresh(&mut self) {
+        let Some(l) = &self.refresh.lead else { return };
+        if l.done.len() < l.members.len() {
+            return;
+        }
+        let first = l.done.values().next().cloned().unwrap_or_default();
+        if l.done.values().any(|s| *s != first) {
+            // Members computed different shares: start over.
+            let attempt = l.attempt + 1;
+            self.refresh.lead = None;
+            if let Some(view) = self.my_authority().cloned() {
+                if attempt < MAX_ATTEMPTS {
+                    self.lead_refresh(&view, attempt);
+                }
+            }
+            return;
+        }
+        // Busy (another change from this state is being agreed) is retried on the tick.
+        let _ = self.propose_change(TreeOpKind::Refresh(first));
+    }
+
+    /// Whether this device can switch to the refreshed shares `list` (it holds its own).
+    pub(super) fn holds_refresh(&self, view: &AuthorityView, list: &[(u16, [u8; 32])]) -> bool {
+        self.refresh
+            .pending
+            .as_ref()
+            .is_some_and(|(gk, s)| *gk == view.group_key && share_list(&s.public) == list)
+    }
+
+    /// A `Refresh` change applied: switch to the refreshed share it describes.
+    pub(super) fn maybe_switch_share(&mut self, view: &AuthorityView) {
+        let me = self.keys.id;
+        let Some(my) = view.members.get(&me) else { return };
+        let Some((gk, s)) = &self.refresh.pending else { return };
+        let theirs: Option<Vec<u8>> = s.key.verifying_share().serialize().ok();
+        let listed = view.verifying_shares.get(&my.identifier);
+        if *gk != view.group_key || listed.map(|b| b.to_vec()) != theirs {
+            return;
+        }
+        let (gk, share) = self.refresh.pending.take().expect("checked");
+        self.shares.insert(gk, share);
+        if let Some(s) = self.shares.get_mut(&gk) {
+            super::enroll_impl::extend_public(s, view);
+        }
+        if self.refresh.lead.as_ref().is_some_and(|l| l.authority == view.id) {
+            self.refresh.lead = None;
+        }
+        if !self.restoring {
+            self.event(Event::SharesRefreshed { authority: view.id });
+        }
+    }
+
+    pub(super) fn refresh_tick(&mut self) {
+        let now = self.now.mono;
+        self.refresh.runs.retain(|_, r| r.started.saturating_add(RUN_TTL) > now);
+        let Some(l) = &self.refresh.lead else { return };
+        let Some(view) = self.my_authority().filter(|v| v.id == l.authority).cloned() else {
+            self.refresh.lead = None;
+            return;
+        };
+        let all_done = l.done.len() == l.members.len();
+        // Another change applied that altered the members: the shares must be made anew.
+        let moved = member_ids(&view) != l.members;
+        if moved || l.started.saturating_add(ATTEMPT) <= now {
+            let attempt = l.attempt + 1;
+            self.refresh.lead = None;
+            if attempt < MAX_ATTEMPTS {
+                self.lead_refresh(&view, attempt);
+            } else {
+                self.event(Event::RefreshFailed {
+                    reason: "not every member took part in time".into(),
+                });
+            }
+        } else if all_done {
+            self.propose_refresh();
+        } else {
+            self.send_refresh_starts(true);
+        }
+    }
+}
