@@ -183,6 +183,9 @@ impl AuthorityView {
         c.check(&keys, self.threshold).map_err(|_| TreeOpReject::NoQuorum)?;
         let mut scratch = Vec::new();
         let kind: TreeOpKind = crate::wire::strict_decode(&c.op, &mut scratch).map_err(|_| TreeOpReject::Invalid)?;
+        if c.votes.len() < self.votes_needed(c.ballot(), Some(&kind)) {
+            return Err(TreeOpReject::NoQuorum);
+        }
         self.apply(&kind).then_some(()).ok_or(TreeOpReject::Invalid)
     }
 
@@ -259,6 +262,29 @@ impl AuthorityView {
         (basis.len() == self.key_threshold as usize)
             .then(|| interpolate_share(&basis, x))
             .flatten()
+    }
+
+    /// A hash of the current verifying shares: which polynomial the shares lie on.
+    pub fn share_base(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("aura 2026-12 share base");
+        for (i, y) in &self.verifying_shares {
+            h.update(&i.to_le_bytes());
+            h.update(y);
+        }
+        h.finalize().into()
+    }
+
+    /// Votes a commit of `kind` needs at `ballot`. A share refresh needs every member: a
+    /// member left out of it could not switch, and the others could no longer sign
+    /// without it (and a faulty coordinator could have handed round-1 packages of two
+    /// different polynomials to two groups of members).
+    pub fn votes_needed(&self, ballot: u32, kind: Option<&TreeOpKind>) -> usize {
+        let n = self.members.len();
+        match (kind, ballot) {
+            (Some(TreeOpKind::Refresh(_)), _) => n,
+            (_, 0) => crate::consensus::fast_quorum(n, self.threshold),
+            _ => crate::consensus::quorum(n, self.threshold),
+        }
     }
 
     /// Finds a member by FROST identifier.
@@ -649,7 +675,7 @@ pub enum AuthMsg {
         session: [u8; 32],
     },
     /// Coordinator → every member: refresh our shares (same key) among exactly these
-    /// members, from this prestate.
+    /// members, starting from the shares with these verifying shares.
     RefreshStart {
         /// [`refresh_session`] of the other fields, the coordinator and `nonce`.
         session: [u8; 32],
@@ -657,8 +683,9 @@ pub enum AuthMsg {
         nonce: [u8; 32],
         /// The authority.
         authority: AuthorityId,
-        /// The prestate the member set is read from.
-        prestate: [u8; 32],
+        /// [`AuthorityView::share_base`] of the shares being refreshed: every member
+        /// must start from the same polynomial.
+        base: [u8; 32],
         /// Every member's identifier, ascending.
         members: Vec<u16>,
     },
@@ -717,7 +744,7 @@ pub fn enroll_session(
 pub fn refresh_session(
     authority: &AuthorityId,
     coordinator: &DeviceId,
-    prestate: &[u8; 32],
+    base: &[u8; 32],
     members: &[u16],
     nonce: &[u8; 32],
 ) -> [u8; 32] {
@@ -725,7 +752,7 @@ pub fn refresh_session(
         "aura 2026-12 refresh session",
         authority,
         coordinator,
-        prestate,
+        base,
         members,
         nonce,
     )

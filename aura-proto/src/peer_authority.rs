@@ -988,7 +988,7 @@ impl Peer {
 
     /// Our authority's members changed: link with new members, learn their verifying
     /// shares, and hand the journal to a newcomer this device paired with.
-    fn member_view_changed(&mut self, id: crate::journal::AuthorityId, added: Vec<DeviceId>, removed_by_me: bool) {
+    fn member_view_changed(&mut self, id: crate::journal::AuthorityId, added: Vec<DeviceId>) {
         self.link_members(id);
         let Some(view) = self.views.0.get(&id).cloned() else {
             return;
@@ -1000,9 +1000,10 @@ impl Peer {
         if self.restoring {
             return;
         }
-        // A removed device keeps a share of the old polynomial: refresh ours.
-        if removed_by_me {
-            let _ = self.start_refresh();
+        // A removed device keeps a share of the old polynomial: a refresh is due (the
+        // tick starts it on the lowest-identifier member).
+        if self.refresh_busy() {
+            self.arm_auth_tick();
         }
         for d in added {
             if self.peers.get(&d).is_some_and(|p| p.invite != [0; 32]) {
@@ -1567,7 +1568,6 @@ impl Peer {
             Kind::Other
         };
         let is_sealed = matches!(fact.body, FactBody::SealedSecret(_));
-        let author = fact.author;
         // A tree change appended at the end of the journal (the usual case) is applied
         // to the current view; one that sorts earlier needs the whole reduction.
         let appended = match ns {
@@ -1620,14 +1620,6 @@ impl Peer {
             None => Vec::new(),
         };
         let moved = self.views.0.get(&id).is_some_and(|old| old.epoch < view.epoch);
-        let removed_by_me = author == self.keys.id
-            && moved
-            && commit.as_ref().is_some_and(|c| {
-                matches!(
-                    crate::wire::strict_decode::<crate::journal::TreeOpKind>(&c.op, &mut Vec::new()),
-                    Ok(crate::journal::TreeOpKind::RemoveDevice(_))
-                )
-            });
         if let Some(c) = &commit {
             // Applied or not, its votes may show a member voting twice.
             self.observe_votes(id, &c.votes);
@@ -1665,7 +1657,7 @@ impl Peer {
             self.open_authority_secret(id);
         }
         if mine && changes_view {
-            self.member_view_changed(id, added, removed_by_me);
+            self.member_view_changed(id, added);
         } else if !mine && !self.restoring && view.members.contains_key(&self.keys.id) {
             // Listed by a change but without a share yet: ask for one (see peer_enroll.rs).
             self.arm_auth_tick();

@@ -41,8 +41,8 @@ use frost_ristretto255 as frost;
 use super::{CommandError, Event, Peer, Pending};
 use crate::authority::{AuthMsg, AuthorityView};
 use crate::consensus::{
-    choose, consensus_id, coordinator, fallback_timeout, fast_quorum, op_hash, quorum, Ballots, Choice, Commit,
-    ConsensusId, Decision, Hash32, Promise, Proposal, Refusal, Vote,
+    choose, consensus_id, coordinator, fallback_timeout, op_hash, quorum, Ballots, Choice, Commit, ConsensusId,
+    Decision, Hash32, Promise, Proposal, Refusal, Vote,
 };
 use crate::journal::{AuthorityId, FactBody, Namespace, TreeOpKind};
 use crate::keys::DeviceId;
@@ -949,10 +949,12 @@ impl Peer {
         else {
             return;
         };
-        let needed = match *ballot {
-            0 => fast_quorum(view.members.len(), view.threshold),
-            _ => quorum(view.members.len(), view.threshold),
-        };
+        let kind = self
+            .consensus
+            .proposals
+            .get(&g.id)
+            .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
+        let needed = view.votes_needed(*ballot, kind.as_ref());
         // A vote counted before its voter was proven an equivocator counts no more.
         g.votes.retain(|d, _| !view.equivocators.contains(d));
         if g.done || g.votes.len() < needed {
@@ -1275,10 +1277,12 @@ impl Peer {
         else {
             return false;
         };
-        let needed = match *ballot {
-            0 => fast_quorum(view.members.len(), view.threshold),
-            _ => quorum(view.members.len(), view.threshold),
-        };
+        let kind = self
+            .consensus
+            .proposals
+            .get(&g.id)
+            .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
+        let needed = view.votes_needed(*ballot, kind.as_ref());
         if g.done || g.votes.len() < needed {
             return false;
         }

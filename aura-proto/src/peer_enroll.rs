@@ -696,7 +696,7 @@ impl Peer {
     /// After a restart: an enrolled share's record follows the facts that list us, so
     /// the secret and links wait until every record is in.
     pub(super) fn restored_enrollment(&mut self) {
-        if self.awaiting_share().is_some() {
+        if self.awaiting_share().is_some() || self.refresh_busy() {
             self.arm_auth_tick();
         }
         let Some(id) = self.my_authority().map(|v| v.id) else {

@@ -10,14 +10,24 @@
 //! change applies.
 //!
 //! Flow (C = coordinator: the device that committed a removal, or `Command::RefreshShares`):
-//! `RefreshStart` to every member (session bound to prestate and member set) → each runs
+//! `RefreshStart` to every member (session bound to the member set and to the verifying
+//! shares being refreshed) → each runs
 //! part 1 and sends `RefreshRound1` to every other member → with all of them, part 2 and a
 //! `RefreshRound2` to each member over the member link → with all of those, the refreshed
 //! share, persisted (`Record::Refreshed`) → `RefreshDone` with the verifying shares → C,
 //! once every member is done with the same list, proposes `Refresh(list)`.
 //!
 //! Every member must take part (the refresh defines the new polynomial on exactly the
-//! members); a member that stays away stalls it, and C starts over after [`ATTEMPT`].
+//! members), and the `Refresh` commit needs every member's vote: a member left out could
+//! not switch, and the rest could no longer sign without it. A member that stays away
+//! stalls the refresh; C starts over after [`ATTEMPT`].
+//!
+//! Who coordinates: the member with the lowest identifier, whenever the view still lists
+//! verifying shares of identifiers that are no longer members (a removal happened since
+//! the last refresh), at most once per [`AUTO_EVERY`]; or any member on
+//! `Command::RefreshShares`. Several refreshes may run at once (say two coordinators):
+//! members keep every refreshed share they computed, keyed by its verifying shares, and
+//! switch to the one the agreed change names.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,23 +52,30 @@ const ATTEMPT: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS: u32 = 5;
 /// How long a member keeps a session.
 const RUN_TTL: Duration = Duration::from_secs(180);
-/// Sessions a member keeps at once.
+/// Sessions a member keeps at once (one per coordinator).
 const MAX_RUNS: usize = 4;
+/// Refreshed shares kept while waiting for a change to name one.
+const MAX_PENDING: usize = 8;
+/// How often the lowest-identifier member starts a refresh a removal made due.
+const AUTO_EVERY: Duration = Duration::from_secs(60);
 
 /// Refresh as this device sees it.
 #[derive(Default)]
 pub(crate) struct RefreshState {
     lead: Option<Lead>,
     runs: BTreeMap<[u8; 32], Run>,
-    /// A refreshed share (by group key) waiting for its `Refresh` change to apply.
-    pending: Option<([u8; 32], Share)>,
+    /// Refreshed shares waiting for a `Refresh` change to name one, by their verifying
+    /// shares (with the group key). Cleared when a refresh applies.
+    pending: BTreeMap<ShareList, ([u8; 32], Share)>,
+    /// When the lowest-identifier member may start the next refresh on its own.
+    auto_at: Instant,
 }
 
 struct Lead {
     session: [u8; 32],
     nonce: [u8; 32],
     authority: AuthorityId,
-    prestate: [u8; 32],
+    base: [u8; 32],
     members: Vec<u16>,
     done: BTreeMap<u16, Vec<(u16, [u8; 32])>>,
     started: Instant,
@@ -67,6 +84,7 @@ struct Lead {
 
 struct Run {
     coordinator: DeviceId,
+    base: [u8; 32],
     members: Vec<(u16, DeviceId)>,
     me: u16,
     r1_secret: Option<round1::SecretPackage>,
@@ -79,6 +97,9 @@ struct Run {
     done: Option<AuthMsg>,
     started: Instant,
 }
+
+/// Every member's verifying share, ascending by identifier.
+type ShareList = Vec<(u16, [u8; 32])>;
 
 fn ident(i: u16) -> Option<Identifier> {
     Identifier::try_from(i).ok()
@@ -124,24 +145,26 @@ impl Peer {
     fn lead_refresh(&mut self, view: &AuthorityView, attempt: u32) {
         let me = self.keys.id;
         let members = member_ids(view);
-        let prestate = view.prestate();
+        let base = view.share_base();
         let nonce = self.rng.bytes32();
-        let session = refresh_session(&view.id, &me, &prestate, &members, &nonce);
+        let session = refresh_session(&view.id, &me, &base, &members, &nonce);
         self.refresh.lead = Some(Lead {
             session,
             nonce,
             authority: view.id,
-            prestate,
+            base,
             members,
             done: BTreeMap::new(),
             started: self.now.mono,
             attempt,
         });
-        self.send_refresh_starts(false);
+        self.send_refresh_starts();
         self.arm_auth_tick();
     }
 
-    fn send_refresh_starts(&mut self, missing_only: bool) {
+    /// To every member, done or not: a member that is done resends its packages, which
+    /// another may still miss.
+    fn send_refresh_starts(&mut self) {
         let Some(l) = &self.refresh.lead else { return };
         let Some(view) = self.views.0.get(&l.authority) else {
             return;
@@ -150,13 +173,12 @@ impl Peer {
             session: l.session,
             nonce: l.nonce,
             authority: l.authority,
-            prestate: l.prestate,
+            base: l.base,
             members: l.members.clone(),
         };
         let to: Vec<DeviceId> = l
             .members
             .iter()
-            .filter(|i| !missing_only || !l.done.contains_key(i))
             .filter_map(|i| view.member_by_identifier(*i).map(|(d, _)| *d))
             .collect();
         for d in to {
@@ -165,7 +187,18 @@ impl Peer {
     }
 
     pub(super) fn refresh_busy(&self) -> bool {
-        self.refresh.lead.is_some() || !self.refresh.runs.is_empty()
+        self.refresh.lead.is_some() || !self.refresh.runs.is_empty() || self.refresh_due_here()
+    }
+
+    /// Whether this device should start a refresh by itself: the view still lists
+    /// verifying shares of removed identifiers, and this is the lowest-identifier member
+    /// holding a share.
+    fn refresh_due_here(&self) -> bool {
+        let me = self.keys.id;
+        let Some(view) = self.my_authority() else { return false };
+        let stale = view.verifying_shares.keys().copied().collect::<Vec<_>>() != member_ids(view);
+        let first = view.members.iter().min_by_key(|(_, m)| m.identifier).map(|(d, _)| *d);
+        stale && first == Some(me) && self.shares.contains_key(&view.group_key)
     }
 
     pub(super) fn on_refresh(&mut self, from: DeviceId, msg: AuthMsg) {
@@ -174,9 +207,9 @@ impl Peer {
                 session,
                 nonce,
                 authority,
-                prestate,
+                base,
                 members,
-            } => self.on_refresh_start(from, session, nonce, authority, prestate, members),
+            } => self.on_refresh_start(from, session, nonce, authority, base, members),
             AuthMsg::RefreshRound1 {
                 session,
                 from: i,
@@ -202,10 +235,10 @@ impl Peer {
         session: [u8; 32],
         nonce: [u8; 32],
         authority: AuthorityId,
-        prestate: [u8; 32],
+        base: [u8; 32],
         members: Vec<u16>,
     ) {
-        if refresh_session(&authority, &from, &prestate, &members, &nonce) != session {
+        if refresh_session(&authority, &from, &base, &members, &nonce) != session {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
         if let Some(r) = self.refresh.runs.get(&session) {
@@ -235,15 +268,29 @@ impl Peer {
         let (Some(my), true) = (view.members.get(&me), self.shares.contains_key(&view.group_key)) else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
-        // The member set, not the prestate: changes that keep the members (a threshold
-        // change) may apply meanwhile, and the refreshed shares stay valid across them.
-        if member_ids(&view) != members || !view.members.contains_key(&from) || self.refresh.runs.len() >= MAX_RUNS {
+        // The member set and the shares being refreshed, not the prestate: changes that
+        // keep both (a threshold change) may apply meanwhile.
+        if member_ids(&view) != members
+            || view.share_base() != base
+            || !view.members.contains_key(&from)
+            || self.refresh.pending.len() >= MAX_PENDING
+        {
+            return self.metrics.drop(DropReason::UnexpectedFrame);
+        }
+        // A newer session from the same coordinator replaces its older one.
+        self.refresh.runs.retain(|_, r| r.coordinator != from);
+        if self.refresh.runs.len() >= MAX_RUNS {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
         let me_ident = my.identifier;
         let n = members.len() as u16;
         let Some(id) = ident(me_ident) else { return };
-        let Ok((secret, package)) = refresh::refresh_dkg_part1(id, n, view.key_threshold, &mut self.rng) else {
+        // Round 1 drawn from the share and the session: after a restart this member sends
+        // the same package again, which the others may already hold.
+        let mut seed = self.shares[&view.group_key].key.signing_share().serialize();
+        seed.extend_from_slice(&session);
+        let rng = crate::rng::PeerRng::from_seed(blake3::derive_key("aura 2026-12 refresh round 1", &seed));
+        let Ok((secret, package)) = refresh::refresh_dkg_part1(id, n, view.key_threshold, rng) else {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         };
         let Ok(bytes) = package.serialize() else { return };
@@ -260,6 +307,7 @@ impl Peer {
             session,
             Run {
                 coordinator: from,
+                base,
                 members: list,
                 me: me_ident,
                 r1_secret: Some(secret),
@@ -345,6 +393,12 @@ impl Peer {
         }
         let Some(secret2) = &r.r2_secret else { return };
         let Some(view) = self.my_authority() else { return };
+        // The shares moved since this run started (another refresh applied): its
+        // result would mix two polynomials.
+        if view.share_base() != r.base {
+            self.refresh.runs.remove(&session);
+            return;
+        }
         let Some(old) = self.shares.get(&view.group_key) else {
             return;
         };
@@ -381,7 +435,12 @@ impl Peer {
             Err(_) => return,
         };
         let shares = share_list(&share.public);
-        self.refresh.pending = Some((group_key, share));
+        self.refresh.pending.insert(shares.clone(), (group_key, share));
+        // The change naming it may have applied already (a coordinator that did not
+        // wait for everyone).
+        if let Some(view) = self.my_authority().cloned() {
+            self.maybe_switch_share(&view);
+        }
         let Some(r) = self.refresh.runs.get_mut(&session) else {
             return;
         };
@@ -407,7 +466,9 @@ impl Peer {
         ) {
             let gk: Option<[u8; 32]> = public.verifying_key().serialize().ok().and_then(|b| b.try_into().ok());
             if let Some(gk) = gk {
-                self.refresh.pending = Some((gk, Share { key, public }));
+                self.refresh
+                    .pending
+                    .insert(share_list(&public), (gk, Share { key, public }));
             }
         }
     }
@@ -455,25 +516,42 @@ impl Peer {
     pub(super) fn holds_refresh(&self, view: &AuthorityView, list: &[(u16, [u8; 32])]) -> bool {
         self.refresh
             .pending
-            .as_ref()
-            .is_some_and(|(gk, s)| *gk == view.group_key && share_list(&s.public) == list)
+            .get(list)
+            .is_some_and(|(gk, _)| *gk == view.group_key)
     }
 
-    /// A `Refresh` change applied: switch to the refreshed share it describes.
+    /// A `Refresh` change applied: switch to the refreshed share it describes, and drop
+    /// the other refreshed shares (they lie on polynomials nobody uses).
     pub(super) fn maybe_switch_share(&mut self, view: &AuthorityView) {
         let me = self.keys.id;
         let Some(my) = view.members.get(&me) else { return };
-        let Some((gk, s)) = &self.refresh.pending else { return };
-        let theirs: Option<Vec<u8>> = s.key.verifying_share().serialize().ok();
-        let listed = view.verifying_shares.get(&my.identifier);
-        if *gk != view.group_key || listed.map(|b| b.to_vec()) != theirs {
+        let current: Vec<(u16, [u8; 32])> = view.verifying_shares.iter().map(|(i, y)| (*i, *y)).collect();
+        let Some((gk, mut share)) = self.refresh.pending.remove(&current) else {
+            // Pending shares from before the last refresh can never be named now.
+            if view.verifying_shares.keys().copied().collect::<Vec<_>>() == member_ids(view) {
+                let stale: Vec<_> = self
+                    .refresh
+                    .pending
+                    .keys()
+                    .filter(|l| l.iter().map(|(i, _)| *i).collect::<Vec<_>>() != member_ids(view))
+                    .cloned()
+                    .collect();
+                for l in stale {
+                    self.refresh.pending.remove(&l);
+                }
+            }
+            return;
+        };
+        let mine: Option<Vec<u8>> = share.key.verifying_share().serialize().ok();
+        if gk != view.group_key || view.verifying_shares.get(&my.identifier).map(|b| b.to_vec()) != mine {
             return;
         }
-        let (gk, share) = self.refresh.pending.take().expect("checked");
-        self.shares.insert(gk, share);
-        if let Some(s) = self.shares.get_mut(&gk) {
-            super::enroll_impl::extend_public(s, view);
+        // The public package from the agreed list, not from what the run computed.
+        if let Some(p) = super::enroll_impl::public_package(view) {
+            share.public = p;
         }
+        self.shares.insert(gk, share);
+        self.refresh.pending.clear();
         if self.refresh.lead.as_ref().is_some_and(|l| l.authority == view.id) {
             self.refresh.lead = None;
         }
@@ -485,15 +563,22 @@ impl Peer {
     pub(super) fn refresh_tick(&mut self) {
         let now = self.now.mono;
         self.refresh.runs.retain(|_, r| r.started.saturating_add(RUN_TTL) > now);
+        let base = self.my_authority().map(|v| v.share_base());
+        self.refresh.runs.retain(|_, r| Some(r.base) == base);
+        if self.refresh.lead.is_none() && self.refresh_due_here() && self.refresh.auto_at <= now {
+            self.refresh.auto_at = now.saturating_add(AUTO_EVERY);
+            let _ = self.start_refresh();
+            return;
+        }
         let Some(l) = &self.refresh.lead else { return };
         let Some(view) = self.my_authority().filter(|v| v.id == l.authority).cloned() else {
             self.refresh.lead = None;
             return;
         };
         let all_done = l.done.len() == l.members.len();
-        // Another change applied that altered the members: the shares must be made anew.
-        let moved = member_ids(&view) != l.members;
-        if moved || l.started.saturating_add(ATTEMPT) <= now {
+        // Another change altered the members or the shares: the run is void.
+        let void = member_ids(&view) != l.members || view.share_base() != l.base;
+        if void || (!all_done && l.started.saturating_add(ATTEMPT) <= now) {
             let attempt = l.attempt + 1;
             self.refresh.lead = None;
             if attempt < MAX_ATTEMPTS {
@@ -504,9 +589,11 @@ impl Peer {
                 });
             }
         } else if all_done {
+            // Everyone holds the refreshed share: keep asking until the change applies
+            // (a proposal can lose to another change from the same state).
             self.propose_refresh();
         } else {
-            self.send_refresh_starts(true);
+            self.send_refresh_starts();
         }
     }
 }

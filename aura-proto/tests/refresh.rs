@@ -115,3 +115,36 @@ fn a_refresh_change_must_list_exactly_the_members_on_one_polynomial_through_the_
     shifted[0].1 = good[1].1;
     assert!(!v.applies(&TreeOpKind::Refresh(shifted)));
 }
+
+#[test]
+fn two_refreshes_at_once_end_with_every_member_on_the_same_shares() {
+    let mut net = four();
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    // Two coordinators: each member computes two refreshed shares and must switch to
+    // the one the agreed change names.
+    net.cmd(0, Command::RefreshShares).unwrap();
+    net.cmd(2, Command::RefreshShares).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    let v = net.nodes[0].peer.authority().unwrap().clone();
+    assert_ne!(v.verifying_shares, before.verifying_shares);
+    for i in 0..4 {
+        assert!(refreshed(&net.nodes[i]), "device {i}");
+        assert_eq!(
+            net.nodes[i].peer.authority().unwrap().verifying_shares,
+            v.verifying_shares
+        );
+    }
+    // Any two sign together.
+    let vk = VerifyingKey::deserialize(&before.group_key).unwrap();
+    for (signer, cut) in [(0, [2, 3]), (3, [0, 1]), (1, [0, 3])] {
+        let text = format!("pair {signer}");
+        let (m, s) = sign_with(&mut net, signer, &cut, text.as_bytes()).expect("signed");
+        assert!(vk.verify(&m, &Signature::deserialize(&s).unwrap()).is_ok());
+    }
+    // A refresh commit needs every member's vote, not a quorum.
+    let kind = aura_proto::journal::TreeOpKind::Refresh(v.verifying_shares.iter().map(|(i, y)| (*i, *y)).collect());
+    assert_eq!(v.votes_needed(0, Some(&kind)), 4);
+    assert_eq!(v.votes_needed(1, Some(&kind)), 4);
+    assert!(v.votes_needed(1, None) < 4);
+}

@@ -480,10 +480,10 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
     let refresh = frame(
         0,
         &AuthMsg::RefreshStart {
-            session: aura_proto::authority::refresh_session(&view.id, &ids[1], &prestate, &all, &[6; 32]),
+            session: aura_proto::authority::refresh_session(&view.id, &ids[1], &view.share_base(), &all, &[6; 32]),
             nonce: [6; 32],
             authority: view.id,
-            prestate,
+            base: view.share_base(),
             members: all,
         },
     );

@@ -214,7 +214,7 @@ fn generate_seed_corpus() {
                 session: [3; 32],
                 nonce: [4; 32],
                 authority: aura_proto::journal::AuthorityId([1; 32]),
-                prestate: [5; 32],
+                base: [5; 32],
                 members: vec![1, 2, 3],
             },
             AuthMsg::RefreshRound1 {
