@@ -198,6 +198,15 @@ type Planned = (Signing, Vec<(u16, Vec<u8>)>);
 /// Votes remembered for equivocation checks at once (beyond this, new ones are not).
 const MAX_SEEN: usize = 4096;
 
+/// Votes instance `id` needs at `ballot` (its operation decides: see
+/// [`AuthorityView::votes_needed`]).
+fn votes_needed(proposals: &BTreeMap<ConsensusId, Seen>, view: &AuthorityView, ballot: u32, id: &ConsensusId) -> usize {
+    let kind = proposals
+        .get(id)
+        .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
+    view.votes_needed(ballot, kind.as_ref())
+}
+
 fn open_ballot(open: &BTreeMap<Hash32, Open>, prestate: &Hash32) -> u32 {
     open.get(prestate).map_or(0, |o| o.ballot)
 }
@@ -949,12 +958,7 @@ impl Peer {
         else {
             return;
         };
-        let kind = self
-            .consensus
-            .proposals
-            .get(&g.id)
-            .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
-        let needed = view.votes_needed(*ballot, kind.as_ref());
+        let needed = votes_needed(&self.consensus.proposals, view, *ballot, &g.id);
         // A vote counted before its voter was proven an equivocator counts no more.
         g.votes.retain(|d, _| !view.equivocators.contains(d));
         if g.done || g.votes.len() < needed {
@@ -1277,12 +1281,7 @@ impl Peer {
         else {
             return false;
         };
-        let kind = self
-            .consensus
-            .proposals
-            .get(&g.id)
-            .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
-        let needed = view.votes_needed(*ballot, kind.as_ref());
+        let needed = votes_needed(&self.consensus.proposals, view, *ballot, &g.id);
         if g.done || g.votes.len() < needed {
             return false;
         }
