@@ -1658,8 +1658,10 @@ impl Peer {
         }
         if mine && changes_view {
             self.member_view_changed(id, added);
-        } else if !mine && !self.restoring && view.members.contains_key(&self.keys.id) {
-            // Listed by a change but without a share yet: ask for one (see peer_enroll.rs).
+        }
+        if !self.restoring && self.awaiting_share().is_some() {
+            // Listed (by a change, or as a founder whose key generation state died in a
+            // crash) but without a share: ask for one (see peer_enroll.rs).
             self.arm_auth_tick();
         }
         true

@@ -186,7 +186,7 @@ impl Peer {
 
     /// Newcomer: an authority that lists us (and a device we paired with) while we hold
     /// no share of any key.
-    fn awaiting_share(&self) -> Option<&AuthorityView> {
+    pub(super) fn awaiting_share(&self) -> Option<&AuthorityView> {
         if !self.shares.is_empty() || self.enroll.writing {
             return None;
         }

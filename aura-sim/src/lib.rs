@@ -273,6 +273,9 @@ pub struct SimConfig {
     /// and the run is done only when it holds its share (unless the first device was
     /// lost before the change applied).
     pub add_device: bool,
+    /// Consensus scenario: this long after the authority exists, one founding device
+    /// (the last; the one before it with `add_device`) is lost for good.
+    pub lose_one_after: Option<Duration>,
 }
 
 impl SimConfig {
@@ -306,6 +309,7 @@ impl Default for SimConfig {
             sign_every: Duration::from_secs(5),
             byzantine: false,
             add_device: false,
+            lose_one_after: None,
         }
     }
 }
@@ -1006,7 +1010,12 @@ impl World {
                 .filter(|(j, n)| !n.lost && !n.crashed && Some(*j) != stranded)
                 .all(|(_, n)| {
                     n.peer.authority().is_some_and(|v| {
-                        v.epoch >= self.cfg.statements as u64 && lost.iter().all(|d| !v.members.contains_key(d))
+                        // After a removal the others refreshed: no verifying share of a
+                        // removed identifier is left.
+                        let refreshed = v.verifying_shares.keys().all(|i| v.member_by_identifier(*i).is_some());
+                        v.epoch >= self.cfg.statements as u64
+                            && lost.iter().all(|d| !v.members.contains_key(d))
+                            && refreshed
                     })
                 });
         }
@@ -1791,6 +1800,12 @@ impl World {
                         .filter(|j| Some(*j) != spare)
                         .all(|j| self.nodes[j].authority.is_some());
                     if founders_in && self.proposed.is_none() {
+                        if let Some(after) = self.cfg.lose_one_after {
+                            let node = self.nodes.len() - if self.cfg.add_device { 2 } else { 1 };
+                            self.script_pending += 1;
+                            let at = self.now + after.as_nanos() as u64;
+                            self.schedule(at, Ev::Fault(Fault::Scripted(Action::Lose { node })));
+                        }
                         self.proposed = Some((0, 0));
                         self.schedule(soon, Ev::ConsensusTick);
                     }
@@ -1941,7 +1956,16 @@ impl World {
             .unwrap_or(0);
         let (last_epoch, last_at) = self.proposed.unwrap_or((0, 0));
         let fresh = epoch > last_epoch || last_at == 0 || self.now >= last_at + 10_000_000_000;
-        if epoch < self.cfg.statements as u64 && fresh && !live.is_empty() {
+        // A device lost for good that is still a member is removed even after the
+        // workload's changes are done.
+        let lost_member = live.iter().any(|j| {
+            self.nodes[*j].peer.authority().is_some_and(|v| {
+                self.nodes
+                    .iter()
+                    .any(|n| n.lost && v.members.contains_key(&n.peer.id()))
+            })
+        });
+        if (epoch < self.cfg.statements as u64 || lost_member) && fresh && !live.is_empty() {
             self.proposed = Some((epoch, self.now.max(1)));
             // One proposer, or (a third of the time) two at once that compete for the
             // same prestate's votes.

@@ -121,6 +121,11 @@ struct WorldArgs {
     /// first device proposes adding it, and it must end up a member holding a share.
     #[arg(long, conflicts_with = "byzantine")]
     add_device: bool,
+    /// Consensus scenario: one founding device (the last, or the one before it with
+    /// --add-device) is lost for good at a seed-chosen moment 2 to 20 s after the
+    /// authority exists; the others must remove it and refresh their shares.
+    #[arg(long)]
+    lose_one: bool,
 }
 
 #[derive(clap::Args)]
@@ -242,6 +247,10 @@ impl WorldArgs {
             add_device: self.add_device,
             faults: self.faults(),
             persist_latency: self.disk(),
+            // Seed-derived, so a replay loses the device at the same moment.
+            lose_one_after: self
+                .lose_one
+                .then(|| Duration::from_millis(2_000 + seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 18_000)),
             ..SimConfig::default()
         }
         .with_swarm(self.swarm)
@@ -298,6 +307,9 @@ impl WorldArgs {
         }
         if self.add_device {
             f.push_str(" --add-device");
+        }
+        if self.lose_one {
+            f.push_str(" --lose-one");
         }
         if let Some(n) = self.crash_every_s {
             f.push_str(&format!(" --crash-every-s {n}"));
