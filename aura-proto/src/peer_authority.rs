@@ -921,7 +921,14 @@ impl Peer {
 
     /// The authority this device is a member of (one per device for now).
     pub(super) fn my_authority(&self) -> Option<&AuthorityView> {
-        self.views.0.values().find(|v| self.owns(v))
+        // One whose share we hold first: a genesis signs itself, so another device could
+        // write one listing us as a founder, and without this it might sort first.
+        let me = self.keys.id;
+        self.views
+            .0
+            .values()
+            .find(|v| v.members.contains_key(&me) && self.shares.contains_key(&v.group_key))
+            .or_else(|| self.views.0.values().find(|v| self.owns(v)))
     }
 
     /// Whether `v` is this device's authority: it lists us, and either its genesis does

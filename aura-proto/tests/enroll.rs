@@ -196,3 +196,69 @@ fn interpolation_finds_every_share_and_the_group_key_from_any_threshold() {
     // Too few points describe another polynomial.
     assert_ne!(authority::interpolate_share(&all[0..2], 0), Some(key));
 }
+
+#[test]
+fn a_forged_genesis_listing_us_does_not_displace_the_authority_we_hold_a_share_of() {
+    use aura_proto::journal::{Fact, FactBody, FactSig, Genesis, Member, Namespace, Sig64};
+    let mut net = net_with_spare();
+    let real = net.nodes[0].peer.authority().unwrap().id;
+    // Device 1 (a paired device gone bad) writes a genesis of its own that lists device
+    // 0 as a founder, signed by a key it made up, with an id that sorts first.
+    let mut rng = aura_proto::rng::PeerRng::from_seed([3; 32]);
+    let mut sk = [9u8; 32];
+    sk[31] &= 0x0f;
+    let key = frost_ristretto255::SigningKey::deserialize(&sk).unwrap();
+    let gk: [u8; 32] = VerifyingKey::from(&key).serialize().unwrap().try_into().unwrap();
+    let members: Vec<Member> = [0, 1]
+        .iter()
+        .enumerate()
+        .map(|(k, i)| Member {
+            identifier: k as u16 + 1,
+            cert: net.nodes[*i].peer.cert().clone(),
+            addr: net.nodes[*i].addr.clone(),
+        })
+        .collect();
+    let mut session = 0u64;
+    let g = loop {
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&session.to_le_bytes());
+        let g = Genesis {
+            session: s,
+            threshold: 2,
+            members: members.clone(),
+            group_key: gk,
+            verifying_shares: vec![(1, gk), (2, gk)],
+            cap_root: [1; 32],
+        };
+        if g.authority_id() < real {
+            break g;
+        }
+        session += 1;
+    };
+    let ns = Namespace::Authority(g.authority_id());
+    let author = net.id(1);
+    let body = FactBody::Genesis(g);
+    let msg = Fact::signing_bytes(&ns, 0, &author, &body);
+    let sig: [u8; 64] = key.sign(&mut rng, &msg).serialize().unwrap().try_into().unwrap();
+    let fact = Fact {
+        namespace: ns,
+        lamport: 0,
+        author,
+        body,
+        sig: FactSig::Group(Sig64(sig)),
+    };
+    net.deliver_proto(
+        0,
+        1,
+        ContextId::OWN,
+        &AuthMsg::Facts {
+            facts: vec![fact.encode()],
+        },
+    );
+    net.run();
+    assert!(
+        net.nodes[0].peer.journal().contains(&fact),
+        "the forged genesis is stored"
+    );
+    assert_eq!(net.nodes[0].peer.authority().map(|v| v.id), Some(real));
+}
