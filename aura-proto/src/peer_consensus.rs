@@ -164,14 +164,14 @@ pub(super) struct ConsensusState {
     /// meanwhile, the answer waits for the record.
     writing_votes: BTreeSet<(Hash32, u32)>,
     writing_promises: BTreeSet<(Hash32, u32)>,
-    /// Votes of other members seen from open prestates (in votes, promises, refusals
-    /// and commits), by (prestate, ballot, voter): a second one for another instance is
-    /// an equivocation.
+    /// Votes of other members seen from open prestates and the last few committed ones
+    /// (in votes, promises, refusals and commits), by (prestate, ballot, voter): a
+    /// second one for another instance is an equivocation.
     seen: BTreeMap<(Hash32, u32, DeviceId), Vote>,
     /// Equivocators this device wrote a proof against (one proof each is enough).
     reported: BTreeSet<DeviceId>,
     /// The latest signed promise of each witness, by (prestate, witness), for prestates
-    /// open here.
+    /// open here and the last few committed ones.
     promises: BTreeMap<(Hash32, DeviceId), crate::consensus::PromiseCert>,
     /// Simulation of a faulty member (`fuzzing::equivocate`): vote for every instance at
     /// the fast ballot, ignoring the witness rules. Never set outside tests.
@@ -186,6 +186,10 @@ pub(super) struct ConsensusState {
     rtt: BTreeMap<DeviceId, std::time::Duration>,
     /// When we asked for votes from a prestate at a ballot (to time the answers).
     asked: BTreeMap<(Hash32, u32), Instant>,
+    /// The last few prestates a commit left behind, oldest first: their votes and
+    /// promises are kept a while, since a vote that a promise hid (or a second vote) can
+    /// surface only afterwards, in another copy of a commit.
+    retired: std::collections::VecDeque<Hash32>,
 }
 
 /// What a proposal asks its signers to sign along with their vote: the commit header
@@ -197,6 +201,8 @@ type Planned = (Signing, Vec<(u16, Vec<u8>)>);
 
 /// Votes remembered for equivocation checks at once (beyond this, new ones are not).
 const MAX_SEEN: usize = 4096;
+/// Committed prestates whose votes and promises are still watched.
+const RETIRED: usize = 4;
 
 /// Votes instance `id` needs at `ballot` (its operation decides: see
 /// [`AuthorityView::votes_needed`]).
@@ -1330,9 +1336,27 @@ impl Peer {
         c.open.remove(prestate);
         c.leads.remove(prestate);
         c.proposals.retain(|_, s| s.proposal.prestate != *prestate);
-        c.seen.retain(|(p, _, _), _| p != prestate);
-        c.promises.retain(|(p, _), _| p != prestate);
         c.asked.retain(|(p, _), _| p != prestate);
+        if !c.retired.contains(prestate) {
+            c.seen.retain(|(p, _, _), _| p != prestate);
+            c.promises.retain(|(p, _), _| p != prestate);
+        }
+    }
+
+    /// A commit left `prestate` behind: keep watching its votes and promises for a
+    /// while (the oldest retired prestate is forgotten for good).
+    fn retire_prestate(&mut self, prestate: Hash32) {
+        let c = &mut self.consensus;
+        if c.retired.contains(&prestate) {
+            return;
+        }
+        c.retired.push_back(prestate);
+        if c.retired.len() > RETIRED {
+            if let Some(old) = c.retired.pop_front() {
+                c.seen.retain(|(p, _, _), _| *p != old);
+                c.promises.retain(|(p, _), _| *p != old);
+            }
+        }
     }
 
     /// Keeps a witness's signed promise and checks it against the votes of that witness
@@ -1414,8 +1438,11 @@ impl Peer {
         let mut proofs = Vec::new();
         let current = view.prestate();
         for v in votes {
-            if v.prestate != current && !self.consensus.open.contains_key(&v.prestate) || v.ballot > MAX_BALLOT {
-                continue; // only prestates still open here, and real ballots, are worth watching
+            let watched = v.prestate == current
+                || self.consensus.open.contains_key(&v.prestate)
+                || self.consensus.retired.contains(&v.prestate);
+            if !watched || v.ballot > MAX_BALLOT {
+                continue; // only prestates open here or just committed, and real ballots
             }
             let key = (v.prestate, v.ballot, v.voter);
             match self.consensus.seen.get(&key) {
@@ -1490,6 +1517,7 @@ impl Peer {
             .filter(|s| s.proposal.prestate == prestate && s.proposal.id != id && s.proposal.proposer == me)
             .map(|s| s.proposal.id)
             .collect();
+        self.retire_prestate(prestate);
         self.forget_prestate(&prestate);
         self.consensus.ballots.retain(|p| *p != prestate);
         if self.restoring {

@@ -492,3 +492,37 @@ fn after_the_proposer_is_lost_a_fallback_commits_one_timer_and_four_delays_later
     }
     assert_eq!(fallback, Some(4), "prepare, promise, accept, vote with share");
 }
+
+#[test]
+fn a_second_vote_that_surfaces_after_the_commit_is_still_proven() {
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    let p = before.prestate();
+    net.cmd(0, Command::ChangeThreshold { threshold: 2 }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    let commit = first_commit(&net, 0, before.id);
+    let bad = net.id(2);
+    assert!(commit.votes.iter().any(|v| v.voter == bad && v.ballot == 0));
+    // Device 2's other vote from the same prestate and ballot, for another instance,
+    // reaches device 0 only now (it went elsewhere first).
+    let mut rng = aura_proto::rng::PeerRng::from_seed([8; 32]);
+    let keys2 = aura_proto::keys::DeviceKeys::derive(&net.nodes[2].secret, &mut rng);
+    let op = wire::encode(&TreeOpKind::ChangeThreshold(3));
+    let other = Proposal {
+        id: consensus_id(&p, &op_hash(&op), &[4; 32]),
+        prestate: p,
+        op,
+        nonce: [4; 32],
+        proposer: net.id(1),
+    };
+    let vote = aura_proto::consensus::Vote::sign(&keys2, &mut rng, &other, 0);
+    net.deliver_proto(0, 2, journal::ContextId::OWN, &AuthMsg::Voted { vote });
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert!(net.nodes[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::EquivocationProven { device, .. } if *device == bad)));
+    assert!(net.nodes[1].peer.authority().unwrap().equivocators.contains(&bad));
+}
