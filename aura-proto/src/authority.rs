@@ -183,9 +183,6 @@ impl AuthorityView {
         c.check(&keys, self.threshold).map_err(|_| TreeOpReject::NoQuorum)?;
         let mut scratch = Vec::new();
         let kind: TreeOpKind = crate::wire::strict_decode(&c.op, &mut scratch).map_err(|_| TreeOpReject::Invalid)?;
-        if c.votes.len() < self.votes_needed(c.ballot(), Some(&kind)) {
-            return Err(TreeOpReject::NoQuorum);
-        }
         self.apply(&kind).then_some(()).ok_or(TreeOpReject::Invalid)
     }
 
@@ -224,7 +221,25 @@ impl AuthorityView {
                 self.threshold = *t;
                 true
             }
-            TreeOpKind::Refresh(list) => {
+            TreeOpKind::Refresh(op) => {
+                let list = &op.shares;
+                // Every member attests that it holds its refreshed share and computed this
+                // list: then everyone can switch (a quorum of votes suffices to agree on
+                // it), and a coordinator that gave two groups different round-1 packages
+                // cannot get one group's list through.
+                let msg = crate::journal::RefreshOp::attestation(&self.id, list);
+                let mut by_ident: Vec<(u16, [u8; 32])> =
+                    self.members.values().map(|m| (m.identifier, m.cert.signing)).collect();
+                by_ident.sort();
+                let attested = op.signatures.len() == by_ident.len()
+                    && op
+                        .signatures
+                        .iter()
+                        .zip(&by_ident)
+                        .all(|((i, sig), (j, key))| i == j && crate::journal::schnorr_ok(key, &msg, sig));
+                if !attested {
+                    return false;
+                }
                 // Exactly the members, ascending, on one polynomial through the group key.
                 let ids: Vec<u16> = self
                     .members
@@ -274,15 +289,13 @@ impl AuthorityView {
         h.finalize().into()
     }
 
-    /// Votes a commit of `kind` needs at `ballot`. A share refresh needs every member: a
-    /// member left out of it could not switch, and the others could no longer sign
-    /// without it (and a faulty coordinator could have handed round-1 packages of two
-    /// different polynomials to two groups of members).
-    pub fn votes_needed(&self, ballot: u32, kind: Option<&TreeOpKind>) -> usize {
+    /// Votes a commit needs at `ballot`: a fast quorum at ballot 0, a quorum after. (A
+    /// share refresh needs no more: it carries every member's attestation in the
+    /// operation instead, which a member lost before voting cannot withhold.)
+    pub fn votes_needed(&self, ballot: u32) -> usize {
         let n = self.members.len();
-        match (kind, ballot) {
-            (Some(TreeOpKind::Refresh(_)), _) => n,
-            (_, 0) => crate::consensus::fast_quorum(n, self.threshold),
+        match ballot {
+            0 => crate::consensus::fast_quorum(n, self.threshold),
             _ => crate::consensus::quorum(n, self.threshold),
         }
     }
@@ -715,6 +728,8 @@ pub enum AuthMsg {
         from: u16,
         /// Every member's refreshed verifying share, ascending.
         shares: Vec<(u16, [u8; 32])>,
+        /// The sender's signature over `RefreshOp::attestation` of `shares`.
+        sig: crate::journal::Sig64,
     },
 }
 

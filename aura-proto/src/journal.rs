@@ -172,10 +172,30 @@ pub enum TreeOpKind {
     RemoveDevice(DeviceId),
     /// Change how many signatures are needed.
     ChangeThreshold(u16),
-    /// Switch to refreshed shares of the same key (after a removal): the new verifying
-    /// share of every member, ascending by identifier. A removed device's share is not
-    /// on the refreshed polynomial.
-    Refresh(Vec<(u16, [u8; 32])>),
+    /// Switch to refreshed shares of the same key (after a removal). A removed device's
+    /// share is not on the refreshed polynomial.
+    Refresh(RefreshOp),
+}
+
+/// A share refresh to switch to: the new verifying shares, and every member's signed
+/// word that it holds its refreshed share (durably) and computed these same shares.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RefreshOp {
+    /// Every member's refreshed verifying share, ascending by identifier.
+    pub shares: Vec<(u16, [u8; 32])>,
+    /// Every member's device signature over [`RefreshOp::attestation`], ascending by
+    /// identifier.
+    pub signatures: Vec<(u16, Sig64)>,
+}
+
+impl RefreshOp {
+    /// What each member signs: the authority and the verifying shares it computed.
+    pub fn attestation(authority: &AuthorityId, shares: &[(u16, [u8; 32])]) -> Vec<u8> {
+        let mut m = b"aura 2026-12 refresh attestation".to_vec();
+        m.extend_from_slice(&authority.0);
+        m.extend_from_slice(&crate::wire::encode(&shares.to_vec()));
+        m
+    }
 }
 
 /// A secret sealed with HPKE to one device's HPKE key.

@@ -204,15 +204,6 @@ const MAX_SEEN: usize = 4096;
 /// Committed prestates whose votes and promises are still watched.
 const RETIRED: usize = 4;
 
-/// Votes instance `id` needs at `ballot` (its operation decides: see
-/// [`AuthorityView::votes_needed`]).
-fn votes_needed(proposals: &BTreeMap<ConsensusId, Seen>, view: &AuthorityView, ballot: u32, id: &ConsensusId) -> usize {
-    let kind = proposals
-        .get(id)
-        .and_then(|p| wire::strict_decode::<TreeOpKind>(&p.proposal.op, &mut Vec::new()).ok());
-    view.votes_needed(ballot, kind.as_ref())
-}
-
 fn open_ballot(open: &BTreeMap<Hash32, Open>, prestate: &Hash32) -> u32 {
     open.get(prestate).map_or(0, |o| o.ballot)
 }
@@ -379,7 +370,7 @@ impl Peer {
         view.applies(kind)
             && match kind {
                 // Only a member that holds its refreshed share can switch to it.
-                TreeOpKind::Refresh(list) => self.holds_refresh(view, list),
+                TreeOpKind::Refresh(op) => self.holds_refresh(view, &op.shares),
                 _ => true,
             }
     }
@@ -964,7 +955,7 @@ impl Peer {
         else {
             return;
         };
-        let needed = votes_needed(&self.consensus.proposals, view, *ballot, &g.id);
+        let needed = view.votes_needed(*ballot);
         // A vote counted before its voter was proven an equivocator counts no more.
         g.votes.retain(|d, _| !view.equivocators.contains(d));
         if g.done || g.votes.len() < needed {
@@ -1287,7 +1278,7 @@ impl Peer {
         else {
             return false;
         };
-        let needed = votes_needed(&self.consensus.proposals, view, *ballot, &g.id);
+        let needed = view.votes_needed(*ballot);
         if g.done || g.votes.len() < needed {
             return false;
         }

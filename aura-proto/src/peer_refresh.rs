@@ -14,13 +14,16 @@
 //! shares being refreshed) → each runs
 //! part 1 and sends `RefreshRound1` to every other member → with all of them, part 2 and a
 //! `RefreshRound2` to each member over the member link → with all of those, the refreshed
-//! share, persisted (`Record::Refreshed`) → `RefreshDone` with the verifying shares → C,
-//! once every member is done with the same list, proposes `Refresh(list)`.
+//! share, persisted (`Record::Refreshed`) → `RefreshDone` with the verifying shares and
+//! the member's signature over them → C, once every member is done with the same list,
+//! proposes `Refresh { shares, signatures }` (every member's signature included).
 //!
 //! Every member must take part (the refresh defines the new polynomial on exactly the
-//! members), and the `Refresh` commit needs every member's vote: a member left out could
-//! not switch, and the rest could no longer sign without it. A member that stays away
-//! stalls the refresh; C starts over after [`ATTEMPT`].
+//! members), and the change carries every member's signed word that it holds its share:
+//! a member left out could not switch, and the rest could no longer sign without it. The
+//! votes are the usual quorum (needing every vote would let a member lost between its
+//! word and its vote freeze the authority). A member that stays away stalls the refresh;
+//! C starts over after [`ATTEMPT`], and the automatic start backs off.
 //!
 //! Who coordinates: the member with the lowest identifier, whenever the view still lists
 //! verifying shares of identifiers that are no longer members (a removal happened since
@@ -56,8 +59,12 @@ const RUN_TTL: Duration = Duration::from_secs(180);
 const MAX_RUNS: usize = 4;
 /// Refreshed shares kept while waiting for a change to name one.
 const MAX_PENDING: usize = 8;
-/// How often the lowest-identifier member starts a refresh a removal made due.
+/// How often the lowest-identifier member starts a refresh a removal made due (doubling
+/// after each failed round of attempts, up to [`AUTO_MAX`]).
 const AUTO_EVERY: Duration = Duration::from_secs(60);
+const AUTO_MAX: Duration = Duration::from_secs(3600);
+/// How often the coordinator repeats `RefreshStart` within an attempt.
+const START_EVERY: Duration = Duration::from_secs(3);
 
 /// Refresh as this device sees it.
 #[derive(Default)]
@@ -66,9 +73,13 @@ pub(crate) struct RefreshState {
     runs: BTreeMap<[u8; 32], Run>,
     /// Refreshed shares waiting for a `Refresh` change to name one, by their verifying
     /// shares (with the group key). Cleared when a refresh applies.
-    pending: BTreeMap<ShareList, ([u8; 32], Share)>,
-    /// When the lowest-identifier member may start the next refresh on its own.
+    /// The number orders them by age (the oldest goes when the map is full).
+    pending: BTreeMap<ShareList, ([u8; 32], Share, u64)>,
+    pending_seq: u64,
+    /// When the lowest-identifier member may start the next refresh on its own, and how
+    /// many rounds of attempts failed in a row.
     auto_at: Instant,
+    auto_failures: u32,
 }
 
 struct Lead {
@@ -77,13 +88,16 @@ struct Lead {
     authority: AuthorityId,
     base: [u8; 32],
     members: Vec<u16>,
-    done: BTreeMap<u16, Vec<(u16, [u8; 32])>>,
+    done: BTreeMap<u16, (ShareList, crate::journal::Sig64)>,
     started: Instant,
     attempt: u32,
+    /// When `RefreshStart` went out last.
+    sent: Instant,
 }
 
 struct Run {
     coordinator: DeviceId,
+    authority: AuthorityId,
     base: [u8; 32],
     members: Vec<(u16, DeviceId)>,
     me: u16,
@@ -157,6 +171,7 @@ impl Peer {
             done: BTreeMap::new(),
             started: self.now.mono,
             attempt,
+            sent: self.now.mono,
         });
         self.send_refresh_starts();
         self.arm_auth_tick();
@@ -165,6 +180,9 @@ impl Peer {
     /// To every member, done or not: a member that is done resends its packages, which
     /// another may still miss.
     fn send_refresh_starts(&mut self) {
+        let now = self.now.mono;
+        let Some(l) = self.refresh.lead.as_mut() else { return };
+        l.sent = now;
         let Some(l) = &self.refresh.lead else { return };
         let Some(view) = self.views.0.get(&l.authority) else {
             return;
@@ -198,7 +216,10 @@ impl Peer {
         let Some(view) = self.my_authority() else { return false };
         let stale = view.verifying_shares.keys().copied().collect::<Vec<_>>() != member_ids(view);
         let first = view.members.iter().min_by_key(|(_, m)| m.identifier).map(|(d, _)| *d);
-        stale && first == Some(me) && self.shares.contains_key(&view.group_key)
+        // A proven equivocator is to be removed first (that makes a refresh due anyway):
+        // it could refuse its part for ever.
+        let clean = view.members.keys().all(|d| !view.equivocators.contains(d));
+        stale && clean && first == Some(me) && self.shares.contains_key(&view.group_key)
     }
 
     pub(super) fn on_refresh(&mut self, from: DeviceId, msg: AuthMsg) {
@@ -224,7 +245,8 @@ impl Peer {
                 session,
                 from: i,
                 shares,
-            } => self.on_refresh_done(from, session, i, shares),
+                sig,
+            } => self.on_refresh_done(from, session, i, shares, sig),
             _ => {}
         }
     }
@@ -270,11 +292,7 @@ impl Peer {
         };
         // The member set and the shares being refreshed, not the prestate: changes that
         // keep both (a threshold change) may apply meanwhile.
-        if member_ids(&view) != members
-            || view.share_base() != base
-            || !view.members.contains_key(&from)
-            || self.refresh.pending.len() >= MAX_PENDING
-        {
+        if member_ids(&view) != members || view.share_base() != base || !view.members.contains_key(&from) {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
         // A newer session from the same coordinator replaces its older one.
@@ -307,6 +325,7 @@ impl Peer {
             session,
             Run {
                 coordinator: from,
+                authority,
                 base,
                 members: list,
                 me: me_ident,
@@ -393,9 +412,11 @@ impl Peer {
         }
         let Some(secret2) = &r.r2_secret else { return };
         let Some(view) = self.my_authority() else { return };
-        // The shares moved since this run started (another refresh applied): its
-        // result would mix two polynomials.
-        if view.share_base() != r.base {
+        // The shares moved since this run started (another refresh applied), or the
+        // members changed: its result would mix two polynomials, or never apply.
+        let mut members: Vec<u16> = r.members.iter().map(|(i, _)| *i).collect();
+        members.sort();
+        if view.share_base() != r.base || member_ids(view) != members {
             self.refresh.runs.remove(&session);
             return;
         }
@@ -435,7 +456,7 @@ impl Peer {
             Err(_) => return,
         };
         let shares = share_list(&share.public);
-        self.refresh.pending.insert(shares.clone(), (group_key, share));
+        self.keep_pending(shares.clone(), group_key, share);
         // The change naming it may have applied already (a coordinator that did not
         // wait for everyone).
         if let Some(view) = self.my_authority().cloned() {
@@ -448,10 +469,18 @@ impl Peer {
         // The round secrets are no longer needed.
         r.r2_secret = None;
         r.r2s.clear();
+        let (me, authority) = (r.me, r.authority);
+        // Our word that we hold this share, durably: what lets everyone switch.
+        let attestation = crate::journal::RefreshOp::attestation(&authority, &shares);
+        let sig = crate::journal::Sig64(self.keys.sign(&mut self.rng, &attestation));
+        let Some(r) = self.refresh.runs.get_mut(&session) else {
+            return;
+        };
         let msg = AuthMsg::RefreshDone {
             session,
-            from: r.me,
+            from: me,
             shares,
+            sig,
         };
         r.done = Some(msg.clone());
         let to = r.coordinator;
@@ -466,27 +495,53 @@ impl Peer {
         ) {
             let gk: Option<[u8; 32]> = public.verifying_key().serialize().ok().and_then(|b| b.try_into().ok());
             if let Some(gk) = gk {
-                self.refresh
-                    .pending
-                    .insert(share_list(&public), (gk, Share { key, public }));
+                self.keep_pending(share_list(&public), gk, Share { key, public });
             }
         }
     }
 
-    fn on_refresh_done(&mut self, from: DeviceId, session: [u8; 32], i: u16, shares: Vec<(u16, [u8; 32])>) {
+    /// Keeps a refreshed share until a change names it (the oldest goes when full).
+    fn keep_pending(&mut self, list: ShareList, group_key: [u8; 32], share: Share) {
+        if self.refresh.pending.len() >= MAX_PENDING && !self.refresh.pending.contains_key(&list) {
+            let oldest = self
+                .refresh
+                .pending
+                .iter()
+                .min_by_key(|(_, (_, _, seq))| *seq)
+                .map(|(l, _)| l.clone());
+            if let Some(l) = oldest {
+                self.refresh.pending.remove(&l);
+            }
+        }
+        self.refresh.pending_seq += 1;
+        let seq = self.refresh.pending_seq;
+        self.refresh.pending.insert(list, (group_key, share, seq));
+    }
+
+    fn on_refresh_done(
+        &mut self,
+        from: DeviceId,
+        session: [u8; 32],
+        i: u16,
+        shares: Vec<(u16, [u8; 32])>,
+        sig: crate::journal::Sig64,
+    ) {
         let Some(l) = self.refresh.lead.as_mut().filter(|l| l.session == session) else {
             return;
         };
-        let sender_ok = self
+        let key = self
             .views
             .0
             .get(&l.authority)
             .and_then(|v| v.member_by_identifier(i))
-            .is_some_and(|(d, _)| *d == from);
-        if !sender_ok || !l.members.contains(&i) || shares.len() != l.members.len() {
+            .filter(|(d, _)| **d == from)
+            .map(|(_, m)| m.cert.signing);
+        let attestation = crate::journal::RefreshOp::attestation(&l.authority, &shares);
+        let signed = key.is_some_and(|k| crate::journal::schnorr_ok(&k, &attestation, &sig));
+        if !signed || !l.members.contains(&i) || shares.len() != l.members.len() {
             return self.metrics.drop(DropReason::UnexpectedFrame);
         }
-        l.done.entry(i).or_insert(shares);
+        l.done.entry(i).or_insert((shares, sig));
         self.propose_refresh();
     }
 
@@ -496,8 +551,8 @@ impl Peer {
         if l.done.len() < l.members.len() {
             return;
         }
-        let first = l.done.values().next().cloned().unwrap_or_default();
-        if l.done.values().any(|s| *s != first) {
+        let first = l.done.values().next().map(|(s, _)| s.clone()).unwrap_or_default();
+        if l.done.values().any(|(s, _)| *s != first) {
             // Members computed different shares: start over.
             let attempt = l.attempt + 1;
             self.refresh.lead = None;
@@ -508,8 +563,12 @@ impl Peer {
             }
             return;
         }
+        let op = crate::journal::RefreshOp {
+            shares: first,
+            signatures: l.done.iter().map(|(i, (_, sig))| (*i, *sig)).collect(),
+        };
         // Busy (another change from this state is being agreed) is retried on the tick.
-        let _ = self.propose_change(TreeOpKind::Refresh(first));
+        let _ = self.propose_change(TreeOpKind::Refresh(op));
     }
 
     /// Whether this device can switch to the refreshed shares `list` (it holds its own).
@@ -517,7 +576,7 @@ impl Peer {
         self.refresh
             .pending
             .get(list)
-            .is_some_and(|(gk, _)| *gk == view.group_key)
+            .is_some_and(|(gk, _, _)| *gk == view.group_key)
     }
 
     /// A `Refresh` change applied: switch to the refreshed share it describes, and drop
@@ -526,20 +585,12 @@ impl Peer {
         let me = self.keys.id;
         let Some(my) = view.members.get(&me) else { return };
         let current: Vec<(u16, [u8; 32])> = view.verifying_shares.iter().map(|(i, y)| (*i, *y)).collect();
-        let Some((gk, mut share)) = self.refresh.pending.remove(&current) else {
-            // Pending shares from before the last refresh can never be named now.
-            if view.verifying_shares.keys().copied().collect::<Vec<_>>() == member_ids(view) {
-                let stale: Vec<_> = self
-                    .refresh
-                    .pending
-                    .keys()
-                    .filter(|l| l.iter().map(|(i, _)| *i).collect::<Vec<_>>() != member_ids(view))
-                    .cloned()
-                    .collect();
-                for l in stale {
-                    self.refresh.pending.remove(&l);
-                }
-            }
+        // Shares for another member set can never be named (identifiers are not reused).
+        let ids = member_ids(view);
+        self.refresh
+            .pending
+            .retain(|l, _| l.iter().map(|(i, _)| *i).collect::<Vec<_>>() == ids);
+        let Some((gk, mut share, _)) = self.refresh.pending.remove(&current) else {
             return;
         };
         let mine: Option<Vec<u8>> = share.key.verifying_share().serialize().ok();
@@ -552,6 +603,7 @@ impl Peer {
         }
         self.shares.insert(gk, share);
         self.refresh.pending.clear();
+        self.refresh.auto_failures = 0;
         if self.refresh.lead.as_ref().is_some_and(|l| l.authority == view.id) {
             self.refresh.lead = None;
         }
@@ -566,7 +618,11 @@ impl Peer {
         let base = self.my_authority().map(|v| v.share_base());
         self.refresh.runs.retain(|_, r| Some(r.base) == base);
         if self.refresh.lead.is_none() && self.refresh_due_here() && self.refresh.auto_at <= now {
-            self.refresh.auto_at = now.saturating_add(AUTO_EVERY);
+            // The next automatic round waits longer after each that failed.
+            let wait = AUTO_EVERY
+                .saturating_mul(1 << self.refresh.auto_failures.min(6))
+                .min(AUTO_MAX);
+            self.refresh.auto_at = now.saturating_add(wait);
             let _ = self.start_refresh();
             return;
         }
@@ -584,6 +640,7 @@ impl Peer {
             if attempt < MAX_ATTEMPTS {
                 self.lead_refresh(&view, attempt);
             } else {
+                self.refresh.auto_failures = self.refresh.auto_failures.saturating_add(1);
                 self.event(Event::RefreshFailed {
                     reason: "not every member took part in time".into(),
                 });
@@ -592,7 +649,7 @@ impl Peer {
             // Everyone holds the refreshed share: keep asking until the change applies
             // (a proposal can lose to another change from the same state).
             self.propose_refresh();
-        } else {
+        } else if l.sent.saturating_add(START_EVERY) <= now {
             self.send_refresh_starts();
         }
     }

@@ -262,3 +262,39 @@ fn a_forged_genesis_listing_us_does_not_displace_the_authority_we_hold_a_share_o
     );
     assert_eq!(net.nodes[0].peer.authority().map(|v| v.id), Some(real));
 }
+
+#[test]
+fn an_added_device_takes_part_in_a_share_refresh() {
+    // The newcomer is the device whose id sorts first: identifiers follow the order
+    // devices joined, not the order of their ids.
+    let mut net = default_net(4);
+    let spare = (0..4).min_by_key(|i| net.id(*i)).unwrap();
+    let founders: Vec<usize> = (0..4).filter(|i| *i != spare).collect();
+    let lead = founders[0];
+    for j in (0..4).filter(|j| *j != lead) {
+        net.pair(lead, j);
+    }
+    let devices = founders[1..].iter().map(|j| net.id(*j)).collect();
+    net.cmd(lead, Command::CreateAuthority { devices, threshold: 2 })
+        .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    net.cmd(lead, Command::AddDevice { device: net.id(spare) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    assert!(joined(&net.nodes[spare]));
+    net.cmd(founders[1], Command::RefreshShares).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    for i in 0..4 {
+        assert!(
+            net.nodes[i]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::SharesRefreshed { .. })),
+            "device {i}"
+        );
+    }
+    let cut: Vec<usize> = founders[..2].to_vec();
+    assert!(sign_with(&mut net, spare, &cut, b"refreshed newcomer").is_some());
+}

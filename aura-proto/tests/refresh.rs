@@ -4,7 +4,8 @@
 
 mod common;
 
-use aura_proto::authority::interpolate_share;
+use aura_proto::authority::{interpolate_share, AuthorityView};
+use aura_proto::journal::{RefreshOp, Sig64, TreeOpKind};
 use aura_proto::*;
 use common::*;
 use frost_ristretto255::{Signature, VerifyingKey};
@@ -93,27 +94,60 @@ fn a_refresh_with_a_member_away_does_not_switch_anyone() {
     assert!(sign_with(&mut net, 3, &[0, 1], b"all refreshed").is_some());
 }
 
+/// A `Refresh` change over `shares` with the signatures of the members whose node
+/// index is in `signers` (each over the attestation of `attested`).
+fn refresh_op(
+    net: &Net,
+    v: &AuthorityView,
+    shares: &[(u16, [u8; 32])],
+    attested: &[(u16, [u8; 32])],
+    signers: &[usize],
+) -> TreeOpKind {
+    let mut rng = aura_proto::rng::PeerRng::from_seed([6; 32]);
+    let msg = RefreshOp::attestation(&v.id, attested);
+    let mut signatures: Vec<(u16, Sig64)> = signers
+        .iter()
+        .map(|i| {
+            let keys = aura_proto::keys::DeviceKeys::derive(&net.nodes[*i].secret, &mut rng);
+            (v.members[&net.id(*i)].identifier, Sig64(keys.sign(&mut rng, &msg)))
+        })
+        .collect();
+    signatures.sort_by_key(|(i, _)| *i);
+    TreeOpKind::Refresh(RefreshOp {
+        shares: shares.to_vec(),
+        signatures,
+    })
+}
+
 #[test]
-fn a_refresh_change_must_list_exactly_the_members_on_one_polynomial_through_the_key() {
-    use aura_proto::journal::TreeOpKind;
+fn a_refresh_change_must_be_attested_by_every_member_and_lie_on_one_polynomial_through_the_key() {
     let net = four();
     let v = net.nodes[0].peer.authority().unwrap().clone();
+    let all = [0, 1, 2, 3];
     let good: Vec<(u16, [u8; 32])> = v.verifying_shares.iter().map(|(i, y)| (*i, *y)).collect();
-    assert!(v.applies(&TreeOpKind::Refresh(good.clone())));
+    assert!(v.applies(&refresh_op(&net, &v, &good, &good, &all)));
+    // A member's word missing, or given for another list.
+    assert!(!v.applies(&refresh_op(&net, &v, &good, &good, &[0, 1, 2])));
+    let mut other = good.clone();
+    other[3].1 = v.group_key;
+    let mut mixed = refresh_op(&net, &v, &good, &good, &[0, 1, 2]);
+    if let (TreeOpKind::Refresh(op), TreeOpKind::Refresh(o)) = (&mut mixed, refresh_op(&net, &v, &good, &other, &[3])) {
+        op.signatures.extend(o.signatures);
+        op.signatures.sort_by_key(|(i, _)| *i);
+    }
+    assert!(!v.applies(&mixed));
     // A member left out, or a stranger's identifier added.
-    assert!(!v.applies(&TreeOpKind::Refresh(good[..3].to_vec())));
+    assert!(!v.applies(&refresh_op(&net, &v, &good[..3], &good[..3], &all)));
     let mut extra = good.clone();
     extra.push((9, good[0].1));
-    assert!(!v.applies(&TreeOpKind::Refresh(extra)));
+    assert!(!v.applies(&refresh_op(&net, &v, &extra, &extra, &all)));
     // A point off the polynomial (a valid point, just not the share).
-    let mut off = good.clone();
-    off[3].1 = v.group_key;
-    assert!(!v.applies(&TreeOpKind::Refresh(off)));
+    assert!(!v.applies(&refresh_op(&net, &v, &other, &other, &all)));
     // Another polynomial through the same points at the first two identifiers but not
     // through the group key: shift the basis.
     let mut shifted = good.clone();
     shifted[0].1 = good[1].1;
-    assert!(!v.applies(&TreeOpKind::Refresh(shifted)));
+    assert!(!v.applies(&refresh_op(&net, &v, &shifted, &shifted, &all)));
 }
 
 #[test]
@@ -142,9 +176,43 @@ fn two_refreshes_at_once_end_with_every_member_on_the_same_shares() {
         let (m, s) = sign_with(&mut net, signer, &cut, text.as_bytes()).expect("signed");
         assert!(vk.verify(&m, &Signature::deserialize(&s).unwrap()).is_ok());
     }
-    // A refresh commit needs every member's vote, not a quorum.
-    let kind = aura_proto::journal::TreeOpKind::Refresh(v.verifying_shares.iter().map(|(i, y)| (*i, *y)).collect());
-    assert_eq!(v.votes_needed(0, Some(&kind)), 4);
-    assert_eq!(v.votes_needed(1, Some(&kind)), 4);
-    assert!(v.votes_needed(1, None) < 4);
+}
+
+#[test]
+fn a_member_lost_after_its_word_does_not_freeze_the_authority() {
+    let mut net = four();
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    net.cmd(0, Command::RefreshShares).unwrap();
+    // Device 3 computes and persists its refreshed share and sends its word, then is
+    // gone for good before it can vote.
+    let has_refreshed = |n: &Node| n.records.iter().any(|r| matches!(r, Record::Refreshed { .. }));
+    let mut waves = 0;
+    while !has_refreshed(&net.nodes[3]) {
+        net.wave();
+        waves += 1;
+        assert!(waves < 50, "device 3 never refreshed");
+    }
+    net.wave();
+    net.cut.insert(3);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 60_000);
+    // The other three agreed with a quorum of votes and switched.
+    for i in 0..3 {
+        assert!(refreshed(&net.nodes[i]), "device {i}");
+        assert_ne!(
+            net.nodes[i].peer.authority().unwrap().verifying_shares,
+            before.verifying_shares
+        );
+    }
+    // And the authority can still change: the lost device is removed.
+    net.cmd(0, Command::RemoveDevice { device: net.id(3) }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    for i in 0..3 {
+        assert!(
+            !net.nodes[i].peer.authority().unwrap().members.contains_key(&net.id(3)),
+            "device {i}"
+        );
+    }
+    assert!(sign_with(&mut net, 1, &[0, 3], b"after the loss").is_some());
 }

@@ -231,6 +231,7 @@ fn generate_seed_corpus() {
                 session: [3; 32],
                 from: 1,
                 shares: vec![(1, [8; 32]), (2, [9; 32]), (3, [10; 32])],
+                sig: aura_proto::journal::Sig64([11; 64]),
             },
         ] {
             write("frame_decode", &wire::encode(&m));
