@@ -132,7 +132,7 @@ fn ser<E: core::fmt::Debug>(r: Result<Vec<u8>, E>) -> Vec<u8> {
     r.expect("frost values serialize")
 }
 
-fn ident(i: u16) -> Option<Identifier> {
+pub(super) fn ident(i: u16) -> Option<Identifier> {
     Identifier::try_from(i).ok()
 }
 
@@ -186,6 +186,13 @@ impl Peer {
         let bytes = wire::encode(&msg);
         // A full queue or an unknown device: the retransmission tick tries again.
         let _ = self.send_or_queue(to, Queued::Proto(bytes));
+    }
+
+    /// Sends several sub-protocol messages (see `send_auth`).
+    pub(super) fn send_auths(&mut self, msgs: Vec<(DeviceId, AuthMsg)>) {
+        for (to, m) in msgs {
+            self.send_auth(to, m);
+        }
     }
 
     /// Handles messages a device sent to itself (the coordinator is also a member).
@@ -578,9 +585,7 @@ impl Peer {
                 },
             ));
         }
-        for (to, m) in out {
-            self.send_auth(to, m);
-        }
+        self.send_auths(out);
     }
 
     fn on_dkg_deliver(&mut self, from: DeviceId, session: [u8; 32], packages: Vec<(u16, [u8; 32], Vec<u8>)>) {
@@ -1955,9 +1960,7 @@ impl Peer {
                 }
             }
         }
-        for (to, m) in resend {
-            self.send_auth(to, m);
-        }
+        self.send_auths(resend);
         self.resend_pushes();
         self.resend_context_shares();
         self.enroll_tick();

@@ -36,6 +36,7 @@ use frost::keys::{KeyPackage, PublicKeyPackage, VerifyingShare};
 use frost::VerifyingKey;
 use frost_ristretto255 as frost;
 
+use super::authority_impl::ident;
 use super::authority_impl::{hpke_open, hpke_seal, Share};
 use super::{Event, Peer, Pending};
 use crate::authority::{AuthMsg, AuthorityView};
@@ -102,10 +103,6 @@ struct Help {
     received: BTreeMap<u16, Delta>,
     sigma: Option<AuthMsg>,
     started: Instant,
-}
-
-fn ident(i: u16) -> Option<frost::Identifier> {
-    frost::Identifier::try_from(i).ok()
 }
 
 /// Binds a sealed sum to its session, newcomer and helper.
@@ -430,9 +427,7 @@ impl Peer {
             if let Some(s) = &h.sigma {
                 again.push((from, s.clone()));
             }
-            for (to, m) in again {
-                self.send_auth(to, m);
-            }
+            self.send_auths(again);
             return;
         }
         let me = self.keys.id;
@@ -509,9 +504,7 @@ impl Peer {
                 started: self.now.mono,
             },
         );
-        for (to, m) in out {
-            self.send_auth(to, m);
-        }
+        self.send_auths(out);
         self.maybe_sigma(session);
         self.arm_auth_tick();
     }

@@ -40,6 +40,7 @@ use frost::keys::{refresh, KeyPackage, PublicKeyPackage};
 use frost::Identifier;
 use frost_ristretto255 as frost;
 
+use super::authority_impl::ident;
 use super::authority_impl::Share;
 use super::{CommandError, Event, Peer, Pending};
 use crate::authority::{refresh_session, AuthMsg, AuthorityView};
@@ -114,10 +115,6 @@ struct Run {
 
 /// Every member's verifying share, ascending by identifier.
 type ShareList = Vec<(u16, [u8; 32])>;
-
-fn ident(i: u16) -> Option<Identifier> {
-    Identifier::try_from(i).ok()
-}
 
 /// Verifying shares of a public key package, ascending by identifier.
 fn share_list(public: &PublicKeyPackage) -> Vec<(u16, [u8; 32])> {
@@ -278,9 +275,7 @@ impl Peer {
             if let Some(m) = &r.done {
                 again.push((from, m.clone()));
             }
-            for (to, m) in again {
-                self.send_auth(to, m);
-            }
+            self.send_auths(again);
             return;
         }
         let me = self.keys.id;
@@ -384,9 +379,7 @@ impl Peer {
         }
         r.r2_secret = Some(secret2);
         r.r2_out = msgs.clone();
-        for (to, m) in msgs {
-            self.send_auth(to, m);
-        }
+        self.send_auths(msgs);
         self.refresh_finish(session);
     }
 
