@@ -346,6 +346,7 @@ fn guard_vs_channel(rounds: usize, iters: usize) -> (f64, f64, f64) {
         ContextState {
             epoch: 0,
             writable: true,
+            oldest: None,
         },
     );
     for o in Observer::ALL {

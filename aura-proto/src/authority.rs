@@ -64,6 +64,9 @@ pub struct AuthorityView {
     /// identifier (interpolated from the founders'), so every member can check the
     /// newcomer's signature shares without trusting anything it says.
     pub verifying_shares: BTreeMap<u16, [u8; 32]>,
+    /// The last epoch this authority decided for each relational context (an epoch
+    /// change must go above it, so the authority decides each epoch at most once).
+    pub context_epochs: BTreeMap<crate::journal::ContextId, u64>,
 }
 
 fn next_commitment(prev: &[u8; 32], fact: &FactId) -> [u8; 32] {
@@ -109,6 +112,7 @@ impl AuthorityView {
                 .unwrap_or(0)
                 .saturating_add(1),
             verifying_shares: genesis.verifying_shares.iter().copied().collect(),
+            context_epochs: BTreeMap::new(),
         };
         for (fid, f) in journal.entries(&ns) {
             v.step(fid, f);
@@ -260,6 +264,21 @@ impl AuthorityView {
                     return false;
                 }
                 self.verifying_shares = list.iter().copied().collect();
+                true
+            }
+            TreeOpKind::ContextEpoch(op) => {
+                // Exactly the current members, with the keys this view knows for them.
+                let same = op.members.len() == self.members.len()
+                    && op.members.iter().all(|m| {
+                        self.members
+                            .get(&m.cert.id())
+                            .is_some_and(|am| am.cert.same_keys(&m.cert))
+                    });
+                let above = op.epoch > self.context_epochs.get(&op.context).copied().unwrap_or(0);
+                if !(same && above && op.well_formed(&self.id)) {
+                    return false;
+                }
+                self.context_epochs.insert(op.context, op.epoch);
                 true
             }
         }

@@ -192,6 +192,9 @@ pub(crate) struct Channel {
     pub pings: BTreeMap<u64, Instant>,
     /// Pings answered in the current one-second window: (window start, count).
     pub pongs: (Instant, u32),
+    /// A channel of an earlier epoch of a context, for a member to catch up: it ends
+    /// then, whatever it carries (the member opens one of the current epoch after).
+    pub ends_at: Option<Instant>,
 }
 
 impl Channel {
@@ -232,6 +235,7 @@ impl Channel {
             owe_keepalive: false,
             pings: Default::default(),
             pongs: (Instant(0), 0),
+            ends_at: None,
         }
     }
 
@@ -264,6 +268,9 @@ impl Channel {
     pub(crate) fn deadline(&self, cfg: &crate::Config) -> Option<Instant> {
         let mut d = self.retx_at;
         let mut take = |t: Instant| d = Some(d.map_or(t, |x: Instant| x.min(t)));
+        if let Some(t) = self.ends_at {
+            take(t);
+        }
         match self.phase {
             Phase::InitSent { .. } => {}
             Phase::RespSent { .. } => take(self.created.saturating_add(cfg.handshake_timeout)),

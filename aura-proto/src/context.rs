@@ -5,15 +5,34 @@
 //! its creator; `ContextId` is the hash of that body. The context is *established* once,
 //! for every authority, at least one of its member devices has signed the creation or an
 //! acceptance ([`ContextAccept`](crate::journal::ContextAccept)): no authority is pulled into a context by another's word
-//! alone. Context secrets (one per epoch) are sealed with HPKE to each member device, as
-//! device-signed `SealedSecret` facts in the context namespace.
+//! alone. The first secret (epoch 0) is sealed with HPKE to each member device by the
+//! creator, as device-signed `SealedSecret` facts. Every later epoch is decided by one of
+//! the context's authorities through its own consensus: the group-signed commit (which
+//! carries the new secret sealed to every member and the deciding authority's current
+//! devices) is copied into the context journal as a `ContextEpoch` fact. The member list
+//! of each authority follows its latest such change.
 //!
 //! Like the authority view, [`ContextView::reduce`] is a pure function of the fact set.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::journal::{AuthorityId, ContextId, ContextMember, FactBody, FactId, Journal, KeyLookup, Namespace};
+use crate::journal::{
+    epoch_change_of, AuthorityId, ContextEpochOp, ContextId, ContextMember, FactBody, FactId, Journal, KeyLookup,
+    Namespace, SealedSecret,
+};
 use crate::keys::DeviceId;
+
+/// The epoch a context is in, when an authority decided it (epoch 0 comes with the
+/// creation and has no decider).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The authority that decided it.
+    pub authority: AuthorityId,
+    /// Commitment to its secret.
+    pub commitment: [u8; 32],
+    /// The secret sealed to each member device.
+    pub sealed: Vec<SealedSecret>,
+}
 
 /// A relational context as its journal says it is now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,57 +45,132 @@ pub struct ContextView {
     pub creator: DeviceId,
     /// The authorities joined, ascending.
     pub authorities: Vec<AuthorityId>,
-    /// Member devices by id.
+    /// Member devices by id: for each authority, the devices its latest epoch change
+    /// lists, or the creation's list if it never changed the epoch.
     pub members: BTreeMap<DeviceId, ContextMember>,
     /// Authorities one of whose members signed the creation or an acceptance.
     pub accepted: BTreeSet<AuthorityId>,
-    /// Highest epoch for which a secret was sealed to some member.
+    /// The current epoch: the highest any authority decided, or 0.
     pub epoch: u64,
     /// Members a secret of `epoch` is sealed to.
     pub sealed_to: BTreeSet<DeviceId>,
+    /// Who decided the current epoch (`None` at epoch 0).
+    pub decided: Option<Decided>,
+    /// Every decided epoch (the current one last): a device that skipped some still
+    /// opens their secrets, for members that are behind.
+    pub epochs: BTreeMap<u64, Decided>,
+    /// For each authority, the epoch of the member list in use (0: the creation's).
+    pub lists: BTreeMap<AuthorityId, u64>,
+    /// Group keys of the authorities whose genesis the journal holds (to check the
+    /// epoch changes they sign).
+    pub group_keys: BTreeMap<AuthorityId, [u8; 32]>,
 }
 
 impl ContextView {
     /// Reduces the journal of context `id`; `None` without its creation fact.
+    ///
+    /// Epoch changes entered the journal only after [`crate::journal::verify_fact`]
+    /// checked their group signatures. The authorities take turns: epoch `e` can only be
+    /// decided by [`ContextView::owner`]`(e)` (a change of another authority for it does
+    /// not count), so no two authorities ever decide one epoch, and the epoch number
+    /// names one secret. An authority that wants a new epoch takes its next turn,
+    /// skipping the others' numbers: nobody waits for anybody. Should one authority
+    /// still sign two changes for one epoch (a broken consensus), the lower commitment
+    /// wins, so every device settles on the same secret.
     pub fn reduce(journal: &Journal, id: ContextId) -> Option<ContextView> {
         let ns = Namespace::Context(id);
         let (gfact, g) = journal.facts(&ns).find_map(|f| match &f.body {
             FactBody::ContextGenesis(g) if g.context_id() == id => Some((f, g)),
             _ => None,
         })?;
-        let members: BTreeMap<DeviceId, ContextMember> = g.members.iter().map(|m| (m.cert.id(), m.clone())).collect();
         let genesis = gfact.id();
+        let group_keys = g
+            .authorities
+            .iter()
+            .filter_map(|a| {
+                journal.facts(&Namespace::Authority(*a)).find_map(|f| match &f.body {
+                    FactBody::Genesis(ag) if ag.authority_id() == *a => Some((*a, ag.group_key)),
+                    _ => None,
+                })
+            })
+            .collect();
         let mut v = ContextView {
             id,
             genesis,
             creator: gfact.author,
             authorities: g.authorities.clone(),
             accepted: BTreeSet::new(),
-            members,
+            members: BTreeMap::new(),
             epoch: 0,
             sealed_to: BTreeSet::new(),
+            decided: None,
+            epochs: BTreeMap::new(),
+            lists: g.authorities.iter().map(|a| (*a, 0)).collect(),
+            group_keys,
         };
-        v.accept_by(&gfact.author);
+        // The latest change of each authority (its members), and each epoch's change.
+        let mut latest: BTreeMap<AuthorityId, ContextEpochOp> = BTreeMap::new();
+        v.accept_by(&gfact.author, &g.members);
         for f in journal.facts(&ns) {
             match &f.body {
-                FactBody::ContextAccept(a) if a.genesis == genesis => v.accept_by(&f.author),
-                FactBody::SealedSecret(s) if v.members.contains_key(&f.author) && v.members.contains_key(&s.to) => {
-                    if s.epoch > v.epoch {
-                        v.epoch = s.epoch;
-                        v.sealed_to.clear();
+                FactBody::ContextAccept(a) if a.genesis == genesis => v.accept_by(&f.author, &g.members),
+                FactBody::SealedSecret(s)
+                    if s.epoch == 0
+                        && g.members.iter().any(|m| m.cert.id() == f.author)
+                        && g.members.iter().any(|m| m.cert.id() == s.to) =>
+                {
+                    v.sealed_to.insert(s.to);
+                }
+                FactBody::ContextEpoch(bytes) => {
+                    let Some((c, _)) = epoch_change_of(bytes, &id) else {
+                        continue;
+                    };
+                    if !v.lists.contains_key(&c.authority) || v.owner(c.op.epoch) != Some(c.authority) {
+                        continue;
                     }
-                    if s.epoch == v.epoch {
-                        v.sealed_to.insert(s.to);
+                    // Later epoch first; for one epoch, the lower commitment.
+                    let newer = latest
+                        .get(&c.authority)
+                        .is_none_or(|o| (c.op.epoch, o.commitment) > (o.epoch, c.op.commitment));
+                    if newer {
+                        latest.insert(c.authority, c.op.clone());
+                    }
+                    let wins = v.epochs.get(&c.op.epoch).is_none_or(|d| c.op.commitment < d.commitment);
+                    if wins {
+                        v.epochs.insert(
+                            c.op.epoch,
+                            Decided {
+                                authority: c.authority,
+                                commitment: c.op.commitment,
+                                sealed: c.op.sealed,
+                            },
+                        );
                     }
                 }
                 _ => {}
             }
         }
+        for m in &g.members {
+            if !latest.contains_key(&m.authority) {
+                v.members.insert(m.cert.id(), m.clone());
+            }
+        }
+        for (a, op) in &latest {
+            v.lists.insert(*a, op.epoch);
+            for m in &op.members {
+                v.members.insert(m.cert.id(), m.clone());
+            }
+        }
+        if let Some((e, d)) = v.epochs.last_key_value() {
+            v.epoch = *e;
+            v.sealed_to = d.sealed.iter().map(|s| s.to).collect();
+            v.decided = Some(d.clone());
+        }
         Some(v)
     }
 
-    fn accept_by(&mut self, device: &DeviceId) {
-        if let Some(m) = self.members.get(device) {
+    fn accept_by(&mut self, device: &DeviceId, founders: &[ContextMember]) {
+        if let Some(m) = founders.iter().find(|m| m.cert.id() == *device) {
             self.accepted.insert(m.authority);
         }
     }
@@ -85,6 +179,28 @@ impl ContextView {
     /// acceptance).
     pub fn established(&self) -> bool {
         self.authorities.iter().all(|a| self.accepted.contains(a))
+    }
+
+    /// The authority that decides epoch `e` (from 1 on, the authorities in ascending
+    /// order, in turn).
+    pub fn owner(&self, e: u64) -> Option<AuthorityId> {
+        let k = self.authorities.len() as u64;
+        let i = e.checked_sub(1)? % k.max(1);
+        self.authorities.get(i as usize).copied()
+    }
+
+    /// The first epoch after `after` that `authority` decides.
+    pub fn next_epoch_of(&self, authority: &AuthorityId, after: u64) -> Option<u64> {
+        let i = self.authorities.iter().position(|a| a == authority)? as u64;
+        let k = self.authorities.len() as u64;
+        // Epochs i + 1, i + 1 + k, i + 1 + 2k, ... are this authority's.
+        let first = i + 1;
+        let e = if after < first {
+            first
+        } else {
+            first.checked_add((after - first) / k * k)?.checked_add(k)?
+        };
+        Some(e)
     }
 
     /// The authority a member device speaks for.
@@ -96,8 +212,13 @@ impl ContextView {
 /// Member keys of a context, for verifying its device-signed facts (acceptances, sealed
 /// secrets, receipt seals).
 impl KeyLookup for ContextView {
-    fn group_key(&self, _: &Namespace) -> Option<[u8; 32]> {
-        None // contexts have no group key
+    /// Contexts have no group key of their own; an authority of the context's has its
+    /// own (for the epoch changes it signs).
+    fn group_key(&self, ns: &Namespace) -> Option<[u8; 32]> {
+        match ns {
+            Namespace::Authority(a) if self.authorities.contains(a) => self.group_keys.get(a).copied(),
+            _ => None,
+        }
     }
 
     fn device_key(&self, ns: &Namespace, device: &DeviceId) -> Option<[u8; 32]> {

@@ -133,6 +133,11 @@ pub struct ContextState {
     /// Whether the context journal accepts this device's charge and receipt facts now
     /// (false while an epoch change is being agreed, or when the device was removed).
     pub writable: bool,
+    /// The oldest earlier epoch whose secret this device still holds: a member that has
+    /// not seen the latest changes reaches us only with an earlier epoch's keys, so
+    /// anti-entropy and channel control (no application data) may still go out in
+    /// those epochs, for it to catch up.
+    pub oldest: Option<u64>,
 }
 
 /// Leakage accounting of one (context, observer class, epoch).
@@ -331,6 +336,15 @@ pub fn evaluate(snap: &Snapshot, req: &Request) -> Result<Effects, Denial> {
         bucket,
     } = *req;
     let price = costs(kind, bucket);
+    // Anti-entropy (and the channel control it needs) with a member in an earlier epoch,
+    // so it can catch up, is paid from the current epoch's budgets: the old epoch's may
+    // be spent (one reason to change epochs), and a member must not stay behind for
+    // want of them. Application data never goes out in an earlier epoch.
+    let requested = epoch;
+    let epoch = match snap.contexts.get(&context) {
+        Some(c) if kind != MsgKind::App && c.oldest.is_some_and(|o| o <= requested) && requested < c.epoch => c.epoch,
+        _ => requested,
+    };
     // 1. Capability.
     let grant = snap.grants.get(&(context, peer)).ok_or(Denial::NoCapability)?;
     if !grant.rights.contains(kind.right()) {
@@ -465,6 +479,7 @@ mod tests {
             ContextState {
                 epoch: 0,
                 writable: true,
+                oldest: None,
             },
         );
         for o in Observer::ALL {
@@ -532,6 +547,53 @@ mod tests {
     }
 
     #[test]
+    fn earlier_epochs_carry_anti_entropy_paid_from_the_current_epoch_but_no_data() {
+        // The context is at epoch 2 and still holds the secrets from epoch 1 on.
+        let mut s = open_snapshot(1000);
+        s.contexts.insert(
+            ctx(1),
+            ContextState {
+                epoch: 2,
+                writable: true,
+                oldest: Some(1),
+            },
+        );
+        for o in Observer::ALL {
+            s.leakage.insert((ctx(1), o, 2), Leak { limit: 1_000, spent: 0 });
+        }
+        // The old epoch's budget is spent: that does not hold a member back.
+        s.flow.insert(
+            (ctx(1), dev(2), 1),
+            Flow {
+                spent: 1000,
+                reserved: 1000,
+            },
+        );
+        let at = |epoch, kind| Request {
+            context: ctx(1),
+            peer: dev(2),
+            epoch,
+            kind,
+            bucket: 256,
+        };
+        let e = evaluate(&s, &at(1, MsgKind::Proto)).unwrap();
+        assert!(e.iter().all(|x| match *x {
+            Effect::Reserve { epoch, .. } | Effect::Charge { epoch, .. } | Effect::Receipt { epoch, .. } => epoch == 2,
+            Effect::Leak { epoch, .. } => epoch == 2,
+            Effect::Transmit => true,
+        }));
+        assert!(evaluate(&s, &at(1, MsgKind::Control)).is_ok());
+        // Application data is refused in an earlier epoch, budget or not.
+        assert_eq!(evaluate(&s, &at(1, MsgKind::App)), Err(Denial::BudgetExhausted));
+        s.flow.clear();
+        assert_eq!(evaluate(&s, &at(1, MsgKind::App)), Err(Denial::JournalCoupling));
+        // Not below the oldest secret held, and not for a removed device's write access.
+        assert_eq!(evaluate(&s, &at(0, MsgKind::Proto)), Err(Denial::JournalCoupling));
+        s.contexts.get_mut(&ctx(1)).unwrap().writable = false;
+        assert_eq!(evaluate(&s, &at(1, MsgKind::Proto)), Err(Denial::JournalCoupling));
+    }
+
+    #[test]
     fn the_budget_runs_out_exactly_at_the_limit() {
         let mut s = open_snapshot(10);
         let mut sent = 0;
@@ -589,6 +651,7 @@ mod tests {
                         ContextState {
                             epoch: u64::from(small(g, 2)),
                             writable: small(g, 4) > 0,
+                            oldest: bool::arbitrary(g).then_some(0),
                         },
                     );
                 }

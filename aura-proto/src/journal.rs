@@ -175,6 +175,101 @@ pub enum TreeOpKind {
     /// Switch to refreshed shares of the same key (after a removal). A removed device's
     /// share is not on the refreshed polynomial.
     Refresh(RefreshOp),
+    /// Move a relational context this authority belongs to into a new epoch, with a new
+    /// secret and this authority's current devices.
+    ContextEpoch(ContextEpochOp),
+}
+
+/// A new epoch of a relational context, decided by one of its authorities through its
+/// consensus. The secret travels inside the operation, sealed to every member device, so
+/// the commit alone (which any of the authority's devices can carry into the context
+/// journal) settles the epoch: nobody has to survive the commit to hand the secret out.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContextEpochOp {
+    /// The context.
+    pub context: ContextId,
+    /// The new epoch (above every epoch this authority decided for the context before).
+    pub epoch: u64,
+    /// This authority's member devices in the context from this epoch on: exactly its
+    /// current members, strictly ascending by device id.
+    pub members: Vec<ContextMember>,
+    /// The new secret sealed to every member device of the context (every authority's),
+    /// strictly ascending by recipient, each for `epoch`.
+    pub sealed: Vec<SealedSecret>,
+    /// [`ContextEpochOp::commit_to`] of the secret: every recipient checks the secret it
+    /// opened against it, so one sealer cannot hand different members different secrets.
+    pub commitment: [u8; 32],
+}
+
+impl ContextEpochOp {
+    /// The commitment to a context secret: a keyed hash bound to context and epoch.
+    pub fn commit_to(context: &ContextId, epoch: u64, secret: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("aura 2026-12 context secret commitment");
+        h.update(&context.0);
+        h.update(&epoch.to_le_bytes());
+        h.update(secret);
+        h.finalize().into()
+    }
+
+    /// Structural checks every reader makes: members strictly ascending, all of
+    /// `authority`, certificates self-consistent; seals strictly ascending, all for the
+    /// op's epoch, one to each listed member; within the size limits.
+    pub fn well_formed(&self, authority: &AuthorityId) -> bool {
+        let ids: Vec<DeviceId> = self.members.iter().map(|m| m.cert.id()).collect();
+        let to: Vec<DeviceId> = self.sealed.iter().map(|s| s.to).collect();
+        (1..=MAX_CONTEXT_MEMBERS).contains(&self.members.len())
+            && self.sealed.len() <= MAX_CONTEXT_MEMBERS
+            && self.epoch >= 1
+            && self.epoch <= MAX_LAMPORT
+            && ids.windows(2).all(|w| w[0] < w[1])
+            && to.windows(2).all(|w| w[0] < w[1])
+            && self
+                .members
+                .iter()
+                .all(|m| m.authority == *authority && m.addr.len() <= crate::invite::MAX_ADDR_HINT)
+            && self.sealed.iter().all(|s| s.epoch == self.epoch)
+            && ids.iter().all(|d| to.binary_search(d).is_ok())
+            && self.members.iter().all(|m| m.cert.verify().is_some())
+    }
+}
+
+/// A context epoch decided by an authority, carried into the context journal: the
+/// authority's group-signed commit of a [`TreeOpKind::ContextEpoch`], decoded. Built by
+/// [`epoch_change_of`] from a `FactBody::ContextEpoch` fact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochChange {
+    /// The deciding authority.
+    pub authority: AuthorityId,
+    /// The consensus instance that agreed it.
+    pub instance: crate::consensus::ConsensusId,
+    /// The operation.
+    pub op: ContextEpochOp,
+}
+
+/// Decodes the commit a `FactBody::ContextEpoch` carries, and checks what can be checked
+/// without keys: a commit fact of an authority journal, group-signed, whose operation is
+/// a well-formed epoch change of `context`. The group signature is checked by
+/// [`verify_fact`] (against the key a [`KeyLookup`] knows for that authority).
+pub fn epoch_change_of(commit: &[u8], context: &ContextId) -> Option<(EpochChange, Fact)> {
+    let f = Fact::decode(commit).ok()?;
+    let (Namespace::Authority(a), FactBody::Commit(c), FactSig::Group(_)) = (&f.namespace, &f.body, &f.sig) else {
+        return None;
+    };
+    let mut scratch = Vec::new();
+    let TreeOpKind::ContextEpoch(op) = crate::wire::strict_decode::<TreeOpKind>(&c.op, &mut scratch).ok()? else {
+        return None;
+    };
+    if op.context != *context || !op.well_formed(a) {
+        return None;
+    }
+    Some((
+        EpochChange {
+            authority: *a,
+            instance: c.id,
+            op,
+        },
+        f,
+    ))
 }
 
 /// A share refresh to switch to: the new verifying shares, and every member's signed
@@ -295,6 +390,10 @@ pub enum FactBody {
     /// (device-signed by the member that noticed); the same consequence as an
     /// equivocation.
     HiddenVote(crate::consensus::HiddenVote),
+    /// A context epoch an authority decided: the encoded, group-signed commit fact from
+    /// that authority's journal (device-signed by a device the epoch lists, which carried
+    /// it into the context journal). See [`EpochChange`].
+    ContextEpoch(Vec<u8>),
 }
 
 impl FactBody {
@@ -311,6 +410,7 @@ impl FactBody {
             FactBody::Commit(_) => "commit",
             FactBody::Equivocation(_) => "equivocation",
             FactBody::HiddenVote(_) => "hidden-vote",
+            FactBody::ContextEpoch(_) => "context-epoch",
         }
     }
 }
@@ -480,14 +580,7 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
             }
             check_context_genesis(g)?;
             // The creator's key comes from the (self-certifying) member list itself.
-            let m = g
-                .members
-                .iter()
-                .find(|m| m.cert.id() == fact.author)
-                .ok_or(FactError::UnknownAuthor)?;
-            schnorr_ok(&m.cert.signing, &msg, sig)
-                .then_some(())
-                .ok_or(FactError::BadSignature)
+            signed_by_listed(&g.members, &fact.author, &msg, sig)
         }
         (FactBody::ContextAccept(_), FactSig::Device(sig)) => {
             if !matches!(ns, Namespace::Context(_)) {
@@ -506,6 +599,25 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
             let key = keys.device_key(ns, &fact.author).ok_or(FactError::UnknownAuthor)?;
             schnorr_ok(&key, &msg, sig).then_some(()).ok_or(FactError::BadSignature)
         }
+        (FactBody::ContextEpoch(bytes), FactSig::Device(sig)) => {
+            let Namespace::Context(c) = ns else {
+                return Err(FactError::WrongNamespace);
+            };
+            let (change, inner) = epoch_change_of(bytes, c).ok_or(FactError::Invalid)?;
+            let FactSig::Group(gsig) = &inner.sig else {
+                return Err(FactError::Invalid);
+            };
+            let key = keys
+                .group_key(&Namespace::Authority(change.authority))
+                .ok_or(FactError::UnknownAuthority)?;
+            let inner_msg = Fact::signing_bytes(&inner.namespace, inner.lamport, &inner.author, &inner.body);
+            if !schnorr_ok(&key, &inner_msg, gsig) {
+                return Err(FactError::BadSignature);
+            }
+            // The carrier is one of the devices the new epoch lists (it may be new to the
+            // context, so its key comes from the signed list itself).
+            signed_by_listed(&change.op.members, &fact.author, &msg, sig)
+        }
         (FactBody::Note(n), FactSig::Device(sig)) => {
             if n.data.len() > MAX_NOTE {
                 return Err(FactError::Invalid);
@@ -518,6 +630,17 @@ pub fn verify_fact(fact: &Fact, ns: &Namespace, keys: &dyn KeyLookup) -> Result<
         }
         _ => Err(FactError::WrongSigner),
     }
+}
+
+/// `author` is in `members` and signed `msg` with the key listed there.
+fn signed_by_listed(members: &[ContextMember], author: &DeviceId, msg: &[u8], sig: &Sig64) -> Result<(), FactError> {
+    let m = members
+        .iter()
+        .find(|m| m.cert.id() == *author)
+        .ok_or(FactError::UnknownAuthor)?;
+    schnorr_ok(&m.cert.signing, msg, sig)
+        .then_some(())
+        .ok_or(FactError::BadSignature)
 }
 
 /// Structural checks of a genesis: identifiers 1..=n in order, threshold in range, one

@@ -17,6 +17,8 @@ mod consensus_impl;
 mod context_impl;
 #[path = "peer_enroll.rs"]
 mod enroll_impl;
+#[path = "peer_epoch.rs"]
+mod epoch_impl;
 #[path = "peer_guard.rs"]
 mod guard_impl;
 #[path = "peer_receipts.rs"]
@@ -54,6 +56,8 @@ const SEEN_INIT_TTL: Duration = Duration::from_secs(120);
 const MAX_SEEN_INIT: usize = 4096;
 /// Pings answered per channel and second at most.
 const PONGS_PER_SECOND: u32 = 64;
+/// How long a channel of an earlier epoch of a context (a member catching up) lives.
+const CATCH_UP_FOR: Duration = Duration::from_secs(15);
 
 /// Tunables. The defaults suit a real network; the simulator shortens some of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +262,13 @@ pub enum Command {
         rights: Vec<String>,
         /// Flow budget, if limited.
         budget: Option<u64>,
+    },
+    /// Have this device's authority agree (by consensus) on a new epoch of a context:
+    /// a new secret, sealed to every member, and the authority's current devices.
+    /// Happens by itself when the authority's devices changed.
+    RekeyContext {
+        /// The context.
+        context: ContextId,
     },
 }
 
@@ -605,6 +616,14 @@ pub enum Event {
         /// Number of members.
         members: u16,
     },
+    /// A ready context moved to a new epoch (new secret; channels of the old one
+    /// closed).
+    ContextEpochChanged {
+        /// The context.
+        context: ContextId,
+        /// The new epoch.
+        epoch: u64,
+    },
 }
 
 /// What the peer asks the host to do.
@@ -868,6 +887,7 @@ pub struct Peer {
     enroll: enroll_impl::EnrollState,
     /// Share refresh.
     refresh: refresh_impl::RefreshState,
+    epochs: epoch_impl::EpochState,
     /// Contexts being shared with own devices: (creation fact id, devices yet to ack).
     ctx_push: BTreeMap<ContextId, (FactId, BTreeSet<DeviceId>)>,
     // ----- receipts (see peer_receipts.rs) -----
@@ -1006,6 +1026,7 @@ impl Peer {
             consensus: Default::default(),
             enroll: Default::default(),
             refresh: Default::default(),
+            epochs: Default::default(),
             out_chains: BTreeMap::new(),
             in_chains: BTreeMap::new(),
             acct_tick: None,
@@ -1031,6 +1052,7 @@ impl Peer {
         }
         p.restoring = false;
         p.refresh_guard();
+        p.epoch_upkeep();
         let resumable: Vec<Invitation> = p
             .joins
             .iter()
@@ -1422,6 +1444,7 @@ impl Peer {
             Command::AddDevice { device } => self.add_device(device),
             Command::RefreshShares => self.start_refresh(),
             Command::RemoveDevice { device } => self.propose_change(crate::journal::TreeOpKind::RemoveDevice(device)),
+            Command::RekeyContext { context } => self.rekey_context(context),
             Command::IssueCapability { to, rights, budget } => {
                 let v = self.my_authority().ok_or(CommandError::NotInAuthority)?;
                 let id = v.id;
@@ -1466,7 +1489,23 @@ impl Peer {
     fn send_or_queue_in(&mut self, scope: ContextId, peer: DeviceId, q: Queued) -> Result<(), CommandError> {
         let key = (scope, peer);
         if let Some(idx) = self.active.get(&key).copied() {
-            self.send_queued(idx, q);
+            // A channel of an earlier epoch (the peer is catching up) carries only
+            // anti-entropy; the rest waits for one of the current epoch.
+            let behind = scope != ContextId::OWN
+                && !matches!(q, Queued::Proto(_))
+                && self
+                    .channels
+                    .get(&idx)
+                    .is_some_and(|c| !self.context_current(scope, c.epoch));
+            if !behind {
+                self.send_queued(idx, q);
+                return Ok(());
+            }
+            let queue = self.queued.entry(key).or_default();
+            if queue.len() >= self.cfg.max_queued {
+                return Err(CommandError::QueueFull(peer));
+            }
+            queue.push(q);
             return Ok(());
         }
         let epoch = self.guard.contexts.get(&scope).map_or(0, |c| c.epoch);
@@ -1476,6 +1515,8 @@ impl Peer {
         }
         let queue = self.queued.entry(key).or_default();
         if queue.len() >= self.cfg.max_queued {
+            // Full: make sure a channel is on its way to drain it.
+            self.link_for_queued(scope, peer);
             return Err(CommandError::QueueFull(peer));
         }
         queue.push(q);
@@ -1491,6 +1532,21 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Sends waiting for `peer` in context `scope` (say, for a member to catch up) get a
+    /// channel of the current epoch when none is up or on its way.
+    fn link_for_queued(&mut self, scope: ContextId, peer: DeviceId) {
+        let waiting = self.queued.get(&(scope, peer)).is_some_and(|q| !q.is_empty());
+        let current = self.guard.contexts.get(&scope).map_or(0, |c| c.epoch);
+        if scope != ContextId::OWN
+            && waiting
+            && !self.active.contains_key(&(scope, peer))
+            && !self.initiating_to(scope, &peer)
+            && self.context_current(scope, current)
+        {
+            let _ = self.start_context_link(scope, peer);
+        }
     }
 
     fn send_queued(&mut self, idx: u32, q: Queued) {
@@ -1773,7 +1829,9 @@ impl Peer {
                 let Some((id, psk)) = self.context_responder(ctx, epoch, &remote_static, &payload.cert) else {
                     return;
                 };
-                if self.keys.id < id && self.initiating_to(ctx, &id) {
+                // Two devices opening to each other at once: the lower id's wins. Not when
+                // the other is behind: ours cannot succeed until it catches up.
+                if self.keys.id < id && self.initiating_to(ctx, &id) && self.context_current(ctx, epoch) {
                     self.metrics.drop(DropReason::UnexpectedFrame);
                     return;
                 }
@@ -1874,6 +1932,9 @@ impl Peer {
         c.transport = Some(transport);
         c.scope = scope;
         c.epoch = epoch;
+        if scope != ContextId::OWN && !self.context_current(scope, epoch) {
+            c.ends_at = Some(now.saturating_add(CATCH_UP_FOR));
+        }
         self.channels.insert(idx, c);
         self.grant_upkeep(idx);
         self.metrics.handshakes += 1;
@@ -2039,14 +2100,18 @@ impl Peer {
 
     /// Whether channel `idx` may still send upkeep: always between one's own devices
     /// and while pairing or joining; in a context, only while it is ready at the
-    /// channel's epoch and the guard allows upkeep to the peer.
+    /// channel's epoch and the guard allows upkeep to the peer, or, while it is being
+    /// opened in an earlier epoch to catch up, while that is allowed.
     fn may_keep_up(&self, idx: u32) -> bool {
         let Some(c) = self.channels.get(&idx) else { return false };
         if c.purpose != Purpose::Context {
             return true;
         }
         let Some(peer) = c.peer else { return false };
-        self.context_current(c.scope, c.epoch) && self.upkeep_allowed(c.scope, peer, c.epoch).is_ok()
+        let catching_up = matches!(c.phase, Phase::InitSent { .. })
+            && self.context_behind(c.scope, c.epoch, &peer)
+            && self.catch_up_allowed(c.scope, peer, c.epoch).is_ok();
+        catching_up || (self.context_current(c.scope, c.epoch) && self.upkeep_allowed(c.scope, peer, c.epoch).is_ok())
     }
 
     fn restart_initiator(&mut self, idx: u32) {
@@ -2129,12 +2194,31 @@ impl Peer {
         } else {
             self.ctx_addrs.insert(peer, addr);
         }
-        for q in self.queued.remove(&(scope, peer)).unwrap_or_default() {
+        // On a channel of an earlier epoch of a context (a member catching up) only
+        // anti-entropy may go; the rest waits for a channel of the current epoch.
+        let behind = scope != ContextId::OWN
+            && self
+                .channels
+                .get(&idx)
+                .is_some_and(|c| !self.context_current(scope, c.epoch));
+        let queued = self.queued.remove(&(scope, peer)).unwrap_or_default();
+        let (now, later): (Vec<Queued>, Vec<Queued>) = queued
+            .into_iter()
+            .partition(|q| !behind || matches!(q, Queued::Proto(_)));
+        if !later.is_empty() {
+            self.queued.insert((scope, peer), later);
+        }
+        for q in now {
             self.send_queued(idx, q);
         }
-        // The side that opened the channel reconciles (both would be redundant).
+        // The side that opened the channel reconciles (both would be redundant). A
+        // channel of an earlier epoch is opened by a member that is behind: reconciling
+        // the context is what it is for.
         if role == Role::Initiator {
             self.sync_on_link_up(scope, peer);
+            if behind {
+                self.catch_up_with(scope, peer);
+            }
         }
     }
 
@@ -2222,9 +2306,23 @@ impl Peer {
             Frame::Keepalive => {}
             Frame::Close => {
                 self.remove_channel(idx, Some(DownReason::PeerClosed));
+                self.link_for_queued(scope, peer);
             }
             Frame::Proto { data } if purpose == Purpose::ContextJoin => self.on_ctx_msg(idx, peer, data),
             _ if !usable => self.metrics.drop(DropReason::UnexpectedFrame),
+            // A member behind may still reconcile (to catch up), and what it sent before
+            // it learned of the change still arrives; nothing else comes in on a channel
+            // of an earlier epoch.
+            Frame::Proto { data } if scope != ContextId::OWN && self.context_behind(scope, epoch, &peer) => {
+                self.on_context_proto(scope, peer, data)
+            }
+            Frame::App { data } if scope != ContextId::OWN && self.context_behind(scope, epoch, &peer) => {
+                self.event(Event::ContextReceived {
+                    context: scope,
+                    peer,
+                    data: Bytes::copy_from_slice(data),
+                });
+            }
             // A context that stopped being ready here (or moved to another epoch) takes
             // nothing more from channels of the old state.
             _ if scope != ContextId::OWN && !self.context_current(scope, epoch) => {
@@ -2418,6 +2516,18 @@ impl Peer {
     fn channel_timeout(&mut self, idx: u32, now: Instant) {
         let cfg = self.cfg.clone();
         let Some(c) = self.channels.get(&idx) else { return };
+        if c.ends_at.is_some_and(|t| t <= now) {
+            // A catch-up channel's time is up (the member caught up, or will try again).
+            let (scope, peer, up) = (c.scope, c.peer, c.transport.is_some());
+            if up {
+                self.send_frame(idx, &Frame::Close);
+            }
+            self.remove_channel(idx, None);
+            if let Some(p) = peer {
+                self.link_for_queued(scope, p);
+            }
+            return;
+        }
         if c.retx_at.is_some_and(|t| t <= now) && !self.may_keep_up(idx) {
             // The scope stopped allowing this channel while it was being set up: no
             // further handshake message goes out.
@@ -2464,6 +2574,16 @@ impl Peer {
                     return self.remove_channel(idx, Some(DownReason::Idle));
                 }
                 if c.keepalive_due(&cfg).is_some_and(|t| t <= now) {
+                    // A channel of an earlier epoch of a context (a member catching up)
+                    // may carry anti-entropy only: it ends when it would need upkeep.
+                    let (scope, peer) = (c.scope, c.peer);
+                    if !self.may_keep_up(idx) {
+                        self.remove_channel(idx, None);
+                        if let Some(p) = peer {
+                            self.link_for_queued(scope, p);
+                        }
+                        return;
+                    }
                     self.send_frame(idx, &Frame::Keepalive);
                 }
             }

@@ -1130,7 +1130,8 @@ impl Peer {
             | FactBody::SealedSecret(_)
             | FactBody::ContextGenesis(_)
             | FactBody::ContextAccept(_)
-            | FactBody::Note(_) => false,
+            | FactBody::Note(_)
+            | FactBody::ContextEpoch(_) => false,
             // A commit: checked against our own view like a reducer would.
             FactBody::Commit(c) => self.may_sign_commit(from, &fact.author, c, group_key),
         }
@@ -1602,6 +1603,7 @@ impl Peer {
             Namespace::Authority(id) => id,
             Namespace::Context(c) => {
                 self.refresh_context(c);
+                self.epoch_upkeep();
                 return true;
             }
         };
@@ -1670,6 +1672,7 @@ impl Peer {
         }
         if mine && changes_view {
             self.member_view_changed(id, added);
+            self.epoch_upkeep();
         }
         if !self.restoring && self.awaiting_share().is_some() {
             // Listed (by a change, or as a founder whose key generation state died in a
@@ -1965,8 +1968,10 @@ impl Peer {
         self.resend_context_shares();
         self.enroll_tick();
         self.refresh_tick();
+        self.epoch_upkeep();
         let busy = self.enroll_busy()
             || self.refresh_busy()
+            || self.epochs_busy()
             || !self.dkg.is_empty()
             || !self.sign_coord.is_empty()
             || !self.sync.push.is_empty()

@@ -28,8 +28,9 @@
 //! Once a proof is in the view, the equivocator is excluded: its proposals, prepares,
 //! accepts, votes and promises are ignored, and a gatherer leaves its votes out.
 //!
-//! Not yet here: pre-sent nonce commitments (the warm one-round-trip path), adding
-//! devices (needs a key generation among the new set), context epoch bumps.
+//! The changes agreed here: thresholds, removals, additions (`peer_enroll.rs` then
+//! hands the newcomer its share), share refreshes (`peer_refresh.rs`) and context epochs
+//! (`peer_epoch.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

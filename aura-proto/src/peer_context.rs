@@ -19,7 +19,7 @@
 //! (known here), and this device opened the current epoch's secret. Only ready contexts
 //! get grants, channels and sends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,8 @@ use crate::context::ContextView;
 use crate::guard::{ContextState, Grant, Leak, Observer};
 use crate::invite::{Invitation, InviteError, MAX_ADDR_HINT};
 use crate::journal::{
-    verify_fact, AuthorityId, ContextAccept, ContextGenesis, ContextId, ContextMember, Fact, FactBody, FactSig,
-    Journal, Namespace, SealedSecret, Sig64, MAX_CONTEXT_MEMBERS,
+    verify_fact, AuthorityId, ContextAccept, ContextEpochOp, ContextGenesis, ContextId, ContextMember, Fact, FactBody,
+    FactSig, Journal, Namespace, SealedSecret, Sig64, MAX_CONTEXT_MEMBERS,
 };
 use crate::keys::DeviceId;
 use crate::metrics::DropReason;
@@ -44,9 +44,12 @@ use crate::wire::{self, Frame, Purpose};
 
 const CTX_JOIN_PSK: &str = "aura 2026-11 context join psk";
 const CTX_CONTEXT_PSK: &str = "aura 2026-11 context channel psk";
-const HPKE_INFO_CONTEXT: &[u8] = b"aura context secret v1";
+pub(super) const HPKE_INFO_CONTEXT: &[u8] = b"aura context secret v1";
 /// Rights each side grants the other authority when a context is created.
 const CONTEXT_RIGHTS: [&str; 3] = ["send", "sync", "member"];
+/// Context secrets kept per context: the current epoch's and the latest before it (for
+/// members that missed a change or a few).
+const KEEP_SECRETS: usize = 4;
 
 pub(super) fn join_psk(secret: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key(CTX_JOIN_PSK, secret)
@@ -57,7 +60,7 @@ pub(super) fn context_psk(secret: &[u8; 32], a: &DeviceId, b: &DeviceId) -> [u8;
     pair_key(CTX_CONTEXT_PSK, secret, a, b)
 }
 
-fn secret_aad(ctx: &ContextId, to: &DeviceId, epoch: u64) -> [u8; 72] {
+pub(super) fn secret_aad(ctx: &ContextId, to: &DeviceId, epoch: u64) -> [u8; 72] {
     let mut a = [0u8; 72];
     a[..32].copy_from_slice(&ctx.0);
     a[32..64].copy_from_slice(&to.0);
@@ -835,34 +838,80 @@ impl Peer {
         };
         let me = self.keys.id;
         if !view.members.contains_key(&me) {
+            // Removed from the context by an epoch change: nothing more goes in it.
+            if let Some(st) = self.contexts.get_mut(&id) {
+                let was = st.ready;
+                st.ready = false;
+                st.view = view;
+                if was {
+                    self.close_context_channels(id, |_| true);
+                    if !self.restoring {
+                        self.refresh_guard();
+                    }
+                }
+            }
             return;
         }
-        // Every member must really belong to the authority it claims, as that
-        // authority's own journal says (a context cannot vouch for that itself).
+        // Every member must really belong to the authority it claims. An authority's
+        // epoch change says so under its group signature; the creation's list is
+        // checked against that authority's own journal (a context cannot vouch for it).
         let trusted = view.authorities.iter().all(|a| self.views.0.contains_key(a))
             && view.members.iter().all(|(d, m)| {
-                self.views
-                    .0
-                    .get(&m.authority)
-                    .and_then(|a| a.members.get(d))
-                    .is_some_and(|am| am.cert.same_keys(&m.cert))
+                view.lists.get(&m.authority).is_some_and(|e| *e > 0)
+                    || self
+                        .views
+                        .0
+                        .get(&m.authority)
+                        .and_then(|a| a.members.get(d))
+                        .is_some_and(|am| am.cert.same_keys(&m.cert))
             });
         let mut secrets = self.contexts.get(&id).map(|s| s.secrets.clone()).unwrap_or_default();
         let was_ready = self.contexts.get(&id).is_some_and(|s| s.ready);
-        let old_epoch = self.contexts.get(&id).map(|s| s.view.epoch);
-        let sealed: Vec<SealedSecret> = self
-            .journal
-            .facts(&Namespace::Context(id))
-            .filter_map(|f| match &f.body {
-                FactBody::SealedSecret(s) if s.to == me && view.members.contains_key(&f.author) => Some(s.clone()),
-                _ => None,
-            })
+        let old = self
+            .contexts
+            .get(&id)
+            .map(|s| (s.view.epoch, s.view.decided.as_ref().map(|d| d.commitment)));
+        // The secrets of use: the current epoch's and a few before it (a member that has
+        // not caught up yet still reaches us with one of those), also of epochs this
+        // device skipped. A decided epoch's secret counts only if it matches the
+        // commitment the deciding authority signed.
+        let window: Vec<u64> = std::iter::once(0)
+            .chain(view.epochs.keys().copied())
+            .rev()
+            .take(KEEP_SECRETS)
             .collect();
-        for s in sealed {
-            if let std::collections::btree_map::Entry::Vacant(e) = secrets.entry(s.epoch) {
-                if let Some(k) = self.open_secret(&id, &s) {
-                    e.insert(k);
-                }
+        secrets.retain(|e, _| window.contains(e));
+        for e in window {
+            let good = |k: &[u8; 32]| {
+                view.epochs
+                    .get(&e)
+                    .is_none_or(|d| ContextEpochOp::commit_to(&id, e, k) == d.commitment)
+            };
+            if secrets.get(&e).is_some_and(good) {
+                continue;
+            }
+            secrets.remove(&e);
+            let opened = match view.epochs.get(&e) {
+                None => self
+                    .journal
+                    .facts(&Namespace::Context(id))
+                    .find_map(|f| match &f.body {
+                        // The creation's secret, sealed by the creator.
+                        FactBody::SealedSecret(s) if s.to == me && s.epoch == 0 && f.author == view.creator => {
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    })
+                    .and_then(|s| self.open_secret(&id, &s)),
+                Some(d) => d
+                    .sealed
+                    .iter()
+                    .find(|s| s.to == me)
+                    .and_then(|s| self.open_secret(&id, s))
+                    .filter(|k| ContextEpochOp::commit_to(&id, e, k) == d.commitment),
+            };
+            if let Some(k) = opened {
+                secrets.insert(e, k);
             }
         }
         let ready = trusted && view.established() && secrets.contains_key(&view.epoch);
@@ -872,19 +921,19 @@ impl Peer {
             .iter()
             .copied()
             .find(|a| Some(*a) != self.my_authority().map(|v| v.id));
+        let now = (epoch, view.decided.as_ref().map(|d| d.commitment));
+        let own_before: BTreeSet<DeviceId> = self
+            .contexts
+            .get(&id)
+            .map(|s| s.view.members.keys().copied().collect())
+            .unwrap_or_default();
+        let newcomers = view.members.keys().any(|d| !own_before.contains(d));
         self.contexts.insert(id, CtxState { view, secrets, ready });
-        if old_epoch.is_some_and(|e| e < epoch) {
-            // A new epoch: channels keyed by the old secret go (no goodbye: a frame of the
-            // old epoch would no longer pass the guard).
-            let stale: Vec<u32> = self
-                .channels
-                .iter()
-                .filter(|(_, c)| c.scope == id && c.epoch < epoch)
-                .map(|(i, _)| *i)
-                .collect();
-            for i in stale {
-                self.remove_channel(i, None);
-            }
+        if old.is_some_and(|o| o != now) {
+            // A new epoch (or another secret for it, after a tie): channels keyed by the
+            // old secret go.
+            let tie = old.is_some_and(|o| o.0 == epoch);
+            self.close_context_channels(id, |e| e < epoch || tie);
         }
         if ready && !was_ready && !self.restoring {
             self.event(Event::ContextReady {
@@ -893,9 +942,33 @@ impl Peer {
                 epoch,
             });
             self.share_context(id);
+        } else if ready && newcomers && !self.restoring {
+            // Devices new to the context (one of ours added by an epoch change) get it.
+            self.share_context(id);
+        }
+        if ready && old.is_some_and(|o| o.0 < epoch) && !self.restoring {
+            self.event(Event::ContextEpochChanged { context: id, epoch });
         }
         if !self.restoring {
             self.refresh_guard();
+        }
+    }
+
+    /// Closes context `ctx`'s channels whose epoch `stale` picks. The goodbye goes out
+    /// while the guard still has the old state (it is refreshed after), so the peer
+    /// does not wait for a timeout before it opens a channel of the new epoch.
+    fn close_context_channels(&mut self, ctx: ContextId, stale: impl Fn(u64) -> bool) {
+        let gone: Vec<(u32, bool)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.scope == ctx && c.purpose == Purpose::Context && stale(c.epoch))
+            .map(|(i, c)| (*i, c.transport.is_some()))
+            .collect();
+        for (i, up) in gone {
+            if up && !self.restoring {
+                self.send_frame(i, &Frame::Close);
+            }
+            self.remove_channel(i, None);
         }
     }
 
@@ -928,11 +1001,12 @@ impl Peer {
         let me = self.keys.id;
         let mut by_issuer: BTreeMap<AuthorityId, Option<Grant>> = BTreeMap::new();
         type Peers = Vec<(DeviceId, AuthorityId)>;
-        let ready: Vec<(ContextId, u64, Peers)> = self
+        let ready: Vec<(ContextId, u64, Option<u64>, Peers)> = self
             .contexts
             .iter()
             .filter(|(_, s)| s.ready)
             .map(|(id, s)| {
+                let oldest = s.secrets.keys().next().copied().filter(|e| *e < s.view.epoch);
                 let peers = s
                     .view
                     .members
@@ -940,11 +1014,18 @@ impl Peer {
                     .filter(|(_, m)| Some(m.authority) != mine)
                     .map(|(d, m)| (*d, m.authority))
                     .collect();
-                (*id, s.view.epoch, peers)
+                (*id, s.view.epoch, oldest, peers)
             })
             .collect();
-        for (ctx, epoch, peers) in ready {
-            self.guard.contexts.insert(ctx, ContextState { epoch, writable: true });
+        for (ctx, epoch, oldest, peers) in ready {
+            self.guard.contexts.insert(
+                ctx,
+                ContextState {
+                    epoch,
+                    writable: true,
+                    oldest,
+                },
+            );
             for o in Observer::ALL {
                 self.guard.leakage.entry((ctx, o, epoch)).or_insert(Leak {
                     limit: self.cfg.leakage_limit,
@@ -973,6 +1054,19 @@ impl Peer {
 
     /// Opens a channel to `peer` in context `ctx` (its current epoch).
     pub(super) fn start_context_link(&mut self, ctx: ContextId, peer: DeviceId) -> Result<(), CommandError> {
+        let epoch = self
+            .contexts
+            .get(&ctx)
+            .filter(|s| s.ready)
+            .ok_or(CommandError::UnknownContext(ctx))?
+            .view
+            .epoch;
+        self.start_context_link_at(ctx, peer, epoch)
+    }
+
+    /// Opens a channel to `peer` in context `ctx` keyed by the secret of `epoch` (an
+    /// earlier one to catch up).
+    fn start_context_link_at(&mut self, ctx: ContextId, peer: DeviceId, epoch: u64) -> Result<(), CommandError> {
         let st = self
             .contexts
             .get(&ctx)
@@ -983,12 +1077,23 @@ impl Peer {
             .members
             .get(&peer)
             .ok_or(CommandError::NotContextPeer { context: ctx, peer })?;
-        let epoch = st.view.epoch;
-        let secret = st.secrets[&epoch];
+        let secret = *st.secrets.get(&epoch).ok_or(CommandError::UnknownContext(ctx))?;
         let psk = context_psk(&secret, &self.keys.id, &peer);
         let noise = m.cert.noise;
         let addr = self.ctx_addrs.get(&peer).cloned().unwrap_or_else(|| m.addr.clone());
-        self.start_handshake(Purpose::Context, noise, psk, addr, Some(peer), None, Some((ctx, epoch)))
+        let behind = epoch != st.view.epoch;
+        self.start_handshake(Purpose::Context, noise, psk, addr, Some(peer), None, Some((ctx, epoch)))?;
+        if behind {
+            // Catching up: the channel is for that only, and ends by itself.
+            let ends = self.now.mono.saturating_add(super::CATCH_UP_FOR);
+            for c in self.channels.values_mut() {
+                let opening = matches!(c.phase, Phase::InitSent { .. }) && c.ends_at.is_none();
+                if opening && c.scope == ctx && c.peer == Some(peer) && c.epoch == epoch {
+                    c.ends_at = Some(ends);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Who the initiator of a context handshake is, and its PSK, if it may open one.
@@ -1000,24 +1105,48 @@ impl Peer {
         cert: &crate::keys::DeviceCert,
     ) -> Option<(DeviceId, [u8; 32])> {
         let mine = self.my_authority().map(|v| v.id);
-        let found = self
-            .contexts
-            .get(&ctx)
-            .filter(|s| s.ready && s.view.epoch == epoch)
-            .and_then(|s| {
-                s.view
-                    .members
-                    .iter()
-                    .find(|(_, m)| {
-                        m.cert.noise == *remote_static && Some(m.authority) != mine && m.cert.same_keys(cert)
-                    })
-                    .map(|(d, _)| (*d, s.secrets[&epoch]))
-            });
-        let Some((id, secret)) = found else {
-            self.metrics.drop(DropReason::WrongContext);
-            return None;
+        // The initiator must be a member now (a device removed by an epoch change is not,
+        // even with an old secret). It may be behind (it has not seen the latest change):
+        // then the channel runs in its epoch, for anti-entropy only, until it catches up.
+        let found = self.contexts.get(&ctx).filter(|s| s.ready).and_then(|s| {
+            let id = s
+                .view
+                .members
+                .iter()
+                .find(|(_, m)| m.cert.noise == *remote_static && Some(m.authority) != mine && m.cert.same_keys(cert))
+                .map(|(d, _)| *d)?;
+            let oldest = s.secrets.keys().next().copied().unwrap_or(s.view.epoch);
+            Some((id, s.view.epoch, s.secrets.get(&epoch).copied(), oldest))
+        });
+        let (id, secret) = match found {
+            Some((id, current, Some(secret), _)) if epoch <= current => (id, secret),
+            Some((id, current, _, oldest)) if epoch > current => {
+                // We are the one behind: reach the initiator to catch up, with the oldest
+                // secret we hold (it may have skipped our current epoch, as we skipped
+                // its; the oldest is the likeliest both still hold).
+                self.metrics.drop(DropReason::WrongContext);
+                let underway = self.channels.values().any(|c| {
+                    c.scope == ctx
+                        && c.peer == Some(id)
+                        && c.epoch == oldest
+                        && matches!(c.phase, crate::channel::Phase::InitSent { .. })
+                });
+                if !underway {
+                    let _ = self.start_context_link_at(ctx, id, oldest);
+                }
+                return None;
+            }
+            _ => {
+                self.metrics.drop(DropReason::WrongContext);
+                return None;
+            }
         };
-        if let Err(d) = self.upkeep_allowed(ctx, id, epoch) {
+        let allowed = if self.context_current(ctx, epoch) {
+            self.upkeep_allowed(ctx, id, epoch)
+        } else {
+            self.catch_up_allowed(ctx, id, epoch)
+        };
+        if let Err(d) = allowed {
             self.deny_upkeep(ctx, id, d);
             return None;
         }
@@ -1029,6 +1158,14 @@ impl Peer {
         self.contexts
             .get(&ctx)
             .is_some_and(|s| s.ready && s.view.epoch == epoch)
+    }
+
+    /// Whether `epoch` is an earlier epoch of context `ctx` whose secret this device
+    /// still holds, and `peer` still a member: a member that has not caught up yet.
+    pub(super) fn context_behind(&self, ctx: ContextId, epoch: u64, peer: &DeviceId) -> bool {
+        self.contexts.get(&ctx).is_some_and(|s| {
+            s.ready && epoch < s.view.epoch && s.secrets.contains_key(&epoch) && s.view.members.contains_key(peer)
+        })
     }
 
     /// The PSK a context channel initiator uses again after a failed answer.
@@ -1137,6 +1274,9 @@ impl Peer {
         }
         let mut views = self.views.clone();
         let mut ctx_view: Option<ContextView> = None;
+        // What is verified so far: geneses (for the group keys epoch changes are checked
+        // against) and the context's facts (its view grows with each epoch change).
+        let mut tj = Journal::new();
         let mut keep: Vec<Fact> = Vec::new();
         let mut decoded = Vec::new();
         for b in &facts {
@@ -1158,21 +1298,31 @@ impl Peer {
                         if let Some(v) = AuthorityView::reduce(&j, a) {
                             views.0.insert(a, v);
                         }
+                        tj.insert(f.clone());
                     })
                 }
                 (FactBody::ContextGenesis(g), Namespace::Context(c)) => {
-                    if ctx_view.is_some() || !g.members.iter().any(|m| m.cert.id() == me) {
-                        // One context per share, and only one that names us.
+                    if ctx_view.is_some() {
+                        // One context per share.
                         return self.refuse_ctx();
                     }
                     verify_fact(&f, &ns, &views).map(|_| {
-                        let mut j = Journal::new();
-                        j.insert(f.clone());
-                        ctx_view = ContextView::reduce(&j, c);
+                        for a in &g.authorities {
+                            if let Some(gf) = self.genesis_fact(a) {
+                                tj.insert(gf);
+                            }
+                        }
+                        tj.insert(f.clone());
+                        ctx_view = ContextView::reduce(&tj, c);
                     })
                 }
                 (_, Namespace::Context(c)) => match &ctx_view {
-                    Some(v) if v.id == c => verify_fact(&f, &ns, v),
+                    Some(v) if v.id == c => verify_fact(&f, &ns, v).map(|_| {
+                        tj.insert(f.clone());
+                        if matches!(f.body, FactBody::ContextEpoch(_)) {
+                            ctx_view = ContextView::reduce(&tj, c);
+                        }
+                    }),
                     _ => Err(crate::journal::FactError::WrongNamespace),
                 },
                 _ => Err(crate::journal::FactError::WrongNamespace),
@@ -1181,6 +1331,10 @@ impl Peer {
                 Ok(()) => keep.push(f),
                 Err(e) => return self.fact_rejected(e),
             }
+        }
+        // Only a context that names us (in its creation, or in a later epoch).
+        if !ctx_view.as_ref().is_some_and(|v| v.members.contains_key(&me)) {
+            return self.refuse_ctx();
         }
         let Some(view) = ctx_view else { return self.refuse_ctx() };
         let tokens: Vec<Vec<u8>> = tokens

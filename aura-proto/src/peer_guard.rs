@@ -41,6 +41,7 @@ impl Peer {
             ContextState {
                 epoch: 0,
                 writable: true,
+                oldest: None,
             },
         );
         for o in Observer::ALL {
@@ -222,11 +223,21 @@ impl Peer {
     /// Whether a channel-upkeep message to `peer` in `scope` would pass the chain now:
     /// asked before a handshake is started or answered, so a denied scope sees no packet.
     pub(super) fn upkeep_allowed(&self, scope: ContextId, peer: DeviceId, epoch: u64) -> Result<(), Denial> {
+        self.smallest_passes(scope, peer, epoch, MsgKind::Control)
+    }
+
+    /// Whether anti-entropy to `peer` in `scope` at `epoch` would pass the chain now:
+    /// what a channel of an earlier epoch of a context (a member catching up) is for.
+    pub(super) fn catch_up_allowed(&self, scope: ContextId, peer: DeviceId, epoch: u64) -> Result<(), Denial> {
+        self.smallest_passes(scope, peer, epoch, MsgKind::Proto)
+    }
+
+    fn smallest_passes(&self, scope: ContextId, peer: DeviceId, epoch: u64, kind: MsgKind) -> Result<(), Denial> {
         let req = Request {
             context: scope,
             peer,
             epoch,
-            kind: MsgKind::Control,
+            kind,
             bucket: wire::PAD_BUCKETS[0],
         };
         guard::evaluate(&self.guard, &req).map(|_| ())

@@ -362,6 +362,12 @@ impl Peer {
         }
     }
 
+    /// Reconciles context `scope` with `peer` over a channel of an earlier epoch: this
+    /// device is behind and learns the changes it missed.
+    pub(super) fn catch_up_with(&mut self, scope: ContextId, peer: DeviceId) {
+        self.sync_with(peer, Namespace::Context(scope));
+    }
+
     fn sync_with(&mut self, peer: DeviceId, ns: Namespace) {
         // One session per (peer, namespace) at a time.
         if self.sync.sessions.values().any(|s| s.peer == peer && s.ns == ns) {

@@ -99,6 +99,12 @@ pub enum Request {
     },
     /// Refresh the key shares among the members; answered when this device switched.
     AuthorityRefresh,
+    /// Have this device's authority agree (consensus) on a new epoch of a context (new
+    /// secret, current devices); answered when this device moved to it.
+    ContextRekey {
+        /// Context id or unique prefix.
+        context: String,
+    },
     /// Shut down cleanly.
     Stop,
 }

@@ -74,6 +74,8 @@ struct Waiters {
     adds: BTreeMap<DeviceId, Vec<Reply>>,
     /// Share refreshes asked for, answered when this device switched (or it failed).
     refreshes: Vec<Reply>,
+    /// Context rekeys asked for, answered when this device moved to a new epoch.
+    rekeys: BTreeMap<aura_proto::journal::ContextId, Vec<Reply>>,
 }
 
 struct SyncWait {
@@ -389,6 +391,13 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             Ok(()) => w.refreshes.push(reply),
             Err(e) => send_now(err(e)),
         },
+        Request::ContextRekey { context } => match resolve_context(&host.peer, &context) {
+            Err(e) => send_now(err(e)),
+            Ok(context) => match host.input(Input::Command(Command::RekeyContext { context })) {
+                Ok(()) => w.rekeys.entry(context).or_default().push(reply),
+                Err(e) => send_now(err(e)),
+            },
+        },
         Request::Stop => unreachable!("handled by the loop"),
     }
 }
@@ -562,6 +571,12 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
                 let _ = r.try_send(
                     json!({ "ok": true, "context": context.to_hex(), "with": with.to_hex(), "epoch": epoch }),
                 );
+            }
+        }
+        Event::ContextEpochChanged { context, epoch } => {
+            tracing::info!(context = %context.short(), epoch, "context epoch changed");
+            for r in w.rekeys.remove(context).unwrap_or_default() {
+                let _ = r.try_send(json!({ "ok": true, "context": context.to_hex(), "epoch": epoch }));
             }
         }
         Event::ContextJoinFailed { invite, reason } => {

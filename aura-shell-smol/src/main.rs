@@ -216,6 +216,17 @@ enum ContextCmd {
         /// The text to send.
         text: String,
     },
+    /// Give a context a new epoch: this device's authority agrees (by consensus) on a
+    /// new secret, sealed to every member device, and lists its current devices. Flow
+    /// budgets start again. Happens by itself after a device is added or removed. Waits
+    /// until this device moved to the new epoch.
+    Rekey {
+        /// Context id or a unique prefix of it.
+        context: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -811,6 +822,18 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
                 "handed to the guard chain for {} in context {}",
                 &v["peer"].as_str().unwrap_or("?")[..16],
                 &v["context"].as_str().unwrap_or("?")[..16]
+            );
+        }
+        ContextCmd::Rekey { context, timeout_s } => {
+            let v = ok(need(ask(
+                dir,
+                &Request::ContextRekey { context },
+                Duration::from_secs(timeout_s),
+            )?)?)?;
+            println!(
+                "context {} is at epoch {}",
+                &v["context"].as_str().unwrap_or("?")[..16],
+                v["epoch"]
             );
         }
     }

@@ -450,6 +450,47 @@ fn two_people_create_a_context_and_talk_through_the_guard_chain() {
     let out = smol(&dirs[0], &["context", "send", &ctx[..12], &a2[..12], "x"]);
     assert_eq!(out.status.code(), Some(1), "own device is not a context peer");
 
+    // Bob's authority gives the context a new epoch; every device moves to it, and the
+    // old epoch's channel gives way to one of the new.
+    let out = ok(&dirs[3], &["context", "rekey", &ctx[..12], "--timeout-s", "60"]);
+    assert!(out.contains("is at epoch"), "{out}");
+    let t0 = Instant::now();
+    loop {
+        let epochs: Vec<u64> = dirs
+            .iter()
+            .map(|d| {
+                let l: Vec<serde_json::Value> = serde_json::from_str(&ok(d, &["context", "list", "--json"])).unwrap();
+                l.first().and_then(|c| c["epoch"].as_u64()).unwrap_or(0)
+            })
+            .collect();
+        if epochs.iter().all(|e| *e >= 1 && *e == epochs[0]) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not every device moved to the new epoch: {epochs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(&dirs[0], &["context", "send", &ctx[..12], &b1[..12], "hello again"]);
+    let t0 = Instant::now();
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&ok(&dirs[0], &["status", "--json"])).unwrap();
+        let up = st["channels"].as_array().unwrap().iter().any(|c| {
+            c["context"] == ctx.as_str() && c["epoch"].as_u64().is_some_and(|e| e >= 1) && c["peer"] == b1.as_str()
+        });
+        if up {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no channel of the new epoch: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = smol(&dirs[0], &["context", "rekey", "ffff"]);
+    assert_eq!(out.status.code(), Some(1));
+
     for d in daemons {
         d.stop();
     }

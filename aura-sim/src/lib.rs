@@ -276,6 +276,11 @@ pub struct SimConfig {
     /// Consensus scenario: this long after the authority exists, one founding device
     /// (the last; the one before it with `add_device`) is lost for good.
     pub lose_one_after: Option<Duration>,
+    /// Context scenario: each person's first device asks its authority for a new
+    /// context epoch after its second message (again while its authority has decided
+    /// none); a run is done only when all devices agree on a decided epoch and its
+    /// secret, sealed to exactly the context's members.
+    pub rekey: bool,
 }
 
 impl SimConfig {
@@ -310,6 +315,7 @@ impl Default for SimConfig {
             byzantine: false,
             add_device: false,
             lose_one_after: None,
+            rekey: false,
         }
     }
 }
@@ -570,6 +576,10 @@ pub struct World {
     ctx_exhausted: std::collections::BTreeSet<usize>,
     /// Context scenario: next message number per leader.
     ctx_seq: BTreeMap<usize, u64>,
+    /// Context scenario: highest context epoch each device reached.
+    ctx_epoch: BTreeMap<usize, u64>,
+    /// Context scenario with `rekey`: when each leader last asked for a new epoch.
+    rekey_asked: BTreeMap<usize, u64>,
     /// The last trace lines, for failure reports.
     recent: std::collections::VecDeque<String>,
     /// Journal scenario: statements asked for so far, and when the one in flight was.
@@ -730,6 +740,8 @@ impl World {
             ctx_received: BTreeMap::new(),
             ctx_exhausted: Default::default(),
             ctx_seq: BTreeMap::new(),
+            ctx_epoch: BTreeMap::new(),
+            rekey_asked: BTreeMap::new(),
             recent: std::collections::VecDeque::with_capacity(RECENT_LINES),
             statements_asked: 0,
             sign_pending: None,
@@ -1032,11 +1044,22 @@ impl World {
                     .range((l, DeviceId([0; 32]))..)
                     .any(|((r, _), n)| *r == l && *n > 0)
             };
-            return (0..self.nodes.len())
-                .filter(|j| !self.nodes[*j].lost)
-                .all(|j| self.ctx_exhausted.contains(&j))
-                && got(0)
-                && got(h);
+            let live: Vec<usize> = (0..self.nodes.len()).filter(|j| !self.nodes[*j].lost).collect();
+            // With rekeys: every device is on one decided epoch with one secret, sealed
+            // to exactly the context's members.
+            let rekeyed = !self.cfg.rekey || {
+                let seen: Vec<Option<(u64, Option<[u8; 32]>)>> = live
+                    .iter()
+                    .map(|j| {
+                        let p = &self.nodes[*j].peer;
+                        let v = p.contexts().first().and_then(|c| p.context(c))?;
+                        let exact = v.sealed_to.iter().eq(v.members.keys());
+                        (v.epoch >= 1 && exact).then(|| (v.epoch, v.decided.as_ref().map(|d| d.commitment)))
+                    })
+                    .collect();
+                seen.iter().all(|x| x.is_some() && *x == seen[0])
+            };
+            return live.iter().all(|j| self.ctx_exhausted.contains(j)) && got(0) && got(h) && rekeyed;
         }
         // Devices lost for good are excused; everyone else must have made it.
         self.nodes
@@ -1566,8 +1589,11 @@ impl World {
                 // Every context message costs one unit of the budget the receiver's
                 // authority granted the sender: more arriving from one sender than that
                 // means budget was spent twice (say, across a crash).
+                // Budgets start again with each epoch: the receiver is at most one epoch
+                // ahead of what it accepts, so all epochs up to its own bound the count.
                 let got = self.ctx_received.get(&(i, *peer)).copied().unwrap_or(0) + 1;
-                if got > CONTEXT_BUDGET {
+                let epochs = self.ctx_epoch.get(&i).copied().unwrap_or(0) + 1;
+                if got > CONTEXT_BUDGET * epochs {
                     return Err(self.violation(
                         "flow-budget-overspent",
                         format!(
@@ -1868,6 +1894,11 @@ impl World {
             Event::ContextReady { .. } if self.ctx_ready.insert(i) => {
                 self.schedule(soon, Ev::CtxTick { node: i });
             }
+            Event::ContextEpochChanged { epoch, .. } => {
+                let e = self.ctx_epoch.entry(i).or_default();
+                *e = (*e).max(epoch);
+                self.mark("context-rekeyed");
+            }
             Event::ContextReceived { peer, .. } => *self.ctx_received.entry((i, peer)).or_default() += 1,
             Event::SendDenied {
                 reason: aura_proto::guard::Denial::BudgetExhausted,
@@ -1920,7 +1951,14 @@ impl World {
     /// Context scenario: a device sends its next context message to the other person's
     /// leader, until the guard chain refuses for budget.
     fn ctx_tick(&mut self, i: usize) {
+        let rekeying = self.cfg.rekey && self.is_leader(i) && self.rekey_due(i);
+        if rekeying && self.ctx_seq.get(&i).copied().unwrap_or(0) >= 2 {
+            self.ask_rekey(i);
+        }
         if self.ctx_exhausted.contains(&i) {
+            if rekeying {
+                self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+            }
             return;
         }
         let h = self.nodes.len() / 2;
@@ -1941,6 +1979,38 @@ impl World {
             }
         }
         self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+    }
+
+    /// Context scenario with `rekey`: whether leader `i`'s authority has decided no
+    /// epoch of the context yet (as `i` sees it).
+    fn rekey_due(&self, i: usize) -> bool {
+        let p = &self.nodes[i].peer;
+        let (Some(a), Some(c)) = (p.authority().map(|v| v.id), p.contexts().first().copied()) else {
+            return true;
+        };
+        p.context(&c).is_none_or(|v| v.lists.get(&a).copied().unwrap_or(0) == 0)
+    }
+
+    /// Leader `i`'s user asks for a new context epoch (again after ten seconds without
+    /// one: the proposal may have lost to another change, or died in a crash).
+    fn ask_rekey(&mut self, i: usize) {
+        if self.rekey_asked.get(&i).is_some_and(|t| self.now < t + 10_000_000_000) {
+            return;
+        }
+        let Some(context) = self.nodes[i].peer.contexts().first().copied() else {
+            return;
+        };
+        self.rekey_asked.insert(i, self.now);
+        let now = self.now_at(i, self.now);
+        match self.nodes[i]
+            .peer
+            .handle_input(now, Input::Command(Command::RekeyContext { context }))
+        {
+            Ok(()) => self.mark("rekey-asked"),
+            Err(e) => {
+                let _ = std::fmt::Write::write_fmt(&mut self.line, format_args!(" rekey-err={e}"));
+            }
+        }
     }
 
     /// Consensus scenario: when the authority moved on since the last proposal (or ten
@@ -2546,6 +2616,7 @@ fn cmd_name(c: &Command) -> &'static str {
         Command::RemoveDevice { .. } => "remove-device",
         Command::AddDevice { .. } => "add-device",
         Command::RefreshShares => "refresh-shares",
+        Command::RekeyContext { .. } => "rekey-context",
     }
 }
 
@@ -2595,6 +2666,7 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         Event::AuthorityJoined { authority, .. } => format!("joined {}", authority.short()),
         Event::SharesRefreshed { .. } => "shares-refreshed".into(),
         Event::RefreshFailed { reason } => format!("refresh-failed {reason}"),
+        Event::ContextEpochChanged { context, epoch } => format!("context-epoch {} e{epoch}", context.short()),
     }
 }
 

@@ -126,6 +126,10 @@ struct WorldArgs {
     /// authority exists; the others must remove it and refresh their shares.
     #[arg(long)]
     lose_one: bool,
+    /// Context scenario: each person's first device asks for a new context epoch early
+    /// on; every device must end on one epoch decided after both authorities rekeyed.
+    #[arg(long)]
+    rekey: bool,
 }
 
 #[derive(clap::Args)]
@@ -245,6 +249,7 @@ impl WorldArgs {
             sign_every: Duration::from_secs(self.sign_every_s),
             byzantine: self.byzantine,
             add_device: self.add_device,
+            rekey: self.rekey,
             faults: self.faults(),
             persist_latency: self.disk(),
             // Seed-derived, so a replay loses the device at the same moment.
@@ -310,6 +315,9 @@ impl WorldArgs {
         }
         if self.lose_one {
             f.push_str(" --lose-one");
+        }
+        if self.rekey {
+            f.push_str(" --rekey");
         }
         if let Some(n) = self.crash_every_s {
             f.push_str(&format!(" --crash-every-s {n}"));

@@ -126,6 +126,54 @@ fn generate_seed_corpus() {
             ids: vec![items[0].1, items[1].1],
         }),
     );
+    // A context epoch carried into a context journal: a group-signed commit of an
+    // epoch change inside a device-signed fact (signatures are placeholders; the
+    // decoders and the structural checks are what the fuzzer should reach).
+    {
+        use aura_proto::journal::*;
+        let keys = aura_proto::keys::DeviceKeys::derive(
+            &DeviceSecret::from_bytes([9; 32]),
+            &mut aura_proto::rng::PeerRng::from_seed([9; 32]),
+        );
+        let ctx = ContextId([5; 32]);
+        let op = ContextEpochOp {
+            context: ctx,
+            epoch: 1,
+            members: vec![ContextMember {
+                authority: AuthorityId([6; 32]),
+                cert: keys.cert.clone(),
+                addr: "a".into(),
+            }],
+            sealed: vec![SealedSecret {
+                to: keys.id,
+                epoch: 1,
+                enc: [7; 32],
+                ciphertext: vec![8; 48],
+            }],
+            commitment: [9; 32],
+        };
+        let commit = Fact {
+            namespace: Namespace::Authority(AuthorityId([6; 32])),
+            lamport: 3,
+            author: keys.id,
+            body: FactBody::Commit(aura_proto::consensus::Commit {
+                id: aura_proto::consensus::ConsensusId([1; 32]),
+                prestate: [2; 32],
+                op: wire::encode(&TreeOpKind::ContextEpoch(op)),
+                votes: vec![],
+            }),
+            sig: FactSig::Group(Sig64([0; 64])),
+        };
+        write("frame_decode", &commit.encode());
+        let carried = Fact {
+            namespace: Namespace::Context(ctx),
+            lamport: 4,
+            author: keys.id,
+            body: FactBody::ContextEpoch(commit.encode()),
+            sig: FactSig::Device(Sig64([0; 64])),
+        };
+        write("frame_decode", &carried.encode());
+    }
     // Consensus: a proposal, a vote, and the fallback ballot's messages.
     {
         use aura_proto::authority::AuthMsg;
