@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::journal::{
-    epoch_change_of, AuthorityId, ContextEpochOp, ContextId, ContextMember, FactBody, FactId, Journal, KeyLookup,
+    decode_epoch_change, AuthorityId, ContextEpochOp, ContextId, ContextMember, FactBody, FactId, Journal, KeyLookup,
     Namespace, SealedSecret,
 };
 use crate::keys::DeviceId;
@@ -64,7 +64,15 @@ pub struct ContextView {
     /// Group keys of the authorities whose genesis the journal holds (to check the
     /// epoch changes they sign).
     pub group_keys: BTreeMap<AuthorityId, [u8; 32]>,
+    /// The signing key of every device the creation or a change ever listed: facts they
+    /// wrote verify whenever they arrive (whether a fact is accepted must not depend on
+    /// arrival order). Devices no longer members cannot reach members any more (their
+    /// handshakes are refused), so they cannot push anything new.
+    pub known: BTreeMap<DeviceId, [u8; 32]>,
 }
+
+/// Decided epochs a view keeps (the secrets of the latest few are kept by peers).
+const KEEP_EPOCHS: usize = 8;
 
 impl ContextView {
     /// Reduces the journal of context `id`; `None` without its creation fact.
@@ -107,64 +115,91 @@ impl ContextView {
             epochs: BTreeMap::new(),
             lists: g.authorities.iter().map(|a| (*a, 0)).collect(),
             group_keys,
+            known: BTreeMap::new(),
         };
-        // The latest change of each authority (its members), and each epoch's change.
-        let mut latest: BTreeMap<AuthorityId, ContextEpochOp> = BTreeMap::new();
         v.accept_by(&gfact.author, &g.members);
+        // Each authority's changes, one per epoch (the lower commitment, should a broken
+        // consensus have signed two), in its turns only.
+        let mut changes: BTreeMap<u64, (AuthorityId, ContextEpochOp)> = BTreeMap::new();
         for f in journal.facts(&ns) {
             match &f.body {
                 FactBody::ContextAccept(a) if a.genesis == genesis => v.accept_by(&f.author, &g.members),
+                // The creation's secret, sealed by the creator.
                 FactBody::SealedSecret(s)
-                    if s.epoch == 0
-                        && g.members.iter().any(|m| m.cert.id() == f.author)
-                        && g.members.iter().any(|m| m.cert.id() == s.to) =>
+                    if s.epoch == 0 && f.author == gfact.author && g.members.iter().any(|m| m.cert.id() == s.to) =>
                 {
                     v.sealed_to.insert(s.to);
                 }
                 FactBody::ContextEpoch(bytes) => {
-                    let Some((c, _)) = epoch_change_of(bytes, &id) else {
+                    let Some((c, _)) = decode_epoch_change(bytes, &id) else {
                         continue;
                     };
-                    if !v.lists.contains_key(&c.authority) || v.owner(c.op.epoch) != Some(c.authority) {
+                    if v.owner(c.op.epoch) != Some(c.authority) {
                         continue;
                     }
-                    // Later epoch first; for one epoch, the lower commitment.
-                    let newer = latest
-                        .get(&c.authority)
-                        .is_none_or(|o| (c.op.epoch, o.commitment) > (o.epoch, c.op.commitment));
-                    if newer {
-                        latest.insert(c.authority, c.op.clone());
-                    }
-                    let wins = v.epochs.get(&c.op.epoch).is_none_or(|d| c.op.commitment < d.commitment);
-                    if wins {
-                        v.epochs.insert(
-                            c.op.epoch,
-                            Decided {
-                                authority: c.authority,
-                                commitment: c.op.commitment,
-                                sealed: c.op.sealed,
-                            },
-                        );
+                    let lower = changes
+                        .get(&c.op.epoch)
+                        .is_none_or(|(_, o)| c.op.commitment < o.commitment);
+                    if lower {
+                        changes.insert(c.op.epoch, (c.authority, c.op));
                     }
                 }
                 _ => {}
             }
         }
+        // In ascending order: an epoch more than two rounds of turns past the last one
+        // is ignored (with all after it), so nobody can push the numbers out of reach;
+        // a device another authority's list (or the creation) already gave to that
+        // authority is left out of a later list (so no authority can claim another's
+        // devices; its sealed copy is harmless, the device being a member anyway).
+        let mut claimed: BTreeMap<DeviceId, AuthorityId> =
+            g.members.iter().map(|m| (m.cert.id(), m.authority)).collect();
+        let mut latest: BTreeMap<AuthorityId, Vec<ContextMember>> = BTreeMap::new();
+        let step = 2 * v.authorities.len() as u64;
+        let mut last = 0u64;
+        for (e, (a, op)) in changes {
+            if e > last.saturating_add(step) {
+                break;
+            }
+            last = e;
+            let mine: Vec<ContextMember> = op
+                .members
+                .into_iter()
+                .filter(|m| *claimed.entry(m.cert.id()).or_insert(a) == a)
+                .collect();
+            for m in &mine {
+                v.known.insert(m.cert.id(), m.cert.signing);
+            }
+            v.lists.insert(a, e);
+            latest.insert(a, mine);
+            v.epochs.insert(
+                e,
+                Decided {
+                    authority: a,
+                    commitment: op.commitment,
+                    sealed: op.sealed,
+                },
+            );
+        }
         for m in &g.members {
+            v.known.insert(m.cert.id(), m.cert.signing);
             if !latest.contains_key(&m.authority) {
                 v.members.insert(m.cert.id(), m.clone());
             }
         }
-        for (a, op) in &latest {
-            v.lists.insert(*a, op.epoch);
-            for m in &op.members {
-                v.members.insert(m.cert.id(), m.clone());
+        for list in latest.into_values() {
+            for m in list {
+                v.members.insert(m.cert.id(), m);
             }
         }
         if let Some((e, d)) = v.epochs.last_key_value() {
             v.epoch = *e;
             v.sealed_to = d.sealed.iter().map(|s| s.to).collect();
             v.decided = Some(d.clone());
+        }
+        // Only the latest epochs' secrets are of use (peer_context.rs keeps four).
+        while v.epochs.len() > KEEP_EPOCHS {
+            v.epochs.pop_first();
         }
         Some(v)
     }
@@ -225,6 +260,6 @@ impl KeyLookup for ContextView {
         if *ns != Namespace::Context(self.id) {
             return None;
         }
-        self.members.get(device).map(|m| m.cert.signing)
+        self.known.get(device).copied()
     }
 }

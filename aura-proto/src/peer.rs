@@ -2143,13 +2143,15 @@ impl Peer {
             )
             .is_ok()
         {
-            // Keep the retry budget: a forged answer must not buy an attacker endless tries.
+            // Keep the retry budget (a forged answer must not buy an attacker endless
+            // tries) and a catch-up channel's end.
             if let Some(n) = self
                 .channels
                 .values_mut()
                 .find(|n| n.invite == c.invite && n.peer == c.peer && n.tries == 1)
             {
                 n.tries = tries;
+                n.ends_at = c.ends_at;
             }
         }
     }
@@ -2212,13 +2214,16 @@ impl Peer {
             self.send_queued(idx, q);
         }
         // The side that opened the channel reconciles (both would be redundant). A
-        // channel of an earlier epoch is opened by a member that is behind: reconciling
-        // the context is what it is for.
+        // channel of an earlier epoch is there for a member that is behind to catch up:
+        // both sides reconcile the context on it (the one that is behind may not know
+        // it is, having opened in what it takes for the current epoch).
         if role == Role::Initiator {
             self.sync_on_link_up(scope, peer);
-            if behind {
-                self.catch_up_with(scope, peer);
-            }
+        }
+        if behind {
+            self.catch_up_with(scope, peer);
+        } else if role == Role::Initiator && scope != ContextId::OWN {
+            self.context_link_up(scope, peer);
         }
     }
 
@@ -2278,6 +2283,9 @@ impl Peer {
         }
         let (purpose, role, peer, pairing, scope, epoch) = (c.purpose, c.role, c.peer, c.pairing, c.scope, c.epoch);
         let peer = peer.expect("established channels know their peer");
+        if scope == ContextId::OWN {
+            self.heard_from(&peer);
+        }
         if first && matches!(purpose, Purpose::Link | Purpose::Context) {
             self.activate(idx);
         }
@@ -2576,8 +2584,8 @@ impl Peer {
                 if c.keepalive_due(&cfg).is_some_and(|t| t <= now) {
                     // A channel of an earlier epoch of a context (a member catching up)
                     // may carry anti-entropy only: it ends when it would need upkeep.
-                    let (scope, peer) = (c.scope, c.peer);
-                    if !self.may_keep_up(idx) {
+                    let (scope, peer, epoch) = (c.scope, c.peer, c.epoch);
+                    if scope != ContextId::OWN && !self.context_current(scope, epoch) {
                         self.remove_channel(idx, None);
                         if let Some(p) = peer {
                             self.link_for_queued(scope, p);

@@ -223,11 +223,14 @@ impl Peer {
         // promised from it is no reason to wait when no instance is known (its proposal
         // may have come from a device now excluded, or been lost with a restart): a
         // fallback ballot will still finish whatever may have been agreed.
+        // (One this device would refuse now does not count: whether a change is
+        // agreeable can depend on more than the authority's state, say a context epoch
+        // agreed since, and such an instance never gathers its votes.)
         let known = self
             .consensus
             .proposals
             .values()
-            .any(|s| s.proposal.prestate == prestate);
+            .any(|s| s.proposal.prestate == prestate && self.still_agreeable(&view, &s.proposal));
         if known && self.consensus.open.contains_key(&prestate) {
             return Err(CommandError::Busy);
         }
@@ -367,13 +370,25 @@ impl Peer {
 
     /// Whether this device votes for (and signs) change `kind`: it must apply. An added
     /// device gets its share after the commit (peer_enroll.rs).
-    fn agreeable(&self, view: &AuthorityView, kind: &TreeOpKind) -> bool {
+    ///
+    /// `fresh`: a new instance (the fast ballot), not one a fallback ballot may have to
+    /// finish. Checks that depend on more than the authority's state (a context's epoch
+    /// and members move on) apply to fresh instances only: an instance that may already
+    /// have been agreed must stay agreeable, or its prestate would be stuck for good.
+    fn agreeable(&self, view: &AuthorityView, kind: &TreeOpKind, fresh: bool) -> bool {
         view.applies(kind)
             && match kind {
                 // Only a member that holds its refreshed share can switch to it.
                 TreeOpKind::Refresh(op) => self.holds_refresh(view, &op.shares),
+                TreeOpKind::ContextEpoch(op) => self.epoch_agreeable(view, op, fresh),
                 _ => true,
             }
+    }
+
+    /// Whether this device would vote for proposal `p` now.
+    fn still_agreeable(&self, view: &AuthorityView, p: &Proposal) -> bool {
+        let mut scratch = Vec::new();
+        wire::strict_decode::<TreeOpKind>(&p.op, &mut scratch).is_ok_and(|k| self.agreeable(view, &k, true))
     }
 
     /// How long ballot `ballot` gets before the next one is due: the fallback timer
@@ -487,7 +502,7 @@ impl Peer {
         {
             Decision::Vote => {
                 let change = wire::strict_decode::<TreeOpKind>(&p.op, &mut Vec::new()).ok();
-                if !change.is_some_and(|k| self.agreeable(view, &k)) {
+                if !change.is_some_and(|k| self.agreeable(view, &k, ballot == 0)) {
                     return self.send_auth(
                         from,
                         AuthMsg::Refused {
@@ -806,7 +821,7 @@ impl Peer {
                     .consensus
                     .proposals
                     .values()
-                    .filter(|s| s.proposal.prestate == prestate)
+                    .filter(|s| s.proposal.prestate == prestate && self.still_agreeable(&view, &s.proposal))
                     .min_by_key(|s| (s.proposal.proposer != me, s.proposal.id))
                     .map(|s| s.proposal.id);
                 counts
@@ -1198,7 +1213,7 @@ impl Peer {
             && !c.votes.iter().any(|v| view.equivocators.contains(&v.voter))
             && c.prestate == view.prestate()
             && c.check(&keys, view.threshold).is_ok()
-            && change.is_some_and(|k| self.agreeable(view, &k))
+            && change.is_some_and(|k| self.agreeable(view, &k, false))
     }
 
     pub(super) fn consensus_deadline(&self) -> Option<Instant> {

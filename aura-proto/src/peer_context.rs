@@ -819,7 +819,7 @@ impl Peer {
         }
     }
 
-    fn open_secret(&self, ctx: &ContextId, s: &SealedSecret) -> Option<[u8; 32]> {
+    pub(super) fn open_secret(&self, ctx: &ContextId, s: &SealedSecret) -> Option<[u8; 32]> {
         let me = self.keys.id;
         hpke_open(
             self.keys.hpke_private(),
@@ -855,15 +855,21 @@ impl Peer {
         // Every member must really belong to the authority it claims. An authority's
         // epoch change says so under its group signature; the creation's list is
         // checked against that authority's own journal (a context cannot vouch for it).
+        // And none of our own devices may be listed as another authority's.
+        let own = self
+            .my_authority()
+            .map(|v| (v.id, v.members.keys().copied().collect::<BTreeSet<_>>()));
         let trusted = view.authorities.iter().all(|a| self.views.0.contains_key(a))
             && view.members.iter().all(|(d, m)| {
-                view.lists.get(&m.authority).is_some_and(|e| *e > 0)
-                    || self
-                        .views
-                        .0
-                        .get(&m.authority)
-                        .and_then(|a| a.members.get(d))
-                        .is_some_and(|am| am.cert.same_keys(&m.cert))
+                let misplaced = own.as_ref().is_some_and(|(a, ds)| m.authority != *a && ds.contains(d));
+                !misplaced
+                    && (view.lists.get(&m.authority).is_some_and(|e| *e > 0)
+                        || self
+                            .views
+                            .0
+                            .get(&m.authority)
+                            .and_then(|a| a.members.get(d))
+                            .is_some_and(|am| am.cert.same_keys(&m.cert)))
             });
         let mut secrets = self.contexts.get(&id).map(|s| s.secrets.clone()).unwrap_or_default();
         let was_ready = self.contexts.get(&id).is_some_and(|s| s.ready);
@@ -1115,24 +1121,26 @@ impl Peer {
                 .iter()
                 .find(|(_, m)| m.cert.noise == *remote_static && Some(m.authority) != mine && m.cert.same_keys(cert))
                 .map(|(d, _)| *d)?;
-            let oldest = s.secrets.keys().next().copied().unwrap_or(s.view.epoch);
-            Some((id, s.view.epoch, s.secrets.get(&epoch).copied(), oldest))
+            Some((id, s.view.epoch, s.secrets.get(&epoch).copied()))
         });
         let (id, secret) = match found {
-            Some((id, current, Some(secret), _)) if epoch <= current => (id, secret),
-            Some((id, current, _, oldest)) if epoch > current => {
-                // We are the one behind: reach the initiator to catch up, with the oldest
-                // secret we hold (it may have skipped our current epoch, as we skipped
-                // its; the oldest is the likeliest both still hold).
+            Some((id, current, Some(secret))) if epoch <= current => (id, secret),
+            Some((id, current, _)) if epoch > current => {
+                // We are the one behind: reach the initiator to catch up, with a secret
+                // we hold. Which one it still holds we cannot tell (it may have skipped
+                // our current epoch, as we may have skipped its, or dropped an old one):
+                // newest first, an older one at each next attempt.
                 self.metrics.drop(DropReason::WrongContext);
                 let underway = self.channels.values().any(|c| {
                     c.scope == ctx
                         && c.peer == Some(id)
-                        && c.epoch == oldest
+                        && c.ends_at.is_some()
                         && matches!(c.phase, crate::channel::Phase::InitSent { .. })
                 });
                 if !underway {
-                    let _ = self.start_context_link_at(ctx, id, oldest);
+                    if let Some(e) = self.catch_up_epoch(ctx, id) {
+                        let _ = self.start_context_link_at(ctx, id, e);
+                    }
                 }
                 return None;
             }
@@ -1329,6 +1337,9 @@ impl Peer {
             };
             match checked {
                 Ok(()) => keep.push(f),
+                // A bad fact of the context is left out, not the whole share (whether a
+                // fact verifies can depend on what came with it).
+                Err(e) if ctx_view.is_some() => self.fact_rejected(e),
                 Err(e) => return self.fact_rejected(e),
             }
         }

@@ -6,8 +6,13 @@
 //!    every device of the context (A's current ones, the other authorities' as the
 //!    context lists them) with a commitment to it. `Command::RekeyContext`, or by itself
 //!    when A's devices no longer match the context's list for A (a device was added or
-//!    removed): then the lowest-identifier member of A that holds the context proposes,
-//!    retrying with a growing pause while it does not apply.
+//!    removed), or the current secret is not held by exactly the context's members: then
+//!    the members of A that hold the context propose in identifier order (each next one
+//!    30 s later, in case those before are down), retrying with a growing pause while it
+//!    does not apply. A device whose own sealed copy does not open proposes at once.
+//!    Members vote for such a change only if it is their authority's turn, not far
+//!    ahead, sealed to exactly the members they know, and their own copy opens and
+//!    matches the commitment (`Peer::epoch_agreeable`).
 //! 2. Once the commit applies, a device of A copies the group-signed commit fact into
 //!    the context journal (`FactBody::ContextEpoch`, signed by that device): at once if it
 //!    gathered the commit, after a pause otherwise (so there is usually one copy, and
@@ -25,9 +30,8 @@ use std::time::Duration;
 use super::authority_impl::hpke_seal;
 use super::context_impl::{secret_aad, HPKE_INFO_CONTEXT};
 use super::{CommandError, Peer};
-use crate::journal::{
-    epoch_change_of, ContextEpochOp, ContextId, ContextMember, Fact, FactBody, Namespace, SealedSecret, TreeOpKind,
-};
+use crate::authority::AuthorityView;
+use crate::journal::{ContextEpochOp, ContextId, ContextMember, Fact, FactBody, Namespace, SealedSecret, TreeOpKind};
 use crate::keys::DeviceId;
 use crate::time::Instant;
 use crate::wire;
@@ -35,18 +39,23 @@ use crate::wire;
 /// First pause before an automatic rekey is tried again; it doubles up to `AUTO_MAX`.
 const AUTO_FIRST: Duration = Duration::from_secs(2);
 const AUTO_MAX: Duration = Duration::from_secs(600);
+/// How much longer each next member (by identifier) waits before it proposes a rekey
+/// that is due, in case the ones before it are down.
+const AUTO_RANK_STEP: Duration = Duration::from_secs(30);
 /// How long a device that did not gather a commit waits for another device's copy in
 /// the context journal before it writes one.
 const CARRY_AFTER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Default)]
 pub(super) struct EpochState {
-    /// Contexts whose automatic rekey is due here: when to try next, tries so far.
-    auto: BTreeMap<ContextId, (Instant, u32)>,
+    /// Contexts whose automatic rekey is due here: due since, when to try next, tries.
+    auto: BTreeMap<ContextId, (Instant, Instant, u32)>,
     /// Decided epochs (context, epoch) missing from the context journal, since when.
     missing: BTreeMap<(ContextId, u64), Instant>,
     /// Copies being written.
     carrying: BTreeSet<(ContextId, u64)>,
+    /// Catch-up attempts towards a device, by (context, device, our epoch then).
+    catch_up: BTreeMap<(ContextId, DeviceId, u64), u32>,
 }
 
 impl Peer {
@@ -109,11 +118,76 @@ impl Peer {
             sealed,
             commitment: ContextEpochOp::commit_to(&ctx, epoch, &secret),
         };
-        // The commit must fit one fact (it is copied into the context journal whole).
-        if wire::encode(&op).len() + 2048 > crate::journal::MAX_FACT {
+        // The commit must fit one fact with its votes (about 200 bytes each), and its copy
+        // in the context journal, in two envelopes.
+        let votes = 256 * view.members.len();
+        if wire::encode(&op).len() + votes + 1024 > crate::journal::MAX_FACT {
             return Err(CommandError::InvalidChange);
         }
         self.propose_change(TreeOpKind::ContextEpoch(op))
+    }
+
+    /// Whether this member votes for epoch change `op` of its authority `view`: it holds
+    /// the context, the epoch is its authority's turn and at most two rounds of turns
+    /// beyond every epoch it knows of, and its own copy opens and matches the
+    /// commitment (it cannot open the others' copies; a device whose copy fails asks
+    /// for a new epoch itself). A `fresh` instance must also be above every epoch it
+    /// knows of, and sealed to exactly this authority's current devices and the other
+    /// authorities' devices as the context lists them. (Those two can stop holding as
+    /// the context moves on; an instance a fallback ballot finishes must not be refused
+    /// for that, and a stale or short change only costs a further epoch.)
+    pub(super) fn epoch_agreeable(&self, view: &AuthorityView, op: &ContextEpochOp, fresh: bool) -> bool {
+        let me = self.keys.id;
+        let Some(st) = self.contexts.get(&op.context) else {
+            return false;
+        };
+        if !st.view.authorities.contains(&view.id) || !st.view.established() {
+            return false;
+        }
+        let floor = st
+            .view
+            .epoch
+            .max(view.context_epochs.get(&op.context).copied().unwrap_or(0));
+        let step = 2 * st.view.authorities.len() as u64;
+        let in_turn = st.view.owner(op.epoch) == Some(view.id)
+            && (op.epoch > floor || !fresh)
+            && op.epoch <= floor.saturating_add(step);
+        let mut expect: BTreeSet<DeviceId> = st
+            .view
+            .members
+            .iter()
+            .filter(|(_, m)| m.authority != view.id)
+            .map(|(d, _)| *d)
+            .collect();
+        expect.extend(view.members.keys().copied());
+        let exact = !fresh || op.sealed.iter().map(|s| s.to).eq(expect.iter().copied());
+        in_turn
+            && exact
+            && op
+                .sealed
+                .iter()
+                .find(|s| s.to == me)
+                .and_then(|s| self.open_secret(&op.context, s))
+                .is_some_and(|k| ContextEpochOp::commit_to(&op.context, op.epoch, &k) == op.commitment)
+    }
+
+    /// The epoch to open a catch-up channel to `peer` in (this device is behind it):
+    /// the held secrets newest first, one older at each attempt, round and round.
+    pub(super) fn catch_up_epoch(&mut self, ctx: ContextId, peer: DeviceId) -> Option<u64> {
+        let st = self.contexts.get(&ctx)?;
+        let current = st.view.epoch;
+        let held: Vec<u64> = st.secrets.keys().rev().copied().collect();
+        if held.is_empty() {
+            return None;
+        }
+        // Attempts made in an epoch we left count no more.
+        self.epochs
+            .catch_up
+            .retain(|(c, _, e), _| *c != ctx || self.contexts.get(c).is_some_and(|s| s.view.epoch == *e));
+        let n = self.epochs.catch_up.entry((ctx, peer, current)).or_default();
+        let e = held[*n as usize % held.len()];
+        *n = n.wrapping_add(1);
+        Some(e)
     }
 
     /// Whether anything about context epochs waits for the tick here.
@@ -127,6 +201,10 @@ impl Peer {
         if self.restoring {
             return;
         }
+        let contexts = &self.contexts;
+        self.epochs
+            .catch_up
+            .retain(|(c, _, e), _| contexts.get(c).is_some_and(|s| s.view.epoch == *e));
         self.carry_epochs();
         self.auto_rekey();
         if self.epochs_busy() {
@@ -162,19 +240,31 @@ impl Peer {
             }
             let since = *self.epochs.missing.entry((ctx, epoch)).or_insert(now);
             // The applied commit of this epoch (copies of other instances were rejected).
-            let commit: Option<Fact> = self
+            let commit: Option<(Fact, bool)> = self
                 .journal
                 .entries(&Namespace::Authority(view.id))
                 .filter(|(fid, _)| !view.rejected.iter().any(|(r, _)| r == fid))
-                .map(|(_, f)| f)
-                .find(|f| {
-                    matches!(&f.body, FactBody::Commit(_))
-                        && epoch_change_of(&f.encode(), &ctx).is_some_and(|(c, _)| c.op.epoch == epoch)
-                })
-                .cloned();
-            let Some(commit) = commit else { continue };
+                .find_map(|(_, f)| {
+                    let FactBody::Commit(c) = &f.body else { return None };
+                    let mut scratch = Vec::new();
+                    match wire::strict_decode::<TreeOpKind>(&c.op, &mut scratch) {
+                        Ok(TreeOpKind::ContextEpoch(op)) if op.context == ctx && op.epoch == epoch => {
+                            Some((f.clone(), op.members.iter().any(|m| m.cert.id() == me)))
+                        }
+                        _ => None,
+                    }
+                });
+            // Only a device the change lists may carry it (its key comes from that list).
+            let Some(mut commit) = commit.filter(|(_, listed)| *listed).map(|(f, _)| f) else {
+                continue;
+            };
             if commit.author != me && since.saturating_add(CARRY_AFTER) > now {
                 continue;
+            }
+            // The votes are not covered by the group signature, and the other side cannot
+            // check them (it does not hold our members' keys): the copy goes without.
+            if let FactBody::Commit(c) = &mut commit.body {
+                c.votes.clear();
             }
             let Some(st) = self.contexts.get(&ctx) else { continue };
             let ns = Namespace::Context(ctx);
@@ -192,7 +282,7 @@ impl Peer {
         };
         let me = self.keys.id;
         let now = self.now.mono;
-        let mut due: BTreeSet<ContextId> = BTreeSet::new();
+        let mut due: BTreeMap<ContextId, Duration> = BTreeMap::new();
         for (ctx, st) in &self.contexts {
             if !st.view.members.contains_key(&me) || !st.view.established() || !st.view.authorities.contains(&view.id) {
                 continue;
@@ -215,34 +305,48 @@ impl Peer {
                     .iter()
                     .all(|(d, m)| listed.get(d).is_some_and(|c| c.cert.same_keys(&m.cert)));
             // The current secret must be held by exactly the context's members: a
-            // device of ours that lacks it (the epoch was decided from an older list of
-            // ours), or a holder that is no member any more (removed by some
+            // device of ours that is not sent it (the epoch was decided from an older
+            // list of ours), or a holder that is no member any more (removed by some
             // authority), needs a new epoch. Either authority may see the latter; an
             // extra epoch is harmless.
             let lacking = view.members.keys().any(|d| !st.view.sealed_to.contains(d));
             let stale = st.view.sealed_to.iter().any(|d| !st.view.members.contains_key(d));
-            let same = same && !lacking && !stale;
-            // The lowest-identifier member that holds the context proposes.
-            let first = view
+            // This device was sent a copy it cannot open, or that does not match the
+            // signed commitment (a faulty sealer): only it can tell, so it asks at once.
+            let unopened = st.view.decided.is_some()
+                && st.view.sealed_to.contains(&me)
+                && !st.secrets.contains_key(&st.view.epoch);
+            if unopened {
+                due.insert(*ctx, Duration::ZERO);
+                continue;
+            }
+            if same && !lacking && !stale {
+                continue;
+            }
+            // Members holding the context take it in identifier order: the first at once,
+            // each next one a step later (in case those before it are down).
+            let rank = view
                 .members
                 .iter()
                 .filter(|(d, _)| listed.contains_key(*d))
-                .min_by_key(|(_, m)| m.identifier)
-                .map(|(d, _)| *d);
-            if !same && first == Some(me) {
-                due.insert(*ctx);
+                .map(|(d, m)| (m.identifier, *d))
+                .collect::<BTreeSet<_>>()
+                .iter()
+                .position(|(_, d)| *d == me);
+            if let Some(r) = rank {
+                due.insert(*ctx, AUTO_RANK_STEP.saturating_mul(r as u32));
             }
         }
-        self.epochs.auto.retain(|c, _| due.contains(c));
-        for ctx in due {
-            let (at, tries) = *self.epochs.auto.entry(ctx).or_insert((now, 0));
-            if at > now {
+        self.epochs.auto.retain(|c, _| due.contains_key(c));
+        for (ctx, after) in due {
+            let (since, at, tries) = *self.epochs.auto.entry(ctx).or_insert((now, now, 0));
+            if at > now || since.saturating_add(after) > now {
                 continue;
             }
             let wait = AUTO_FIRST.saturating_mul(1 << tries.min(10)).min(AUTO_MAX);
             self.epochs
                 .auto
-                .insert(ctx, (now.saturating_add(wait), tries.saturating_add(1)));
+                .insert(ctx, (since, now.saturating_add(wait), tries.saturating_add(1)));
             // Busy (another change from this state is open) or refused: the next try
             // comes after the pause.
             let _ = self.rekey_context(ctx);

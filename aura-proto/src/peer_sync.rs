@@ -164,6 +164,9 @@ pub(super) struct PeerBackoff {
 pub(super) struct SyncState {
     pub(super) sessions: BTreeMap<u64, SyncSession>,
     pub(super) tracked: BTreeMap<FactId, Tracked>,
+    /// Epoch changes carried into contexts whose pushes a restart cut short (pushes are
+    /// not recorded).
+    interrupted: BTreeSet<FactId>,
     track_seq: u64,
     /// Delivery confirmations recorded, by note: device → wall clock ms.
     pub(super) deliveries: BTreeMap<FactId, BTreeMap<DeviceId, u64>>,
@@ -366,6 +369,23 @@ impl Peer {
     /// device is behind and learns the changes it missed.
     pub(super) fn catch_up_with(&mut self, scope: ContextId, peer: DeviceId) {
         self.sync_with(peer, Namespace::Context(scope));
+    }
+
+    /// A channel this device opened to `peer` in context `scope` is up: when the push of
+    /// a fact this device wrote there gave up (say, during a partition) or was cut short
+    /// by a restart, and it is not known to have reached `peer`, reconcile now rather
+    /// than at the next cross-context round.
+    pub(super) fn context_link_up(&mut self, scope: ContextId, peer: DeviceId) {
+        let ns = Namespace::Context(scope);
+        let owed = self
+            .sync
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.ns == ns && !t.reached.contains(&peer))
+            .any(|(id, t)| t.failed.is_some() || self.sync.interrupted.contains(id));
+        if owed {
+            self.sync_with(peer, ns);
+        }
     }
 
     fn sync_with(&mut self, peer: DeviceId, ns: Namespace) {
@@ -775,6 +795,16 @@ impl Peer {
         self.push_facts(from, &ns, &ids, false);
     }
 
+    /// An authenticated frame came from `peer` on a channel between own devices: it is
+    /// reachable, so periodic sessions with it no longer back off (a partition that
+    /// healed without the channel going down would otherwise keep them apart for
+    /// minutes).
+    pub(super) fn heard_from(&mut self, peer: &DeviceId) {
+        if self.sync.backoff.get(peer).is_some_and(|b| b.next > self.now.mono) {
+            self.sync.backoff.remove(peer);
+        }
+    }
+
     fn sync_failed(&mut self, session: u64, phase: SyncPhase) {
         let Some(s) = self.sync.sessions.remove(&session) else {
             return;
@@ -893,7 +923,31 @@ impl Peer {
             let status = self.propagation_of(&self.sync.tracked[&id]);
             self.sync.tracked.get_mut(&id).expect("listed").status = status;
         }
+        // Epoch changes this device carried into a context and had not spread yet: the
+        // other side needs them to stay in the context (other facts wait for the next
+        // cross-context round, as they would have).
+        let me = self.keys.id;
+        let carried: Vec<FactId> = self
+            .journal
+            .namespaces()
+            .filter(|ns| matches!(ns, Namespace::Context(_)))
+            .flat_map(|ns| self.journal.entries(ns))
+            .filter(|(_, f)| f.author == me && matches!(f.body, crate::journal::FactBody::ContextEpoch(_)))
+            .map(|(id, _)| id)
+            .filter(|id| {
+                self.sync
+                    .tracked
+                    .get(id)
+                    .is_some_and(|t| t.status != Propagation::Complete)
+            })
+            .collect();
+        self.sync.interrupted.extend(carried);
         self.sync.next_periodic = Some(self.now.mono.saturating_add(Duration::from_secs(1)));
+        // Epoch changes whose pushes the restart cut short: the first round also
+        // reconciles across contexts, not ten minutes later.
+        if !self.sync.interrupted.is_empty() {
+            self.sync.next_cross = self.sync.next_periodic;
+        }
     }
 
     /// A `Proto` frame on the channel of context `scope`: anti-entropy of that context's

@@ -285,7 +285,9 @@ fn reduction_does_not_depend_on_arrival_order() {
     let facts = [
         g,
         accept,
-        w.sealed(id, 0, 1, 0),
+        // The creator's seal of the first secret counts; another member's does not.
+        w.sealed(id, 2, 1, 0),
+        w.sealed(id, 0, 0, 0),
         w.sealed(id, 2, 0, 2),
         w.sealed(id, 1, 2, 2),
     ];

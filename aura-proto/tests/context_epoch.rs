@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use aura_proto::journal::ContextId;
+use aura_proto::record::Record;
 use aura_proto::*;
 use bytes::Bytes;
 use common::*;
@@ -158,21 +159,29 @@ fn a_rekey_moves_every_device_to_one_new_secret() {
 #[test]
 fn a_member_that_missed_the_change_catches_up() {
     let (mut net, ctx) = world();
+    // A few epochs first (more than the secrets a device keeps), by both authorities.
+    for (k, who) in [0usize, 4, 1, 5].into_iter().enumerate() {
+        net.cmd(who, Command::RekeyContext { context: ctx }).unwrap();
+        net.run();
+        settle(&mut net, 10);
+        assert_eq!(epoch(&net, 0, ctx), Some(k as u64 + 1), "round {k}");
+        assert_eq!(epoch(&net, 4, ctx), Some(k as u64 + 1), "round {k}");
+    }
     // B's devices are away while A changes the epoch.
     net.cut.insert(4);
     net.cut.insert(5);
     net.cmd(0, Command::RekeyContext { context: ctx }).unwrap();
     net.run();
     settle(&mut net, 10);
-    assert_eq!(epoch(&net, 0, ctx), Some(1));
-    assert_eq!(epoch(&net, 4, ctx), Some(0));
+    assert_eq!(epoch(&net, 0, ctx), Some(5));
+    assert_eq!(epoch(&net, 4, ctx), Some(4));
     net.cut.clear();
     // B still holds only the old secret; it reaches A with it, and that channel
     // carries anti-entropy only, enough to learn the change.
     assert!(talk(&mut net, 4, 0, ctx, b"from behind"));
     settle(&mut net, 20);
     for i in [4, 5] {
-        assert_eq!(epoch(&net, i, ctx), Some(1), "device {i}");
+        assert_eq!(epoch(&net, i, ctx), Some(5), "device {i}");
     }
     assert!(received(&net, 0, ctx).iter().any(|d| d.as_ref() == b"from behind"));
     assert!(talk(&mut net, 0, 5, ctx, b"caught up"));
@@ -229,6 +238,81 @@ fn an_added_device_is_let_into_the_context() {
     }
     assert!(talk(&mut net, 3, 4, ctx, b"newcomer to b"));
     assert!(talk(&mut net, 5, 3, ctx, b"b to newcomer"));
+}
+
+#[test]
+fn members_refuse_epoch_changes_out_of_turn_far_ahead_or_sealed_wrong() {
+    use aura_proto::authority::AuthMsg;
+    use aura_proto::consensus::{consensus_id, op_hash, Proposal};
+    use aura_proto::journal::{ContextEpochOp, ContextMember, SealedSecret, TreeOpKind};
+    let (mut net, ctx) = world();
+    let v = net.nodes[1].peer.authority().unwrap().clone();
+    let cv = net.nodes[1].peer.context(&ctx).unwrap().clone();
+    let turn = cv.next_epoch_of(&v.id, 0).unwrap();
+    let mut members: Vec<ContextMember> = v
+        .members
+        .values()
+        .map(|m| ContextMember {
+            authority: v.id,
+            cert: m.cert.clone(),
+            addr: m.addr.clone(),
+        })
+        .collect();
+    members.sort_by_key(|m| m.cert.id());
+    let everyone: Vec<DeviceId> = cv.members.keys().copied().collect();
+    let op = |epoch: u64, to: &[DeviceId]| ContextEpochOp {
+        context: ctx,
+        epoch,
+        members: members.clone(),
+        // Copies nobody can open (the faulty proposer's, or just wrong).
+        sealed: to
+            .iter()
+            .map(|d| SealedSecret {
+                to: *d,
+                epoch,
+                enc: [3; 32],
+                ciphertext: vec![4; 48],
+            })
+            .collect(),
+        commitment: [5; 32],
+    };
+    let b_device = net.id(4);
+    let short: Vec<DeviceId> = everyone.iter().copied().filter(|d| *d != b_device).collect();
+    let far = cv.next_epoch_of(&v.id, 20).unwrap();
+    let cases = [
+        op(turn + 1, &everyone), // the other authority's turn
+        op(far, &everyone),      // many turns ahead
+        op(turn, &short),        // one of the other authority's devices left out
+        op(turn, &everyone),     // in turn, sealed to all, but no copy opens
+    ];
+    let votes = |net: &Net| {
+        net.nodes[1]
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::Voted { .. }))
+            .count()
+    };
+    let before = votes(&net);
+    let prestate = v.prestate();
+    for (k, op) in cases.into_iter().enumerate() {
+        let kind = TreeOpKind::ContextEpoch(op);
+        assert!(v.applies(&kind), "case {k}: the authority's own rules would take it");
+        let bytes = wire::encode(&kind);
+        let nonce = [k as u8 + 1; 32];
+        let proposal = Proposal {
+            id: consensus_id(&prestate, &op_hash(&bytes), &nonce),
+            prestate,
+            op: bytes,
+            nonce,
+            proposer: net.id(0),
+        };
+        net.deliver_proto(1, 0, ContextId::OWN, &AuthMsg::Propose(proposal));
+        assert_eq!(votes(&net), before, "case {k}: no vote");
+    }
+    // A proposal made by the rules gets the votes (the same member, the same state).
+    net.cmd(0, Command::RekeyContext { context: ctx }).unwrap();
+    net.run();
+    assert!(votes(&net) > before);
 }
 
 // ----- the reducer ------------------------------------------------------------------
@@ -479,17 +563,25 @@ mod reducer {
         assert_eq!(ids, want);
         assert_eq!(v.sealed_to.len(), 3);
         assert_eq!((v.lists[&w.ids[0]], v.lists[&w.ids[1]]), (e, 0));
-        // Device 1 is no longer a member: its facts are refused from now on.
-        let note = w.device(
-            Namespace::Context(w.ctx),
-            9,
-            1,
-            FactBody::Note(Note {
+        // Device 1 is no longer a member. A fact it wrote still verifies (whether a fact
+        // is accepted must not depend on whether it arrived before or after the change;
+        // members refuse the device's handshakes, so it cannot bring anything new),
+        // but a device never listed is unknown.
+        let note = |w: &mut World, by: usize| {
+            let body = FactBody::Note(Note {
                 data: b"still here?".to_vec(),
                 ack: false,
-            }),
-        );
-        assert_eq!(admit(&mut j, w.ctx, note), Err(FactError::UnknownAuthor));
+            });
+            w.device(Namespace::Context(w.ctx), 9, by, body)
+        };
+        let n1 = note(&mut w, 1);
+        admit(&mut j, w.ctx, n1).unwrap();
+        let n4 = note(&mut w, 4);
+        assert_eq!(admit(&mut j, w.ctx, n4), Err(FactError::UnknownAuthor));
+        assert!(!ContextView::reduce(&j, w.ctx)
+            .unwrap()
+            .members
+            .contains_key(&w.devices[1].id));
         // A second change of A's for the same epoch (only a broken consensus signs one)
         // does not take its list back: the lower commitment wins everywhere.
         let older = w.op(0, 1, &[0, 1], &[2, 3], 9);
@@ -591,6 +683,34 @@ mod reducer {
         admit(&mut j, w.ctx, f).unwrap();
         let v = ContextView::reduce(&j, w.ctx).unwrap();
         assert_eq!((v.epoch, v.members.len(), v.lists[&w.ids[0]]), (0, 4, 0));
+    }
+
+    #[test]
+    fn no_authority_claims_anothers_devices_or_pushes_epochs_out_of_reach() {
+        let mut w = World::new();
+        let mut j = w.journal();
+        // A lists B's device 2 as its own (a faulty member had it added to A).
+        let op = w.op(0, 1, &[0, 1, 2], &[3], 7);
+        let c = w.commit(0, 0, &op);
+        let f = w.carrier(0, &c);
+        admit(&mut j, w.ctx, f).unwrap();
+        let v = ContextView::reduce(&j, w.ctx).unwrap();
+        assert_eq!(v.epoch, w.epoch_of(0, 1), "the change itself counts");
+        assert_eq!(v.members[&w.devices[2].id].authority, w.ids[1], "device 2 stays B's");
+        assert_eq!(v.members.values().filter(|m| m.authority == w.ids[0]).count(), 2);
+        // An epoch many turns ahead is ignored (and so is everything after it).
+        let mut j = w.journal();
+        let far = w.op(0, 9, &[0, 1], &[2, 3], 7);
+        let c = w.commit(0, 0, &far);
+        let f = w.carrier(0, &c);
+        admit(&mut j, w.ctx, f).unwrap();
+        assert_eq!(ContextView::reduce(&j, w.ctx).unwrap().epoch, 0);
+        // Within two rounds of turns it counts.
+        let near = w.op(0, 2, &[0, 1], &[2, 3], 7);
+        let c = w.commit(0, 0, &near);
+        let f = w.carrier(0, &c);
+        admit(&mut j, w.ctx, f).unwrap();
+        assert_eq!(ContextView::reduce(&j, w.ctx).unwrap().epoch, w.epoch_of(0, 2));
     }
 
     #[test]

@@ -659,9 +659,10 @@ fn an_epoch_change_tears_channels_down_and_resets_budgets() {
     for _ in 0..3 {
         send(&mut net, 0, 2, ctx, b"new epoch");
     }
-    // The new channel's reconciliation takes its share of the same budget.
+    // Reconciliation in the new epoch (the new channel's, a member's catching up)
+    // takes its share of the same budget; at least one message gets through.
     let got = context_received(&net.nodes[2], ctx).len();
-    assert!((5..=6).contains(&got), "{got}");
+    assert!((4..=6).contains(&got), "{got}");
     let spent: u64 = net.nodes[0]
         .egress
         .iter()

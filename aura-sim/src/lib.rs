@@ -98,6 +98,8 @@ pub enum Scenario {
 pub const CONTEXT_BUDGET: u64 = 160;
 /// Interval between context messages in the context scenario.
 const CONTEXT_EVERY_NS: u64 = 250_000_000;
+/// Context scenario with rekeys: messages each device sends.
+const REKEY_SENDS: u64 = 40;
 
 /// Faults injected during the safety phase. All off by default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +280,8 @@ pub struct SimConfig {
     pub lose_one_after: Option<Duration>,
     /// Context scenario: each person's first device asks its authority for a new
     /// context epoch after its second message (again while its authority has decided
-    /// none); a run is done only when all devices agree on a decided epoch and its
+    /// none), and every device sends a fixed number of messages instead of running its
+    /// budget dry; a run is done only when all devices agree on a decided epoch and its
     /// secret, sealed to exactly the context's members.
     pub rekey: bool,
 }
@@ -1059,7 +1062,11 @@ impl World {
                     .collect();
                 seen.iter().all(|x| x.is_some() && *x == seen[0])
             };
-            return live.iter().all(|j| self.ctx_exhausted.contains(j)) && got(0) && got(h) && rekeyed;
+            let sent = |j: &usize| {
+                self.ctx_exhausted.contains(j)
+                    || (self.cfg.rekey && self.ctx_seq.get(j).copied().unwrap_or(0) >= REKEY_SENDS)
+            };
+            return live.iter().all(sent) && got(0) && got(h) && rekeyed;
         }
         // Devices lost for good are excused; everyone else must have made it.
         self.nodes
@@ -1955,7 +1962,12 @@ impl World {
         if rekeying && self.ctx_seq.get(&i).copied().unwrap_or(0) >= 2 {
             self.ask_rekey(i);
         }
-        if self.ctx_exhausted.contains(&i) {
+        // With rekeys a device sends a fixed number of messages, well within one epoch's
+        // budget: anti-entropy across the context (which carries the epoch changes, and
+        // is paid from the same budget) keeps room, so journals can be required to
+        // converge. Without, it sends until the guard refuses.
+        let sent_enough = self.cfg.rekey && self.ctx_seq.get(&i).copied().unwrap_or(0) >= REKEY_SENDS;
+        if self.ctx_exhausted.contains(&i) || sent_enough {
             if rekeying {
                 self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
             }

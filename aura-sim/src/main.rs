@@ -127,7 +127,8 @@ struct WorldArgs {
     #[arg(long)]
     lose_one: bool,
     /// Context scenario: each person's first device asks for a new context epoch early
-    /// on; every device must end on one epoch decided after both authorities rekeyed.
+    /// on, and every device sends 40 messages (within budget); every device must end on
+    /// one decided epoch whose secret is sealed to exactly the context's members.
     #[arg(long)]
     rekey: bool,
 }
