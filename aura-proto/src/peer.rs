@@ -2145,11 +2145,14 @@ impl Peer {
         {
             // Keep the retry budget (a forged answer must not buy an attacker endless
             // tries) and a catch-up channel's end.
-            if let Some(n) = self
-                .channels
-                .values_mut()
-                .find(|n| n.invite == c.invite && n.peer == c.peer && n.tries == 1)
-            {
+            if let Some(n) = self.channels.values_mut().find(|n| {
+                n.invite == c.invite
+                    && n.peer == c.peer
+                    && n.scope == c.scope
+                    && n.epoch == c.epoch
+                    && n.purpose == c.purpose
+                    && n.tries == 1
+            }) {
                 n.tries = tries;
                 n.ends_at = c.ends_at;
             }
@@ -2584,8 +2587,10 @@ impl Peer {
                 if c.keepalive_due(&cfg).is_some_and(|t| t <= now) {
                     // A channel of an earlier epoch of a context (a member catching up)
                     // may carry anti-entropy only: it ends when it would need upkeep.
-                    let (scope, peer, epoch) = (c.scope, c.peer, c.epoch);
-                    if scope != ContextId::OWN && !self.context_current(scope, epoch) {
+                    let (scope, peer) = (c.scope, c.peer);
+                    // A channel whose upkeep the guard no longer allows (an earlier
+                    // epoch's, or its grant went) ends rather than retrying for ever.
+                    if !self.may_keep_up(idx) {
                         self.remove_channel(idx, None);
                         if let Some(p) = peer {
                             self.link_for_queued(scope, p);

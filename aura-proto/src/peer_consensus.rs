@@ -381,6 +381,20 @@ impl Peer {
                 // Only a member that holds its refreshed share can switch to it.
                 TreeOpKind::Refresh(op) => self.holds_refresh(view, &op.shares),
                 TreeOpKind::ContextEpoch(op) => self.epoch_agreeable(view, op, fresh),
+                // Not a device another authority we know has (it would be listed twice
+                // in a context, and the claim rule would keep it out of our list).
+                TreeOpKind::AddDevice(m) if fresh => {
+                    let d = m.cert.id();
+                    !self
+                        .views
+                        .0
+                        .values()
+                        .any(|v| v.id != view.id && v.members.contains_key(&d))
+                        && !self
+                            .contexts
+                            .values()
+                            .any(|c| c.view.members.get(&d).is_some_and(|cm| cm.authority != view.id))
+                }
                 _ => true,
             }
     }
@@ -817,13 +831,18 @@ impl Peer {
                     *counts.entry(v.id).or_default() += 1;
                 }
                 let me = self.keys.id;
-                let known = self
-                    .consensus
-                    .proposals
-                    .values()
-                    .filter(|s| s.proposal.prestate == prestate && self.still_agreeable(&view, &s.proposal))
-                    .min_by_key(|s| (s.proposal.proposer != me, s.proposal.id))
-                    .map(|s| s.proposal.id);
+                // (One this device would still vote for at a fast ballot first: a stale
+                // one is finished only when nothing better is known.)
+                let pick = |fresh_only: bool| {
+                    self.consensus
+                        .proposals
+                        .values()
+                        .filter(|s| s.proposal.prestate == prestate)
+                        .filter(|s| !fresh_only || self.still_agreeable(&view, &s.proposal))
+                        .min_by_key(|s| (s.proposal.proposer != me, s.proposal.id))
+                        .map(|s| s.proposal.id)
+                };
+                let known = pick(true).or_else(|| pick(false));
                 counts
                     .into_iter()
                     .max_by_key(|(id, c)| (*c, std::cmp::Reverse(*id)))

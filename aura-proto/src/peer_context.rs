@@ -855,21 +855,15 @@ impl Peer {
         // Every member must really belong to the authority it claims. An authority's
         // epoch change says so under its group signature; the creation's list is
         // checked against that authority's own journal (a context cannot vouch for it).
-        // And none of our own devices may be listed as another authority's.
-        let own = self
-            .my_authority()
-            .map(|v| (v.id, v.members.keys().copied().collect::<BTreeSet<_>>()));
         let trusted = view.authorities.iter().all(|a| self.views.0.contains_key(a))
             && view.members.iter().all(|(d, m)| {
-                let misplaced = own.as_ref().is_some_and(|(a, ds)| m.authority != *a && ds.contains(d));
-                !misplaced
-                    && (view.lists.get(&m.authority).is_some_and(|e| *e > 0)
-                        || self
-                            .views
-                            .0
-                            .get(&m.authority)
-                            .and_then(|a| a.members.get(d))
-                            .is_some_and(|am| am.cert.same_keys(&m.cert)))
+                view.lists.get(&m.authority).is_some_and(|e| *e > 0)
+                    || self
+                        .views
+                        .0
+                        .get(&m.authority)
+                        .and_then(|a| a.members.get(d))
+                        .is_some_and(|am| am.cert.same_keys(&m.cert))
             });
         let mut secrets = self.contexts.get(&id).map(|s| s.secrets.clone()).unwrap_or_default();
         let was_ready = self.contexts.get(&id).is_some_and(|s| s.ready);
@@ -1067,12 +1061,18 @@ impl Peer {
             .ok_or(CommandError::UnknownContext(ctx))?
             .view
             .epoch;
-        self.start_context_link_at(ctx, peer, epoch)
+        self.start_context_link_at(ctx, peer, epoch, false)
     }
 
     /// Opens a channel to `peer` in context `ctx` keyed by the secret of `epoch` (an
     /// earlier one to catch up).
-    fn start_context_link_at(&mut self, ctx: ContextId, peer: DeviceId, epoch: u64) -> Result<(), CommandError> {
+    fn start_context_link_at(
+        &mut self,
+        ctx: ContextId,
+        peer: DeviceId,
+        epoch: u64,
+        catch_up: bool,
+    ) -> Result<(), CommandError> {
         let st = self
             .contexts
             .get(&ctx)
@@ -1087,9 +1087,8 @@ impl Peer {
         let psk = context_psk(&secret, &self.keys.id, &peer);
         let noise = m.cert.noise;
         let addr = self.ctx_addrs.get(&peer).cloned().unwrap_or_else(|| m.addr.clone());
-        let behind = epoch != st.view.epoch;
         self.start_handshake(Purpose::Context, noise, psk, addr, Some(peer), None, Some((ctx, epoch)))?;
-        if behind {
+        if catch_up {
             // Catching up: the channel is for that only, and ends by itself.
             let ends = self.now.mono.saturating_add(super::CATCH_UP_FOR);
             for c in self.channels.values_mut() {
@@ -1139,7 +1138,7 @@ impl Peer {
                 });
                 if !underway {
                     if let Some(e) = self.catch_up_epoch(ctx, id) {
-                        let _ = self.start_context_link_at(ctx, id, e);
+                        let _ = self.start_context_link_at(ctx, id, e, true);
                     }
                 }
                 return None;

@@ -127,21 +127,34 @@ impl Peer {
         self.propose_change(TreeOpKind::ContextEpoch(op))
     }
 
-    /// Whether this member votes for epoch change `op` of its authority `view`: it holds
-    /// the context, the epoch is its authority's turn and at most two rounds of turns
-    /// beyond every epoch it knows of, and its own copy opens and matches the
-    /// commitment (it cannot open the others' copies; a device whose copy fails asks
-    /// for a new epoch itself). A `fresh` instance must also be above every epoch it
-    /// knows of, and sealed to exactly this authority's current devices and the other
-    /// authorities' devices as the context lists them. (Those two can stop holding as
-    /// the context moves on; an instance a fallback ballot finishes must not be refused
-    /// for that, and a stale or short change only costs a further epoch.)
+    /// Whether this member votes for epoch change `op` of its authority `view`.
+    ///
+    /// A `fresh` instance (the fast ballot) must be its authority's turn, above every
+    /// epoch this member knows of and at most two rounds of turns beyond, sealed to
+    /// exactly this authority's current devices and the other authorities' devices as
+    /// the context lists them, and this member's own copy must open and match the
+    /// commitment (it cannot open the others' copies; a device whose copy fails asks for
+    /// a new epoch itself). A member that does not hold the context yet (added since)
+    /// checks only its own copy.
+    ///
+    /// At a fallback ballot (and when signing the commit) only what every member
+    /// computes alike, or what can only become true over time, is checked: the turn and
+    /// the bound. An instance a fallback ballot is bound to may already be agreed; were
+    /// members to differ on it, no change could ever commit from that state again. A
+    /// stale, short or garbled change that gets through costs a further epoch.
     pub(super) fn epoch_agreeable(&self, view: &AuthorityView, op: &ContextEpochOp, fresh: bool) -> bool {
         let me = self.keys.id;
-        let Some(st) = self.contexts.get(&op.context) else {
-            return false;
+        let own_copy = || {
+            op.sealed
+                .iter()
+                .find(|s| s.to == me)
+                .and_then(|s| self.open_secret(&op.context, s))
+                .is_some_and(|k| ContextEpochOp::commit_to(&op.context, op.epoch, &k) == op.commitment)
         };
-        if !st.view.authorities.contains(&view.id) || !st.view.established() {
+        let Some(st) = self.contexts.get(&op.context) else {
+            return !fresh || own_copy();
+        };
+        if !st.view.authorities.contains(&view.id) {
             return false;
         }
         let floor = st
@@ -149,9 +162,10 @@ impl Peer {
             .epoch
             .max(view.context_epochs.get(&op.context).copied().unwrap_or(0));
         let step = 2 * st.view.authorities.len() as u64;
-        let in_turn = st.view.owner(op.epoch) == Some(view.id)
-            && (op.epoch > floor || !fresh)
-            && op.epoch <= floor.saturating_add(step);
+        let bounded = st.view.owner(op.epoch) == Some(view.id) && op.epoch <= floor.saturating_add(step);
+        if !fresh {
+            return bounded;
+        }
         let mut expect: BTreeSet<DeviceId> = st
             .view
             .members
@@ -160,15 +174,8 @@ impl Peer {
             .map(|(d, _)| *d)
             .collect();
         expect.extend(view.members.keys().copied());
-        let exact = !fresh || op.sealed.iter().map(|s| s.to).eq(expect.iter().copied());
-        in_turn
-            && exact
-            && op
-                .sealed
-                .iter()
-                .find(|s| s.to == me)
-                .and_then(|s| self.open_secret(&op.context, s))
-                .is_some_and(|k| ContextEpochOp::commit_to(&op.context, op.epoch, &k) == op.commitment)
+        let exact = op.sealed.iter().map(|s| s.to).eq(expect.iter().copied());
+        bounded && op.epoch > floor && st.view.established() && exact && own_copy()
     }
 
     /// The epoch to open a catch-up channel to `peer` in (this device is behind it):
@@ -283,6 +290,9 @@ impl Peer {
         let me = self.keys.id;
         let now = self.now.mono;
         let mut due: BTreeMap<ContextId, Duration> = BTreeMap::new();
+        // Contexts whose change is being carried keep their pause and tries (a change
+        // that cannot settle the list must not be proposed again at once).
+        let mut hold: BTreeSet<ContextId> = BTreeSet::new();
         for (ctx, st) in &self.contexts {
             if !st.view.members.contains_key(&me) || !st.view.established() || !st.view.authorities.contains(&view.id) {
                 continue;
@@ -290,8 +300,17 @@ impl Peer {
             // A decided epoch not carried yet is on its way; the list will follow it.
             let decided = view.context_epochs.get(ctx).copied().unwrap_or(0);
             if decided > st.view.lists.get(&view.id).copied().unwrap_or(0) && decided >= st.view.epoch {
+                hold.insert(*ctx);
                 continue;
             }
+            // Our devices as the context can list them: one it gives to another
+            // authority (it will not move) is left out of the comparison.
+            let ours: BTreeMap<DeviceId, &crate::journal::Member> = view
+                .members
+                .iter()
+                .filter(|(d, _)| st.view.members.get(d).is_none_or(|m| m.authority == view.id))
+                .map(|(d, m)| (*d, m))
+                .collect();
             let listed: BTreeMap<DeviceId, &ContextMember> = st
                 .view
                 .members
@@ -299,9 +318,8 @@ impl Peer {
                 .filter(|(_, m)| m.authority == view.id)
                 .map(|(d, m)| (*d, m))
                 .collect();
-            let same = listed.len() == view.members.len()
-                && view
-                    .members
+            let same = listed.len() == ours.len()
+                && ours
                     .iter()
                     .all(|(d, m)| listed.get(d).is_some_and(|c| c.cert.same_keys(&m.cert)));
             // The current secret must be held by exactly the context's members: a
@@ -309,7 +327,7 @@ impl Peer {
             // list of ours), or a holder that is no member any more (removed by some
             // authority), needs a new epoch. Either authority may see the latter; an
             // extra epoch is harmless.
-            let lacking = view.members.keys().any(|d| !st.view.sealed_to.contains(d));
+            let lacking = ours.keys().any(|d| !st.view.sealed_to.contains(d));
             let stale = st.view.sealed_to.iter().any(|d| !st.view.members.contains_key(d));
             // This device was sent a copy it cannot open, or that does not match the
             // signed commitment (a faulty sealer): only it can tell, so it asks at once.
@@ -337,7 +355,7 @@ impl Peer {
                 due.insert(*ctx, AUTO_RANK_STEP.saturating_mul(r as u32));
             }
         }
-        self.epochs.auto.retain(|c, _| due.contains_key(c));
+        self.epochs.auto.retain(|c, _| due.contains_key(c) || hold.contains(c));
         for (ctx, after) in due {
             let (since, at, tries) = *self.epochs.auto.entry(ctx).or_insert((now, now, 0));
             if at > now || since.saturating_add(after) > now {

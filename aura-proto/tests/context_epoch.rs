@@ -241,6 +241,41 @@ fn an_added_device_is_let_into_the_context() {
 }
 
 #[test]
+fn a_lost_device_can_still_be_removed_while_an_added_one_joins_the_context() {
+    // Device 2 is lost for good. Device 3 is added (it holds no context yet, so it
+    // cannot judge the rekey that follows): the authority must still agree on changes.
+    let (mut net, ctx) = world();
+    net.cut.insert(2);
+    let (newcomer, lost) = (net.id(3), net.id(2));
+    net.cmd(0, Command::AddDevice { device: newcomer }).unwrap();
+    net.run();
+    settle(&mut net, 90);
+    assert!(net.nodes[0].peer.authority().unwrap().members.contains_key(&newcomer));
+    let mut removed = false;
+    for _ in 0..10 {
+        if net.nodes[0].peer.authority().unwrap().members.contains_key(&lost) {
+            let _ = net.cmd(0, Command::RemoveDevice { device: lost });
+            net.run();
+            settle(&mut net, 30);
+        } else {
+            removed = true;
+            break;
+        }
+    }
+    assert!(removed, "the lost device was never removed");
+    settle(&mut net, 120);
+    for i in [0, 1, 3, 4, 5] {
+        let v = net.nodes[i].peer.context(&ctx).unwrap_or_else(|| panic!("device {i}"));
+        assert!(
+            v.members.contains_key(&newcomer) && !v.members.contains_key(&lost),
+            "device {i}"
+        );
+        assert!(!v.sealed_to.contains(&lost), "device {i}");
+    }
+    assert!(talk(&mut net, 3, 4, ctx, b"from the newcomer"));
+}
+
+#[test]
 fn members_refuse_epoch_changes_out_of_turn_far_ahead_or_sealed_wrong() {
     use aura_proto::authority::AuthMsg;
     use aura_proto::consensus::{consensus_id, op_hash, Proposal};

@@ -1062,10 +1062,7 @@ impl World {
                     .collect();
                 seen.iter().all(|x| x.is_some() && *x == seen[0])
             };
-            let sent = |j: &usize| {
-                self.ctx_exhausted.contains(j)
-                    || (self.cfg.rekey && self.ctx_seq.get(j).copied().unwrap_or(0) >= REKEY_SENDS)
-            };
+            let sent = |j: &usize| self.ctx_exhausted.contains(j) || (self.cfg.rekey && self.ctx_rekey_sent(*j));
             return live.iter().all(sent) && got(0) && got(h) && rekeyed;
         }
         // Devices lost for good are excused; everyone else must have made it.
@@ -1966,7 +1963,7 @@ impl World {
         // budget: anti-entropy across the context (which carries the epoch changes, and
         // is paid from the same budget) keeps room, so journals can be required to
         // converge. Without, it sends until the guard refuses.
-        let sent_enough = self.cfg.rekey && self.ctx_seq.get(&i).copied().unwrap_or(0) >= REKEY_SENDS;
+        let sent_enough = self.cfg.rekey && self.ctx_rekey_sent(i);
         if self.ctx_exhausted.contains(&i) || sent_enough {
             if rekeying {
                 self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
@@ -1991,6 +1988,16 @@ impl World {
             }
         }
         self.schedule(self.now + CONTEXT_EVERY_NS, Ev::CtxTick { node: i });
+    }
+
+    /// Context scenario with `rekey`: device `i` sent its messages, and the other
+    /// person's leader got at least one of them (the first ones may all have been lost
+    /// to a partition).
+    fn ctx_rekey_sent(&self, i: usize) -> bool {
+        let h = self.nodes.len() / 2;
+        let other = if i < h { h } else { 0 };
+        self.ctx_seq.get(&i).copied().unwrap_or(0) >= REKEY_SENDS
+            && self.ctx_received.get(&(other, self.ids[i])).is_some_and(|n| *n > 0)
     }
 
     /// Context scenario with `rekey`: whether leader `i`'s authority has decided no
