@@ -127,12 +127,18 @@ impl AuthorityView {
     /// can be applied to the last view instead of reducing the whole journal again
     /// (which would check every earlier commit's votes once more).
     pub fn step(&mut self, fid: FactId, f: &Fact) {
+        self.step_checked(fid, f, false)
+    }
+
+    /// [`AuthorityView::step`] for a commit whose vote signatures this device already
+    /// checked (`votes_checked`): everything else about it is checked as usual.
+    pub fn step_checked(&mut self, fid: FactId, f: &Fact, votes_checked: bool) {
         let outcome = match &f.body {
             FactBody::TreeOp(op) if op.parent_epoch != self.epoch || op.parent_commitment != self.commitment => {
                 Err(TreeOpReject::StaleParent)
             }
             FactBody::TreeOp(op) => self.apply(&op.kind).then_some(()).ok_or(TreeOpReject::Invalid),
-            FactBody::Commit(c) => self.apply_commit(c),
+            FactBody::Commit(c) => self.apply_commit(c, votes_checked),
             FactBody::Equivocation(e) => {
                 let voter = self.members.get(&e.first.voter).map(|m| m.cert.signing);
                 if let Some(Ok(d)) = voter.map(|k| e.check(&k)) {
@@ -179,12 +185,13 @@ impl AuthorityView {
 
     /// A committed tree operation: bound to the current prestate, carried by a quorum of
     /// this view's members, and a valid change.
-    fn apply_commit(&mut self, c: &crate::consensus::Commit) -> Result<(), TreeOpReject> {
+    fn apply_commit(&mut self, c: &crate::consensus::Commit, votes_checked: bool) -> Result<(), TreeOpReject> {
         if c.prestate != self.prestate() {
             return Err(TreeOpReject::StaleParent);
         }
         let keys: BTreeMap<DeviceId, [u8; 32]> = self.members.iter().map(|(d, m)| (*d, m.cert.signing)).collect();
-        c.check(&keys, self.threshold).map_err(|_| TreeOpReject::NoQuorum)?;
+        c.check_votes(&keys, self.threshold, !votes_checked)
+            .map_err(|_| TreeOpReject::NoQuorum)?;
         let mut scratch = Vec::new();
         let kind: TreeOpKind = crate::wire::strict_decode(&c.op, &mut scratch).map_err(|_| TreeOpReject::Invalid)?;
         self.apply(&kind).then_some(()).ok_or(TreeOpReject::Invalid)

@@ -1612,7 +1612,8 @@ impl Peer {
         let changes_view = is_genesis || matches!(kind, Kind::TreeOp) || !self.views.0.contains_key(&id);
         let view = if let Some(f) = step_fact {
             let mut v = self.views.0[&id].clone();
-            v.step(f.id(), &f);
+            let fid = f.id();
+            v.step_checked(fid, &f, self.consensus.votes_checked == Some(fid));
             v
         } else if changes_view {
             match AuthorityView::reduce(&self.journal, id) {

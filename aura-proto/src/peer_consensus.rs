@@ -191,6 +191,9 @@ pub(super) struct ConsensusState {
     /// promises are kept a while, since a vote that a promise hid (or a second vote) can
     /// surface only afterwards, in another copy of a commit.
     retired: std::collections::VecDeque<Hash32>,
+    /// The commit fact this device gathered last: its votes were checked one by one as
+    /// they came, so applying it skips checking them again.
+    pub(super) votes_checked: Option<crate::journal::FactId>,
 }
 
 /// What a proposal asks its signers to sign along with their vote: the commit header
@@ -1522,6 +1525,8 @@ impl Peer {
             return;
         };
         let _ = instance;
+        // Its votes were checked one by one as they came: applying it need not again.
+        self.consensus.votes_checked = Some(fact.id());
         let me = self.keys.id;
         let others: BTreeSet<DeviceId> = self
             .views

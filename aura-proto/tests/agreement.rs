@@ -332,6 +332,50 @@ fn with_one_device_down_a_change_commits_at_a_fallback_ballot() {
 }
 
 #[test]
+fn a_commit_whose_votes_do_not_verify_is_not_applied() {
+    // The group signs a commit's header, not its votes: every device that applies a
+    // commit checks the votes itself (only the gatherer, which checked each as it came,
+    // is spared that).
+    let mut net = authority_net(None);
+    let before = net.nodes[0].peer.authority().unwrap().clone();
+    net.cut.insert(2);
+    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, before.epoch + 1);
+    let ns = journal::Namespace::Authority(before.id);
+    let real = net.nodes[0]
+        .peer
+        .journal()
+        .facts(&ns)
+        .find(|f| matches!(f.body, FactBody::Commit(_)))
+        .unwrap()
+        .clone();
+    let mut forged = real.clone();
+    let FactBody::Commit(c) = &mut forged.body else {
+        unreachable!()
+    };
+    c.votes[0].sig.0[7] ^= 1;
+    let facts = AuthMsg::Facts {
+        facts: vec![forged.encode()],
+    };
+    net.deliver_proto(2, 0, journal::ContextId::OWN, &facts);
+    let v = net.nodes[2].peer.authority().unwrap();
+    assert_eq!(
+        (v.epoch, v.threshold),
+        (before.epoch, before.threshold),
+        "a forged vote was accepted"
+    );
+    // The real commit applies.
+    let facts = AuthMsg::Facts {
+        facts: vec![real.encode()],
+    };
+    net.deliver_proto(2, 0, journal::ContextId::OWN, &facts);
+    let v = net.nodes[2].peer.authority().unwrap();
+    assert_eq!((v.epoch, v.threshold), (before.epoch + 1, 3));
+}
+
+#[test]
 fn a_member_that_votes_twice_is_proven_and_left_out() {
     let mut net = authority_net(None);
     let before = net.nodes[0].peer.authority().unwrap().clone();
