@@ -457,11 +457,11 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             group_key,
             message,
             signature,
-            ..
+            fact,
         } => {
             tracing::info!(authority = %authority.short(), "statement signed");
             if let Some(r) = w.signs.pop_front() {
-                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "message": hex(message), "signature": hex(signature) }));
+                let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "message": hex(message), "signature": hex(signature), "fact": fact.id().to_hex() }));
             }
         }
         Event::SignFailed { reason } => {
