@@ -80,13 +80,40 @@ impl AuthorityView {
     /// Reduces the journal of authority `id`. A pure function of the fact set: the order in
     /// which facts arrived cannot change the result. `None` without a genesis.
     pub fn reduce(journal: &Journal, id: AuthorityId) -> Option<AuthorityView> {
+        let mut v = Self::from_genesis(journal, id)?;
+        for (fid, f) in journal.entries(&Namespace::Authority(id)) {
+            v.step(fid, f);
+        }
+        Some(v)
+    }
+
+    /// Every prestate the reduction of authority `id` moved past: no instance from one
+    /// of them can ever be decided again, since the view never goes back (its epoch only
+    /// grows). Votes and promises from them are dead (record compaction drops them).
+    pub fn left_behind(journal: &Journal, id: AuthorityId) -> BTreeSet<[u8; 32]> {
+        let mut out = BTreeSet::new();
+        let Some(mut v) = Self::from_genesis(journal, id) else {
+            return out;
+        };
+        for (fid, f) in journal.entries(&Namespace::Authority(id)) {
+            let before = v.prestate();
+            v.step(fid, f);
+            if v.prestate() != before {
+                out.insert(before);
+            }
+        }
+        out
+    }
+
+    /// The view right after the genesis, before any other fact.
+    fn from_genesis(journal: &Journal, id: AuthorityId) -> Option<AuthorityView> {
         let ns = Namespace::Authority(id);
         let (gfact, genesis) = journal.facts(&ns).find_map(|f| match &f.body {
             FactBody::Genesis(g) if g.authority_id() == id => Some((f, g)),
             _ => None,
         })?;
         let gid = gfact.id();
-        let mut v = AuthorityView {
+        let v = AuthorityView {
             id,
             genesis: gid,
             threshold: genesis.threshold,
@@ -114,9 +141,6 @@ impl AuthorityView {
             verifying_shares: genesis.verifying_shares.iter().copied().collect(),
             context_epochs: BTreeMap::new(),
         };
-        for (fid, f) in journal.entries(&ns) {
-            v.step(fid, f);
-        }
         Some(v)
     }
 

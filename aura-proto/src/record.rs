@@ -183,3 +183,81 @@ impl Record {
         }
     }
 }
+
+/// The records a restore needs, in their order: `records` without those another record
+/// makes redundant. Dropped, and nothing else:
+/// - a `NonceCounter` below the largest (restore keeps the maximum);
+/// - a `Reserve` below the largest for its (context, peer, epoch) (likewise);
+/// - a `Fact`, `Capability` or `Paired` record equal to an earlier one;
+/// - a `Voted` or `Promised` record from a prestate the authority has moved past (by
+///   the facts of these same records): nothing is ever decided from it again.
+///
+/// Of equal maxima the last is kept. Whatever is not provably redundant stays, so
+/// restoring from the result rebuilds the same peer (tests/compact.rs checks this).
+pub fn compact(records: &[Record]) -> Vec<Record> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::journal::{Journal, Namespace};
+
+    let mut journal = Journal::new();
+    for r in records {
+        if let Record::Fact(f) = r {
+            journal.insert(f.clone());
+        }
+    }
+    let authorities: Vec<_> = journal
+        .namespaces()
+        .filter_map(|ns| match ns {
+            Namespace::Authority(a) => Some(*a),
+            Namespace::Context(_) => None,
+        })
+        .collect();
+    let dead: BTreeSet<[u8; 32]> = authorities
+        .into_iter()
+        .flat_map(|a| crate::authority::AuthorityView::left_behind(&journal, a))
+        .collect();
+    // Where the kept maximum of each counter is (the last of the largest).
+    let mut last_counter = None;
+    let mut last_reserve = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        match r {
+            Record::NonceCounter(n) if last_counter.is_none_or(|(_, m)| *n >= m) => {
+                last_counter = Some((i, *n));
+            }
+            Record::Reserve {
+                context,
+                peer,
+                epoch,
+                up_to,
+            } => {
+                let e = last_reserve.entry((*context, *peer, *epoch)).or_insert((i, *up_to));
+                if *up_to >= e.1 {
+                    *e = (i, *up_to);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let keep = match r {
+            Record::NonceCounter(_) => last_counter.is_some_and(|(k, _)| k == i),
+            Record::Reserve {
+                context, peer, epoch, ..
+            } => last_reserve
+                .get(&(*context, *peer, *epoch))
+                .is_some_and(|(k, _)| *k == i),
+            Record::Fact(_) | Record::Capability(_) | Record::Paired(_) => {
+                seen.insert(*blake3::hash(&r.encode()).as_bytes())
+            }
+            Record::Voted { vote, .. } => !dead.contains(&vote.prestate),
+            Record::Promised { prestate, .. } => !dead.contains(prestate),
+            _ => true,
+        };
+        if keep {
+            out.push(r.clone());
+        }
+    }
+    out
+}

@@ -12,6 +12,9 @@ use aura_proto::{CommandError, Config, Durable, Event, Input, Now, Output, Peer}
 
 use crate::store::{os_random, Store, StoreError};
 
+/// The fewest redundant records that make compaction at open worth its rewrite.
+const COMPACT_AT_LEAST: usize = 256;
+
 /// Work left for the caller after draining.
 // Moved once from the drain to the loop; boxing buys nothing measurable.
 #[allow(clippy::large_enum_variant)]
@@ -42,13 +45,18 @@ pub struct Host {
 impl Host {
     /// Opens (and locks) `dir` and restores the peer from its records with a fresh seed.
     pub fn open(dir: &Path, cfg: Config) -> Result<Host, StoreError> {
-        let store = Store::open(dir)?;
+        let mut store = Store::open(dir)?;
         if let Some(reason) = store.recovery.reason {
             tracing::warn!(
                 "records.log: cut {} bytes at byte {} ({reason}); every record before it is intact",
                 store.recovery.cut_bytes,
                 store.recovery.cut_at
             );
+        }
+        // Compacting costs a rewrite of the log: only when it drops a good share.
+        let worth = (store.records.len() / 4).max(COMPACT_AT_LEAST);
+        if let Some((before, after)) = store.compact(worth)? {
+            tracing::info!("records.log compacted: {before} -> {after} records");
         }
         let origin = std::time::Instant::now();
         let durable = Durable {

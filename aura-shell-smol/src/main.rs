@@ -10,7 +10,7 @@ use aura_shell_smol::audit;
 use aura_shell_smol::control::{AuthorityInfo, ContextInfo, Request, Status, WrittenInfo};
 use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
-use aura_shell_smol::store::{NodeConfig, Store, StoreError};
+use aura_shell_smol::store::{Store, StoreError};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -43,6 +43,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a new device: secret (mode 0600), settings and an empty record log.
+    ///
+    /// With AURA_STORE_KEY set, the directory is encrypted at rest: the device secret and
+    /// every record are sealed with keys derived from that secret (Argon2id), which is
+    /// never written down. Every later command that opens the directory needs the same
+    /// AURA_STORE_KEY. Use a long random secret; losing it loses the device.
     Init {
         /// UDP address `run` will listen on.
         #[arg(long, default_value = "0.0.0.0:4100")]
@@ -171,6 +176,17 @@ enum Cmd {
     },
     /// Stop the running peer.
     Stop,
+    /// Rewrite records.log with only the records a restart needs (the peer must be
+    /// stopped; `run` also does this by itself when it would drop many).
+    Compact,
+    /// Cut records.log at its first damaged entry, dropping everything after it (a copy
+    /// of the whole log is kept as records.log.damaged). Only for a log `run` refuses as
+    /// damaged; records after the damage are lost unless other devices hold them.
+    RepairLog {
+        /// Confirms that records after the damage may be lost.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Options of an invitation code.
@@ -417,9 +433,16 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
     let quick = Duration::from_secs(10);
     match cmd {
         Cmd::Init { listen } => {
-            Store::init(dir, &NodeConfig { listen })?;
+            let key = aura_shell_smol::store::key_from_env()?;
+            Store::init(dir, listen, key.as_deref())?;
             let (host, _) = offline(dir, None)?;
             println!("initialized device {} in {}", host.peer.id(), dir.display());
+            if key.is_some() {
+                println!(
+                    "encrypted at rest: every command on this directory needs the same {}",
+                    aura_shell_smol::store::KEY_ENV
+                );
+            }
             println!(
                 "device secret stored in {} (mode 0600): back it up, never share it",
                 dir.join("device.key").display()
@@ -759,6 +782,42 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 "{} datagrams, {bytes} padded bytes, {cost} flow units charged",
                 entries.len()
             );
+            Ok(())
+        }
+        Cmd::Compact => {
+            if ask(dir, &Request::Status, quick)?.is_some() {
+                return Err(fail(exit::DATA_DIR, "the peer is running: stop it first"));
+            }
+            let mut store = Store::open(dir)?;
+            let size = |d: &Path| std::fs::metadata(d.join("records.log")).map_or(0, |m| m.len());
+            let bytes = size(dir);
+            match store.compact(1)? {
+                Some((before, after)) => println!(
+                    "compacted records.log: {before} -> {after} records, {bytes} -> {} bytes",
+                    size(dir)
+                ),
+                None => println!("records.log holds only live records ({} records)", store.records.len()),
+            }
+            Ok(())
+        }
+        Cmd::RepairLog { yes } => {
+            if !yes {
+                return Err(fail(
+                    exit::USAGE,
+                    "repair-log drops every record after the damage; pass --yes to go ahead",
+                ));
+            }
+            let key = aura_shell_smol::store::key_from_env()?;
+            let store = Store::open_with(dir, key.as_deref(), true)?;
+            match store.recovery.reason {
+                Some(reason) => println!(
+                    "cut {} bytes at byte {} ({reason}); {} records kept; the old log is in records.log.damaged",
+                    store.recovery.cut_bytes,
+                    store.recovery.cut_at,
+                    store.records.len()
+                ),
+                None => println!("records.log is intact ({} records)", store.records.len()),
+            }
             Ok(())
         }
         Cmd::Stop => {

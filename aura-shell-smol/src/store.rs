@@ -1,13 +1,22 @@
 //! The data directory: device secret, settings and the append-only record log.
 //!
 //! Layout of `DIR`:
-//! - `device.key`: the 32-byte device secret, hex, mode 0600. The only secret on disk.
-//! - `config.json`: settings chosen at `init` (listen address).
+//! - `device.key`: the 32-byte device secret, hex, mode 0600 (sealed when the directory is
+//!   encrypted at rest). The only secret on disk.
+//! - `config.json`: settings chosen at `init` (listen address, encryption parameters).
 //! - `records.log`: `AURALOG1` then entries `len: u32 LE | BLAKE3(payload)[..8] | payload`,
-//!   where the payload is an encoded `aura_proto::Record`. Appended and fsynced before the
-//!   core is told `PersistDone`.
+//!   where the payload is an encoded `aura_proto::Record` (sealed when encrypted).
+//!   Appended and fsynced before the core is told `PersistDone`. A torn last entry (a
+//!   crash mid-append) is cut on open; damage with more log after it is refused, since
+//!   cutting there could drop acknowledged records (`aura-smol repair-log` decides).
+//!   Compaction writes the live records to a new file and renames it over the log.
 //! - `lock`: held with an exclusive file lock while a process uses the directory.
 //! - `control.sock`: the running peer's control socket (mode 0600).
+//!
+//! Encryption at rest: `init` with `AURA_STORE_KEY` set seals the device secret and
+//! every record with keys derived from that secret by Argon2id (salt and parameters in
+//! `config.json`, with a check value so a wrong secret is told apart from damage). The
+//! secret itself is never written anywhere.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -16,7 +25,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aura_proto::{DeviceSecret, Record};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
+
+/// The environment variable holding the secret of a directory encrypted at rest.
+pub const KEY_ENV: &str = "AURA_STORE_KEY";
 
 const LOG_MAGIC: &[u8; 8] = b"AURALOG1";
 const ENTRY_HEADER: usize = 12;
@@ -49,6 +63,35 @@ pub enum StoreError {
     /// The log is not an Aura log at all.
     #[error("records.log does not start with the Aura log header")]
     BadLogHeader,
+    /// The log is damaged before its end: cutting there could drop acknowledged records.
+    #[error(
+        "records.log is damaged at byte {offset} ({reason}) and {after} bytes follow; not cutting \
+         them, since acknowledged records may be among them. Keep a copy of the directory, then \
+         run `aura-smol repair-log` to keep only the records before byte {offset}"
+    )]
+    Damaged {
+        /// Byte offset of the damaged entry.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+        /// Bytes from the damaged entry to the end of the log.
+        after: u64,
+    },
+    /// The directory is encrypted and no secret was given.
+    #[error("{0} is encrypted at rest: set {KEY_ENV} to its secret")]
+    KeyNeeded(String),
+    /// The secret given does not open the directory.
+    #[error("{KEY_ENV} does not open {0}: wrong secret")]
+    WrongKey(String),
+    /// A secret was given for a directory that is not encrypted.
+    #[error("{KEY_ENV} is set but {0} is not encrypted at rest (only `init` can encrypt a directory); unset it")]
+    NotEncrypted(String),
+    /// The secret is empty.
+    #[error("{KEY_ENV} is empty")]
+    EmptyKey,
+    /// An entry with a valid checksum does not open with the right key: it was altered.
+    #[error("records.log entry at byte {0} fails authentication: the log was tampered with")]
+    Tampered(u64),
     /// Settings file broken.
     #[error("config.json is damaged: {0}")]
     BadConfig(String),
@@ -72,6 +115,98 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 pub struct NodeConfig {
     /// UDP address `run` binds.
     pub listen: SocketAddr,
+    /// Encryption at rest, if `init` had a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How the directory's secrets are sealed: Argon2id parameters and salt for the key, and
+/// a check value of the derived key (so a wrong secret is reported as such).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Encryption {
+    /// Always "argon2id+xchacha20poly1305" for now.
+    pub scheme: String,
+    /// Argon2 memory in KiB.
+    pub m_kib: u32,
+    /// Argon2 passes.
+    pub t: u32,
+    /// Argon2 lanes.
+    pub p: u32,
+    /// 16-byte salt, hex.
+    pub salt: String,
+    /// Keyed hash of a fixed label under the derived key, hex.
+    pub check: String,
+}
+
+const SCHEME: &str = "argon2id+xchacha20poly1305";
+
+/// The secret in [`KEY_ENV`], if set.
+pub fn key_from_env() -> Result<Option<Vec<u8>>, StoreError> {
+    match std::env::var_os(KEY_ENV) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Err(StoreError::EmptyKey),
+        Some(v) => Ok(Some(v.into_encoded_bytes())),
+    }
+}
+
+/// Seals and opens records and the device secret with keys derived from the store secret.
+struct Sealer {
+    records: XChaCha20Poly1305,
+    device_key: XChaCha20Poly1305,
+}
+
+impl Sealer {
+    /// Stretches `secret` with the parameters of `enc`; `None` if `enc` is unusable.
+    fn derive(enc: &Encryption, secret: &[u8]) -> Option<([u8; 32], Sealer)> {
+        if enc.scheme != SCHEME {
+            return None;
+        }
+        let salt = unhex(&enc.salt)?;
+        let params = argon2::Params::new(enc.m_kib, enc.t, enc.p, Some(32)).ok()?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut root = [0u8; 32];
+        argon.hash_password_into(secret, &salt, &mut root).ok()?;
+        let check = blake3::keyed_hash(&root, b"aura-smol store key check").into();
+        let sub = |label: &str| XChaCha20Poly1305::new(&blake3::derive_key(label, &root).into());
+        Some((
+            check,
+            Sealer {
+                records: sub("aura-smol 2026-12 record sealing"),
+                device_key: sub("aura-smol 2026-12 device key sealing"),
+            },
+        ))
+    }
+
+    fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("the OS random source is available");
+        let ct = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .expect("sealing cannot fail for in-memory sizes");
+        [&nonce[..], &ct].concat()
+    }
+
+    fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 24 {
+            return None;
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+    }
+}
+
+const RECORD_AAD: &[u8] = b"aura-smol record v1";
+const DEVICE_KEY_AAD: &[u8] = b"aura-smol device key v1";
+const SEALED_PREFIX: &str = "sealed:";
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
 }
 
 /// What opening the log found.
@@ -90,6 +225,7 @@ pub struct Store {
     dir: PathBuf,
     log: File,
     _lock: File,
+    sealer: Option<Sealer>,
     /// The device secret.
     pub secret: DeviceSecret,
     /// Settings.
@@ -158,9 +294,27 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether damage found at `at` in the log body may be cut as a torn last append: the
+/// entry there is the last one, or nothing but zeros follows (a file extended by a crash
+/// before its data landed).
+fn torn_tail(body: &[u8], at: usize, reason: &str) -> bool {
+    let rest = &body[at..];
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    match reason {
+        "torn entry header" | "torn entry body" => true,
+        "checksum mismatch" => {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            ENTRY_HEADER + len == rest.len()
+        }
+        _ => false,
+    }
+}
+
 impl Store {
-    /// Creates a new device in `dir`.
-    pub fn init(dir: &Path, config: &NodeConfig) -> Result<DeviceSecret, StoreError> {
+    /// Creates the directory; with `key`, everything secret in it is sealed at rest.
+    pub fn init(dir: &Path, listen: SocketAddr, key: Option<&[u8]>) -> Result<DeviceSecret, StoreError> {
         let d = dir.display().to_string();
         if dir.join("device.key").exists() {
             return Err(StoreError::AlreadyInitialized(d));
@@ -168,6 +322,28 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {d}")))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("restricting directory"))?;
         let secret = DeviceSecret::from_bytes(os_random());
+        let mut config = NodeConfig {
+            listen,
+            encryption: None,
+        };
+        let mut key_file = format!("{}\n", hex(&secret.to_bytes()));
+        if let Some(k) = key {
+            let salt: [u8; 16] = os_random()[..16].try_into().expect("16 bytes");
+            // Argon2's recommended minimum for interactive use (19 MiB, 2 passes).
+            let mut enc = Encryption {
+                scheme: SCHEME.into(),
+                m_kib: 19 * 1024,
+                t: 2,
+                p: 1,
+                salt: hex(&salt),
+                check: String::new(),
+            };
+            let (check, sealer) = Sealer::derive(&enc, k).expect("valid parameters");
+            enc.check = hex(&check);
+            config.encryption = Some(enc);
+            let sealed = Sealer::seal(&sealer.device_key, DEVICE_KEY_AAD, &secret.to_bytes());
+            key_file = format!("{SEALED_PREFIX}{}\n", hex(&sealed));
+        }
         let write_new = |name: &str, bytes: &[u8], mode: u32| -> Result<(), StoreError> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -178,17 +354,24 @@ impl Store {
             f.write_all(bytes).map_err(io_err(format!("writing {name}")))?;
             f.sync_all().map_err(io_err(format!("syncing {name}")))
         };
-        let cfg = serde_json::to_vec_pretty(config).expect("config serializes");
+        let cfg = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_new("config.json", &cfg, 0o600)?;
         write_new("records.log", LOG_MAGIC, 0o600)?;
         // The key goes last: its presence marks a complete init.
-        write_new("device.key", format!("{}\n", hex(&secret.to_bytes())).as_bytes(), 0o600)?;
+        write_new("device.key", key_file.as_bytes(), 0o600)?;
         sync_dir(dir).map_err(io_err("syncing data directory"))?;
         Ok(secret)
     }
 
-    /// Opens and locks `dir`, reading every valid record and cutting a torn tail.
+    /// Opens and locks `dir` with the secret in [`KEY_ENV`] (if any). Cuts a torn last
+    /// entry; refuses damage anywhere else.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, key_from_env()?.as_deref(), false)
+    }
+
+    /// [`Store::open`] with an explicit secret; with `repair`, damage anywhere is cut
+    /// too, after the whole log is copied to `records.log.damaged`.
+    pub fn open_with(dir: &Path, key: Option<&[u8]>, repair: bool) -> Result<Store, StoreError> {
         let d = dir.display().to_string();
         let key_path = dir.join("device.key");
         if !key_path.exists() {
@@ -206,18 +389,33 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(d)),
             Err(TryLockError::Error(e)) => return Err(io_err("locking data directory")(e)),
         }
+        let cfg = fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?;
+        let config: NodeConfig = serde_json::from_slice(&cfg).map_err(|e| StoreError::BadConfig(e.to_string()))?;
+        let sealer = match (&config.encryption, key) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(StoreError::NotEncrypted(d)),
+            (Some(_), None) => return Err(StoreError::KeyNeeded(d)),
+            (Some(enc), Some(k)) => {
+                let (check, sealer) = Sealer::derive(enc, k)
+                    .ok_or_else(|| StoreError::BadConfig("unusable encryption settings".into()))?;
+                if Some(check.to_vec()) != unhex(&enc.check) {
+                    return Err(StoreError::WrongKey(d));
+                }
+                Some(sealer)
+            }
+        };
         let key = fs::read_to_string(&key_path).map_err(io_err("reading device.key"))?;
         let key = key.trim();
-        let bytes: Vec<u8> = (0..key.len())
-            .step_by(2)
-            .map(|i| key.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| StoreError::BadSecret("not hex".into()))?;
+        let bytes = match (&sealer, key.strip_prefix(SEALED_PREFIX)) {
+            (Some(s), Some(sealed)) => unhex(sealed)
+                .and_then(|b| Sealer::open(&s.device_key, DEVICE_KEY_AAD, &b))
+                .ok_or_else(|| StoreError::BadSecret("the sealed secret does not open".into()))?,
+            (None, None) => unhex(key).ok_or_else(|| StoreError::BadSecret("not hex".into()))?,
+            _ => return Err(StoreError::BadSecret("sealed or not, unlike config.json says".into())),
+        };
         let secret: [u8; 32] = bytes
             .try_into()
             .map_err(|_| StoreError::BadSecret("not 32 bytes".into()))?;
-        let cfg = fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?;
-        let config: NodeConfig = serde_json::from_slice(&cfg).map_err(|e| StoreError::BadConfig(e.to_string()))?;
 
         let mut log = OpenOptions::new()
             .read(true)
@@ -241,10 +439,23 @@ impl Store {
         }
         let body = &all[LOG_MAGIC.len()..];
         let (payloads, cut) = scan_entries(body);
+        if let Some((at, reason)) = cut {
+            if !repair && !torn_tail(body, at, reason) {
+                return Err(StoreError::Damaged {
+                    offset: (LOG_MAGIC.len() + at) as u64,
+                    reason,
+                    after: (body.len() - at) as u64,
+                });
+            }
+        }
         let mut records = Vec::with_capacity(payloads.len());
         let mut offset = LOG_MAGIC.len() as u64;
         for p in payloads {
-            let r = Record::decode(p).map_err(|e| StoreError::UnreadableRecord {
+            let plain = match &sealer {
+                Some(s) => Sealer::open(&s.records, RECORD_AAD, p).ok_or(StoreError::Tampered(offset))?,
+                None => p.to_vec(),
+            };
+            let r = Record::decode(&plain).map_err(|e| StoreError::UnreadableRecord {
                 offset,
                 detail: format!("{e:?}"),
             })?;
@@ -259,6 +470,9 @@ impl Store {
                 cut_at: at,
                 reason: Some(reason),
             };
+            if repair {
+                fs::write(dir.join("records.log.damaged"), &all).map_err(io_err("saving records.log.damaged"))?;
+            }
             log.set_len(at).map_err(io_err("cutting torn tail of records.log"))?;
             log.sync_all().map_err(io_err("syncing records.log"))?;
         }
@@ -267,6 +481,7 @@ impl Store {
             dir: dir.to_path_buf(),
             log,
             _lock: lock,
+            sealer,
             secret: DeviceSecret::from_bytes(secret),
             config,
             records,
@@ -274,9 +489,58 @@ impl Store {
         })
     }
 
+    fn entry(&self, record: &Record) -> Vec<u8> {
+        let plain = record.encode();
+        match &self.sealer {
+            Some(s) => encode_entry(&Sealer::seal(&s.records, RECORD_AAD, &plain)),
+            None => encode_entry(&plain),
+        }
+    }
+
+    /// Rewrites the log with only the records a restore needs
+    /// (`aura_proto::record::compact`), if that drops at least `min_drop` of them:
+    /// written to a new file, synced, then renamed over the log, so a crash at any point
+    /// leaves either the old log or the new one whole. Returns (records before, after).
+    pub fn compact(&mut self, min_drop: usize) -> Result<Option<(usize, usize)>, StoreError> {
+        let live = aura_proto::record::compact(&self.records);
+        let (before, after) = (self.records.len(), live.len());
+        if before - after < min_drop.max(1) {
+            return Ok(None);
+        }
+        let tmp = self.dir.join("records.log.compact");
+        let mut bytes = LOG_MAGIC.to_vec();
+        for r in &live {
+            bytes.extend_from_slice(&self.entry(r));
+        }
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err("creating records.log.compact"))?;
+            f.write_all(&bytes).map_err(io_err("writing records.log.compact"))?;
+            f.sync_all().map_err(io_err("syncing records.log.compact"))?;
+        }
+        let path = self.dir.join("records.log");
+        fs::rename(&tmp, &path).map_err(io_err("replacing records.log"))?;
+        sync_dir(&self.dir).map_err(io_err("syncing data directory"))?;
+        let mut log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening records.log"))?;
+        log.seek(SeekFrom::End(0)).map_err(io_err("seeking records.log"))?;
+        self.log = log;
+        self.records = live;
+        Ok(Some((before, after)))
+    }
+
     /// Appends a record and waits until it is on disk.
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
-        self.log.write_all(&encode_entry(&record.encode()))?;
+        let entry = self.entry(record);
+        self.log.write_all(&entry)?;
         self.log.sync_data()
     }
 
@@ -314,6 +578,8 @@ mod tests {
         assert_eq!(bad, Some((a.len(), "checksum mismatch")));
     }
 
+    const LISTEN: &str = "127.0.0.1:1";
+
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("aura-store-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
@@ -333,10 +599,7 @@ mod tests {
     #[test]
     fn records_survive_reopen_and_torn_tails_are_cut() {
         let d = tmp("torn");
-        let cfg = NodeConfig {
-            listen: "127.0.0.1:1".parse().unwrap(),
-        };
-        let secret = Store::init(&d, &cfg).unwrap();
+        let secret = Store::init(&d, LISTEN.parse().unwrap(), None).unwrap();
         {
             let mut s = Store::open(&d).unwrap();
             assert_eq!(s.secret, secret);
@@ -373,9 +636,39 @@ mod tests {
         let last = bytes.len() - 2;
         bytes[last] ^= 0xff;
         fs::write(&log, &bytes).unwrap();
-        let s = Store::open(&d).unwrap();
+        let mut s = Store::open(&d).unwrap();
         assert_eq!(s.records, vec![sample(1), sample(2)]);
         assert_eq!(s.recovery.reason, Some("checksum mismatch"));
+        // A file extended by a crash before its data landed: zeros after the last entry.
+        s.append(&sample(5)).unwrap();
+        drop(s);
+        let mut bytes = fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[0; 40]);
+        fs::write(&log, &bytes).unwrap();
+        let s = Store::open(&d).unwrap();
+        assert_eq!(s.records, vec![sample(1), sample(2), sample(5)]);
+        assert_eq!(s.recovery.cut_bytes, 40);
+        drop(s);
+        // Damage before the end is refused, not cut: later records may be acknowledged.
+        let clean = fs::read(&log).unwrap();
+        let mut bytes = clean.clone();
+        bytes[LOG_MAGIC.len() + ENTRY_HEADER + 3] ^= 0x01;
+        fs::write(&log, &bytes).unwrap();
+        match Store::open(&d) {
+            Err(StoreError::Damaged { offset, reason, after }) => {
+                assert_eq!((offset, reason), (LOG_MAGIC.len() as u64, "checksum mismatch"));
+                assert_eq!(after, (clean.len() - LOG_MAGIC.len()) as u64);
+            }
+            other => panic!(
+                "damage in the middle must be refused, got {:?}",
+                other.map(|s| s.records)
+            ),
+        }
+        assert_eq!(fs::read(&log).unwrap(), bytes, "a refused log is left as it was");
+        // The operator's repair keeps what precedes the damage and a copy of everything.
+        let s = Store::open_with(&d, None, true).unwrap();
+        assert!(s.records.is_empty());
+        assert_eq!(fs::read(d.join("records.log.damaged")).unwrap(), bytes);
         drop(s);
         // Not an Aura log at all: refuse rather than destroy.
         fs::write(&log, b"something else entirely").unwrap();
@@ -386,15 +679,108 @@ mod tests {
     #[test]
     fn init_refuses_to_overwrite_and_protects_the_secret() {
         let d = tmp("init");
-        let cfg = NodeConfig {
-            listen: "127.0.0.1:1".parse().unwrap(),
-        };
-        Store::init(&d, &cfg).unwrap();
-        assert!(matches!(Store::init(&d, &cfg), Err(StoreError::AlreadyInitialized(_))));
+        Store::init(&d, LISTEN.parse().unwrap(), None).unwrap();
+        assert!(matches!(
+            Store::init(&d, LISTEN.parse().unwrap(), None),
+            Err(StoreError::AlreadyInitialized(_))
+        ));
         let mode = fs::metadata(d.join("device.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         fs::write(d.join("device.key"), "zz\n").unwrap();
         assert!(matches!(Store::open(&d), Err(StoreError::BadSecret(_))));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn encrypted_directories_need_their_secret_and_hide_their_records() {
+        let d = tmp("enc");
+        let key = b"correct horse battery staple, but longer and random".as_slice();
+        let secret = Store::init(&d, LISTEN.parse().unwrap(), Some(key)).unwrap();
+        {
+            let mut s = Store::open_with(&d, Some(key), false).unwrap();
+            assert_eq!(s.secret, secret);
+            for n in 1..=3 {
+                s.append(&sample(n)).unwrap();
+            }
+        }
+        let s = Store::open_with(&d, Some(key), false).unwrap();
+        assert_eq!(s.records, vec![sample(1), sample(2), sample(3)]);
+        drop(s);
+        // Neither the device secret nor record contents are readable on disk.
+        let on_disk = [
+            fs::read(d.join("device.key")).unwrap(),
+            fs::read(d.join("records.log")).unwrap(),
+            fs::read(d.join("config.json")).unwrap(),
+        ]
+        .concat();
+        let find = |needle: &[u8]| on_disk.windows(needle.len()).any(|w| w == needle);
+        assert!(!find(hex(&secret.to_bytes()).as_bytes()) && !find(&secret.to_bytes()));
+        assert!(!find(b"127.0.0.1:2") && !find(&[2u8; 32]));
+        assert!(!find(key));
+        // Missing, wrong, or unexpected secrets are told apart.
+        assert!(matches!(
+            Store::open_with(&d, None, false),
+            Err(StoreError::KeyNeeded(_))
+        ));
+        assert!(matches!(
+            Store::open_with(&d, Some(b"not it"), false),
+            Err(StoreError::WrongKey(_))
+        ));
+        let plain = tmp("plain");
+        Store::init(&plain, LISTEN.parse().unwrap(), None).unwrap();
+        assert!(matches!(
+            Store::open_with(&plain, Some(key), false),
+            Err(StoreError::NotEncrypted(_))
+        ));
+        // An entry altered with a matching checksum is caught by its seal.
+        let log = d.join("records.log");
+        let mut bytes = fs::read(&log).unwrap();
+        let at = LOG_MAGIC.len();
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        bytes[at + ENTRY_HEADER + 30] ^= 1;
+        let sum = checksum(&bytes[at + ENTRY_HEADER..at + ENTRY_HEADER + len]);
+        bytes[at + 4..at + ENTRY_HEADER].copy_from_slice(&sum);
+        fs::write(&log, &bytes).unwrap();
+        assert!(matches!(
+            Store::open_with(&d, Some(key), false),
+            Err(StoreError::Tampered(8))
+        ));
+        let _ = fs::remove_dir_all(&d);
+        let _ = fs::remove_dir_all(&plain);
+    }
+
+    #[test]
+    fn compaction_keeps_every_live_record_and_survives_reopen() {
+        for key in [None, Some(b"a store secret".as_slice())] {
+            let d = tmp("compact");
+            Store::init(&d, LISTEN.parse().unwrap(), key).unwrap();
+            let mut s = Store::open_with(&d, key, false).unwrap();
+            let mut all = Vec::new();
+            for n in 0..40u8 {
+                let r = match n % 4 {
+                    0 => sample(n),
+                    _ => Record::NonceCounter(u64::from(n) * 10),
+                };
+                s.append(&r).unwrap();
+                all.push(r);
+            }
+            drop(s);
+            let mut s = Store::open_with(&d, key, false).unwrap();
+            let size = fs::metadata(d.join("records.log")).unwrap().len();
+            assert_eq!(s.compact(1000).unwrap(), None, "below the threshold nothing changes");
+            assert_eq!(s.compact(1).unwrap(), Some((40, 11)));
+            let live = aura_proto::record::compact(&all);
+            assert_eq!(s.records, live);
+            // Appends go on after the rewrite, and a reopen reads both.
+            s.append(&sample(99)).unwrap();
+            drop(s);
+            let s = Store::open_with(&d, key, false).unwrap();
+            assert_eq!(s.records, [live, vec![sample(99)]].concat());
+            assert_eq!(s.recovery, Recovery::default());
+            assert!(fs::metadata(d.join("records.log")).unwrap().len() < size);
+            assert!(!d.join("records.log.compact").exists());
+            drop(s);
+            let _ = fs::remove_dir_all(&d);
+        }
     }
 }

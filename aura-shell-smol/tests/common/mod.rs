@@ -11,6 +11,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_aura-smol")
 }
 
+/// Runs `aura-smol` with extra environment variables.
+pub fn smol_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin())
+        .arg("-d")
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn aura-smol")
+}
+
 pub fn smol(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .arg("-d")
