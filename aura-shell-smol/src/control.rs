@@ -301,6 +301,14 @@ pub struct ChannelStatus {
     pub context: String,
     /// Context epoch the channel's keys come from.
     pub epoch: u64,
+    /// `direct` (straight to the peer's address) or `relayed`. Relays are not built yet
+    /// (DESIGN §12), so every channel is direct today.
+    #[serde(default = "direct")]
+    pub path: String,
+}
+
+fn direct() -> String {
+    "direct".into()
 }
 
 /// Reply to `status`.
@@ -368,6 +376,7 @@ fn channel_status(c: &ChannelInfo) -> ChannelStatus {
             c.context.to_hex()
         },
         epoch: c.epoch,
+        path: direct(),
     }
 }
 

@@ -85,6 +85,10 @@ enum Cmd {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Every channel in full: peer id, address, negotiated version, context epoch and
+        /// whether the path is direct or relayed.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Measure the round trip to a paired device (needs a running peer).
     Ping {
@@ -508,7 +512,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 e => fail(exit::FAILED, e),
             })
         }
-        Cmd::Status { json } => {
+        Cmd::Status { json, verbose } => {
             let status: Status = match ask(dir, &Request::Status, quick)? {
                 Some(v) => serde_json::from_value(ok(v)?["status"].clone()).map_err(|e| fail(exit::FAILED, e))?,
                 None => {
@@ -519,7 +523,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
             } else {
-                print_status(&status);
+                print_status(&status, verbose);
             }
             Ok(())
         }
@@ -922,7 +926,7 @@ fn utc(unix_ms: u64) -> String {
     )
 }
 
-fn print_status(s: &Status) {
+fn print_status(s: &Status, verbose: bool) {
     println!("device:   {}", s.device);
     println!(
         "listen:   {}{}",
@@ -934,7 +938,15 @@ fn print_status(s: &Status) {
         println!("  {}  {}", p.id, p.addr);
     }
     println!("channels: {}", s.channels.len());
-    if !s.channels.is_empty() {
+    if verbose {
+        for c in &s.channels {
+            println!("  peer {}", c.peer.as_deref().unwrap_or("(not yet known)"));
+            println!("    address:  {} ({})", c.addr, c.path);
+            println!("    state:    {}, version {}, {}", c.state, c.version, c.role);
+            println!("    purpose:  {}", c.purpose);
+            println!("    context:  {} (epoch {})", c.context, c.epoch);
+        }
+    } else if !s.channels.is_empty() {
         println!(
             "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {:<11}  context (epoch)",
             "peer", "address", "state", "version", "role", "purpose"

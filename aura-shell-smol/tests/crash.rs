@@ -251,6 +251,36 @@ fn acknowledged_facts_survive_kill_9_during_signing_and_sync() {
         })
         .sum();
     eprintln!("crash test: {statements} statements, {repaired} torn tails cut on restart ({cut} bytes)");
+
+    // No secret ever reaches a log: device secrets, key shares, invitation secrets, in
+    // hex or as Rust prints byte arrays.
+    let text: String = logs.iter().map(|l| std::fs::read_to_string(l).unwrap()).collect();
+    assert!(
+        text.contains("statement signed") && text.contains("restored"),
+        "the logs are not the debug logs of this run"
+    );
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for (d, r) in dirs.iter().zip(&all) {
+        secrets.push(unhex(std::fs::read_to_string(d.join("device.key")).unwrap().trim()));
+        for rec in r {
+            match rec {
+                Record::Share { key_package, .. } => {
+                    let kp = frost_ristretto255::keys::KeyPackage::deserialize(key_package).unwrap();
+                    secrets.push(kp.signing_share().serialize());
+                }
+                Record::InviteIssued(inv) | Record::JoinStarted(inv) => secrets.push(inv.secret.to_vec()),
+                _ => {}
+            }
+        }
+    }
+    assert!(secrets.len() >= 3 + 3 + 2, "{} secrets", secrets.len());
+    for s in &secrets {
+        let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+        let debug = format!("{:?}", &s[..8]);
+        let debug = &debug[..debug.len() - 1];
+        assert!(!text.contains(&hex), "a secret appears in the logs (hex)");
+        assert!(!text.contains(debug), "a secret appears in the logs (byte array)");
+    }
     for (d, l) in dirs.iter().zip(&logs) {
         let _ = std::fs::remove_dir_all(d);
         let _ = std::fs::remove_file(l);

@@ -75,3 +75,41 @@ fn compact_and_repair_log_from_the_cli() {
     daemon.stop();
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The subcommands a `--help` text lists.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn every_subcommand_explains_itself() {
+    let d = tempdir("help");
+    let mut todo: Vec<Vec<String>> = vec![vec![]];
+    let mut seen = 0;
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = smol(&d, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+        // Every command says what it does, in a sentence above its usage line.
+        let about = text.lines().next().unwrap_or_default();
+        assert!(
+            about.len() > 10 && !about.starts_with("Usage"),
+            "{args:?} has no description: {text}"
+        );
+        seen += 1;
+        for c in subcommands(&text) {
+            todo.push([path.clone(), vec![c]].concat());
+        }
+    }
+    assert!(seen >= 25, "only {seen} commands found");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -36,8 +36,15 @@ fn two_processes_pair_ping_and_stop() {
     assert_eq!(ch["state"], "up");
     assert_eq!(ch["version"], 1);
     assert!(ch["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(ch["path"], "direct");
     let human = ok(&a, &["status"]);
     assert!(human.contains("up") && human.contains("version"), "{human}");
+    let b_id = ok(&b, &["id"]).trim().to_string();
+    let verbose = ok(&a, &["status", "--verbose"]);
+    assert!(
+        verbose.contains(&format!("peer {b_id}")) && verbose.contains("(direct)") && verbose.contains("epoch 0"),
+        "{verbose}"
+    );
 
     // The egress ledger lists what b sent to a (handshake, pings), and no content.
     let ledger = ok(&b, &["audit", "--json"]);
