@@ -61,23 +61,38 @@ impl Entry {
     }
 }
 
-/// The ledger, open for appending.
+/// The ledger, open for appending. Lines gather in memory until [`Ledger::flush`], which
+/// the host calls before it hands any datagram over, so a line still reaches the file
+/// before its datagram leaves (with one `write` per batch instead of one per datagram).
 pub struct Ledger {
     file: File,
+    pending: Vec<u8>,
 }
 
 impl Ledger {
     /// Opens (creating) `DIR/audit.log` for appending.
     pub fn open(dir: &Path) -> io::Result<Ledger> {
         let file = OpenOptions::new().create(true).append(true).open(path(dir))?;
-        Ok(Ledger { file })
+        Ok(Ledger {
+            file,
+            pending: Vec::new(),
+        })
     }
 
-    /// Appends one record (a single `write` of a whole line).
+    /// Adds one record (written by the next [`Ledger::flush`]).
     pub fn append(&mut self, e: &Egress) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&Entry::of(e)).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)
+        serde_json::to_writer(&mut self.pending, &Entry::of(e)).map_err(io::Error::other)?;
+        self.pending.push(b'\n');
+        Ok(())
+    }
+
+    /// Writes the lines added since the last flush (whole lines, one `write`).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
     }
 }
 

@@ -55,6 +55,26 @@ pub enum Request {
     },
     /// Ready contexts.
     ContextList,
+    /// Send text to one of this person's paired devices (application data, unmetered).
+    Send {
+        /// Device id or prefix.
+        peer: String,
+        /// The text.
+        text: String,
+    },
+    /// Load test against a paired device running `run --echo`: `count` messages of
+    /// `size` bytes, at most `window` awaiting their echo; answered with throughput and
+    /// round-trip percentiles.
+    BenchEcho {
+        /// Device id or prefix.
+        peer: String,
+        /// Messages.
+        count: u64,
+        /// Bytes per message (at least 8).
+        size: usize,
+        /// Messages in flight at most.
+        window: u64,
+    },
     /// Send text in a context to a device of the other authority.
     ContextSend {
         /// Context id or unique prefix.

@@ -53,6 +53,99 @@ enum Wake {
     Timer,
 }
 
+/// How the daemon runs.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Send every application message from a paired device straight back to it (the
+    /// other end of `bench-echo`, and a quick way to see that data flows).
+    pub echo: bool,
+}
+
+/// A `bench-echo` under way: messages carry their sequence number in their first 8 bytes.
+struct BenchRun {
+    peer: DeviceId,
+    count: u64,
+    size: usize,
+    window: u64,
+    sent: u64,
+    lost: u64,
+    in_flight: BTreeMap<u64, std::time::Instant>,
+    rtts: Vec<Duration>,
+    started: std::time::Instant,
+    progress: std::time::Instant,
+    reply: Reply,
+}
+
+/// With no echo for this long, whatever is in flight counts as lost.
+const BENCH_STALL: Duration = Duration::from_secs(1);
+
+impl BenchRun {
+    /// Sends until the window is full (or the core refuses one); how many went.
+    fn fill(&mut self, host: &mut Host) -> u64 {
+        let first = self.sent;
+        while self.sent < self.count && (self.in_flight.len() as u64) < self.window {
+            let mut data = vec![0x5a; self.size];
+            data[..8].copy_from_slice(&self.sent.to_le_bytes());
+            let cmd = Command::Send {
+                peer: self.peer,
+                data: data.into(),
+            };
+            if host.input(Input::Command(cmd)).is_err() {
+                break;
+            }
+            self.in_flight.insert(self.sent, std::time::Instant::now());
+            self.sent += 1;
+        }
+        self.sent - first
+    }
+
+    fn echoed(&mut self, data: &[u8]) {
+        let Some(seq) = data
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        else {
+            return;
+        };
+        if let Some(at) = self.in_flight.remove(&seq) {
+            self.rtts.push(at.elapsed());
+            self.progress = std::time::Instant::now();
+        }
+    }
+
+    fn stalled(&mut self) {
+        if self.progress.elapsed() >= BENCH_STALL {
+            self.lost += self.in_flight.len() as u64;
+            self.in_flight.clear();
+            self.progress = std::time::Instant::now();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.sent == self.count && self.in_flight.is_empty()
+    }
+
+    fn report(mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.rtts.sort();
+        let pct = |p: usize| {
+            self.rtts
+                .get((self.rtts.len() * p / 100).min(self.rtts.len().saturating_sub(1)))
+                .map_or(0, |d| d.as_micros() as u64)
+        };
+        let _ = self.reply.try_send(json!({
+            "ok": true,
+            "messages": self.rtts.len(),
+            "lost": self.lost,
+            "size": self.size,
+            "window": self.window,
+            "secs": secs,
+            "msgs_per_s": self.rtts.len() as f64 / secs,
+            "rtt_p50_us": pct(50),
+            "rtt_p99_us": pct(99),
+        }));
+    }
+}
+
 /// Replies waiting for an event.
 #[derive(Default)]
 struct Waiters {
@@ -76,6 +169,8 @@ struct Waiters {
     refreshes: Vec<Reply>,
     /// Context rekeys asked for, answered when this device moved to a new epoch.
     rekeys: BTreeMap<aura_proto::journal::ContextId, Vec<Reply>>,
+    /// The `bench-echo` under way.
+    bench: Option<BenchRun>,
 }
 
 struct SyncWait {
@@ -112,7 +207,7 @@ fn err(msg: impl std::fmt::Display) -> Value {
 }
 
 /// Runs the peer in `dir` until a `stop` request. `listen` overrides the configured address.
-pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config) -> Result<(), DaemonError> {
+pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config, opts: RunOptions) -> Result<(), DaemonError> {
     let mut host = Host::open(dir, cfg)?;
     let listen = listen.unwrap_or(host.store.config.listen);
     smol::block_on(async move {
@@ -132,7 +227,7 @@ pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config) -> Result<(), Da
         tracing::info!(device = %host.peer.id(), %local, "aura-smol running");
         println!("aura-smol running: device {} listening on {local}", host.peer.id());
 
-        let res = event_loop(&mut host, &sock, local, &req_rx, &ctl_path).await;
+        let res = event_loop(&mut host, &sock, local, &req_rx, &ctl_path, &opts).await;
         let _ = std::fs::remove_file(&ctl_path);
         res
     })
@@ -144,14 +239,31 @@ async fn event_loop(
     local: SocketAddr,
     req_rx: &Receiver<(Request, Reply)>,
     ctl_path: &Path,
+    opts: &RunOptions,
 ) -> Result<(), DaemonError> {
     let mut buf = vec![0u8; aura_proto::wire::MAX_DATAGRAM + 1];
     let mut effects = Vec::new();
     let mut waiters = Waiters::default();
+    let mut echoes = Vec::new();
+    // Paired devices may still hold a channel to this device's previous run (after a
+    // crash they do not know it is gone): a fresh handshake replaces it at once, where
+    // otherwise their sends would vanish until their idle timeout.
+    let paired: Vec<DeviceId> = host.peer.paired().map(|(id, _)| *id).collect();
+    for peer in paired {
+        let _ = host.input(Input::Command(Command::Connect { peer }));
+    }
     loop {
         host.drain(&mut effects).map_err(DaemonError::Persist)?;
         for e in effects.drain(..) {
             match e {
+                Effect::Event(Event::Received { peer, data }) => {
+                    tracing::debug!(peer = %peer.short(), len = data.len(), "received");
+                    match waiters.bench.as_mut() {
+                        Some(b) if b.peer == peer => b.echoed(&data),
+                        _ if opts.echo => echoes.push(Command::Send { peer, data }),
+                        _ => {}
+                    }
+                }
                 Effect::Transmit { to, bytes } => match to.parse::<SocketAddr>() {
                     Ok(addr) => {
                         if let Err(e) = sock.send_to(&bytes, addr).await {
@@ -163,7 +275,29 @@ async fn event_loop(
                 Effect::Event(ev) => on_event(ev, &host.peer, &mut waiters),
             }
         }
-        let deadline = host.peer.poll_timeout().map(|t| host.deadline(t));
+        // Sends fed in here have outputs to drain before waiting.
+        let mut fed = !echoes.is_empty();
+        for cmd in echoes.drain(..) {
+            if let Err(e) = host.input(Input::Command(cmd)) {
+                tracing::debug!(error = %e, "echo not sent");
+            }
+        }
+        if let Some(b) = waiters.bench.as_mut() {
+            b.stalled();
+            fed |= b.fill(host) > 0;
+            if b.finished() {
+                waiters.bench.take().expect("just seen").report();
+            }
+        }
+        if fed {
+            continue;
+        }
+        let core = host.peer.poll_timeout().map(|t| host.deadline(t));
+        let stall = waiters.bench.as_ref().map(|b| b.progress + BENCH_STALL);
+        let deadline = match (core, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let timer = async {
             match deadline {
                 Some(at) => {
@@ -191,6 +325,20 @@ async fn event_loop(
             Wake::Control(Some((Request::Stop, reply))) => {
                 // New clients now find no socket and know the peer is not running.
                 let _ = std::fs::remove_file(ctl_path);
+                // Tell paired devices the channels are closing, so their next send sets
+                // up a new one instead of going nowhere.
+                let paired: Vec<DeviceId> = host.peer.paired().map(|(id, _)| *id).collect();
+                for peer in paired {
+                    let _ = host.input(Input::Command(Command::Close { peer }));
+                }
+                host.drain(&mut effects).map_err(DaemonError::Persist)?;
+                for e in effects.drain(..) {
+                    if let Effect::Transmit { to, bytes } = e {
+                        if let Ok(addr) = to.parse::<SocketAddr>() {
+                            let _ = sock.send_to(&bytes, addr).await;
+                        }
+                    }
+                }
                 let _ = reply.try_send(json!({ "ok": true }));
                 tracing::info!("stopping on request");
                 // Give the control task a moment to write the answer before the process ends.
@@ -277,6 +425,47 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             }
         }
         Request::ContextList => send_now(json!({ "ok": true, "contexts": ContextInfo::all(&host.peer) })),
+        Request::Send { peer, text } => match resolve_peer(&host.peer, &peer) {
+            Err(e) => send_now(err(e)),
+            Ok(id) => match host.input(Input::Command(Command::Send {
+                peer: id,
+                data: text.into_bytes().into(),
+            })) {
+                Ok(()) => send_now(json!({ "ok": true, "peer": id.to_hex() })),
+                Err(e) => send_now(err(e)),
+            },
+        },
+        Request::BenchEcho {
+            peer,
+            count,
+            size,
+            window,
+        } => match resolve_peer(&host.peer, &peer) {
+            Err(e) => send_now(err(e)),
+            Ok(_) if w.bench.is_some() => send_now(err("a bench-echo is already running")),
+            Ok(_) if !(8..=aura_proto::wire::MAX_APP_PAYLOAD).contains(&size) || count == 0 || window == 0 => {
+                send_now(err(format!(
+                    "need 8 <= size <= {}, count >= 1, window >= 1",
+                    aura_proto::wire::MAX_APP_PAYLOAD
+                )))
+            }
+            Ok(id) => {
+                let now = std::time::Instant::now();
+                w.bench = Some(BenchRun {
+                    peer: id,
+                    count,
+                    size,
+                    window,
+                    sent: 0,
+                    lost: 0,
+                    in_flight: BTreeMap::new(),
+                    rtts: Vec::with_capacity(count as usize),
+                    started: now,
+                    progress: now,
+                    reply,
+                });
+            }
+        },
         Request::ContextSend { context, peer, text } => match resolve_context_peer(&host.peer, &context, &peer) {
             Err(e) => send_now(err(e)),
             Ok((context, peer)) => {
@@ -590,7 +779,8 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
         Event::ContextReceived { context, peer, data } => {
             tracing::info!(context = %context.short(), peer = %peer.short(), len = data.len(), "received in context")
         }
-        Event::Received { peer, data } => tracing::info!(peer = %peer.short(), len = data.len(), "received"),
+        // Handled by the loop (echo, bench-echo).
+        Event::Received { .. } => {}
         Event::Pong { peer, rtt } => {
             tracing::debug!(peer = %peer.short(), rtt_us = rtt.as_micros() as u64, "pong");
             if let Some(list) = w.pings.get_mut(peer) {

@@ -112,12 +112,13 @@ impl Host {
                     // PersistDone never fails.
                     let _ = self.peer.handle_input(now, Input::PersistDone(ticket));
                 }
-                // The ledger line goes out before its datagram does.
+                // The ledger line is written before its datagram leaves (flushed below).
                 Output::Egress(e) => self.ledger.append(&e)?,
                 Output::Transmit { to, bytes } => out.push(Effect::Transmit { to, bytes }),
                 Output::Event(e) => out.push(Effect::Event(e)),
             }
         }
-        Ok(())
+        // Before the caller sends any of the transmits.
+        self.ledger.flush()
     }
 }

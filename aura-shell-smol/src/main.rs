@@ -79,6 +79,10 @@ enum Cmd {
         /// Send keepalives every N seconds so channels stay up while idle (0: off).
         #[arg(long, default_value_t = 15)]
         keepalive_s: u64,
+        /// Send every message from a paired device straight back to it (the other end
+        /// of `bench-echo`).
+        #[arg(long)]
+        echo: bool,
     },
     /// Show this device, paired devices and channels (peer, address, state, version).
     Status {
@@ -175,6 +179,35 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
         /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a text message to one of your paired devices (needs a running peer; the
+    /// receiving peer logs it, or echoes it back when run with --echo).
+    Send {
+        /// Device id or unique prefix.
+        peer: String,
+        /// The text.
+        text: String,
+    },
+    /// Measure messages per second and round trips to a paired device running
+    /// `run --echo`: COUNT messages of SIZE bytes, at most WINDOW awaiting their echo.
+    BenchEcho {
+        /// Device id or unique prefix.
+        peer: String,
+        /// Messages to send.
+        #[arg(long, default_value_t = 2000)]
+        count: u64,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages in flight at most.
+        #[arg(long, default_value_t = 16)]
+        window: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -502,12 +535,16 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Run { listen, keepalive_s } => {
+        Cmd::Run {
+            listen,
+            keepalive_s,
+            echo,
+        } => {
             let cfg = Config {
                 persistent_keepalive: (keepalive_s > 0).then(|| Duration::from_secs(keepalive_s)),
                 ..Config::default()
             };
-            daemon::run(dir, listen, cfg).map_err(|e| match e {
+            daemon::run(dir, listen, cfg, daemon::RunOptions { echo }).map_err(|e| match e {
                 DaemonError::Store(s) => Failure::from(s),
                 e => fail(exit::FAILED, e),
             })
@@ -786,6 +823,45 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 "{} datagrams, {bytes} padded bytes, {cost} flow units charged",
                 entries.len()
             );
+            Ok(())
+        }
+        Cmd::Send { peer, text } => {
+            let v = ask(dir, &Request::Send { peer, text }, quick)?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            println!("sent to {}", v["peer"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Cmd::BenchEcho {
+            peer,
+            count,
+            size,
+            window,
+            timeout_s,
+            json,
+        } => {
+            let req = Request::BenchEcho {
+                peer,
+                count,
+                size,
+                window,
+            };
+            let v = ask(dir, &req, Duration::from_secs(timeout_s))?
+                .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
+            let v = ok(v)?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{} of {count} messages echoed ({} lost) in {:.2} s: {:.0} msg/s, round trip p50 {} us, p99 {} us",
+                    v["messages"],
+                    v["lost"],
+                    v["secs"].as_f64().unwrap_or(0.0),
+                    v["msgs_per_s"].as_f64().unwrap_or(0.0),
+                    v["rtt_p50_us"],
+                    v["rtt_p99_us"]
+                );
+            }
             Ok(())
         }
         Cmd::Compact => {

@@ -411,3 +411,41 @@ fn two_people_create_a_context_and_talk_through_the_guard_chain() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn send_and_bench_echo_between_two_processes() {
+    let (a, b) = (tempdir("ea"), tempdir("eb"));
+    ok(&a, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    ok(&b, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let da = Daemon::start(&a);
+    let db = Daemon::start(&b);
+    let code = ok(&a, &["invite"]).trim().to_string();
+    ok(&b, &["join", &code, "--wait-s", "30"]);
+    let b_id = ok(&b, &["id"]).trim().to_string();
+    let out = ok(&a, &["send", &b_id[..12], "hello b"]);
+    assert!(out.contains(&format!("sent to {b_id}")), "{out}");
+    let bad = smol(&a, &["bench-echo", &b_id[..12], "--size", "4"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("8 <= size"));
+    // b does not echo: every message counts as lost once a second passes without one.
+    let out = ok(&a, &["bench-echo", &b_id[..12], "--count", "5", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["messages"].as_u64(), v["lost"].as_u64()), (Some(0), Some(5)), "{v}");
+    db.stop();
+    // With --echo, every message comes back.
+    let db = Daemon::start_args(&b, std::process::Stdio::null(), &[], &["--echo"]);
+    let out = ok(
+        &a,
+        &["bench-echo", &b_id[..12], "--count", "300", "--window", "8", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["messages"].as_u64(), Some(300), "{v}");
+    assert!(
+        v["rtt_p50_us"].as_u64().unwrap() > 0 && v["msgs_per_s"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    da.stop();
+    db.stop();
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}

@@ -64,6 +64,11 @@ impl Daemon {
 
     /// Starts with its log going to `stderr` and extra environment variables.
     pub fn start_with(dir: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Daemon {
+        Self::start_args(dir, stderr, env, &[])
+    }
+
+    /// [`Daemon::start_with`] with extra `run` arguments.
+    pub fn start_args(dir: &Path, stderr: Stdio, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let sock = dir.join("control.sock");
         // A killed daemon leaves its socket file behind.
         let _ = std::fs::remove_file(&sock);
@@ -71,6 +76,7 @@ impl Daemon {
             .arg("-d")
             .arg(dir)
             .args(["run", "--log-level", "debug"])
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
