@@ -14,74 +14,18 @@
 //!
 //! `cargo bench -p aura-shell-smol --bench loopback [-- --quick]`
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aura_proto::rng::PeerRng;
-use aura_proto::NOISE_PATTERN;
-use snow::params::{CipherChoice, DHChoice, HashChoice};
-use snow::resolvers::{CryptoResolver, DefaultResolver};
-use snow::types::{Cipher, Dh, Hash, Random};
-use snow::StatelessTransportState;
+// The raw snow baseline's handshake is the one aura-proto's benchmarks use.
+#[path = "../../aura-proto/benches/common/mod.rs"]
+mod common;
+use common::{median, snow_transport_pair as transport_pair};
 
 const WINDOW: u64 = 16;
-
-struct Res(Cell<Option<PeerRng>>);
-
-impl CryptoResolver for Res {
-    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        self.0.take().map(|r| Box::new(r) as Box<dyn Random>)
-    }
-    fn resolve_dh(&self, c: &DHChoice) -> Option<Box<dyn Dh>> {
-        DefaultResolver.resolve_dh(c)
-    }
-    fn resolve_hash(&self, c: &HashChoice) -> Option<Box<dyn Hash>> {
-        DefaultResolver.resolve_hash(c)
-    }
-    fn resolve_cipher(&self, c: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(c)
-    }
-}
-
-/// Initiator and responder transport states after an IKpsk2 handshake (Aura's pattern).
-fn transport_pair() -> (StatelessTransportState, StatelessTransportState) {
-    let params: snow::params::NoiseParams = NOISE_PATTERN.parse().unwrap();
-    let res = |s: u8| Box::new(Res(Cell::new(Some(PeerRng::from_seed([s; 32])))));
-    let kb = [5u8; 32];
-    let mut dh = DefaultResolver.resolve_dh(&DHChoice::Curve25519).unwrap();
-    dh.set(&kb);
-    let pub_b = dh.pubkey().to_vec();
-    let psk = [1u8; 32];
-    let mut i = snow::Builder::with_resolver(params.clone(), res(1))
-        .local_private_key(&[6u8; 32])
-        .unwrap()
-        .remote_public_key(&pub_b)
-        .unwrap()
-        .psk(2, &psk)
-        .unwrap()
-        .build_initiator()
-        .unwrap();
-    let mut r = snow::Builder::with_resolver(params, res(2))
-        .local_private_key(&kb)
-        .unwrap()
-        .psk(2, &psk)
-        .unwrap()
-        .build_responder()
-        .unwrap();
-    let (mut m, mut p) = (vec![0u8; 1024], vec![0u8; 1024]);
-    let n = i.write_message(&[], &mut m).unwrap();
-    r.read_message(&m[..n], &mut p).unwrap();
-    let n = r.write_message(&[], &mut m).unwrap();
-    i.read_message(&m[..n], &mut p).unwrap();
-    (
-        i.into_stateless_transport_mode().unwrap(),
-        r.into_stateless_transport_mode().unwrap(),
-    )
-}
 
 /// One measured run: messages per second, p50 and p99 round trip (µs), lost.
 #[derive(Clone, Copy, Debug)]
@@ -239,11 +183,6 @@ fn aura(dir: &Path, peer: &str, count: u64, size: usize) -> Run {
         p99: v["rtt_p99_us"].as_f64().unwrap(),
         lost: v["lost"].as_u64().unwrap(),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 /// The largest application payload whose frame pads to the 1 KiB bucket.
