@@ -497,3 +497,31 @@ pub fn consensus_seeds() -> Vec<Vec<u8>> {
         [propose, tick.to_vec(), tick.to_vec(), tick.to_vec()].concat(),
     ]
 }
+
+/// What the shell parses: the record log (entries, then records in them), control
+/// requests from the local socket, and audit ledger lines. Never a panic; a log scan
+/// keeps exactly a prefix of whole, checksummed entries.
+pub fn shell_parsers(data: &[u8]) {
+    use aura_shell_smol::store::{encode_entry, scan_entries};
+    let (entries, cut) = scan_entries(data);
+    let kept: Vec<u8> = entries.iter().flat_map(|p| encode_entry(p)).collect();
+    assert_eq!(&data[..kept.len()], &kept[..], "a scan keeps a prefix of the log");
+    match cut {
+        None => assert_eq!(kept.len(), data.len(), "a clean scan covers the whole log"),
+        Some((at, _)) => assert_eq!(at, kept.len(), "the cut is where the kept prefix ends"),
+    }
+    for p in entries {
+        if let Ok(r) = Record::decode(p) {
+            assert_eq!(r.encode(), p);
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<aura_shell_smol::control::Request>(data) {
+        // What parses re-serializes and parses to the same request.
+        let again = serde_json::to_vec(&req).expect("requests serialize");
+        assert_eq!(
+            serde_json::from_slice::<aura_shell_smol::control::Request>(&again).ok(),
+            Some(req)
+        );
+    }
+    let _ = serde_json::from_slice::<aura_shell_smol::audit::Entry>(data);
+}

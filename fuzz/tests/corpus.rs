@@ -33,3 +33,8 @@ fn sim_corpus() {
 fn consensus_messages_corpus() {
     replay("consensus_messages", aura_fuzz::consensus_messages);
 }
+
+#[test]
+fn shell_parsers_corpus() {
+    replay("shell_parsers", aura_fuzz::shell_parsers);
+}

@@ -293,3 +293,30 @@ fn generate_seed_corpus() {
     write("frame_decode", &[wire::WIRE_VERSION, 2, 0x87, 0x00, 1, 0]);
     write("peer_datagrams", b"");
 }
+
+#[test]
+#[ignore]
+fn generate_shell_corpus() {
+    use aura_proto::Record;
+    use aura_shell_smol::store::encode_entry;
+    let records = [
+        Record::NonceCounter(256),
+        Record::Capability(vec![1, 2, 3]),
+        Record::ContextJoinDone([9; 32]),
+    ];
+    let log: Vec<u8> = records.iter().flat_map(|r| encode_entry(&r.encode())).collect();
+    write("shell_parsers", &log);
+    write("shell_parsers", &log[..log.len() - 3]);
+    let requests = [
+        r#"{"cmd":"status"}"#,
+        r#"{"cmd":"sign","text":"hello"}"#,
+        r#"{"cmd":"bench_echo","peer":"ab12","count":10,"size":1024,"window":4}"#,
+        r#"{"cmd":"sync","peer":null}"#,
+        r#"{"cmd":"invite","valid_for_s":600,"addr":"127.0.0.1:4100"}"#,
+    ];
+    for r in requests {
+        write("shell_parsers", r.as_bytes());
+    }
+    let line = r#"{"unix_ms":1790000000000,"peer":"ab","addr":"127.0.0.1:1","context":"own","epoch":0,"kind":"control","bucket":256,"cost":1,"leakage":[0,1,0]}"#;
+    write("shell_parsers", line.as_bytes());
+}
