@@ -471,6 +471,9 @@ pub enum Event {
     SignFailed {
         /// Why.
         reason: String,
+        /// The statement of the `Sign` command that failed; `None` when the signing was
+        /// one this device started for itself (a consensus commit).
+        statement: Option<Vec<u8>>,
     },
     /// A capability token is issued and durable.
     CapabilityIssued {

@@ -1439,6 +1439,7 @@ impl Peer {
                 } else if matches!(c.purpose, SignPurpose::Statement) {
                     self.event(Event::SignFailed {
                         reason: "members' signature shares did not verify".into(),
+                        statement: statement_of(&c.fact),
                     });
                 }
                 return;
@@ -1940,8 +1941,13 @@ impl Peer {
                 }
                 continue;
             }
+            let statement = match c.purpose {
+                SignPurpose::Statement => statement_of(&c.fact),
+                _ => None,
+            };
             self.event(Event::SignFailed {
                 reason: "not enough members answered in time".into(),
+                statement,
             });
         }
         // Participants forget sessions nobody finished.
@@ -2014,4 +2020,12 @@ pub(super) fn identifier_number(id: &Identifier) -> u16 {
     // Identifiers we create are small integers; recover the number from its encoding.
     let b = id.serialize();
     u16::from_le_bytes([b[0], b[1]])
+}
+
+/// The statement a signing of a `Sign` command is for.
+fn statement_of(f: &UnsignedFact) -> Option<Vec<u8>> {
+    match &f.body {
+        FactBody::Statement(s) => Some(s.clone()),
+        _ => None,
+    }
 }

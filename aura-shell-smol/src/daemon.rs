@@ -153,7 +153,9 @@ struct Waiters {
     joins: BTreeMap<[u8; 32], Vec<Reply>>,
     pings: BTreeMap<DeviceId, Vec<Reply>>,
     authority: VecDeque<Reply>,
-    signs: VecDeque<Reply>,
+    /// `sign` requests by statement, oldest first (two concurrent requests can finish
+    /// in either order, so a signature goes to the request for its statement).
+    signs: Vec<(Vec<u8>, Reply)>,
     ctx_invites: VecDeque<Reply>,
     /// Context joins by invitation id, in the order asked.
     ctx_joins: VecDeque<([u8; 32], Reply)>,
@@ -180,6 +182,12 @@ struct SyncWait {
 }
 
 impl Waiters {
+    /// The oldest `sign` request for `statement`.
+    fn take_sign(&mut self, statement: &[u8]) -> Option<Reply> {
+        let k = self.signs.iter().position(|(s, _)| s == statement)?;
+        Some(self.signs.remove(k).1)
+    }
+
     /// A session ended: record it for every `sync` request waiting on it.
     fn sync_ended(&mut self, peer: DeviceId, ns: Namespace, outcome: Value) {
         for w in &mut self.syncs {
@@ -402,9 +410,9 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             None => send_now(err("this device is not a member of an authority")),
         },
         Request::Sign { text } => match host.input(Input::Command(Command::Sign {
-            statement: text.into_bytes(),
+            statement: text.clone().into_bytes(),
         })) {
-            Ok(()) => w.signs.push_back(reply),
+            Ok(()) => w.signs.push((text.into_bytes(), reply)),
             Err(e) => send_now(err(e)),
         },
         Request::ContextInvite { valid_for_s, addr } => {
@@ -649,13 +657,17 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             fact,
         } => {
             tracing::info!(authority = %authority.short(), "statement signed");
-            if let Some(r) = w.signs.pop_front() {
+            let FactBody::Statement(statement) = &fact.body else {
+                return;
+            };
+            if let Some(r) = w.take_sign(statement) {
                 let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "group_key": hex(group_key), "message": hex(message), "signature": hex(signature), "fact": fact.id().to_hex() }));
             }
         }
-        Event::SignFailed { reason } => {
+        Event::SignFailed { reason, statement } => {
             tracing::warn!(%reason, "signing failed");
-            if let Some(r) = w.signs.pop_front() {
+            // Failures of the device's own signings (consensus commits) answer nobody.
+            if let Some(r) = statement.as_ref().and_then(|s| w.take_sign(s)) {
                 let _ = r.try_send(err(format!("signing failed: {reason}")));
             }
         }

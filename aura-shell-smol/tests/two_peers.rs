@@ -181,6 +181,31 @@ fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
         "plain FROST verification must accept the signature"
     );
 
+    // Concurrent requests each get the signature of their own statement.
+    let texts: Vec<String> = (0..4).map(|k| format!("concurrent statement {k}")).collect();
+    let children: Vec<_> = texts
+        .iter()
+        .map(|t| {
+            std::process::Command::new(bin())
+                .arg("-d")
+                .arg(&dirs[k_of(t)])
+                .args(["sign", t, "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (t, c) in texts.iter().zip(children) {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{t}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let msg = unhex(v["message"].as_str().unwrap());
+        assert!(
+            msg.windows(t.len()).any(|w| w == t.as_bytes()),
+            "{t} got another statement's signature"
+        );
+    }
     // A and B still sync with each other (C's session fails, and says so).
     let out = smol(&dirs[0], &["sync", "--json", "--timeout-s", "3"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -448,4 +473,9 @@ fn send_and_bench_echo_between_two_processes() {
     db.stop();
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
+}
+
+/// Which of A and B asks for statement `t` (alternating by its last digit).
+fn k_of(t: &str) -> usize {
+    usize::from(t.ends_with(['1', '3']))
 }

@@ -2663,7 +2663,7 @@ fn event_name(e: &Event, ids: &[DeviceId]) -> String {
         }
         Event::AuthorityFailed { reason } => format!("authority-failed {reason}"),
         Event::Signed { signature, .. } => format!("signed {}", hex(&signature[..8])),
-        Event::SignFailed { reason } => format!("sign-failed {reason}"),
+        Event::SignFailed { reason, .. } => format!("sign-failed {reason}"),
         Event::CapabilityIssued { token } => format!("capability {}B", token.len()),
         Event::ContextInviteCreated { .. } => "context-invite-created".into(),
         Event::ContextReady { context, epoch, .. } => format!("context-ready {} e{epoch}", context.short()),
