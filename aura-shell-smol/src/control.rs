@@ -55,6 +55,11 @@ pub enum Request {
     },
     /// Ready contexts.
     ContextList,
+    /// The egress ledger from `since_unix_ms` on (what left this device, never content).
+    Audit {
+        /// Earliest entry, ms since the Unix epoch.
+        since_unix_ms: u64,
+    },
     /// Send text to one of this person's paired devices (application data, unmetered).
     Send {
         /// Device id or prefix.

@@ -433,6 +433,10 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             }
         }
         Request::ContextList => send_now(json!({ "ok": true, "contexts": ContextInfo::all(&host.peer) })),
+        Request::Audit { since_unix_ms } => match crate::audit::read(host.store.dir(), since_unix_ms) {
+            Ok((entries, torn)) => send_now(json!({ "ok": true, "entries": entries, "torn": torn })),
+            Err(e) => send_now(err(format!("reading audit.log: {e}"))),
+        },
         Request::Send { peer, text } => match resolve_peer(&host.peer, &peer) {
             Err(e) => send_now(err(e)),
             Ok(id) => match host.input(Input::Command(Command::Send {

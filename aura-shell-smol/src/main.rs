@@ -173,7 +173,7 @@ enum Cmd {
     /// Show the egress audit ledger: every datagram that left this device, with time,
     /// peer, address, context, size bucket, flow cost and leakage charged (never content).
     ///
-    /// Reads DIR/audit.log directly, so it works whether or not the peer is running.
+    /// Asks the running peer for its ledger; with no peer running, reads DIR/audit.log.
     Audit {
         /// Only datagrams sent within this long before now (e.g. 10m, 2h, 1d).
         #[arg(long, value_parser = parse_duration)]
@@ -786,8 +786,19 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let from = since.map_or(0, |d| now_ms.saturating_sub(d.as_millis() as u64));
-            let (entries, torn) =
-                audit::read(dir, from).map_err(|e| fail(exit::DATA_DIR, format!("reading audit.log: {e}")))?;
+            // The running peer answers for its own ledger; without one, the file is read.
+            let (entries, torn): (Vec<audit::Entry>, usize) =
+                match ask(dir, &Request::Audit { since_unix_ms: from }, quick)? {
+                    Some(v) => {
+                        let v = ok(v)?;
+                        let entries =
+                            serde_json::from_value(v["entries"].clone()).map_err(|e| fail(exit::FAILED, e))?;
+                        (entries, v["torn"].as_u64().unwrap_or(0) as usize)
+                    }
+                    None => {
+                        audit::read(dir, from).map_err(|e| fail(exit::DATA_DIR, format!("reading audit.log: {e}")))?
+                    }
+                };
             if torn > 0 {
                 eprintln!("audit.log: skipped {torn} unreadable line(s) (a crash mid-write)");
             }
