@@ -318,6 +318,18 @@ pub enum CommandError {
     /// A change from the authority's current state is already being agreed: wait for it.
     #[error("a change from the authority's current state is already being agreed")]
     Busy,
+    /// A threshold below the one the group key was made with: signing would still need
+    /// that many shares, so lowering it takes a new key, which is not supported yet.
+    #[error(
+        "threshold {asked} is below {key}, the threshold the group key was made with; lowering it \
+         needs a new key, which Aura does not support yet"
+    )]
+    BelowKeyThreshold {
+        /// The threshold asked for.
+        asked: u16,
+        /// The key's threshold.
+        key: u16,
+    },
     /// The tree change does not apply to the authority as it is (unknown device, too few
     /// members left, threshold out of range).
     #[error("the change does not apply to the authority as it is now")]
@@ -1442,6 +1454,14 @@ impl Peer {
             Command::Sync { peer } => self.start_sync(peer),
             Command::Publish { namespace, data, ack } => self.publish(namespace, data, ack),
             Command::ChangeThreshold { threshold } => {
+                if let Some(v) = self.my_authority() {
+                    if threshold < v.key_threshold {
+                        return Err(CommandError::BelowKeyThreshold {
+                            asked: threshold,
+                            key: v.key_threshold,
+                        });
+                    }
+                }
                 self.propose_change(crate::journal::TreeOpKind::ChangeThreshold(threshold))
             }
             Command::AddDevice { device } => self.add_device(device),

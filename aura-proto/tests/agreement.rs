@@ -570,3 +570,21 @@ fn a_second_vote_that_surfaces_after_the_commit_is_still_proven() {
         .any(|e| matches!(e, Event::EquivocationProven { device, .. } if *device == bad)));
     assert!(net.nodes[1].peer.authority().unwrap().equivocators.contains(&bad));
 }
+
+#[test]
+fn a_threshold_below_the_keys_is_refused_with_the_reason() {
+    let mut net = default_net(3);
+    net.pair(0, 1);
+    net.pair(0, 2);
+    ask_for_authority_with(&mut net, 3);
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+    let v = net.nodes[0].peer.authority().unwrap().clone();
+    assert_eq!((v.threshold, v.key_threshold), (3, 3));
+    let err = net.cmd(1, Command::ChangeThreshold { threshold: 2 }).unwrap_err();
+    assert_eq!(err, CommandError::BelowKeyThreshold { asked: 2, key: 3 });
+    assert!(err.to_string().contains("needs a new key"), "{err}");
+    // Nothing was proposed.
+    net.run();
+    assert_eq!(net.nodes[1].peer.authority().unwrap().epoch, v.epoch);
+}

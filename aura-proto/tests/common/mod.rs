@@ -430,12 +430,17 @@ pub fn start_authority() -> Net {
 
 /// Device 0 asks for a 2-of-3 authority with devices 1 and 2.
 pub fn ask_for_authority(net: &mut Net) {
+    ask_for_authority_with(net, 2);
+}
+
+/// Device 0 asks for a `threshold`-of-3 authority with devices 1 and 2.
+pub fn ask_for_authority_with(net: &mut Net, threshold: u16) {
     let (b, c) = (net.id(1), net.id(2));
     net.cmd(
         0,
         Command::CreateAuthority {
             devices: vec![b, c],
-            threshold: 2,
+            threshold,
         },
     )
     .unwrap();
