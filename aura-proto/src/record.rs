@@ -188,7 +188,8 @@ impl Record {
 /// makes redundant. Dropped, and nothing else:
 /// - a `NonceCounter` below the largest (restore keeps the maximum);
 /// - a `Reserve` below the largest for its (context, peer, epoch) (likewise);
-/// - a `Fact`, `Capability` or `Paired` record equal to an earlier one;
+/// - a `Fact`, `Capability` or `Paired` record equal to a later one (the last is kept:
+///   a pairing record restored last wins);
 /// - a `Voted` or `Promised` record from a prestate the authority has moved past (by
 ///   the facts of these same records): nothing is ever decided from it again.
 ///
@@ -238,7 +239,13 @@ pub fn compact(records: &[Record]) -> Vec<Record> {
             _ => {}
         }
     }
-    let mut seen = BTreeSet::new();
+    // The last position of each distinct record of the kinds that may repeat.
+    let mut last_copy = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if matches!(r, Record::Fact(_) | Record::Capability(_) | Record::Paired(_)) {
+            last_copy.insert(*blake3::hash(&r.encode()).as_bytes(), i);
+        }
+    }
     let mut out = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let keep = match r {
@@ -249,7 +256,7 @@ pub fn compact(records: &[Record]) -> Vec<Record> {
                 .get(&(*context, *peer, *epoch))
                 .is_some_and(|(k, _)| *k == i),
             Record::Fact(_) | Record::Capability(_) | Record::Paired(_) => {
-                seen.insert(*blake3::hash(&r.encode()).as_bytes())
+                last_copy.get(blake3::hash(&r.encode()).as_bytes()) == Some(&i)
             }
             Record::Voted { vote, .. } => !dead.contains(&vote.prestate),
             Record::Promised { prestate, .. } => !dead.contains(prestate),

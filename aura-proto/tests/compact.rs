@@ -153,4 +153,7 @@ fn counters_keep_their_largest_and_duplicates_go() {
             Record::Capability(vec![3]),
         ]
     );
+    // Of repeated records the last stays, so what a later record overrode stays overridden.
+    let (a, b) = (Record::Capability(vec![1]), Record::Capability(vec![2]));
+    assert_eq!(compact(&[a.clone(), b.clone(), a.clone()]), vec![b, a]);
 }

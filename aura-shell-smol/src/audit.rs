@@ -72,7 +72,13 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (creating) `DIR/audit.log` for appending.
     pub fn open(dir: &Path) -> io::Result<Ledger> {
-        let file = OpenOptions::new().create(true).append(true).open(path(dir))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Metadata only, but whom this device talks to and when is nobody else's business.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path(dir))?;
         Ok(Ledger {
             file,
             pending: Vec::new(),

@@ -73,11 +73,17 @@ struct BenchRun {
     rtts: Vec<Duration>,
     started: std::time::Instant,
     progress: std::time::Instant,
+    stalls: u32,
     reply: Reply,
 }
 
 /// With no echo for this long, whatever is in flight counts as lost.
 const BENCH_STALL: Duration = Duration::from_secs(1);
+/// Stalls in a row after which the bench gives up (the peer is not echoing).
+const BENCH_GIVE_UP: u32 = 5;
+/// Largest `bench-echo` asked for: messages, and messages in flight.
+const BENCH_MAX_COUNT: u64 = 10_000_000;
+const BENCH_MAX_WINDOW: u64 = 1024;
 
 impl BenchRun {
     /// Sends until the window is full (or the core refuses one); how many went.
@@ -109,6 +115,7 @@ impl BenchRun {
         if let Some(at) = self.in_flight.remove(&seq) {
             self.rtts.push(at.elapsed());
             self.progress = std::time::Instant::now();
+            self.stalls = 0;
         }
     }
 
@@ -116,12 +123,15 @@ impl BenchRun {
         if self.progress.elapsed() >= BENCH_STALL {
             self.lost += self.in_flight.len() as u64;
             self.in_flight.clear();
+            self.stalls += 1;
             self.progress = std::time::Instant::now();
         }
     }
 
+    /// Done: everything sent came back or was counted lost; or the peer is unreachable
+    /// (a run of stalls with nothing echoed), or nobody waits for the answer any more.
     fn finished(&self) -> bool {
-        self.sent == self.count && self.in_flight.is_empty()
+        (self.sent == self.count && self.in_flight.is_empty()) || self.stalls >= BENCH_GIVE_UP || self.reply.is_closed()
     }
 
     fn report(mut self) {
@@ -135,7 +145,7 @@ impl BenchRun {
         let _ = self.reply.try_send(json!({
             "ok": true,
             "messages": self.rtts.len(),
-            "lost": self.lost,
+            "lost": self.lost + (self.count - self.sent) + self.in_flight.len() as u64,
             "size": self.size,
             "window": self.window,
             "secs": secs,
@@ -317,7 +327,9 @@ async fn event_loop(
         };
         let recv = async { Wake::Datagram(sock.recv_from(&mut buf).await) };
         let ctl = async { Wake::Control(req_rx.recv().await.ok()) };
-        let wake = smol::future::or(recv, smol::future::or(ctl, timer)).await;
+        // `race` picks fairly among ready futures: a flood of datagrams cannot starve
+        // the timer or a `stop` request.
+        let wake = smol::future::race(recv, smol::future::race(ctl, timer)).await;
         match wake {
             Wake::Datagram(Ok((n, from))) => {
                 let _ = host.input(Input::Datagram {
@@ -455,9 +467,13 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
         } => match resolve_peer(&host.peer, &peer) {
             Err(e) => send_now(err(e)),
             Ok(_) if w.bench.is_some() => send_now(err("a bench-echo is already running")),
-            Ok(_) if !(8..=aura_proto::wire::MAX_APP_PAYLOAD).contains(&size) || count == 0 || window == 0 => {
+            Ok(_)
+                if !(8..=aura_proto::wire::MAX_APP_PAYLOAD).contains(&size)
+                    || !(1..=BENCH_MAX_COUNT).contains(&count)
+                    || !(1..=BENCH_MAX_WINDOW).contains(&window) =>
+            {
                 send_now(err(format!(
-                    "need 8 <= size <= {}, count >= 1, window >= 1",
+                    "need 8 <= size <= {}, 1 <= count <= {BENCH_MAX_COUNT}, 1 <= window <= {BENCH_MAX_WINDOW}",
                     aura_proto::wire::MAX_APP_PAYLOAD
                 )))
             }
@@ -471,9 +487,10 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
                     sent: 0,
                     lost: 0,
                     in_flight: BTreeMap::new(),
-                    rtts: Vec::with_capacity(count as usize),
+                    rtts: Vec::new(),
                     started: now,
                     progress: now,
+                    stalls: 0,
                     reply,
                 });
             }

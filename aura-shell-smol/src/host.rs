@@ -55,8 +55,12 @@ impl Host {
         }
         // Compacting costs a rewrite of the log: only when it drops a good share.
         let worth = (store.records.len() / 4).max(COMPACT_AT_LEAST);
-        if let Some((before, after)) = store.compact(worth)? {
-            tracing::info!("records.log compacted: {before} -> {after} records");
+        match store.compact(worth) {
+            Ok(Some((before, after))) => tracing::info!("records.log compacted: {before} -> {after} records"),
+            Ok(None) => {}
+            // Compaction is an economy: a log that could not be rewritten still serves.
+            Err(e @ crate::store::CompactError::NotDone(_)) => tracing::warn!("{e}"),
+            Err(e) => return Err(e.into()),
         }
         let origin = std::time::Instant::now();
         let durable = Durable {

@@ -882,7 +882,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             let mut store = Store::open(dir)?;
             let size = |d: &Path| std::fs::metadata(d.join("records.log")).map_or(0, |m| m.len());
             let bytes = size(dir);
-            match store.compact(1)? {
+            match store.compact(1).map_err(StoreError::from)? {
                 Some((before, after)) => println!(
                     "compacted records.log: {before} -> {after} records, {bytes} -> {} bytes",
                     size(dir)

@@ -2,7 +2,8 @@
 //!
 //! Layout of `DIR`:
 //! - `device.key`: the 32-byte device secret, hex, mode 0600 (sealed when the directory is
-//!   encrypted at rest). The only secret on disk.
+//!   encrypted at rest). `records.log` holds secrets too (key shares, link keys): both
+//!   are sealed when the directory is encrypted, and private (0600) either way.
 //! - `config.json`: settings chosen at `init` (listen address, encryption parameters).
 //! - `records.log`: `AURALOG1` then entries `len: u32 LE | BLAKE3(payload)[..8] | payload`,
 //!   where the payload is an encoded `aura_proto::Record` (sealed when encrypted).
@@ -92,6 +93,9 @@ pub enum StoreError {
     /// An entry with a valid checksum does not open with the right key: it was altered.
     #[error("records.log entry at byte {0} fails authentication: the log was tampered with")]
     Tampered(u64),
+    /// Compaction failed.
+    #[error(transparent)]
+    Compact(#[from] CompactError),
     /// Settings file broken.
     #[error("config.json is damaged: {0}")]
     BadConfig(String),
@@ -108,6 +112,17 @@ pub enum StoreError {
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
+}
+
+/// Why a compaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// Nothing changed: the old log is still the log.
+    #[error("compacting records.log failed, the log is unchanged: {0}")]
+    NotDone(io::Error),
+    /// The new log replaced the old one but could not be opened for appending.
+    #[error("records.log was compacted but cannot be reopened: {0}")]
+    Broken(io::Error),
 }
 
 /// Settings written by `init`.
@@ -226,6 +241,8 @@ pub struct Store {
     log: File,
     _lock: File,
     sealer: Option<Sealer>,
+    /// Records in the log (read at open and appended since): the next one's position.
+    count: u64,
     /// The device secret.
     pub secret: DeviceSecret,
     /// Settings.
@@ -294,22 +311,34 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether damage found at `at` in the log body may be cut as a torn last append: the
-/// entry there is the last one, or nothing but zeros follows (a file extended by a crash
-/// before its data landed).
-fn torn_tail(body: &[u8], at: usize, reason: &str) -> bool {
+/// Whether damage found at `at` in the log body may be cut as a torn last append: no
+/// whole, checksummed entry starts anywhere after it (a crash tears only the entry being
+/// appended, the last one), or nothing but zeros follows (a file extended by a crash before
+/// its data landed). A damaged length field in the middle of the log, which makes an entry
+/// seem to run past the end, is therefore refused like any other damage.
+fn torn_tail(body: &[u8], at: usize) -> bool {
     let rest = &body[at..];
     if rest.iter().all(|b| *b == 0) {
         return true;
     }
-    match reason {
-        "torn entry header" | "torn entry body" => true,
-        "checksum mismatch" => {
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-            ENTRY_HEADER + len == rest.len()
-        }
-        _ => false,
+    !(at + 1..body.len()).any(|p| entry_at(&body[p..]))
+}
+
+/// Whether a whole entry with a matching checksum starts at the beginning of `bytes`.
+fn entry_at(bytes: &[u8]) -> bool {
+    if bytes.len() < ENTRY_HEADER {
+        return false;
     }
+    let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    len <= MAX_RECORD
+        && bytes.len() >= ENTRY_HEADER + len
+        && checksum(&bytes[ENTRY_HEADER..ENTRY_HEADER + len]) == bytes[4..ENTRY_HEADER]
+}
+
+/// The associated data a sealed record is bound to: its position in the log, so entries
+/// cannot be dropped from the middle or reordered without the next open noticing.
+fn record_aad(index: u64) -> Vec<u8> {
+    [RECORD_AAD, &index.to_le_bytes()[..]].concat()
 }
 
 impl Store {
@@ -440,7 +469,7 @@ impl Store {
         let body = &all[LOG_MAGIC.len()..];
         let (payloads, cut) = scan_entries(body);
         if let Some((at, reason)) = cut {
-            if !repair && !torn_tail(body, at, reason) {
+            if !repair && !torn_tail(body, at) {
                 return Err(StoreError::Damaged {
                     offset: (LOG_MAGIC.len() + at) as u64,
                     reason,
@@ -451,8 +480,9 @@ impl Store {
         let mut records = Vec::with_capacity(payloads.len());
         let mut offset = LOG_MAGIC.len() as u64;
         for p in payloads {
+            let aad = record_aad(records.len() as u64);
             let plain = match &sealer {
-                Some(s) => Sealer::open(&s.records, RECORD_AAD, p).ok_or(StoreError::Tampered(offset))?,
+                Some(s) => Sealer::open(&s.records, &aad, p).ok_or(StoreError::Tampered(offset))?,
                 None => p.to_vec(),
             };
             let r = Record::decode(&plain).map_err(|e| StoreError::UnreadableRecord {
@@ -471,7 +501,17 @@ impl Store {
                 reason: Some(reason),
             };
             if repair {
-                fs::write(dir.join("records.log.damaged"), &all).map_err(io_err("saving records.log.damaged"))?;
+                // Kept whole, private, and on disk before anything is cut.
+                let copy = dir.join("records.log.damaged");
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&copy)
+                    .map_err(io_err("saving records.log.damaged (move an older copy away first)"))?;
+                f.write_all(&all).map_err(io_err("writing records.log.damaged"))?;
+                f.sync_all().map_err(io_err("syncing records.log.damaged"))?;
+                sync_dir(dir).map_err(io_err("syncing data directory"))?;
             }
             log.set_len(at).map_err(io_err("cutting torn tail of records.log"))?;
             log.sync_all().map_err(io_err("syncing records.log"))?;
@@ -482,6 +522,7 @@ impl Store {
             log,
             _lock: lock,
             sealer,
+            count: records.len() as u64,
             secret: DeviceSecret::from_bytes(secret),
             config,
             records,
@@ -489,10 +530,11 @@ impl Store {
         })
     }
 
-    fn entry(&self, record: &Record) -> Vec<u8> {
+    /// The log entry for `record` at position `index`.
+    fn entry(&self, record: &Record, index: u64) -> Vec<u8> {
         let plain = record.encode();
         match &self.sealer {
-            Some(s) => encode_entry(&Sealer::seal(&s.records, RECORD_AAD, &plain)),
+            Some(s) => encode_entry(&Sealer::seal(&s.records, &record_aad(index), &plain)),
             None => encode_entry(&plain),
         }
     }
@@ -501,7 +543,14 @@ impl Store {
     /// (`aura_proto::record::compact`), if that drops at least `min_drop` of them:
     /// written to a new file, synced, then renamed over the log, so a crash at any point
     /// leaves either the old log or the new one whole. Returns (records before, after).
-    pub fn compact(&mut self, min_drop: usize) -> Result<Option<(usize, usize)>, StoreError> {
+    ///
+    /// Only before the first append (the records read at open are the whole log). An
+    /// error before the rename leaves the log as it was ([`CompactError::NotDone`]);
+    /// after it, the store cannot go on ([`CompactError::Broken`]).
+    pub fn compact(&mut self, min_drop: usize) -> Result<Option<(usize, usize)>, CompactError> {
+        if self.count != self.records.len() as u64 {
+            return Ok(None);
+        }
         let live = aura_proto::record::compact(&self.records);
         let (before, after) = (self.records.len(), live.len());
         if before - after < min_drop.max(1) {
@@ -509,39 +558,44 @@ impl Store {
         }
         let tmp = self.dir.join("records.log.compact");
         let mut bytes = LOG_MAGIC.to_vec();
-        for r in &live {
-            bytes.extend_from_slice(&self.entry(r));
+        for (i, r) in live.iter().enumerate() {
+            bytes.extend_from_slice(&self.entry(r, i as u64));
         }
-        {
+        let written = (|| -> io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("creating records.log.compact"))?;
-            f.write_all(&bytes).map_err(io_err("writing records.log.compact"))?;
-            f.sync_all().map_err(io_err("syncing records.log.compact"))?;
-        }
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })();
         let path = self.dir.join("records.log");
-        fs::rename(&tmp, &path).map_err(io_err("replacing records.log"))?;
-        sync_dir(&self.dir).map_err(io_err("syncing data directory"))?;
-        let mut log = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening records.log"))?;
-        log.seek(SeekFrom::End(0)).map_err(io_err("seeking records.log"))?;
-        self.log = log;
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(CompactError::NotDone(e));
+        }
+        // From here the new log is in place: the store must reach it or stop.
+        let reopened = (|| -> io::Result<File> {
+            sync_dir(&self.dir)?;
+            let mut log = OpenOptions::new().read(true).write(true).open(&path)?;
+            log.seek(SeekFrom::End(0))?;
+            Ok(log)
+        })();
+        self.log = reopened.map_err(CompactError::Broken)?;
+        self.count = live.len() as u64;
         self.records = live;
         Ok(Some((before, after)))
     }
 
     /// Appends a record and waits until it is on disk.
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
-        let entry = self.entry(record);
+        let entry = self.entry(record, self.count);
         self.log.write_all(&entry)?;
-        self.log.sync_data()
+        self.log.sync_data()?;
+        self.count += 1;
+        Ok(())
     }
 
     /// The directory.
@@ -665,6 +719,21 @@ mod tests {
             ),
         }
         assert_eq!(fs::read(&log).unwrap(), bytes, "a refused log is left as it was");
+        // A damaged length that makes the first entry seem to run past the end is damage
+        // too, not a torn tail: whole entries follow it.
+        let mut bytes = clean.clone();
+        bytes[LOG_MAGIC.len()..LOG_MAGIC.len() + 4].copy_from_slice(&((clean.len() as u32) + 50).to_le_bytes());
+        fs::write(&log, &bytes).unwrap();
+        assert!(matches!(
+            Store::open(&d),
+            Err(StoreError::Damaged {
+                reason: "torn entry body",
+                ..
+            })
+        ));
+        let mut bytes = clean.clone();
+        bytes[LOG_MAGIC.len() + ENTRY_HEADER + 3] ^= 0x01;
+        fs::write(&log, &bytes).unwrap();
         // The operator's repair keeps what precedes the damage and a copy of everything.
         let s = Store::open_with(&d, None, true).unwrap();
         assert!(s.records.is_empty());
@@ -745,6 +814,17 @@ mod tests {
             Store::open_with(&d, Some(key), false),
             Err(StoreError::Tampered(8))
         ));
+        // Nor can a whole entry be dropped from the middle: records are bound to their
+        // positions.
+        let original = fs::read(&log).unwrap();
+        bytes = original.clone();
+        let first = ENTRY_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        bytes.drain(at..at + first);
+        fs::write(&log, &bytes).unwrap();
+        assert!(matches!(
+            Store::open_with(&d, Some(key), false),
+            Err(StoreError::Tampered(8))
+        ));
         let _ = fs::remove_dir_all(&d);
         let _ = fs::remove_dir_all(&plain);
     }
@@ -773,6 +853,8 @@ mod tests {
             assert_eq!(s.records, live);
             // Appends go on after the rewrite, and a reopen reads both.
             s.append(&sample(99)).unwrap();
+            // After an append the records read at open are not the whole log any more.
+            assert_eq!(s.compact(1).unwrap(), None);
             drop(s);
             let s = Store::open_with(&d, key, false).unwrap();
             assert_eq!(s.records, [live, vec![sample(99)]].concat());

@@ -3,10 +3,16 @@
 //! A 2-of-3 authority on loopback. Each round one device is asked to sign a statement,
 //! write a note or sync, and after a random delay one device (the one asked, or another)
 //! is killed with SIGKILL and started again. Whatever a command acknowledged must survive:
-//! after the last round every acknowledged fact is in the log of the device that
-//! acknowledged it (and, after anti-entropy, in every device's), every log reads back
-//! without repair, nonce reservations only ever grow, and no two group signatures share a
-//! nonce point.
+//! right after each kill the dead device's log holds every fact it acknowledged; after the
+//! last round every acknowledged fact is in every device's log, every log reads back
+//! without repair, nonce reservations only ever grow across restarts, and no two
+//! statement signatures share a nonce point.
+//!
+//! What this cannot see: a signer's own nonces travel encrypted, so reuse by one signer is
+//! not observable from outside; the core's tests check that no commitment leaves before
+//! its counter is durable, and each run draws a fresh seed besides. A SIGKILL cannot tear
+//! a `write` already in the page cache, so torn tails (cut on open) are tested in
+//! `store.rs` by truncating logs, not here.
 //!
 //! `AURA_CRASH_KILLS` (default 50) and `AURA_CRASH_SEED` change the run; the seed is
 //! printed so a failing schedule can be replayed.
