@@ -47,6 +47,12 @@ pub enum StoreError {
     /// `init` on an existing directory.
     #[error("{0} already holds a device (device.key exists); refusing to overwrite it")]
     AlreadyInitialized(String),
+    /// `init` where a log with records lost its device secret.
+    #[error(
+        "{0}/records.log holds records but device.key is missing: put back device.key from a backup \
+         (refusing to overwrite the log)"
+    )]
+    OrphanLog(String),
     /// Another process holds the lock.
     #[error("data directory {0} is in use by another aura-smol process")]
     Locked(String),
@@ -350,6 +356,21 @@ impl Store {
         }
         fs::create_dir_all(dir).map_err(io_err(format!("creating {d}")))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("restricting directory"))?;
+        // Without device.key no earlier init completed (it is written last), so nothing was
+        // ever recorded here: leftovers of an interrupted init go. A log with records in it
+        // is not such a leftover (its device.key was lost or moved): never overwrite it.
+        let log_len = fs::metadata(dir.join("records.log")).map_or(0, |m| m.len());
+        if log_len > LOG_MAGIC.len() as u64 {
+            return Err(StoreError::OrphanLog(d));
+        }
+        for leftover in ["config.json", "records.log"] {
+            match fs::remove_file(dir.join(leftover)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err(format!("removing {leftover} of an interrupted init"))(e))
+                }
+                _ => {}
+            }
+        }
         let secret = DeviceSecret::from_bytes(os_random());
         let mut config = NodeConfig {
             listen,
@@ -753,6 +774,20 @@ mod tests {
             Store::init(&d, LISTEN.parse().unwrap(), None),
             Err(StoreError::AlreadyInitialized(_))
         ));
+        // An init interrupted before device.key was written can be run again.
+        let again = tmp("init-again");
+        Store::init(&again, LISTEN.parse().unwrap(), None).unwrap();
+        fs::remove_file(again.join("device.key")).unwrap();
+        Store::init(&again, LISTEN.parse().unwrap(), None).unwrap();
+        Store::open(&again).unwrap().append(&sample(1)).unwrap();
+        // But a log with records whose key went missing is never overwritten.
+        fs::remove_file(again.join("device.key")).unwrap();
+        assert!(matches!(
+            Store::init(&again, LISTEN.parse().unwrap(), None),
+            Err(StoreError::OrphanLog(_))
+        ));
+        assert!(fs::metadata(again.join("records.log")).unwrap().len() > 8);
+        let _ = fs::remove_dir_all(&again);
         let mode = fs::metadata(d.join("device.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         fs::write(d.join("device.key"), "zz\n").unwrap();
