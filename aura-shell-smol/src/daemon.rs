@@ -21,7 +21,7 @@ use crate::control::{
 };
 use crate::host::{Effect, Host};
 use crate::store::{Store, StoreError};
-use aura_proto::journal::{FactBody, Namespace};
+use aura_proto::journal::{FactBody, Namespace, TreeOpKind};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -177,8 +177,9 @@ struct Waiters {
     syncs: Vec<SyncWait>,
     /// `note` requests, answered when the note is durable.
     notes: VecDeque<Reply>,
-    /// Tree changes asked for, answered when one applies (or fails).
-    changes: VecDeque<Reply>,
+    /// Tree changes asked for, answered when that change applies (another change, an
+    /// automatic one or another device's, answers nobody) or when one of ours fails.
+    changes: Vec<(TreeOpKind, Reply)>,
     /// Devices being added, answered when the device holds its share.
     adds: BTreeMap<DeviceId, Vec<Reply>>,
     /// Share refreshes asked for, answered when this device switched (or it failed).
@@ -577,7 +578,7 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
         Request::Propagation => send_now(json!({ "ok": true, "facts": WrittenInfo::all(&host.peer) })),
         Request::AuthorityThreshold { threshold } => {
             match host.input(Input::Command(Command::ChangeThreshold { threshold })) {
-                Ok(()) => w.changes.push_back(reply),
+                Ok(()) => w.changes.push((TreeOpKind::ChangeThreshold(threshold), reply)),
                 Err(e) => send_now(err(e)),
             }
         }
@@ -595,7 +596,7 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             match member {
                 None => send_now(err(format!("no single member of the authority matches {device:?}"))),
                 Some(id) => match host.input(Input::Command(Command::RemoveDevice { device: id })) {
-                    Ok(()) => w.changes.push_back(reply),
+                    Ok(()) => w.changes.push((TreeOpKind::RemoveDevice(id), reply)),
                     Err(e) => send_now(err(e)),
                 },
             }
@@ -747,9 +748,23 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
             }
         }
         Event::Delivered { fact, peer } => tracing::info!(fact = %fact.short(), peer = %peer.short(), "note delivered"),
-        Event::Committed { authority, epoch, .. } => {
+        Event::Committed {
+            authority,
+            epoch,
+            instance,
+        } => {
             tracing::info!(authority = %authority.short(), epoch, "change agreed and applied");
-            if let Some(r) = w.changes.pop_front() {
+            let op = peer
+                .journal()
+                .facts(&Namespace::Authority(*authority))
+                .find_map(|f| match &f.body {
+                    FactBody::Commit(c) if c.id == *instance => {
+                        aura_proto::wire::strict_decode::<TreeOpKind>(&c.op, &mut Vec::new()).ok()
+                    }
+                    _ => None,
+                });
+            let k = op.and_then(|op| w.changes.iter().position(|(kind, _)| *kind == op));
+            if let Some((_, r)) = k.map(|k| w.changes.remove(k)) {
                 let v = peer.authority();
                 let _ = r.try_send(json!({ "ok": true, "authority": authority.to_hex(), "epoch": epoch, "threshold": v.map(|v| v.threshold), "members": v.map(|v| v.members.len()) }));
             }
@@ -759,7 +774,7 @@ fn on_event(ev: Event, peer: &aura_proto::Peer, w: &mut Waiters) {
         }
         Event::ConsensusFailed { reason, .. } => {
             tracing::warn!(%reason, "consensus failed");
-            if let Some(r) = w.changes.pop_front() {
+            if let Some((_, r)) = (!w.changes.is_empty()).then(|| w.changes.remove(0)) {
                 let _ = r.try_send(err(format!("the change was not agreed: {reason}")));
             } else if let Some(d) = w.adds.keys().next().copied() {
                 for r in w.adds.remove(&d).unwrap_or_default() {
