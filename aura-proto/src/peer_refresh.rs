@@ -493,6 +493,23 @@ impl Peer {
         }
     }
 
+    /// The shares in use and the refreshed ones still pending (for record compaction).
+    pub fn live_keys(&self) -> crate::record::LiveKeys {
+        crate::record::LiveKeys {
+            shares: self
+                .shares
+                .iter()
+                .filter_map(|(gk, s)| Some((*gk, (s.key.serialize().ok()?, s.public.serialize().ok()?))))
+                .collect(),
+            pending: self
+                .refresh
+                .pending
+                .values()
+                .filter_map(|(_, s, _)| s.key.serialize().ok())
+                .collect(),
+        }
+    }
+
     /// Keeps a refreshed share until a change names it (the oldest goes when full).
     fn keep_pending(&mut self, list: ShareList, group_key: [u8; 32], share: Share) {
         if self.refresh.pending.len() >= MAX_PENDING && !self.refresh.pending.contains_key(&list) {
@@ -584,6 +601,18 @@ impl Peer {
             .pending
             .retain(|l, _| l.iter().map(|(i, _)| *i).collect::<Vec<_>>() == ids);
         let Some((gk, mut share, _)) = self.refresh.pending.remove(&current) else {
+            // No switch, but the public package follows the agreed verifying shares when
+            // ours is among them (members removed drop out of it). A log compacted after
+            // a refresh carries the refreshed share from the start; with this, replaying
+            // it ends with the same package as replaying the whole log.
+            if let Some(s) = self.shares.get_mut(&view.group_key) {
+                let mine = s.key.verifying_share().serialize().ok();
+                if view.verifying_shares.get(&my.identifier).map(|b| b.to_vec()) == mine {
+                    if let Some(p) = super::enroll_impl::public_package(view) {
+                        s.public = p;
+                    }
+                }
+            }
             return;
         };
         let mine: Option<Vec<u8>> = share.key.verifying_share().serialize().ok();

@@ -174,6 +174,14 @@ impl Record {
         wire::encode_into(self, vec![RECORD_VERSION])
     }
 
+    /// The secret share a `Share` or `Refreshed` record holds (a serialized `KeyPackage`).
+    pub fn key_package(&self) -> Option<&[u8]> {
+        match self {
+            Record::Share { key_package, .. } | Record::Refreshed { key_package, .. } => Some(key_package),
+            _ => None,
+        }
+    }
+
     /// Strict inverse of [`Record::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         match bytes.split_first() {
@@ -196,6 +204,25 @@ impl Record {
 /// Of equal maxima the last is kept. Whatever is not provably redundant stays, so
 /// restoring from the result rebuilds the same peer (tests/compact.rs checks this).
 pub fn compact(records: &[Record]) -> Vec<Record> {
+    compact_with(records, None)
+}
+
+/// What a peer restored from the records knows that the records alone do not say: the
+/// share it holds for each group key now, and the refreshed shares still waiting for a
+/// `Refresh` change ([`crate::Peer::live_keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveKeys {
+    /// Group key → (serialized `KeyPackage`, serialized `PublicKeyPackage`) in use.
+    pub shares: std::collections::BTreeMap<[u8; 32], (Vec<u8>, Vec<u8>)>,
+    /// Serialized `KeyPackage`s of refreshed shares not switched to yet.
+    pub pending: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// [`compact`], and with `live` (from a peer restored from these same records) the
+/// shares a refresh replaced go too: every `Share` record of a group key carries the share
+/// in use instead, and `Refreshed` records no longer pending are dropped. So a stolen old
+/// log holds only shares that fit the current polynomial, like the device itself.
+pub fn compact_with(records: &[Record], live: Option<&LiveKeys>) -> Vec<Record> {
     use std::collections::{BTreeMap, BTreeSet};
 
     use crate::journal::{Journal, Namespace};
@@ -260,10 +287,34 @@ pub fn compact(records: &[Record]) -> Vec<Record> {
             }
             Record::Voted { vote, .. } => !dead.contains(&vote.prestate),
             Record::Promised { prestate, .. } => !dead.contains(prestate),
+            Record::Refreshed { key_package, .. } => live.is_none_or(|l| l.pending.contains(key_package)),
             _ => true,
         };
-        if keep {
-            out.push(r.clone());
+        if !keep {
+            continue;
+        }
+        match (r, live) {
+            (
+                Record::Share {
+                    group_key,
+                    key_package,
+                    public_key_package,
+                    origin,
+                },
+                Some(l),
+            ) => {
+                let (k, p) = l
+                    .shares
+                    .get(group_key)
+                    .map_or((key_package, public_key_package), |(k, p)| (k, p));
+                out.push(Record::Share {
+                    group_key: *group_key,
+                    key_package: k.clone(),
+                    public_key_package: p.clone(),
+                    origin: origin.clone(),
+                });
+            }
+            _ => out.push(r.clone()),
         }
     }
     out

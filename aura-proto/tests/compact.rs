@@ -7,33 +7,6 @@ use aura_proto::record::compact;
 use aura_proto::*;
 use common::*;
 
-/// Restores device `i` from `records` with a fixed seed and returns everything it does:
-/// its outputs at once, and after its timers fire a minute later.
-fn replay(net: &Net, i: usize, records: Vec<Record>) -> (Peer, Vec<Output>) {
-    let d = Durable {
-        secret: net.nodes[i].secret.clone(),
-        records,
-    };
-    let t = net.now_ns;
-    let mut p = Peer::restore(Config::default(), d, [77; 32], now(t));
-    let mut out = Vec::new();
-    let drain = |p: &mut Peer, out: &mut Vec<Output>, at: u64| {
-        while let Some(o) = p.poll_output() {
-            if let Output::Persist { ticket, .. } = &o {
-                p.handle_input(now(at), Input::PersistDone(*ticket)).unwrap();
-            }
-            out.push(o);
-        }
-    };
-    drain(&mut p, &mut out, t);
-    for k in 1..=6 {
-        let at = t + k * 10_000_000_000;
-        p.handle_input(now(at), Input::Timeout).unwrap();
-        drain(&mut p, &mut out, at);
-    }
-    (p, out)
-}
-
 #[test]
 fn a_compacted_log_restores_the_same_peer() {
     let mut net = authority_net(None);

@@ -53,15 +53,6 @@ impl Host {
                 store.recovery.cut_at
             );
         }
-        // Compacting costs a rewrite of the log: only when it drops a good share.
-        let worth = (store.records.len() / 4).max(COMPACT_AT_LEAST);
-        match store.compact(worth) {
-            Ok(Some((before, after))) => tracing::info!("records.log compacted: {before} -> {after} records"),
-            Ok(None) => {}
-            // Compaction is an economy: a log that could not be rewritten still serves.
-            Err(e @ crate::store::CompactError::NotDone(_)) => tracing::warn!("{e}"),
-            Err(e) => return Err(e.into()),
-        }
         let origin = std::time::Instant::now();
         let durable = Durable {
             secret: store.secret.clone(),
@@ -69,6 +60,17 @@ impl Host {
         };
         let now = Self::now_from(origin);
         let peer = Peer::restore(cfg, durable, os_random(), now);
+        // Compacting costs a rewrite of the log: only when it drops a good share of it,
+        // or when a share a refresh replaced is still on disk. The peer restored from the
+        // whole log is the one a restore from the compacted log would give.
+        let worth = (store.records.len() / 4).max(COMPACT_AT_LEAST);
+        match store.compact(worth, Some(&peer.live_keys())) {
+            Ok(Some((before, after))) => tracing::info!("records.log compacted: {before} -> {after} records"),
+            Ok(None) => {}
+            // Compaction is an economy: a log that could not be rewritten still serves.
+            Err(e @ crate::store::CompactError::NotDone(_)) => tracing::warn!("{e}"),
+            Err(e) => return Err(e.into()),
+        }
         tracing::debug!(records = store.records.len(), device = %peer.id().short(), "restored");
         let ledger = crate::audit::Ledger::open(dir).map_err(|source| StoreError::Io {
             context: format!("opening {}", dir.join(crate::audit::FILE).display()),

@@ -118,8 +118,9 @@ enum Cmd {
     Sign {
         /// The statement to sign.
         text: String,
-        /// Seconds to wait for enough devices.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds to wait for enough devices (the peer itself gives up after 60 s and
+        /// says why; the default waits for that answer).
+        #[arg(long, default_value_t = 75)]
         timeout_s: u64,
         /// Machine-readable output.
         #[arg(long)]
@@ -882,7 +883,13 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             let mut store = Store::open(dir)?;
             let size = |d: &Path| std::fs::metadata(d.join("records.log")).map_or(0, |m| m.len());
             let bytes = size(dir);
-            match store.compact(1).map_err(StoreError::from)? {
+            let durable = aura_proto::Durable {
+                secret: store.secret.clone(),
+                records: store.records.clone(),
+            };
+            let now = aura_proto::Now::from_parts(0, 0);
+            let keys = aura_proto::Peer::restore(Config::default(), durable, [0; 32], now).live_keys();
+            match store.compact(1, Some(&keys)).map_err(StoreError::from)? {
                 Some((before, after)) => println!(
                     "compacted records.log: {before} -> {after} records, {bytes} -> {} bytes",
                     size(dir)

@@ -568,13 +568,24 @@ impl Store {
     /// Only before the first append (the records read at open are the whole log). An
     /// error before the rename leaves the log as it was ([`CompactError::NotDone`]);
     /// after it, the store cannot go on ([`CompactError::Broken`]).
-    pub fn compact(&mut self, min_drop: usize) -> Result<Option<(usize, usize)>, CompactError> {
+    ///
+    /// With `keys` (from a peer restored from these records), shares a refresh replaced
+    /// are rewritten to the one in use whatever `min_drop` says: an old share left on disk
+    /// would undo what the refresh was for.
+    pub fn compact(
+        &mut self,
+        min_drop: usize,
+        keys: Option<&aura_proto::record::LiveKeys>,
+    ) -> Result<Option<(usize, usize)>, CompactError> {
         if self.count != self.records.len() as u64 {
             return Ok(None);
         }
-        let live = aura_proto::record::compact(&self.records);
+        let live = aura_proto::record::compact_with(&self.records, keys);
         let (before, after) = (self.records.len(), live.len());
-        if before - after < min_drop.max(1) {
+        let shares =
+            |rs: &[Record]| -> Vec<Vec<u8>> { rs.iter().filter_map(|r| r.key_package().map(<[u8]>::to_vec)).collect() };
+        let old_shares_go = shares(&live) != shares(&self.records);
+        if before - after < min_drop.max(1) && !old_shares_go {
             return Ok(None);
         }
         let tmp = self.dir.join("records.log.compact");
@@ -882,14 +893,18 @@ mod tests {
             drop(s);
             let mut s = Store::open_with(&d, key, false).unwrap();
             let size = fs::metadata(d.join("records.log")).unwrap().len();
-            assert_eq!(s.compact(1000).unwrap(), None, "below the threshold nothing changes");
-            assert_eq!(s.compact(1).unwrap(), Some((40, 11)));
+            assert_eq!(
+                s.compact(1000, None).unwrap(),
+                None,
+                "below the threshold nothing changes"
+            );
+            assert_eq!(s.compact(1, None).unwrap(), Some((40, 11)));
             let live = aura_proto::record::compact(&all);
             assert_eq!(s.records, live);
             // Appends go on after the rewrite, and a reopen reads both.
             s.append(&sample(99)).unwrap();
             // After an append the records read at open are not the whole log any more.
-            assert_eq!(s.compact(1).unwrap(), None);
+            assert_eq!(s.compact(1, None).unwrap(), None);
             drop(s);
             let s = Store::open_with(&d, key, false).unwrap();
             assert_eq!(s.records, [live, vec![sample(99)]].concat());

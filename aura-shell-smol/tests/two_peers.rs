@@ -297,6 +297,28 @@ fn three_processes_form_a_2_of_3_authority_sign_with_one_down_and_catch_up() {
     for d in daemons.iter_mut().filter_map(Option::take) {
         d.stop();
     }
+    // The refresh left A's old share in its log; compaction replaces it with the one in
+    // use, and A still signs (threshold 3 now) after restarting from the compacted log.
+    let shares = |d: &Path| -> std::collections::BTreeSet<Vec<u8>> {
+        let store = aura_shell_smol::store::Store::open(d).unwrap();
+        store
+            .records
+            .iter()
+            .filter_map(|r| r.key_package().map(<[u8]>::to_vec))
+            .collect()
+    };
+    assert!(shares(&dirs[0]).len() >= 2, "no refreshed share recorded");
+    let out = ok(&dirs[0], &["compact"]);
+    assert!(out.contains("compacted"), "{out}");
+    assert_eq!(shares(&dirs[0]).len(), 1, "an old share is still on disk");
+    let restarted: Vec<Daemon> = dirs[..3].iter().map(|d| Daemon::start(d)).collect();
+    let out = ok(&dirs[0], &["sign", "after compaction", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sig = frost_ristretto255::Signature::deserialize(&unhex(v["signature"].as_str().unwrap())).unwrap();
+    assert!(vk.verify(&unhex(v["message"].as_str().unwrap()), &sig).is_ok());
+    for d in restarted {
+        d.stop();
+    }
     for d in &dirs {
         let _ = std::fs::remove_dir_all(d);
     }
