@@ -269,6 +269,8 @@ async fn event_loop(
     let mut waiters = Waiters::default();
     let mut echoes = Vec::new();
     let mut datagram_run = 0u32;
+    let mut timer = smol::Timer::never();
+    let mut armed: Option<std::time::Instant> = None;
     // Paired devices may still hold a channel to this device's previous run (after a
     // crash they do not know it is gone): a fresh handshake replaces it at once, where
     // otherwise their sends would vanish until their idle timeout.
@@ -278,8 +280,13 @@ async fn event_loop(
     }
     loop {
         host.drain(&mut effects).map_err(DaemonError::Persist)?;
+        let mut refreshed = false;
         for e in effects.drain(..) {
             match e {
+                Effect::Event(ev @ Event::SharesRefreshed { .. }) => {
+                    refreshed = true;
+                    on_event(ev, &host.peer, &mut waiters);
+                }
                 Effect::Event(Event::Received { peer, data }) => {
                     tracing::debug!(peer = %peer.short(), len = data.len(), "received");
                     match waiters.bench.as_mut() {
@@ -298,6 +305,10 @@ async fn event_loop(
                 },
                 Effect::Event(ev) => on_event(ev, &host.peer, &mut waiters),
             }
+        }
+        if refreshed {
+            // The shares this device held until now must not stay on its disk.
+            host.compact_now()?;
         }
         // Sends fed in here have outputs to drain before waiting.
         let mut fed = !echoes.is_empty();
@@ -322,13 +333,17 @@ async fn event_loop(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timer = async {
+        // One timer for the whole run, moved only when the deadline moves: a timer made
+        // afresh each turn is registered with the reactor and removed again every time.
+        if deadline != armed {
             match deadline {
-                Some(at) => {
-                    smol::Timer::at(at).await;
-                }
-                None => smol::future::pending::<()>().await,
+                Some(at) => timer.set_at(at),
+                None => timer = smol::Timer::never(),
             }
+            armed = deadline;
+        }
+        let timer = async {
+            (&mut timer).await;
             Wake::Timer
         };
         let recv = async { Wake::Datagram(sock.recv_from(&mut buf).await) };
@@ -354,6 +369,8 @@ async fn event_loop(
             }
             Wake::Datagram(Err(e)) => tracing::debug!(error = %e, "recv failed"),
             Wake::Timer => {
+                // A fired timer stays silent until set again.
+                armed = None;
                 let _ = host.input(Input::Timeout);
             }
             Wake::Control(None) => {}

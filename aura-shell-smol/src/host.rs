@@ -91,6 +91,26 @@ impl Host {
         Now::from_parts(origin.elapsed().as_nanos() as u64, unix_ms)
     }
 
+    /// Compacts the log now, as a restart would (after a share refresh: the replaced
+    /// share goes from the disk). A failure that leaves the old log in place is logged;
+    /// one after the new log replaced it is returned (the store cannot append any more).
+    pub fn compact_now(&mut self) -> Result<(), StoreError> {
+        let keys = self.peer.live_keys();
+        let done = self.store.reread().and_then(|()| {
+            let worth = (self.store.records.len() / 4).max(COMPACT_AT_LEAST);
+            self.store.compact(worth, Some(&keys)).map_err(StoreError::from)
+        });
+        // The records stay on disk; memory need not hold them.
+        self.store.records = Vec::new();
+        match done {
+            Ok(Some((before, after))) => tracing::info!("records.log compacted: {before} -> {after} records"),
+            Ok(None) => {}
+            Err(e @ StoreError::Compact(crate::store::CompactError::Broken(_))) => return Err(e),
+            Err(e) => tracing::warn!("records.log not compacted: {e}"),
+        }
+        Ok(())
+    }
+
     /// The current time as the core sees it.
     pub fn now(&self) -> Now {
         Self::now_from(self.origin)

@@ -341,6 +341,26 @@ fn entry_at(bytes: &[u8]) -> bool {
         && checksum(&bytes[ENTRY_HEADER..ENTRY_HEADER + len]) == bytes[4..ENTRY_HEADER]
 }
 
+/// The records in `payloads` (opened with `sealer` when the log is encrypted).
+fn decode_entries(payloads: &[&[u8]], sealer: Option<&Sealer>) -> Result<Vec<Record>, StoreError> {
+    let mut records = Vec::with_capacity(payloads.len());
+    let mut offset = LOG_MAGIC.len() as u64;
+    for p in payloads {
+        let aad = record_aad(records.len() as u64);
+        let plain = match sealer {
+            Some(s) => Sealer::open(&s.records, &aad, p).ok_or(StoreError::Tampered(offset))?,
+            None => p.to_vec(),
+        };
+        let r = Record::decode(&plain).map_err(|e| StoreError::UnreadableRecord {
+            offset,
+            detail: format!("{e:?}"),
+        })?;
+        records.push(r);
+        offset += (ENTRY_HEADER + p.len()) as u64;
+    }
+    Ok(records)
+}
+
 /// The associated data a sealed record is bound to: its position in the log, so entries
 /// cannot be dropped from the middle or reordered without the next open noticing.
 fn record_aad(index: u64) -> Vec<u8> {
@@ -498,21 +518,7 @@ impl Store {
                 });
             }
         }
-        let mut records = Vec::with_capacity(payloads.len());
-        let mut offset = LOG_MAGIC.len() as u64;
-        for p in payloads {
-            let aad = record_aad(records.len() as u64);
-            let plain = match &sealer {
-                Some(s) => Sealer::open(&s.records, &aad, p).ok_or(StoreError::Tampered(offset))?,
-                None => p.to_vec(),
-            };
-            let r = Record::decode(&plain).map_err(|e| StoreError::UnreadableRecord {
-                offset,
-                detail: format!("{e:?}"),
-            })?;
-            records.push(r);
-            offset += (ENTRY_HEADER + p.len()) as u64;
-        }
+        let records = decode_entries(&payloads, sealer.as_ref())?;
         let mut recovery = Recovery::default();
         if let Some((at, reason)) = cut {
             let at = (LOG_MAGIC.len() + at) as u64;
@@ -619,6 +625,34 @@ impl Store {
         self.count = live.len() as u64;
         self.records = live;
         Ok(Some((before, after)))
+    }
+
+    /// Reads the whole log again, records appended since the open included, so that
+    /// [`Store::compact`] can run on a store in use. Only this process writes the log
+    /// (the directory is locked), so what it reads is what it wrote.
+    pub fn reread(&mut self) -> Result<(), StoreError> {
+        let mut all = Vec::new();
+        self.log
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err("seeking records.log"))?;
+        let read = self.log.read_to_end(&mut all).map_err(io_err("reading records.log"));
+        self.log.seek(SeekFrom::End(0)).map_err(io_err("seeking records.log"))?;
+        read?;
+        if all.len() < LOG_MAGIC.len() || &all[..LOG_MAGIC.len()] != LOG_MAGIC {
+            return Err(StoreError::BadLogHeader);
+        }
+        let body = &all[LOG_MAGIC.len()..];
+        let (payloads, cut) = scan_entries(body);
+        if let Some((at, reason)) = cut {
+            return Err(StoreError::Damaged {
+                offset: (LOG_MAGIC.len() + at) as u64,
+                reason,
+                after: (body.len() - at) as u64,
+            });
+        }
+        self.records = decode_entries(&payloads, self.sealer.as_ref())?;
+        self.count = self.records.len() as u64;
+        Ok(())
     }
 
     /// Appends a record and waits until it is on disk.
@@ -903,11 +937,18 @@ mod tests {
             assert_eq!(s.records, live);
             // Appends go on after the rewrite, and a reopen reads both.
             s.append(&sample(99)).unwrap();
-            // After an append the records read at open are not the whole log any more.
+            // After an append the records read at open are not the whole log any more,
+            // until it is read again.
             assert_eq!(s.compact(1, None).unwrap(), None);
+            s.append(&Record::NonceCounter(1)).unwrap();
+            s.reread().unwrap();
+            assert_eq!(s.records.len(), live.len() + 2);
+            assert_eq!(s.compact(1, None).unwrap(), Some((live.len() + 2, live.len() + 1)));
+            let live = s.records.clone();
             drop(s);
             let s = Store::open_with(&d, key, false).unwrap();
-            assert_eq!(s.records, [live, vec![sample(99)]].concat());
+            assert_eq!(s.records, live);
+            assert!(s.records.contains(&sample(99)) && s.records.contains(&Record::NonceCounter(390)));
             assert_eq!(s.recovery, Recovery::default());
             assert!(fs::metadata(d.join("records.log")).unwrap().len() < size);
             assert!(!d.join("records.log.compact").exists());
