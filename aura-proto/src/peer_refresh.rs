@@ -81,6 +81,9 @@ pub(crate) struct RefreshState {
     /// many rounds of attempts failed in a row.
     auto_at: Instant,
     auto_failures: u32,
+    /// The verifying shares the public package was last made to follow (so that it is
+    /// rebuilt only when they change, not on every change of the authority).
+    followed: Option<BTreeMap<u16, [u8; 32]>>,
 }
 
 struct Lead {
@@ -605,11 +608,15 @@ impl Peer {
             // ours is among them (members removed drop out of it). A log compacted after
             // a refresh carries the refreshed share from the start; with this, replaying
             // it ends with the same package as replaying the whole log.
+            if self.refresh.followed.as_ref() == Some(&view.verifying_shares) {
+                return;
+            }
             if let Some(s) = self.shares.get_mut(&view.group_key) {
                 let mine = s.key.verifying_share().serialize().ok();
                 if view.verifying_shares.get(&my.identifier).map(|b| b.to_vec()) == mine {
                     if let Some(p) = super::enroll_impl::public_package(view) {
                         s.public = p;
+                        self.refresh.followed = Some(view.verifying_shares.clone());
                     }
                 }
             }
