@@ -310,14 +310,21 @@ fn competing_proposals_from_one_state_end_in_exactly_one_commit() {
     assert_eq!(net.cmd(proposer, Command::ChangeThreshold { threshold: 2 }), Ok(()));
 }
 
-#[test]
-fn with_one_device_down_a_change_commits_at_a_fallback_ballot() {
+/// A 2-of-3 authority agrees on threshold 3 with device 2 cut off (a fallback ballot);
+/// returns the network, still cut, and the view before the change.
+fn change_with_device_2_down() -> (Net, authority::AuthorityView) {
     let mut net = authority_net(None);
     let before = net.nodes[0].peer.authority().unwrap().clone();
     net.cut.insert(2);
     net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
     net.run();
     net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    (net, before)
+}
+
+#[test]
+fn with_one_device_down_a_change_commits_at_a_fallback_ballot() {
+    let (mut net, before) = change_with_device_2_down();
     for i in 0..2 {
         let v = net.nodes[i].peer.authority().unwrap();
         assert_eq!((v.threshold, v.epoch), (3, before.epoch + 1), "device {i}");
@@ -336,12 +343,7 @@ fn a_commit_whose_votes_do_not_verify_is_not_applied() {
     // The group signs a commit's header, not its votes: every device that applies a
     // commit checks the votes itself (only the gatherer, which checked each as it came,
     // is spared that).
-    let mut net = authority_net(None);
-    let before = net.nodes[0].peer.authority().unwrap().clone();
-    net.cut.insert(2);
-    net.cmd(0, Command::ChangeThreshold { threshold: 3 }).unwrap();
-    net.run();
-    net.advance_to_ms(net.now_ns / 1_000_000 + 10_000);
+    let (mut net, before) = change_with_device_2_down();
     assert_eq!(net.nodes[0].peer.authority().unwrap().epoch, before.epoch + 1);
     let ns = journal::Namespace::Authority(before.id);
     let real = net.nodes[0]
