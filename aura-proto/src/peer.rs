@@ -1499,6 +1499,55 @@ impl Peer {
         })
     }
 
+    /// Handshakes this device is retrying towards `peer` (any peer: `None`) go again now:
+    /// a user asking for something now should not wait out a backoff that grew while the
+    /// peer was away. Tries stay counted (a handshake on its last try gets that try), so
+    /// it still gives up in bounded time.
+    pub(super) fn hurry_handshakes(&mut self, peer: Option<DeviceId>) {
+        let now = self.now.mono;
+        let last = self.cfg.handshake_tries.saturating_sub(1);
+        let mut hurried = Vec::new();
+        for (idx, c) in self.channels.iter_mut() {
+            let towards = c.peer.is_some_and(|p| peer.is_none_or(|q| q == p));
+            if towards && c.retx_at.is_some() && matches!(c.phase, Phase::InitSent { .. }) {
+                c.retx_at = Some(now);
+                c.tries = c.tries.min(last);
+                hurried.push(*idx);
+            }
+        }
+        for idx in hurried {
+            self.channel_timeout(idx, now);
+        }
+    }
+
+    /// Two devices opening to each other at once: the one that keeps its own attempt drops
+    /// the other's first message. That message shows the peer can be reached now, so our
+    /// own first message goes again now, not when a backoff that grew while the peer was
+    /// away runs out (which left both sides waiting up to half a minute). At most once per
+    /// `handshake_retry`, and without spending a try: a replayed message gets no more than
+    /// that out of us.
+    fn resend_crossed_init(&mut self, scope: ContextId, peer: DeviceId) {
+        let now = self.now.mono;
+        let every = self.cfg.handshake_retry;
+        let mine = self.channels.values_mut().find(|c| {
+            c.scope == scope
+                && c.purpose != Purpose::ContextJoin
+                && c.peer == Some(peer)
+                && matches!(c.phase, Phase::InitSent { .. })
+        });
+        let Some(c) = mine else { return };
+        if c.last_sent.saturating_add(every) > now {
+            return;
+        }
+        c.last_sent = now;
+        let Phase::InitSent { datagram, .. } = &c.phase else {
+            return;
+        };
+        let (to, d) = (c.addr.clone(), datagram.clone());
+        self.metrics.handshake_retransmits += 1;
+        self.transmit_handshake(&to, d, scope, Some(peer));
+    }
+
     fn send_or_queue(&mut self, peer: DeviceId, q: Queued) -> Result<(), CommandError> {
         if !self.peers.contains_key(&peer) {
             return Err(CommandError::UnknownPeer(peer));
@@ -1856,6 +1905,7 @@ impl Peer {
                 // the other is behind: ours cannot succeed until it catches up.
                 if self.keys.id < id && self.initiating_to(ctx, &id) && self.context_current(ctx, epoch) {
                     self.metrics.drop(DropReason::UnexpectedFrame);
+                    self.resend_crossed_init(ctx, id);
                     return;
                 }
                 (id, psk, ctx, epoch)
@@ -1873,6 +1923,7 @@ impl Peer {
                 // Simultaneous open: the device with the smaller id keeps its own attempt.
                 if self.keys.id < id && self.initiating_to(ContextId::OWN, &id) {
                     self.metrics.drop(DropReason::UnexpectedFrame);
+                    self.resend_crossed_init(ContextId::OWN, id);
                     return;
                 }
                 (id, p.link_psk, ContextId::OWN, 0)

@@ -267,12 +267,34 @@ impl Peer {
         if self.my_authority().is_none() && self.contexts.values().all(|s| !s.ready) {
             return Err(CommandError::NotInAuthority);
         }
-        match peer {
+        let shared = match peer {
             Some(p) => {
                 let shared = self.shared_namespaces(&p);
                 if shared.is_empty() || p == self.keys.id {
                     return Err(CommandError::UnknownPeer(p));
                 }
+                shared
+            }
+            None => Vec::new(),
+        };
+        // Sessions already open (say, one begun while the device was away and now waiting
+        // out a backoff) go again now, with fresh tries, and so do handshakes waiting out
+        // theirs: the user asked for a sync now, and a new session would only wait behind
+        // the old one.
+        self.hurry_handshakes(peer);
+        let open: Vec<u64> = self
+            .sync
+            .sessions
+            .iter()
+            .filter(|(_, s)| peer.is_none_or(|p| s.peer == p))
+            .map(|(k, _)| *k)
+            .collect();
+        for session in open {
+            self.sync.sessions.get_mut(&session).expect("listed").tries = 0;
+            self.sync_session_due(session);
+        }
+        match peer {
+            Some(p) => {
                 self.sync.backoff.remove(&p);
                 for ns in shared {
                     self.sync_with(p, ns);
@@ -837,9 +859,63 @@ impl Peer {
         let periodic = if self.my_namespaces().is_empty() {
             None
         } else {
-            self.sync.next_periodic
+            // Not scheduled yet: a timeout now schedules it. Its time must not depend on
+            // when some other timer happens to fire (or on a host waking the peer early).
+            Some(self.sync.next_periodic.unwrap_or(self.now.mono))
         };
         [next, periodic].into_iter().flatten().min()
+    }
+
+    /// A session whose retry time came: wait for its handshake, give up, or send its
+    /// query (or fetch) again.
+    fn sync_session_due(&mut self, session: u64) {
+        let now = self.now.mono;
+        let (tries, peer, ns) = {
+            let s = &self.sync.sessions[&session];
+            (s.tries, s.peer, s.ns)
+        };
+        // The query is still queued behind a handshake that has not given up yet:
+        // waiting for it is not a lost try (the channel layer times the handshake out,
+        // and the next try then starts a fresh one).
+        let waiting = self
+            .scope_for(&peer, Some(&ns))
+            .is_some_and(|scope| !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer));
+        if waiting {
+            let backoff = self.sync_backoff(tries);
+            let s = self.sync.sessions.get_mut(&session).expect("listed");
+            s.retry_at = now.saturating_add(backoff);
+            return;
+        }
+        if tries >= SYNC_TRIES {
+            let phase = if self.sync.sessions[&session].reconciled {
+                SyncPhase::Fetch
+            } else {
+                SyncPhase::Reconcile
+            };
+            self.sync_failed(session, phase);
+            return;
+        }
+        let backoff = self.sync_backoff(tries);
+        let s = self.sync.sessions.get_mut(&session).expect("listed");
+        s.tries += 1;
+        s.retry_at = now.saturating_add(backoff);
+        let (peer, round, ns, query) = (s.peer, s.round, s.ns, s.query.clone());
+        self.metrics.sync_retries += 1;
+        if s.reconciled {
+            let ids: Vec<FactId> = s.awaiting.iter().copied().collect();
+            self.fetch(peer, ns, &ids);
+            return;
+        }
+        self.send_via(
+            peer,
+            Some(&ns),
+            AuthMsg::SyncQuery {
+                session,
+                round,
+                namespace: ns,
+                msg: query,
+            },
+        );
     }
 
     /// Resends overdue queries, fails sessions out of tries, and starts periodic syncs.
@@ -853,52 +929,7 @@ impl Peer {
             .map(|(k, _)| *k)
             .collect();
         for session in due {
-            let (tries, peer, ns) = {
-                let s = &self.sync.sessions[&session];
-                (s.tries, s.peer, s.ns)
-            };
-            // The query is still queued behind a handshake that has not given up yet:
-            // waiting for it is not a lost try (the channel layer times the handshake out,
-            // and the next try then starts a fresh one).
-            let waiting = self
-                .scope_for(&peer, Some(&ns))
-                .is_some_and(|scope| !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer));
-            if waiting {
-                let backoff = self.sync_backoff(tries);
-                let s = self.sync.sessions.get_mut(&session).expect("listed");
-                s.retry_at = now.saturating_add(backoff);
-                continue;
-            }
-            if tries >= SYNC_TRIES {
-                let phase = if self.sync.sessions[&session].reconciled {
-                    SyncPhase::Fetch
-                } else {
-                    SyncPhase::Reconcile
-                };
-                self.sync_failed(session, phase);
-                continue;
-            }
-            let backoff = self.sync_backoff(tries);
-            let s = self.sync.sessions.get_mut(&session).expect("listed");
-            s.tries += 1;
-            s.retry_at = now.saturating_add(backoff);
-            let (peer, round, ns, query) = (s.peer, s.round, s.ns, s.query.clone());
-            self.metrics.sync_retries += 1;
-            if s.reconciled {
-                let ids: Vec<FactId> = s.awaiting.iter().copied().collect();
-                self.fetch(peer, ns, &ids);
-                continue;
-            }
-            self.send_via(
-                peer,
-                Some(&ns),
-                AuthMsg::SyncQuery {
-                    session,
-                    round,
-                    namespace: ns,
-                    msg: query,
-                },
-            );
+            self.sync_session_due(session);
         }
         if self.my_namespaces().is_empty() {
             return;

@@ -763,3 +763,32 @@ fn a_joiner_whose_confirms_all_vanish_reports_failure_and_can_retry() {
     net.advance_to_ms(130_000);
     assert!(net.nodes[1].events.iter().any(|e| matches!(e, Event::Paired { .. })));
 }
+
+/// A host may wake its peer before any deadline: aura-smol leaves its timer armed at an
+/// earlier deadline rather than move it later on every datagram. Such a `Timeout` must
+/// change nothing: the same run with one before every input sends the same bytes and
+/// reports the same events (pairing, lossy handshakes, authority creation, signing with
+/// a device cut off, and the timers that follow).
+#[test]
+fn a_timeout_before_any_deadline_changes_nothing() {
+    let run = |early: bool| {
+        let mut net = default_net(3);
+        net.early_timeouts = early;
+        net.pair(0, 1);
+        net.pair(0, 2);
+        ask_for_authority(&mut net);
+        net.run_lossy(4);
+        net.advance_to_ms(net.now_ns / 1_000_000 + 30_000);
+        let a = sign_with(&mut net, 0, &[], b"all online");
+        let b = sign_with(&mut net, 1, &[0], b"device 0 cut off");
+        assert!(a.is_some() && b.is_some(), "both statements are signed");
+        net.advance_to_ms(net.now_ns / 1_000_000 + 120_000);
+        let events: Vec<String> = net.nodes.iter().map(|n| format!("{:?}", n.events)).collect();
+        (net.sent, events)
+    };
+    let (plain, early) = (run(false), run(true));
+    assert!(plain.0.len() > 50, "the scenario sends: {}", plain.0.len());
+    assert_eq!(plain.0.len(), early.0.len(), "datagrams sent");
+    assert!(plain.0 == early.0, "the same datagrams");
+    assert_eq!(plain.1, early.1);
+}

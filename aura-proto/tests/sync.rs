@@ -392,6 +392,10 @@ fn a_device_flooding_queries_gets_a_bounded_number_of_answers() {
     let ns = authority_ns(&net);
     let items = sync::items(net.nodes[1].peer.journal(), &ns);
     let query = sync::initiate(&items, 16 * 1024).unwrap();
+    // A second in which device 1's own periodic queries do not reach device 0 (they
+    // would share the window with the flood).
+    net.cut.insert(1);
+    net.advance_to_ms(net.now_ns / 1_000_000 + 1_000);
     let overloaded = |net: &Net| net.nodes[0].peer.metrics().drops(DropReason::Overloaded);
     let before = overloaded(&net);
     for session in 0..200u64 {
@@ -405,4 +409,67 @@ fn a_device_flooding_queries_gets_a_bounded_number_of_answers() {
     }
     // 64 answered within the second, the rest dropped and counted.
     assert_eq!(overloaded(&net) - before, 200 - 64);
+}
+
+/// Back after five minutes away, a device is reached at once by an explicit sync, with no
+/// timer to wait out: the sessions and handshakes that backed off meanwhile go again now,
+/// and the device that keeps its own crossed handshake (the smaller id) answers the other's
+/// first message by sending its own again at once.
+#[test]
+fn an_explicit_sync_reaches_a_returning_device_without_waiting_out_backoffs() {
+    let mut net = authority_net(None);
+    let ns = authority_ns(&net);
+    net.cut.insert(2);
+    net.cmd(
+        0,
+        Command::Publish {
+            namespace: ns,
+            data: b"while you were away".to_vec(),
+            ack: false,
+        },
+    )
+    .unwrap();
+    net.run();
+    let id = last_written(&net.nodes[0]);
+    net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
+    assert!(
+        net.nodes[2]
+            .peer
+            .channels()
+            .iter()
+            .any(|c| c.state == ChannelState::Handshaking),
+        "device 2 has a handshake of its own in flight: the two cross"
+    );
+    net.cut.remove(&2);
+    let t = net.now_ns;
+    net.cmd(0, Command::Sync { peer: None }).unwrap();
+    net.run();
+    assert_eq!(net.now_ns, t, "no time passed");
+    assert!(net.nodes[2].peer.journal().facts(&ns).any(|f| f.id() == id));
+    assert_eq!(net.nodes[0].peer.propagation(&id), Some(Propagation::Complete));
+}
+
+/// A sync asked for again while the first attempt's message is lost goes out again at
+/// once, instead of the second request waiting behind the first session's retry timer.
+#[test]
+fn asking_again_resends_a_lost_sync_at_once() {
+    let mut net = authority_net(None);
+    let n1 = net.id(1);
+    let done = |net: &Net| {
+        net.nodes[0]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::SyncDone { peer, .. } if *peer == n1))
+            .count()
+    };
+    let before = done(&net);
+    net.drop_next = 1;
+    net.cmd(0, Command::Sync { peer: Some(n1) }).unwrap();
+    net.run();
+    assert_eq!(done(&net), before, "the first attempt was lost");
+    let t = net.now_ns;
+    net.cmd(0, Command::Sync { peer: Some(n1) }).unwrap();
+    net.run();
+    assert_eq!(net.now_ns, t, "no time passed");
+    assert_eq!(done(&net), before + 1);
 }

@@ -37,6 +37,9 @@ pub struct Net {
     pub drop_from: Option<usize>,
     /// Nodes cut off from the network (nothing reaches them or leaves them).
     pub cut: std::collections::BTreeSet<usize>,
+    /// Feed every node a `Timeout` before each of its inputs when none is due (as a host
+    /// whose timer fires early does), checking it has no effect.
+    pub early_timeouts: bool,
 }
 
 pub fn now(ns: u64) -> Now {
@@ -72,6 +75,7 @@ impl Net {
             drop_next: 0,
             drop_from: None,
             cut: Default::default(),
+            early_timeouts: false,
         }
     }
 
@@ -142,6 +146,14 @@ impl Net {
     }
 
     pub fn input(&mut self, i: usize, input: Input) -> Result<(), CommandError> {
+        let due = |p: &Peer, ns: u64| p.poll_timeout().is_some_and(|t| t.as_nanos() <= ns);
+        if self.early_timeouts && !matches!(input, Input::Timeout) && !due(&self.nodes[i].peer, self.now_ns) {
+            let p = &mut self.nodes[i].peer;
+            p.handle_input(now(self.now_ns), Input::Timeout).unwrap();
+            if let Some(o) = p.poll_output() {
+                panic!("node {i}: a timeout before any deadline gave {o:?}");
+            }
+        }
         let r = self.nodes[i].peer.handle_input(now(self.now_ns), input);
         self.drain(i);
         r
