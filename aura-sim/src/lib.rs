@@ -123,6 +123,10 @@ pub struct Faults {
     pub clog_every: Option<Duration>,
     /// How long a clog lasts.
     pub clog_for: (Duration, Duration),
+    /// Hosts move a device's timer only earlier, as aura-smol does: when the deadline
+    /// moves later the timer stays where it was, so the peer is woken before anything is
+    /// due (and must do nothing). A host model rather than a fault: on for the whole run.
+    pub lazy_timers: bool,
     /// Length of the safety phase. Afterwards every partition heals, every crashed device
     /// restarts, the link turns clean, and the workload must finish within `liveness_within`.
     pub safety_for: Duration,
@@ -141,6 +145,7 @@ impl Default for Faults {
             burst: None,
             clog_every: None,
             clog_for: (Duration::from_millis(100), Duration::from_secs(5)),
+            lazy_timers: false,
             safety_for: Duration::ZERO,
             liveness_within: Duration::from_secs(300),
         }
@@ -178,6 +183,7 @@ impl Faults {
         };
         // Drawn last so that adding it kept every earlier draw of a seed unchanged.
         faults.clog_every = (pick(&mut r, 2) > 0).then(|| Duration::from_secs(3 + pick(&mut r, 30) as u64));
+        faults.lazy_timers = pick(&mut r, 2) > 0;
         (faults, link)
     }
 }
@@ -1239,7 +1245,22 @@ impl World {
                 self.line.push('n');
                 push_num(&mut self.line, node as u64, 0, ' ');
                 self.line.push_str(" timeout");
+                let early = self.nodes[node]
+                    .peer
+                    .poll_timeout()
+                    .is_none_or(|t| t.as_nanos() > now.mono.as_nanos());
                 let _ = self.nodes[node].peer.handle_input(now, Input::Timeout);
+                if early {
+                    // Invariant: waking a peer before any deadline does nothing.
+                    self.stats.checks += 1;
+                    self.mark("early-timeout");
+                    if let Some(o) = self.nodes[node].peer.poll_output() {
+                        return Err(self.violation(
+                            "early-timeout-silent",
+                            format!("n{node} acted on a timeout before any deadline: {o:?}"),
+                        ));
+                    }
+                }
                 // Invariant: a timeout moves the peer's deadline forward. A deadline that
                 // stays in the past would spin the host forever.
                 self.stats.checks += 1;
@@ -1337,7 +1358,14 @@ impl World {
             .peer
             .poll_timeout()
             .map(|t| t.as_nanos().saturating_sub(off).max(self.now));
-        if want != self.nodes[i].timer_at {
+        // A lazy host leaves an armed timer alone unless the deadline came earlier.
+        let keep = self.cfg.faults.lazy_timers
+            && match (self.nodes[i].timer_at, want) {
+                (Some(at), Some(w)) => at < w,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+        if !keep && want != self.nodes[i].timer_at {
             self.nodes[i].timer_gen += 1;
             self.nodes[i].timer_at = want;
             if let Some(t) = want {

@@ -93,6 +93,10 @@ struct WorldArgs {
     /// (datagrams held, not lost, for 0.1-5 s; safety phase only).
     #[arg(long, value_name = "N")]
     clog_every_s: Option<u64>,
+    /// Move each device's timer only earlier, as aura-smol does (the peer is woken
+    /// before its deadlines and must do nothing then).
+    #[arg(long)]
+    lazy_timers: bool,
     /// Offset each device's clocks by up to this many milliseconds.
     #[arg(long, default_value_t = 0)]
     skew_ms: u64,
@@ -276,6 +280,7 @@ impl WorldArgs {
             crash_every: self.crash_every_s.map(Duration::from_secs),
             partition_every: self.partition_every_s.map(Duration::from_secs),
             clog_every: self.clog_every_s.map(Duration::from_secs),
+            lazy_timers: self.lazy_timers,
             max_skew: Duration::from_millis(self.skew_ms),
             safety_for: Duration::from_secs(self.safety_s),
             liveness_within: Duration::from_secs(self.liveness_s),
@@ -284,7 +289,10 @@ impl WorldArgs {
         if f.any() {
             f
         } else {
-            Faults::default()
+            Faults {
+                lazy_timers: self.lazy_timers,
+                ..Faults::default()
+            }
         }
     }
 
@@ -328,6 +336,9 @@ impl WorldArgs {
         }
         if let Some(n) = self.clog_every_s {
             f.push_str(&format!(" --clog-every-s {n}"));
+        }
+        if self.lazy_timers {
+            f.push_str(" --lazy-timers");
         }
         if self.skew_ms > 0 {
             f.push_str(&format!(" --skew-ms {}", self.skew_ms));
