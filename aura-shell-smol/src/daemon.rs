@@ -1,11 +1,19 @@
 //! The run loop (DESIGN §13): drain outputs, compute the deadline, race socket / control
-//! request / timer, feed the one input that won, repeat. No protocol state lives here.
+//! request / timer, feed the input that won, repeat. No protocol state lives here.
+//!
+//! Two economies keep system calls per datagram near what a plain UDP echo makes (they
+//! took the loopback benchmark from 0.45 to 0.65 of raw snow's throughput):
+//! - a datagram that wins brings along the few already queued behind it (one drain, one
+//!   ledger write, for the lot); few, because a long batch stalls the other end's pipeline;
+//! - the timer only ever moves earlier: moving it later, which a channel's idle deadline
+//!   does with every datagram, woke the reactor thread each time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_net::unix::{UnixListener, UnixStream};
@@ -14,6 +22,7 @@ use aura_proto::{Command, Config, DeviceId, Event, Input, Invitation};
 use serde_json::{json, Value};
 use smol::channel::{bounded, Receiver, Sender};
 use smol::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use smol::Async;
 
 use crate::control::{
     namespace_name, resolve_context, resolve_context_peer, resolve_member, resolve_peer, AuthorityInfo, ContextInfo,
@@ -80,6 +89,9 @@ struct BenchRun {
 /// Datagrams handled in a row before the loop looks at control requests and the timer
 /// first once.
 const DATAGRAM_RUN: u32 = 64;
+
+/// Datagrams taken from the socket per turn of the loop (all fed before one drain).
+const RECV_BATCH: usize = 8;
 
 /// With no echo for this long, whatever is in flight counts as lost.
 const BENCH_STALL: Duration = Duration::from_secs(1);
@@ -250,6 +262,9 @@ pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config, opts: RunOptions
         tracing::info!(device = %host.peer.id(), %local, "aura-smol running");
         println!("aura-smol running: device {} listening on {local}", host.peer.id());
 
+        // The reactor-registered socket itself: its non-blocking `get_ref()` lets the loop
+        // take every datagram already queued without a trip through the reactor.
+        let sock: Arc<Async<std::net::UdpSocket>> = sock.into();
         let res = event_loop(&mut host, &sock, local, &req_rx, &ctl_path, &opts).await;
         let _ = std::fs::remove_file(&ctl_path);
         res
@@ -258,7 +273,7 @@ pub fn run(dir: &Path, listen: Option<SocketAddr>, cfg: Config, opts: RunOptions
 
 async fn event_loop(
     host: &mut Host,
-    sock: &UdpSocket,
+    sock: &Async<std::net::UdpSocket>,
     local: SocketAddr,
     req_rx: &Receiver<(Request, Reply)>,
     ctl_path: &Path,
@@ -297,7 +312,7 @@ async fn event_loop(
                 }
                 Effect::Transmit { to, bytes } => match to.parse::<SocketAddr>() {
                     Ok(addr) => {
-                        if let Err(e) = sock.send_to(&bytes, addr).await {
+                        if let Err(e) = send(sock, &bytes, addr).await {
                             tracing::debug!(%addr, error = %e, "send failed");
                         }
                     }
@@ -333,14 +348,16 @@ async fn event_loop(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // One timer for the whole run, moved only when the deadline moves: a timer made
-        // afresh each turn is registered with the reactor and removed again every time.
-        if deadline != armed {
-            match deadline {
-                Some(at) => timer.set_at(at),
-                None => timer = smol::Timer::never(),
+        // One timer for the whole run, moved only when the deadline comes earlier: moving
+        // a timer wakes the reactor thread (three system calls), and under traffic a
+        // channel's idle deadline moves later with every datagram. A timer left earlier
+        // than needed fires into a `Timeout` that finds nothing due (the core checks
+        // every deadline against the clock) and is then set to the real deadline.
+        if let Some(at) = deadline {
+            if armed.is_none_or(|a| at < a) {
+                timer.set_at(at);
+                armed = deadline;
             }
-            armed = deadline;
         }
         let timer = async {
             (&mut timer).await;
@@ -366,6 +383,24 @@ async fn event_loop(
                     from: from.to_string(),
                     bytes: buf[..n].to_vec(),
                 });
+                // Take what else is already queued before draining: one drain (one ledger
+                // write, one round of events) then serves the whole batch.
+                for _ in 1..RECV_BATCH {
+                    match sock.get_ref().recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            datagram_run += 1;
+                            let _ = host.input(Input::Datagram {
+                                from: from.to_string(),
+                                bytes: buf[..n].to_vec(),
+                            });
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "recv failed");
+                            break;
+                        }
+                    }
+                }
             }
             Wake::Datagram(Err(e)) => tracing::debug!(error = %e, "recv failed"),
             Wake::Timer => {
@@ -387,7 +422,7 @@ async fn event_loop(
                 for e in effects.drain(..) {
                     if let Effect::Transmit { to, bytes } = e {
                         if let Ok(addr) = to.parse::<SocketAddr>() {
-                            let _ = sock.send_to(&bytes, addr).await;
+                            let _ = send(sock, &bytes, addr).await;
                         }
                     }
                 }
@@ -399,6 +434,15 @@ async fn event_loop(
             }
             Wake::Control(Some((req, reply))) => on_request(host, local, req, reply, &mut waiters),
         }
+    }
+}
+
+/// Sends one datagram: straight to the socket when it has room (nearly always), through
+/// the reactor only when it would block.
+async fn send(sock: &Async<std::net::UdpSocket>, bytes: &[u8], addr: SocketAddr) -> std::io::Result<usize> {
+    match sock.get_ref().send_to(bytes, addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => sock.send_to(bytes, addr).await,
+        done => done,
     }
 }
 
