@@ -1499,21 +1499,30 @@ impl Peer {
         })
     }
 
-    /// Handshakes this device is retrying towards `peer` (any peer: `None`) go again now:
-    /// a user asking for something now should not wait out a backoff that grew while the
-    /// peer was away. Tries stay counted (a handshake on its last try gets that try), so
-    /// it still gives up in bounded time.
+    /// Link and context handshakes this device is retrying towards `peer` (any peer:
+    /// `None`) go again now: a user asking for something now should not wait out a
+    /// backoff that grew while the peer was away. Each hurried send spends a try as a timed
+    /// one would; a handshake with none left fails now (its waiting traffic is released),
+    /// and whatever asked for the peer then starts a fresh one. So asking again and again
+    /// never keeps one handshake to an unreachable device alive.
     pub(super) fn hurry_handshakes(&mut self, peer: Option<DeviceId>) {
         let now = self.now.mono;
-        let last = self.cfg.handshake_tries.saturating_sub(1);
-        let mut hurried = Vec::new();
+        let tries = self.cfg.handshake_tries;
+        let (mut hurried, mut spent) = (Vec::new(), Vec::new());
         for (idx, c) in self.channels.iter_mut() {
             let towards = c.peer.is_some_and(|p| peer.is_none_or(|q| q == p));
-            if towards && c.retx_at.is_some() && matches!(c.phase, Phase::InitSent { .. }) {
-                c.retx_at = Some(now);
-                c.tries = c.tries.min(last);
-                hurried.push(*idx);
+            let kind = matches!(c.purpose, Purpose::Link | Purpose::Context);
+            if towards && kind && c.retx_at.is_some() && matches!(c.phase, Phase::InitSent { .. }) {
+                if c.tries < tries {
+                    c.retx_at = Some(now);
+                    hurried.push(*idx);
+                } else {
+                    spent.push(*idx);
+                }
             }
+        }
+        for idx in spent {
+            self.fail_initiator(idx, FailReason::Timeout);
         }
         for idx in hurried {
             self.channel_timeout(idx, now);

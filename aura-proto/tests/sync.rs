@@ -473,3 +473,30 @@ fn asking_again_resends_a_lost_sync_at_once() {
     assert_eq!(net.now_ns, t, "no time passed");
     assert_eq!(done(&net), before + 1);
 }
+
+/// Asking for a sync again and again while a device stays unreachable hurries its
+/// handshake, but each hurried send spends a try: the handshake still fails in bounded
+/// time (and whatever waited on it is released) instead of being kept alive forever.
+#[test]
+fn asking_again_and_again_does_not_keep_a_dead_handshake_alive() {
+    let mut net = authority_net(None);
+    let n2 = net.id(2);
+    net.cut.insert(2);
+    let failed = |net: &Net| {
+        net.nodes[0]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::ChannelFailed { peer, .. } if *peer == n2))
+            .count()
+    };
+    let before = failed(&net);
+    for _ in 0..30 {
+        net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
+        net.run();
+        net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    }
+    assert!(
+        failed(&net) > before,
+        "150 s of syncs every 5 s: the handshake to device 2 gave up"
+    );
+}
