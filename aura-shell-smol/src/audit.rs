@@ -5,17 +5,67 @@
 //! charged. Never content. A line is appended (and flushed to the OS) before its datagram
 //! is handed to the socket, so the ledger survives a process crash; a power loss can
 //! lose the lines of the last moments (the log is not fsynced per datagram).
-
+//!
+//! In a directory encrypted at rest every line is sealed instead: `sealed:` and the hex of
+//! `nonce || ciphertext || tag`, under the ledger's own key, with the tag of the line
+//! before it in the associated data. Whom this device talked to and when stays private,
+//! and a line altered, removed or moved makes exactly one line fail to open (the one
+//! altered, or the one after the gap) instead of passing silently. Cutting lines off the
+//! end cannot be told from a crash, as for the record log.
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use aura_proto::guard::Egress;
 use aura_proto::journal::ContextId;
 use serde::{Deserialize, Serialize};
 
+use crate::store::LineSealer;
+
 /// File name inside the data directory.
 pub const FILE: &str = "audit.log";
+
+const SEALED: &str = "sealed:";
+const LINE_AAD: &[u8] = b"aura-smol audit line v1";
+/// Bytes read back from the end of the ledger at open, to find its last line.
+const TAIL: u64 = 64 * 1024;
+
+/// The chain value a line passes to the next: the tag of a sealed line (its last 16
+/// bytes), zeros for anything else. Writer and reader compute it the same way for every
+/// line, torn or not, so the chain survives a crash mid-write.
+fn chain_tag(line: &[u8]) -> [u8; 16] {
+    let mut tag = [0u8; 16];
+    if let Some(h) = line.strip_prefix(SEALED.as_bytes()) {
+        if h.len() >= 2 * (24 + 16) && h.len().is_multiple_of(2) {
+            if let Some(b) = unhex(&h[h.len() - 32..]) {
+                tag.copy_from_slice(&b);
+            }
+        }
+    }
+    tag
+}
+
+fn line_aad(prev: &[u8; 16]) -> Vec<u8> {
+    [LINE_AAD, &prev[..]].concat()
+}
+
+fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for x in b {
+        out.push(DIGITS[(x >> 4) as usize]);
+        out.push(DIGITS[(x & 15) as usize]);
+    }
+}
+
+fn unhex(h: &[u8]) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    h.chunks(2)
+        .map(|p| match p {
+            [a, b] => Some(digit(*a)? << 4 | digit(*b)?),
+            _ => None,
+        })
+        .collect()
+}
 
 /// One ledger line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,11 +117,15 @@ impl Entry {
 pub struct Ledger {
     file: File,
     pending: Vec<u8>,
+    sealer: Option<LineSealer>,
+    /// The chain value of the last line in the file (sealed ledgers).
+    prev: [u8; 16],
 }
 
 impl Ledger {
-    /// Opens (creating) `DIR/audit.log` for appending.
-    pub fn open(dir: &Path) -> io::Result<Ledger> {
+    /// Opens (creating) `DIR/audit.log` for appending; `sealer` for a directory encrypted
+    /// at rest.
+    pub fn open(dir: &Path, sealer: Option<LineSealer>) -> io::Result<Ledger> {
         use std::os::unix::fs::OpenOptionsExt;
         // Metadata only, but whom this device talks to and when is nobody else's business.
         let file = OpenOptions::new()
@@ -79,15 +133,28 @@ impl Ledger {
             .append(true)
             .mode(0o600)
             .open(path(dir))?;
+        let (last, torn) = last_line(&path(dir))?;
         Ok(Ledger {
             file,
-            pending: Vec::new(),
+            // A line a crash cut short ends here, so the next one starts on its own line.
+            pending: if torn { vec![b'\n'] } else { Vec::new() },
+            sealer,
+            prev: chain_tag(&last),
         })
     }
 
     /// Adds one record (written by the next [`Ledger::flush`]).
     pub fn append(&mut self, e: &Egress) -> io::Result<()> {
-        serde_json::to_writer(&mut self.pending, &Entry::of(e)).map_err(io::Error::other)?;
+        let json = serde_json::to_vec(&Entry::of(e)).map_err(io::Error::other)?;
+        match &self.sealer {
+            None => self.pending.extend_from_slice(&json),
+            Some(s) => {
+                let sealed = s.seal(&line_aad(&self.prev), &json);
+                self.prev.copy_from_slice(&sealed[sealed.len() - 16..]);
+                self.pending.extend_from_slice(SEALED.as_bytes());
+                push_hex(&mut self.pending, &sealed);
+            }
+        }
         self.pending.push(b'\n');
         Ok(())
     }
@@ -102,13 +169,28 @@ impl Ledger {
     }
 }
 
+/// The last line of the file at `p` (empty if none) and whether it is torn (no newline).
+fn last_line(p: &Path) -> io::Result<(Vec<u8>, bool)> {
+    let mut f = File::open(p)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let torn = !tail.is_empty() && !tail.ends_with(b"\n");
+    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let start = body.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    Ok((body[start..].to_vec(), torn))
+}
+
 fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// Reads the ledger, keeping entries at or after `since_unix_ms`. A torn last line (a
-/// crash mid-write) is skipped and reported in the second value.
-pub fn read(dir: &Path, since_unix_ms: u64) -> io::Result<(Vec<Entry>, usize)> {
+/// Reads the ledger, keeping entries at or after `since_unix_ms`; `sealer` for a directory
+/// encrypted at rest. Lines that do not read (torn by a crash; in a sealed ledger also a
+/// line altered, the one after lines removed or moved, or a plain line slipped in) are
+/// skipped and counted in the second value.
+pub fn read(dir: &Path, since_unix_ms: u64, sealer: Option<&LineSealer>) -> io::Result<(Vec<Entry>, usize)> {
     let f = match File::open(path(dir)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
@@ -116,12 +198,24 @@ pub fn read(dir: &Path, since_unix_ms: u64) -> io::Result<(Vec<Entry>, usize)> {
     };
     let mut out = Vec::new();
     let mut bad = 0;
-    for line in BufReader::new(f).lines() {
+    let mut prev = [0u8; 16];
+    for line in BufReader::new(f).split(b'\n') {
         let line = line?;
-        match serde_json::from_str::<Entry>(&line) {
-            Ok(e) if e.unix_ms >= since_unix_ms => out.push(e),
-            Ok(_) => {}
-            Err(_) => bad += 1,
+        let json = match (sealer, line.strip_prefix(SEALED.as_bytes())) {
+            (Some(s), Some(h)) => unhex(h).and_then(|b| s.open(&line_aad(&prev), &b)),
+            (None, Some(_)) => {
+                return Err(io::Error::other(
+                    "audit.log is sealed (the directory is encrypted at rest): set AURA_STORE_KEY",
+                ))
+            }
+            (Some(_), None) => None,
+            (None, None) => Some(line.clone()),
+        };
+        prev = chain_tag(&line);
+        match json.and_then(|j| serde_json::from_slice::<Entry>(&j).ok()) {
+            Some(e) if e.unix_ms >= since_unix_ms => out.push(e),
+            Some(_) => {}
+            None => bad += 1,
         }
     }
     Ok((out, bad))

@@ -7,6 +7,8 @@
 //!   ledger write, for the lot); few, because a long batch stalls the other end's pipeline;
 //! - the timer only ever moves earlier: moving it later, which a channel's idle deadline
 //!   does with every datagram, woke the reactor thread each time.
+//!
+//! (`Async::send_to` already writes straight to the socket unless it would block.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -312,7 +314,7 @@ async fn event_loop(
                 }
                 Effect::Transmit { to, bytes } => match to.parse::<SocketAddr>() {
                     Ok(addr) => {
-                        if let Err(e) = send(sock, &bytes, addr).await {
+                        if let Err(e) = sock.send_to(&bytes, addr).await {
                             tracing::debug!(%addr, error = %e, "send failed");
                         }
                     }
@@ -422,7 +424,7 @@ async fn event_loop(
                 for e in effects.drain(..) {
                     if let Effect::Transmit { to, bytes } = e {
                         if let Ok(addr) = to.parse::<SocketAddr>() {
-                            let _ = send(sock, &bytes, addr).await;
+                            let _ = sock.send_to(&bytes, addr).await;
                         }
                     }
                 }
@@ -434,15 +436,6 @@ async fn event_loop(
             }
             Wake::Control(Some((req, reply))) => on_request(host, local, req, reply, &mut waiters),
         }
-    }
-}
-
-/// Sends one datagram: straight to the socket when it has room (nearly always), through
-/// the reactor only when it would block.
-async fn send(sock: &Async<std::net::UdpSocket>, bytes: &[u8], addr: SocketAddr) -> std::io::Result<usize> {
-    match sock.get_ref().send_to(bytes, addr) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => sock.send_to(bytes, addr).await,
-        done => done,
     }
 }
 
@@ -521,10 +514,12 @@ fn on_request(host: &mut Host, local: SocketAddr, req: Request, reply: Reply, w:
             }
         }
         Request::ContextList => send_now(json!({ "ok": true, "contexts": ContextInfo::all(&host.peer) })),
-        Request::Audit { since_unix_ms } => match crate::audit::read(host.store.dir(), since_unix_ms) {
-            Ok((entries, torn)) => send_now(json!({ "ok": true, "entries": entries, "torn": torn })),
-            Err(e) => send_now(err(format!("reading audit.log: {e}"))),
-        },
+        Request::Audit { since_unix_ms } => {
+            match crate::audit::read(host.store.dir(), since_unix_ms, host.store.audit_sealer().as_ref()) {
+                Ok((entries, torn)) => send_now(json!({ "ok": true, "entries": entries, "torn": torn })),
+                Err(e) => send_now(err(format!("reading audit.log: {e}"))),
+            }
+        }
         Request::Send { peer, text } => match resolve_peer(&host.peer, &peer) {
             Err(e) => send_now(err(e)),
             Ok(id) => match host.input(Input::Command(Command::Send {

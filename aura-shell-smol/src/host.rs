@@ -72,7 +72,7 @@ impl Host {
             Err(e) => return Err(e.into()),
         }
         tracing::debug!(records = store.records.len(), device = %peer.id().short(), "restored");
-        let ledger = crate::audit::Ledger::open(dir).map_err(|source| StoreError::Io {
+        let ledger = crate::audit::Ledger::open(dir, store.audit_sealer()).map_err(|source| StoreError::Io {
             context: format!("opening {}", dir.join(crate::audit::FILE).display()),
             source,
         })?;

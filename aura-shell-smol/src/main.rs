@@ -797,11 +797,16 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                         (entries, v["torn"].as_u64().unwrap_or(0) as usize)
                     }
                     None => {
-                        audit::read(dir, from).map_err(|e| fail(exit::DATA_DIR, format!("reading audit.log: {e}")))?
+                        let key = aura_shell_smol::store::key_from_env()?;
+                        let sealer = aura_shell_smol::store::audit_sealer(dir, key.as_deref())?;
+                        audit::read(dir, from, sealer.as_ref())
+                            .map_err(|e| fail(exit::DATA_DIR, format!("reading audit.log: {e}")))?
                     }
                 };
             if torn > 0 {
-                eprintln!("audit.log: skipped {torn} unreadable line(s) (a crash mid-write)");
+                eprintln!(
+                    "audit.log: skipped {torn} unreadable line(s): a crash mid-write, or (sealed ledgers) a line altered, removed or moved"
+                );
             }
             if json {
                 for e in &entries {

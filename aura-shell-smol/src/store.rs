@@ -174,6 +174,40 @@ pub fn key_from_env() -> Result<Option<Vec<u8>>, StoreError> {
 struct Sealer {
     records: XChaCha20Poly1305,
     device_key: XChaCha20Poly1305,
+    audit: XChaCha20Poly1305,
+}
+
+/// Seals and opens the lines of the egress audit ledger of a directory encrypted at rest
+/// (its own key, derived from the store secret like the others).
+#[derive(Clone)]
+pub struct LineSealer(XChaCha20Poly1305);
+
+impl LineSealer {
+    /// `nonce || ciphertext || tag` of `plain`, bound to `aad`.
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        Sealer::seal(&self.0, aad, plain)
+    }
+
+    /// The plaintext, if `sealed` opens under this key with `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        Sealer::open(&self.0, aad, sealed)
+    }
+}
+
+/// The audit ledger's sealer for `dir` with secret `key` (reading the ledger without the
+/// directory lock, while no peer runs): `None` for a directory not encrypted at rest.
+pub fn audit_sealer(dir: &Path, key: Option<&[u8]>) -> Result<Option<LineSealer>, StoreError> {
+    let config = read_config(dir)?;
+    match (&config.encryption, key) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(StoreError::KeyNeeded(dir.display().to_string())),
+        (Some(enc), Some(k)) => Ok(Some(LineSealer(Sealer::checked(enc, k, dir)?.audit))),
+    }
+}
+
+fn read_config(dir: &Path) -> Result<NodeConfig, StoreError> {
+    let cfg = fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?;
+    serde_json::from_slice(&cfg).map_err(|e| StoreError::BadConfig(e.to_string()))
 }
 
 impl Sealer {
@@ -194,8 +228,19 @@ impl Sealer {
             Sealer {
                 records: sub("aura-smol 2026-12 record sealing"),
                 device_key: sub("aura-smol 2026-12 device key sealing"),
+                audit: sub("aura-smol 2026-12 audit ledger sealing"),
             },
         ))
+    }
+
+    /// [`Sealer::derive`], with a wrong secret told apart from unusable settings.
+    fn checked(enc: &Encryption, secret: &[u8], dir: &Path) -> Result<Sealer, StoreError> {
+        let (check, sealer) =
+            Sealer::derive(enc, secret).ok_or_else(|| StoreError::BadConfig("unusable encryption settings".into()))?;
+        if Some(check.to_vec()) != unhex(&enc.check) {
+            return Err(StoreError::WrongKey(dir.display().to_string()));
+        }
+        Ok(sealer)
     }
 
     fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plain: &[u8]) -> Vec<u8> {
@@ -459,20 +504,12 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(d)),
             Err(TryLockError::Error(e)) => return Err(io_err("locking data directory")(e)),
         }
-        let cfg = fs::read(dir.join("config.json")).map_err(io_err("reading config.json"))?;
-        let config: NodeConfig = serde_json::from_slice(&cfg).map_err(|e| StoreError::BadConfig(e.to_string()))?;
+        let config = read_config(dir)?;
         let sealer = match (&config.encryption, key) {
             (None, None) => None,
             (None, Some(_)) => return Err(StoreError::NotEncrypted(d)),
             (Some(_), None) => return Err(StoreError::KeyNeeded(d)),
-            (Some(enc), Some(k)) => {
-                let (check, sealer) = Sealer::derive(enc, k)
-                    .ok_or_else(|| StoreError::BadConfig("unusable encryption settings".into()))?;
-                if Some(check.to_vec()) != unhex(&enc.check) {
-                    return Err(StoreError::WrongKey(d));
-                }
-                Some(sealer)
-            }
+            (Some(enc), Some(k)) => Some(Sealer::checked(enc, k, dir)?),
         };
         let key = fs::read_to_string(&key_path).map_err(io_err("reading device.key"))?;
         let key = key.trim();
@@ -662,6 +699,11 @@ impl Store {
         self.log.sync_data()?;
         self.count += 1;
         Ok(())
+    }
+
+    /// The audit ledger's sealer, when the directory is encrypted at rest.
+    pub fn audit_sealer(&self) -> Option<LineSealer> {
+        self.sealer.as_ref().map(|s| LineSealer(s.audit.clone()))
     }
 
     /// The directory.

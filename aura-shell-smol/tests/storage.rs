@@ -45,6 +45,94 @@ fn an_encrypted_directory_runs_only_with_its_secret() {
     let _ = std::fs::remove_dir_all(&p);
 }
 
+/// In a directory encrypted at rest the egress ledger is sealed too: no peer id or address
+/// in the file, readable with the secret (or from the running peer), and a line altered,
+/// removed, or cut short by a crash costs exactly that line.
+#[test]
+fn an_encrypted_directory_seals_its_audit_ledger() {
+    let (d, p) = (tempdir("sealed-ledger"), tempdir("sealed-ledger-peer"));
+    let key = [("AURA_STORE_KEY", "e1b7-another long store secret-0c44")];
+    let out = smol_env(&d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())], &key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ok(&p, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let traffic = |pair: bool, pings: usize| {
+        let a = Daemon::start_with(&d, Stdio::null(), &key);
+        let b = Daemon::start(&p);
+        if pair {
+            let code = ok(&d, &["invite"]);
+            ok(&p, &["join", code.trim(), "--wait-s", "30"]);
+        }
+        let pid = ok(&p, &["id"]).trim().to_string();
+        for _ in 0..pings {
+            ok(&d, &["ping", &pid[..16]]);
+        }
+        // The running peer reads its own sealed ledger for a client that has no secret.
+        let live = ok(&d, &["audit", "--json"]);
+        assert!(live.lines().count() >= pings, "{live}");
+        a.stop();
+        b.stop();
+        pid
+    };
+    let pid = traffic(true, 3);
+    let ledger = d.join("audit.log");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("sealed:")), "{text}");
+    assert!(!text.contains(&pid[..16]) && !text.contains("127.0.0.1"), "{text}");
+    // Offline, the ledger needs the secret.
+    let out = smol(&d, &["audit"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("AURA_STORE_KEY"), "{}", stderr(&out));
+    let read = || {
+        let out = smol_env(&d, &["audit", "--json"], &key);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        let skipped = stderr(&out)
+            .split_whitespace()
+            .skip_while(|w| *w != "skipped")
+            .nth(1)
+            .map_or(0, |w| w.parse::<usize>().unwrap());
+        (n, skipped, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (n, skipped, json) = read();
+    assert_eq!((n, skipped), (lines.len(), 0));
+    assert!(json.contains(&pid), "{json}");
+    // One altered line: that line fails, its neighbours still open.
+    let mut altered: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mid = altered[2].len() / 2;
+    let digit = if altered[2].as_bytes()[mid] == b'0' { "1" } else { "0" };
+    altered[2].replace_range(mid..mid + 1, digit);
+    std::fs::write(&ledger, altered.join("\n") + "\n").unwrap();
+    assert_eq!((read().0, read().1), (lines.len() - 1, 1));
+    // One line removed from the middle: the line after the gap fails.
+    let mut removed: Vec<&str> = lines.clone();
+    removed.remove(2);
+    std::fs::write(&ledger, removed.join("\n") + "\n").unwrap();
+    assert_eq!((read().0, read().1), (lines.len() - 2, 1));
+    // A plain line slipped into a sealed ledger is not believed.
+    std::fs::write(&ledger, lines.join("\n") + "\n").unwrap();
+    let forged = read().2.lines().next().unwrap().to_string();
+    std::fs::write(&ledger, lines.join("\n") + "\n" + &forged + "\n").unwrap();
+    assert_eq!((read().0, read().1), (lines.len(), 1));
+    // A crash cut the last line short: it is skipped, and the lines written after the
+    // restart chain on from it.
+    let torn = lines[..lines.len() - 1].join("\n") + "\n" + &lines[lines.len() - 1][..40];
+    std::fs::write(&ledger, torn).unwrap();
+    traffic(false, 1);
+    let after = std::fs::read_to_string(&ledger).unwrap();
+    assert_eq!(
+        after.lines().nth(lines.len() - 1),
+        Some(&lines[lines.len() - 1][..40]),
+        "the torn line stays on its own line"
+    );
+    let (n, skipped, _) = read();
+    assert_eq!((n, skipped), (after.lines().count() - 1, 1));
+    assert!(n > lines.len(), "{n}");
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&p);
+}
+
 #[test]
 fn compact_and_repair_log_from_the_cli() {
     let d = tempdir("logcli");
