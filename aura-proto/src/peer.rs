@@ -1502,9 +1502,11 @@ impl Peer {
     /// Link and context handshakes this device is retrying towards `peer` (any peer:
     /// `None`) go again now: a user asking for something now should not wait out a
     /// backoff that grew while the peer was away. Each hurried send spends a try as a timed
-    /// one would; a handshake with none left fails now (its waiting traffic is released),
-    /// and whatever asked for the peer then starts a fresh one. So asking again and again
-    /// never keeps one handshake to an unreachable device alive.
+    /// one would. A handshake with no try left (after a long absence, only waiting out its
+    /// last timer) is replaced by a fresh one, and the traffic queued for the peer waits
+    /// for that one instead of being dropped. Each request gets at most one send per
+    /// handshake out of this, and a handshake nobody asks about again still fails on its
+    /// own timers.
     pub(super) fn hurry_handshakes(&mut self, peer: Option<DeviceId>) {
         let now = self.now.mono;
         let tries = self.cfg.handshake_tries;
@@ -1521,11 +1523,29 @@ impl Peer {
                 }
             }
         }
-        for idx in spent {
-            self.fail_initiator(idx, FailReason::Timeout);
-        }
         for idx in hurried {
             self.channel_timeout(idx, now);
+        }
+        for idx in spent {
+            let Some(c) = self.channels.remove(&idx) else { continue };
+            let Some(peer) = c.peer else { continue };
+            let scope = c.scope;
+            if self.queued.get(&(scope, peer)).is_none_or(|q| q.is_empty()) {
+                continue;
+            }
+            let fresh = if scope == ContextId::OWN {
+                self.start_link(peer)
+            } else {
+                self.start_context_link(scope, peer)
+            };
+            if fresh.is_err() {
+                let discarded = self.queued.remove(&(scope, peer)).map_or(0, |q| q.len());
+                self.event(Event::ChannelFailed {
+                    peer,
+                    reason: FailReason::Timeout,
+                    discarded,
+                });
+            }
         }
     }
 

@@ -278,9 +278,9 @@ impl Peer {
             None => Vec::new(),
         };
         // Sessions already open (say, one begun while the device was away and now waiting
-        // out a backoff) go again now, with fresh tries, and so do handshakes waiting out
-        // theirs: the user asked for a sync now, and a new session would only wait behind
-        // the old one.
+        // out a backoff) go again now, with fresh tries, and handshakes waiting out theirs
+        // are hurried (`hurry_handshakes`): the user asked for a sync now, and a new
+        // session would only wait behind the old one.
         self.hurry_handshakes(peer);
         let open: Vec<u64> = self
             .sync
