@@ -9,9 +9,12 @@
 //! In a directory encrypted at rest every line is sealed instead: `sealed:` and the hex of
 //! `nonce || ciphertext || tag`, under the ledger's own key, with the tag of the line
 //! before it in the associated data. Whom this device talked to and when stays private,
-//! and a line altered, removed or moved makes exactly one line fail to open (the one
-//! altered, or the one after the gap) instead of passing silently. Cutting lines off the
-//! end cannot be told from a crash, as for the record log.
+//! and lines altered, removed, moved or slipped in make the lines around the change fail
+//! to open (one to three: the line itself and the one after it; both ends of a swap)
+//! instead of passing silently. The count of failed lines does not tell how many were
+//! removed, and cutting lines off the end cannot be told from a crash, as for the
+//! record log. A ledger written in the clear before the directory sealed its ledger is
+//! sealed in place, once, when the peer next starts.
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -133,6 +136,9 @@ impl Ledger {
             .append(true)
             .mode(0o600)
             .open(path(dir))?;
+        if let Some(s) = &sealer {
+            seal_plain_lines(dir, s)?;
+        }
         let (last, torn) = last_line(&path(dir))?;
         Ok(Ledger {
             file,
@@ -173,13 +179,76 @@ impl Ledger {
 fn last_line(p: &Path) -> io::Result<(Vec<u8>, bool)> {
     let mut f = File::open(p)?;
     let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    let torn = !tail.is_empty() && !tail.ends_with(b"\n");
-    let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
-    let start = body.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
-    Ok((body[start..].to_vec(), torn))
+    let mut from = len.saturating_sub(TAIL);
+    loop {
+        f.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        let torn = !tail.is_empty() && !tail.ends_with(b"\n");
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        match body.iter().rposition(|&c| c == b'\n') {
+            Some(i) => return Ok((body[i + 1..].to_vec(), torn)),
+            // The whole file is one line.
+            None if from == 0 => return Ok((body.to_vec(), torn)),
+            // A last line longer than the window (only in a damaged file): read it all,
+            // so the chain value is the one a reader computes.
+            None => from = 0,
+        }
+    }
+}
+
+/// Seals, in place, a ledger that holds lines in the clear (written before the directory
+/// sealed its ledger): each line is opened as it was written, sealed into a new chain,
+/// and the file replaced (written aside, synced, renamed). Lines that do not read are
+/// dropped, and said so. Only a ledger whose first line is in the clear is rewritten.
+fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = path(dir);
+    let first = match File::open(&p) {
+        Ok(f) => BufReader::new(f).split(b'\n').next().transpose()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if first.is_none_or(|l| l.is_empty() || l.starts_with(SEALED.as_bytes())) {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    let (mut prev_in, mut prev_out) = ([0u8; 16], [0u8; 16]);
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for line in BufReader::new(File::open(&p)?).split(b'\n') {
+        let line = line?;
+        let json = match line.strip_prefix(SEALED.as_bytes()) {
+            Some(h) => unhex(h).and_then(|b| sealer.open(&line_aad(&prev_in), &b)),
+            None => Some(line.clone()),
+        };
+        prev_in = chain_tag(&line);
+        let Some(json) = json.filter(|j| serde_json::from_slice::<Entry>(j).is_ok()) else {
+            dropped += 1;
+            continue;
+        };
+        let sealed = sealer.seal(&line_aad(&prev_out), &json);
+        prev_out.copy_from_slice(&sealed[sealed.len() - 16..]);
+        out.extend_from_slice(SEALED.as_bytes());
+        push_hex(&mut out, &sealed);
+        out.push(b'\n');
+        kept += 1;
+    }
+    let tmp = dir.join("audit.log.sealing");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&out)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &p)?;
+    File::open(dir)?.sync_all()?;
+    tracing::warn!(
+        "audit.log: sealed {kept} line(s) written in the clear before the ledger was sealed ({dropped} unreadable dropped); \
+         copies of the old bytes may remain in freed disk blocks or backups"
+    );
+    Ok(())
 }
 
 fn path(dir: &Path) -> PathBuf {
@@ -187,9 +256,9 @@ fn path(dir: &Path) -> PathBuf {
 }
 
 /// Reads the ledger, keeping entries at or after `since_unix_ms`; `sealer` for a directory
-/// encrypted at rest. Lines that do not read (torn by a crash; in a sealed ledger also a
-/// line altered, the one after lines removed or moved, or a plain line slipped in) are
-/// skipped and counted in the second value.
+/// encrypted at rest. Lines that do not read (torn by a crash; in a sealed ledger also
+/// lines altered, or next to lines removed, moved or slipped in; a sealed line in a plain
+/// directory's ledger) are skipped and counted in the second value.
 pub fn read(dir: &Path, since_unix_ms: u64, sealer: Option<&LineSealer>) -> io::Result<(Vec<Entry>, usize)> {
     let f = match File::open(path(dir)) {
         Ok(f) => f,
@@ -203,11 +272,8 @@ pub fn read(dir: &Path, since_unix_ms: u64, sealer: Option<&LineSealer>) -> io::
         let line = line?;
         let json = match (sealer, line.strip_prefix(SEALED.as_bytes())) {
             (Some(s), Some(h)) => unhex(h).and_then(|b| s.open(&line_aad(&prev), &b)),
-            (None, Some(_)) => {
-                return Err(io::Error::other(
-                    "audit.log is sealed (the directory is encrypted at rest): set AURA_STORE_KEY",
-                ))
-            }
+            // A sealed line in a plain directory's ledger: not ours to believe.
+            (None, Some(_)) => None,
             (Some(_), None) => None,
             (None, None) => Some(line.clone()),
         };

@@ -37,14 +37,26 @@ pub struct Host {
     pub peer: Peer,
     /// The data directory.
     pub store: Store,
-    /// The egress audit ledger (`audit.log`).
-    ledger: crate::audit::Ledger,
+    /// The egress audit ledger (`audit.log`); none for a host whose transmits are never
+    /// sent (one-shot commands), so the ledger lists only datagrams that left.
+    ledger: Option<crate::audit::Ledger>,
     origin: std::time::Instant,
 }
 
 impl Host {
-    /// Opens (and locks) `dir` and restores the peer from its records with a fresh seed.
+    /// Opens (and locks) `dir` and restores the peer from its records with a fresh seed,
+    /// to send what it transmits (the egress ledger records every datagram).
     pub fn open(dir: &Path, cfg: Config) -> Result<Host, StoreError> {
+        Self::open_with(dir, cfg, true)
+    }
+
+    /// [`Host::open`] for a caller that sends nothing the peer transmits (a one-shot
+    /// command with no peer running): no ledger lines for datagrams that never left.
+    pub fn open_offline(dir: &Path, cfg: Config) -> Result<Host, StoreError> {
+        Self::open_with(dir, cfg, false)
+    }
+
+    fn open_with(dir: &Path, cfg: Config, sends: bool) -> Result<Host, StoreError> {
         let mut store = Store::open(dir)?;
         if let Some(reason) = store.recovery.reason {
             tracing::warn!(
@@ -72,10 +84,15 @@ impl Host {
             Err(e) => return Err(e.into()),
         }
         tracing::debug!(records = store.records.len(), device = %peer.id().short(), "restored");
-        let ledger = crate::audit::Ledger::open(dir, store.audit_sealer()).map_err(|source| StoreError::Io {
-            context: format!("opening {}", dir.join(crate::audit::FILE).display()),
-            source,
-        })?;
+        let ledger = if sends {
+            let l = crate::audit::Ledger::open(dir, store.audit_sealer()).map_err(|source| StoreError::Io {
+                context: format!("opening {}", dir.join(crate::audit::FILE).display()),
+                source,
+            })?;
+            Some(l)
+        } else {
+            None
+        };
         Ok(Host {
             peer,
             store,
@@ -139,12 +156,16 @@ impl Host {
                     let _ = self.peer.handle_input(now, Input::PersistDone(ticket));
                 }
                 // The ledger line is written before its datagram leaves (flushed below).
-                Output::Egress(e) => self.ledger.append(&e)?,
+                Output::Egress(e) => {
+                    if let Some(l) = self.ledger.as_mut() {
+                        l.append(&e)?;
+                    }
+                }
                 Output::Transmit { to, bytes } => out.push(Effect::Transmit { to, bytes }),
                 Output::Event(e) => out.push(Effect::Event(e)),
             }
         }
         // Before the caller sends any of the transmits.
-        self.ledger.flush()
+        self.ledger.as_mut().map_or(Ok(()), |l| l.flush())
     }
 }

@@ -450,7 +450,7 @@ fn ok(v: Value) -> Result<Value, Failure> {
 /// Opens the directory without a daemon, applies `cmd`, and drains (datagrams are not
 /// sent: the next `run` resumes whatever needed the network).
 fn offline(dir: &Path, cmd: Option<Command>) -> Result<(Host, Vec<Event>), Failure> {
-    let mut host = Host::open(dir, Config::default())?;
+    let mut host = Host::open_offline(dir, Config::default())?;
     if let Some(cmd) = cmd {
         host.input(Input::Command(cmd)).map_err(|e| fail(exit::FAILED, e))?;
     }

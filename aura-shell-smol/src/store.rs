@@ -199,7 +199,9 @@ impl LineSealer {
 pub fn audit_sealer(dir: &Path, key: Option<&[u8]>) -> Result<Option<LineSealer>, StoreError> {
     let config = read_config(dir)?;
     match (&config.encryption, key) {
-        (None, _) => Ok(None),
+        (None, None) => Ok(None),
+        // As every other command: a secret for a plain directory is a mistake worth naming.
+        (None, Some(_)) => Err(StoreError::NotEncrypted(dir.display().to_string())),
         (Some(_), None) => Err(StoreError::KeyNeeded(dir.display().to_string())),
         (Some(enc), Some(k)) => Ok(Some(LineSealer(Sealer::checked(enc, k, dir)?.audit))),
     }

@@ -133,6 +133,58 @@ fn an_encrypted_directory_seals_its_audit_ledger() {
     let _ = std::fs::remove_dir_all(&p);
 }
 
+/// A ledger written in the clear before the directory sealed its ledger is sealed in place
+/// when the peer starts, keeping every entry; a sealed line in a plain directory's ledger
+/// is skipped, not fatal; and offline `audit` treats a secret given for a plain directory
+/// as every other command does.
+#[test]
+fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
+    let (d, p) = (tempdir("ledger-upgrade"), tempdir("ledger-plain"));
+    let key = [("AURA_STORE_KEY", "7a90-yet another store secret-f3d1")];
+    let out = smol_env(&d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())], &key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clear: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"unix_ms":{},"peer":"{}","addr":"127.0.0.1:9","context":"own","epoch":0,"kind":"app","bucket":1024,"cost":0,"leakage":[0,0,0]}}"#,
+                1_790_000_000_000u64 + i,
+                "ab".repeat(32)
+            )
+        })
+        .collect();
+    std::fs::write(d.join("audit.log"), clear.join("\n") + "\n").unwrap();
+    let daemon = Daemon::start_with(&d, Stdio::null(), &key);
+    daemon.stop();
+    let text = std::fs::read_to_string(d.join("audit.log")).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines().all(|l| l.starts_with("sealed:")) && !text.contains("abab"),
+        "{text}"
+    );
+    let out = smol_env(&d, &["audit", "--json"], &key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    assert!(
+        shown.contains(&"ab".repeat(32)) && !stderr(&out).contains("skipped"),
+        "{}",
+        stderr(&out)
+    );
+    // A plain directory: a stray sealed line is skipped, the rest still shows.
+    ok(&p, &["init", "--listen", "127.0.0.1:0"]);
+    let stray = text.lines().next().unwrap();
+    std::fs::write(p.join("audit.log"), format!("{}\n{stray}\n{}\n", clear[0], clear[1])).unwrap();
+    let out = smol(&p, &["audit", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(stderr(&out).contains("skipped 1"), "{}", stderr(&out));
+    let out = smol_env(&p, &["audit"], &key);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&p);
+}
+
 #[test]
 fn compact_and_repair_log_from_the_cli() {
     let d = tempdir("logcli");
