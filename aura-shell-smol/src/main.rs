@@ -12,7 +12,7 @@ use aura_shell_smol::daemon::{self, DaemonError};
 use aura_shell_smol::host::{Effect, Host};
 use aura_shell_smol::store::{Store, StoreError};
 use clap::{Parser, Subcommand};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Exit codes (also listed in the README).
 mod exit {
@@ -70,6 +70,9 @@ enum Cmd {
         /// How long to wait for pairing, in seconds.
         #[arg(long, default_value_t = 120)]
         wait_s: u64,
+        /// Print the answer as one JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the peer in the foreground until `aura-smol stop`.
     Run {
@@ -104,6 +107,9 @@ enum Cmd {
         /// Seconds to wait for each answer.
         #[arg(long, default_value_t = 10)]
         timeout_s: u64,
+        /// Print the answer as one JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Threshold authority of this device's paired devices.
     #[command(subcommand)]
@@ -190,6 +196,9 @@ enum Cmd {
         peer: String,
         /// The text.
         text: String,
+        /// Print the answer as one JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure messages per second and round trips to a paired device running
     /// `run --echo`: COUNT messages of SIZE bytes, at most WINDOW awaiting their echo.
@@ -236,6 +245,9 @@ struct InviteArgs {
     /// Address the joiner should contact (default: the listen address).
     #[arg(long)]
     addr: Option<String>,
+    /// Print the answer as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +265,9 @@ enum ContextCmd {
         /// How long to wait, in seconds.
         #[arg(long, default_value_t = 60)]
         wait_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List ready contexts: id, epoch, authorities and member devices.
     List {
@@ -269,6 +284,9 @@ enum ContextCmd {
         peer: String,
         /// The text to send.
         text: String,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Give a context a new epoch: this device's authority agrees (by consensus) on a
     /// new secret, sealed to every member device, and lists its current devices. Flow
@@ -280,6 +298,9 @@ enum ContextCmd {
         /// Seconds to wait.
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -297,6 +318,9 @@ enum AuthorityCmd {
         /// Seconds to wait for key generation.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the authority: id, group key, threshold, members.
     Show {
@@ -307,14 +331,17 @@ enum AuthorityCmd {
     /// Change how many members must agree and sign, by consensus among the members (a
     /// majority of them must vote); waits until the change applies.
     ///
-    /// The key shares are not regenerated yet: lowering the threshold below the one the
-    /// authority was created with leaves it unable to sign.
+    /// Raising it keeps the key; lowering it below the key's own threshold (the one the
+    /// authority was created with) is refused, since that needs a new key.
     Threshold {
         /// The new threshold (2 <= T <= members).
         threshold: u16,
         /// Seconds to wait.
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Refresh the key shares among the current members (the group key stays): a removed
     /// device's old share stops being a share. Happens by itself after `device remove`;
@@ -323,6 +350,9 @@ enum AuthorityCmd {
         /// Seconds to wait.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -338,6 +368,9 @@ enum DeviceCmd {
         /// Seconds to wait.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a device (lost or revoked) from the authority, by consensus among the
     /// members; waits until the change applies.
@@ -347,6 +380,9 @@ enum DeviceCmd {
         /// Seconds to wait.
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
+        /// Print the answer as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -467,6 +503,15 @@ fn offline(dir: &Path, cmd: Option<Command>) -> Result<(Host, Vec<Event>), Failu
     Ok((host, events))
 }
 
+/// The peer's answer as one JSON line (`--json`), or else the human text.
+fn emit(json: bool, v: &Value, human: impl FnOnce(&Value)) {
+    if json {
+        println!("{}", serde_json::to_string(v).expect("a JSON value serializes"));
+    } else {
+        human(v);
+    }
+}
+
 fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
     let quick = Duration::from_secs(10);
     match cmd {
@@ -495,7 +540,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             println!("{id}");
             Ok(())
         }
-        Cmd::Invite(InviteArgs { valid_for, addr }) => {
+        Cmd::Invite(InviteArgs { valid_for, addr, json }) => {
             let req = Request::Invite {
                 valid_for_s: valid_for.as_secs(),
                 addr: addr.clone(),
@@ -515,23 +560,24 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                         .ok_or_else(|| fail(exit::FAILED, "no invitation was created"))?
                 }
             };
-            println!("{code}");
+            emit(json, &json!({ "code": code }), |_| println!("{code}"));
             Ok(())
         }
-        Cmd::Join { code, wait_s } => {
+        Cmd::Join { code, wait_s, json } => {
             let req = Request::Join { code: code.clone() };
             match ask(dir, &req, Duration::from_secs(wait_s))? {
-                Some(v) => {
-                    let v = ok(v)?;
+                Some(v) => emit(json, &ok(v)?, |v| {
                     println!(
                         "paired with {} at {}",
                         v["peer"].as_str().unwrap_or("?"),
                         v["addr"].as_str().unwrap_or("?")
-                    );
-                }
+                    )
+                }),
                 None => {
                     offline(dir, Some(Command::Join { code }))?;
-                    println!("join recorded; start `aura-smol run` to contact the inviter and finish pairing");
+                    emit(json, &json!({ "ok": true, "recorded": true }), |_| {
+                        println!("join recorded; start `aura-smol run` to contact the inviter and finish pairing")
+                    });
                 }
             }
             Ok(())
@@ -565,19 +611,27 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Ping { peer, count, timeout_s } => {
+        Cmd::Ping {
+            peer,
+            count,
+            timeout_s,
+            json,
+        } => {
             for i in 0..count {
                 let req = Request::Ping { peer: peer.clone() };
                 let v = ask(dir, &req, Duration::from_secs(timeout_s))?
                     .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-                let v = ok(v)?;
-                let rtt = v["rtt_us"].as_u64().unwrap_or(0);
-                println!(
-                    "pong from {}: seq={i} rtt={}.{:03} ms",
-                    &v["peer"].as_str().unwrap_or("?")[..16],
-                    rtt / 1000,
-                    rtt % 1000
-                );
+                let mut v = ok(v)?;
+                v["seq"] = json!(i);
+                emit(json, &v, |v| {
+                    let rtt = v["rtt_us"].as_u64().unwrap_or(0);
+                    println!(
+                        "pong from {}: seq={i} rtt={}.{:03} ms",
+                        &v["peer"].as_str().unwrap_or("?")[..16],
+                        rtt / 1000,
+                        rtt % 1000
+                    )
+                });
             }
             Ok(())
         }
@@ -585,38 +639,46 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             threshold,
             devices,
             timeout_s,
+            json,
         }) => {
             let req = Request::AuthorityCreate { threshold, devices };
             let v = ask(dir, &req, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!("authority: {}", v["authority"].as_str().unwrap_or("?"));
-            println!("group key: {}", v["group_key"].as_str().unwrap_or("?"));
-            println!("threshold: {} of {}", v["threshold"], v["members"]);
+            emit(json, &ok(v)?, |v| {
+                println!("authority: {}", v["authority"].as_str().unwrap_or("?"));
+                println!("group key: {}", v["group_key"].as_str().unwrap_or("?"));
+                println!("threshold: {} of {}", v["threshold"], v["members"]);
+            });
             Ok(())
         }
-        Cmd::Authority(AuthorityCmd::Threshold { threshold, timeout_s }) => {
+        Cmd::Authority(AuthorityCmd::Threshold {
+            threshold,
+            timeout_s,
+            json,
+        }) => {
             let v = ask(
                 dir,
                 &Request::AuthorityThreshold { threshold },
                 Duration::from_secs(timeout_s),
             )?
             .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!(
-                "agreed: the authority is at epoch {}, threshold {} of {}",
-                v["epoch"], v["threshold"], v["members"]
-            );
+            emit(json, &ok(v)?, |v| {
+                println!(
+                    "agreed: the authority is at epoch {}, threshold {} of {}",
+                    v["epoch"], v["threshold"], v["members"]
+                )
+            });
             Ok(())
         }
-        Cmd::Authority(AuthorityCmd::Refresh { timeout_s }) => {
+        Cmd::Authority(AuthorityCmd::Refresh { timeout_s, json }) => {
             let v = ask(dir, &Request::AuthorityRefresh, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!(
-                "refreshed: every member holds a new share of the same key; epoch {}",
-                v["epoch"]
-            );
+            emit(json, &ok(v)?, |v| {
+                println!(
+                    "refreshed: every member holds a new share of the same key; epoch {}",
+                    v["epoch"]
+                )
+            });
             Ok(())
         }
         Cmd::Authority(AuthorityCmd::Show { json }) => {
@@ -654,27 +716,37 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Context(c) => context_cmd(dir, c),
-        Cmd::Device(DeviceCmd::Add { device, timeout_s }) => {
+        Cmd::Device(DeviceCmd::Add {
+            device,
+            timeout_s,
+            json,
+        }) => {
             let v = ask(dir, &Request::DeviceAdd { device }, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!(
-                "added: {} holds its share; the authority is at epoch {}, {} members, threshold {}",
-                v["device"].as_str().unwrap_or("?"),
-                v["epoch"],
-                v["members"],
-                v["threshold"]
-            );
+            emit(json, &ok(v)?, |v| {
+                println!(
+                    "added: {} holds its share; the authority is at epoch {}, {} members, threshold {}",
+                    v["device"].as_str().unwrap_or("?"),
+                    v["epoch"],
+                    v["members"],
+                    v["threshold"]
+                )
+            });
             Ok(())
         }
-        Cmd::Device(DeviceCmd::Remove { device, timeout_s }) => {
+        Cmd::Device(DeviceCmd::Remove {
+            device,
+            timeout_s,
+            json,
+        }) => {
             let v = ask(dir, &Request::DeviceRemove { device }, Duration::from_secs(timeout_s))?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!(
-                "removed: the authority is at epoch {}, {} members, threshold {}",
-                v["epoch"], v["members"], v["threshold"]
-            );
+            emit(json, &ok(v)?, |v| {
+                println!(
+                    "removed: the authority is at epoch {}, {} members, threshold {}",
+                    v["epoch"], v["members"], v["threshold"]
+                )
+            });
             Ok(())
         }
         Cmd::Sync { peer, timeout_s, json } => {
@@ -842,11 +914,12 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Cmd::Send { peer, text } => {
+        Cmd::Send { peer, text, json } => {
             let v = ask(dir, &Request::Send { peer, text }, quick)?
                 .ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"))?;
-            let v = ok(v)?;
-            println!("sent to {}", v["peer"].as_str().unwrap_or("?"));
+            emit(json, &ok(v)?, |v| {
+                println!("sent to {}", v["peer"].as_str().unwrap_or("?"))
+            });
             Ok(())
         }
         Cmd::BenchEcho {
@@ -936,26 +1009,28 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
     let need =
         |v: Option<Value>| v.ok_or_else(|| fail(exit::NOT_RUNNING, "no running peer: start `aura-smol run` first"));
     match c {
-        ContextCmd::Invite(InviteArgs { valid_for, addr }) => {
+        ContextCmd::Invite(InviteArgs { valid_for, addr, json }) => {
             let req = Request::ContextInvite {
                 valid_for_s: valid_for.as_secs(),
                 addr,
             };
             let v = ok(need(ask(dir, &req, Duration::from_secs(10))?)?)?;
-            println!("{}", v["code"].as_str().unwrap_or_default());
+            emit(json, &v, |v| println!("{}", v["code"].as_str().unwrap_or_default()));
         }
-        ContextCmd::Join { code, wait_s } => {
+        ContextCmd::Join { code, wait_s, json } => {
             let v = ok(need(ask(
                 dir,
                 &Request::ContextJoin { code },
                 Duration::from_secs(wait_s),
             )?)?)?;
-            println!(
-                "context {} ready with authority {} (epoch {})",
-                v["context"].as_str().unwrap_or("?"),
-                v["with"].as_str().unwrap_or("?"),
-                v["epoch"]
-            );
+            emit(json, &v, |v| {
+                println!(
+                    "context {} ready with authority {} (epoch {})",
+                    v["context"].as_str().unwrap_or("?"),
+                    v["with"].as_str().unwrap_or("?"),
+                    v["epoch"]
+                )
+            });
         }
         ContextCmd::List { json } => {
             let v = ok(need(ask(dir, &Request::ContextList, Duration::from_secs(10))?)?)?;
@@ -974,29 +1049,42 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
                 }
             }
         }
-        ContextCmd::Send { context, peer, text } => {
+        ContextCmd::Send {
+            context,
+            peer,
+            text,
+            json,
+        } => {
             let v = ok(need(ask(
                 dir,
                 &Request::ContextSend { context, peer, text },
                 Duration::from_secs(10),
             )?)?)?;
-            println!(
-                "handed to the guard chain for {} in context {}",
-                &v["peer"].as_str().unwrap_or("?")[..16],
-                &v["context"].as_str().unwrap_or("?")[..16]
-            );
+            emit(json, &v, |v| {
+                println!(
+                    "handed to the guard chain for {} in context {}",
+                    &v["peer"].as_str().unwrap_or("?")[..16],
+                    &v["context"].as_str().unwrap_or("?")[..16]
+                )
+            });
         }
-        ContextCmd::Rekey { context, timeout_s } => {
+        ContextCmd::Rekey {
+            context,
+            timeout_s,
+            json,
+        } => {
             let v = ok(need(ask(
                 dir,
                 &Request::ContextRekey { context },
                 Duration::from_secs(timeout_s),
             )?)?)?;
-            println!(
-                "context {} is at epoch {}",
-                &v["context"].as_str().unwrap_or("?")[..16],
-                v["epoch"]
-            );
+            emit(json, &v, |v| {
+                println!(
+                    "context {} is at epoch {}",
+                    &v["context"].as_str().unwrap_or("?")[..16],
+                    v["epoch"]
+                )
+            });
         }
     }
     Ok(())

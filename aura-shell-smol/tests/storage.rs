@@ -58,13 +58,17 @@ fn an_encrypted_directory_seals_its_audit_ledger() {
     let traffic = |pair: bool, pings: usize| {
         let a = Daemon::start_with(&d, Stdio::null(), &key);
         let b = Daemon::start(&p);
-        if pair {
-            let code = ok(&d, &["invite"]);
-            ok(&p, &["join", code.trim(), "--wait-s", "30"]);
-        }
         let pid = ok(&p, &["id"]).trim().to_string();
-        for _ in 0..pings {
-            ok(&d, &["ping", &pid[..16]]);
+        if pair {
+            let v: serde_json::Value = serde_json::from_str(&ok(&d, &["invite", "--json"])).unwrap();
+            let code = v["code"].as_str().unwrap().to_string();
+            let v: serde_json::Value =
+                serde_json::from_str(&ok(&p, &["join", &code, "--wait-s", "30", "--json"])).unwrap();
+            assert_eq!(v["peer"].as_str(), Some(ok(&d, &["id"]).trim()), "{v}");
+        }
+        for i in 0..pings {
+            let v: serde_json::Value = serde_json::from_str(&ok(&d, &["ping", &pid[..16], "--json"])).unwrap();
+            assert!(v["rtt_us"].as_u64().is_some() && v["seq"] == 0, "ping {i}: {v}");
         }
         // The running peer reads its own sealed ledger for a client that has no secret.
         let live = ok(&d, &["audit", "--json"]);
@@ -231,7 +235,7 @@ fn subcommands(help: &str) -> Vec<String> {
 fn every_subcommand_explains_itself() {
     let d = tempdir("help");
     let mut todo: Vec<Vec<String>> = vec![vec![]];
-    let mut seen = 0;
+    let (mut seen, mut json_leaves) = (0, 0);
     while let Some(path) = todo.pop() {
         let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
         args.push("--help");
@@ -246,10 +250,20 @@ fn every_subcommand_explains_itself() {
             "{args:?} has no description: {text}"
         );
         seen += 1;
-        for c in subcommands(&text) {
+        let subs = subcommands(&text);
+        // Every command that answers with data offers it to machines too (DESIGN §13);
+        // the exceptions print nothing worth parsing or run in the foreground.
+        let leaf = subs.is_empty() && !path.is_empty();
+        let exempt = ["init", "id", "run", "stop", "compact", "repair-log"];
+        if leaf && !exempt.contains(&path[path.len() - 1].as_str()) {
+            assert!(text.contains("--json"), "{args:?} has no --json: {text}");
+            json_leaves += 1;
+        }
+        for c in subs {
             todo.push([path.clone(), vec![c]].concat());
         }
     }
     assert!(seen >= 25, "only {seen} commands found");
+    assert!(json_leaves >= 20, "only {json_leaves} commands with --json");
     let _ = std::fs::remove_dir_all(&d);
 }
