@@ -1503,42 +1503,50 @@ impl Peer {
     /// `None`) go again now: a user asking for something now should not wait out a
     /// backoff that grew while the peer was away. Each hurried send spends a try as a timed
     /// one would. A handshake with no try left (after a long absence, only waiting out its
-    /// last timer) is replaced by a fresh one, and the traffic queued for the peer waits
-    /// for that one instead of being dropped. Each request gets at most one send per
-    /// handshake out of this, and a handshake nobody asks about again still fails on its
-    /// own timers.
+    /// last timer) that traffic is queued behind is replaced by a fresh one, and the queue
+    /// waits for that one instead of being dropped; with nothing queued it is left to fail
+    /// on its own timer. A context channel the guard no longer allows fails now, as at
+    /// its next timer. So each request gets at most one send per handshake out of this.
     pub(super) fn hurry_handshakes(&mut self, peer: Option<DeviceId>) {
         let now = self.now.mono;
         let tries = self.cfg.handshake_tries;
         let (mut hurried, mut spent) = (Vec::new(), Vec::new());
-        for (idx, c) in self.channels.iter_mut() {
+        for (idx, c) in self.channels.iter() {
             let towards = c.peer.is_some_and(|p| peer.is_none_or(|q| q == p));
             let kind = matches!(c.purpose, Purpose::Link | Purpose::Context);
             if towards && kind && c.retx_at.is_some() && matches!(c.phase, Phase::InitSent { .. }) {
+                let waiting = c
+                    .peer
+                    .is_some_and(|p| self.queued.get(&(c.scope, p)).is_some_and(|q| !q.is_empty()));
                 if c.tries < tries {
-                    c.retx_at = Some(now);
                     hurried.push(*idx);
-                } else {
+                } else if waiting {
                     spent.push(*idx);
                 }
             }
         }
         for idx in hurried {
+            if let Some(c) = self.channels.get_mut(&idx) {
+                c.retx_at = Some(now);
+            }
             self.channel_timeout(idx, now);
         }
         for idx in spent {
-            let Some(c) = self.channels.remove(&idx) else { continue };
-            let Some(peer) = c.peer else { continue };
-            let scope = c.scope;
-            if self.queued.get(&(scope, peer)).is_none_or(|q| q.is_empty()) {
+            if !self.may_keep_up(idx) {
+                self.fail_initiator(idx, FailReason::Timeout);
                 continue;
             }
+            let Some(c) = self.channels.remove(&idx) else { continue };
+            let (scope, Some(peer)) = (c.scope, c.peer) else {
+                continue;
+            };
             let fresh = if scope == ContextId::OWN {
                 self.start_link(peer)
             } else {
                 self.start_context_link(scope, peer)
             };
             if fresh.is_err() {
+                // What the spent handshake's own timer would have reported.
                 let discarded = self.queued.remove(&(scope, peer)).map_or(0, |q| q.len());
                 self.event(Event::ChannelFailed {
                     peer,

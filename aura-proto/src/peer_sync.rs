@@ -278,10 +278,9 @@ impl Peer {
             None => Vec::new(),
         };
         // Sessions already open (say, one begun while the device was away and now waiting
-        // out a backoff) go again now, with fresh tries, and handshakes waiting out theirs
-        // are hurried (`hurry_handshakes`): the user asked for a sync now, and a new
-        // session would only wait behind the old one.
-        self.hurry_handshakes(peer);
+        // out a backoff) go again now, with fresh tries: the user asked for a sync now,
+        // and a new session would only wait behind the old one. Handshakes waiting out a
+        // backoff are hurried last, once every query is queued behind them.
         let open: Vec<u64> = self
             .sync
             .sessions
@@ -291,7 +290,7 @@ impl Peer {
             .collect();
         for session in open {
             self.sync.sessions.get_mut(&session).expect("listed").tries = 0;
-            self.sync_session_due(session);
+            self.sync_session_due(session, true);
         }
         match peer {
             Some(p) => {
@@ -306,6 +305,7 @@ impl Peer {
                 self.sync_cross();
             }
         }
+        self.hurry_handshakes(peer);
         Ok(())
     }
 
@@ -866,9 +866,11 @@ impl Peer {
         [next, periodic].into_iter().flatten().min()
     }
 
-    /// A session whose retry time came: wait for its handshake, give up, or send its
-    /// query (or fetch) again.
-    fn sync_session_due(&mut self, session: u64) {
+    /// A session whose retry time came (or that the user `asked` to go now): wait for its
+    /// handshake, give up, or send its query (or fetch) again. Asked, it queues its query
+    /// behind a handshake still on its way rather than wait for it: the handshake is about
+    /// to be hurried, or replaced if it is out of tries, for what waits on it.
+    fn sync_session_due(&mut self, session: u64, asked: bool) {
         let now = self.now.mono;
         let (tries, peer, ns) = {
             let s = &self.sync.sessions[&session];
@@ -880,7 +882,7 @@ impl Peer {
         let waiting = self
             .scope_for(&peer, Some(&ns))
             .is_some_and(|scope| !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer));
-        if waiting {
+        if waiting && !asked {
             let backoff = self.sync_backoff(tries);
             let s = self.sync.sessions.get_mut(&session).expect("listed");
             s.retry_at = now.saturating_add(backoff);
@@ -929,7 +931,7 @@ impl Peer {
             .map(|(k, _)| *k)
             .collect();
         for session in due {
-            self.sync_session_due(session);
+            self.sync_session_due(session, false);
         }
         if self.my_namespaces().is_empty() {
             return;

@@ -411,26 +411,27 @@ fn a_device_flooding_queries_gets_a_bounded_number_of_answers() {
     assert_eq!(overloaded(&net) - before, 200 - 64);
 }
 
-/// Back after five minutes away, a device is reached at once by an explicit sync, with no
-/// timer to wait out: the sessions and handshakes that backed off meanwhile go again now,
-/// and the device that keeps its own crossed handshake (the smaller id) answers the other's
-/// first message by sending its own again at once.
-#[test]
-fn an_explicit_sync_reaches_a_returning_device_without_waiting_out_backoffs() {
+/// Device 2 away for five minutes (while device 0 wrote a note, with `note`): both sides'
+/// handshakes to each other are then waiting out long backoffs, and device 2's crosses
+/// device 0's.
+fn away_five_minutes(note: bool) -> (Net, Namespace, Option<FactId>) {
     let mut net = authority_net(None);
     let ns = authority_ns(&net);
     net.cut.insert(2);
-    net.cmd(
-        0,
-        Command::Publish {
-            namespace: ns,
-            data: b"while you were away".to_vec(),
-            ack: false,
-        },
-    )
-    .unwrap();
-    net.run();
-    let id = last_written(&net.nodes[0]);
+    let mut id = None;
+    if note {
+        net.cmd(
+            0,
+            Command::Publish {
+                namespace: ns,
+                data: b"while you were away".to_vec(),
+                ack: false,
+            },
+        )
+        .unwrap();
+        net.run();
+        id = Some(last_written(&net.nodes[0]));
+    }
     net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
     assert!(
         net.nodes[2]
@@ -441,25 +442,63 @@ fn an_explicit_sync_reaches_a_returning_device_without_waiting_out_backoffs() {
         "device 2 has a handshake of its own in flight: the two cross"
     );
     net.cut.remove(&2);
+    (net, ns, id)
+}
+
+/// Back after five minutes away, a device is reached at once by an explicit sync, with no
+/// timer to wait out: the sessions and handshakes that backed off meanwhile go again now
+/// (one out of tries is replaced), and the device that keeps its own crossed handshake
+/// (the smaller id) answers the other's first message by sending its own again at once.
+#[test]
+fn an_explicit_sync_reaches_a_returning_device_without_waiting_out_backoffs() {
+    let (mut net, ns, id) = away_five_minutes(true);
+    let id = id.unwrap();
     let t = net.now_ns;
-    // Something waits for the handshake the sync hurries (or replaces): it is not lost.
+    net.cmd(0, Command::Sync { peer: None }).unwrap();
+    net.run();
+    assert_eq!(net.now_ns, t, "no time passed");
+    assert!(net.nodes[2].peer.journal().facts(&ns).any(|f| f.id() == id));
+    assert_eq!(net.nodes[0].peer.propagation(&id), Some(Propagation::Complete));
+}
+
+/// With no note to push, only the periodic sessions wait on the handshakes: the sync still
+/// completes with no time passing.
+#[test]
+fn an_explicit_sync_with_nothing_queued_still_goes_at_once() {
+    let (mut net, _, _) = away_five_minutes(false);
     let n2 = net.id(2);
+    let done = |net: &Net| {
+        net.nodes[0]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::SyncDone { peer, .. } if *peer == n2))
+            .count()
+    };
+    let (t, before) = (net.now_ns, done(&net));
+    net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
+    net.run();
+    assert_eq!(net.now_ns, t, "no time passed");
+    assert!(done(&net) > before, "the sync with device 2 finished");
+}
+
+/// What was queued behind a handshake that an explicit sync hurries or replaces is not
+/// lost: it goes out on the new channel.
+#[test]
+fn traffic_queued_behind_a_hurried_handshake_is_delivered() {
+    let (mut net, _, _) = away_five_minutes(true);
+    let n2 = net.id(2);
+    let msg = bytes::Bytes::from_static(b"waited for the channel");
     net.cmd(
         0,
         Command::Send {
             peer: n2,
-            data: bytes::Bytes::from_static(b"waited for the channel"),
+            data: msg.clone(),
         },
     )
     .unwrap();
-    net.cmd(0, Command::Sync { peer: None }).unwrap();
+    net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
     net.run();
-    assert_eq!(net.now_ns, t, "no time passed");
-    assert!(received(&net.nodes[2])
-        .iter()
-        .any(|m| &m[..] == b"waited for the channel"));
-    assert!(net.nodes[2].peer.journal().facts(&ns).any(|f| f.id() == id));
-    assert_eq!(net.nodes[0].peer.propagation(&id), Some(Propagation::Complete));
+    assert!(received(&net.nodes[2]).contains(&msg));
 }
 
 /// A sync asked for again while the first attempt's message is lost goes out again at
