@@ -131,14 +131,15 @@ impl Ledger {
     pub fn open(dir: &Path, sealer: Option<LineSealer>) -> io::Result<Ledger> {
         use std::os::unix::fs::OpenOptionsExt;
         // Metadata only, but whom this device talks to and when is nobody else's business.
+        // Before the append handle is opened: the sealing replaces the file.
+        if let Some(s) = &sealer {
+            seal_plain_lines(dir, s)?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path(dir))?;
-        if let Some(s) = &sealer {
-            seal_plain_lines(dir, s)?;
-        }
         let (last, torn) = last_line(&path(dir))?;
         Ok(Ledger {
             file,
@@ -197,10 +198,11 @@ fn last_line(p: &Path) -> io::Result<(Vec<u8>, bool)> {
     }
 }
 
-/// Seals, in place, a ledger that holds lines in the clear (written before the directory
-/// sealed its ledger): each line is opened as it was written, sealed into a new chain,
-/// and the file replaced (written aside, synced, renamed). Lines that do not read are
-/// dropped, and said so. Only a ledger whose first line is in the clear is rewritten.
+/// Seals, in place, a ledger that starts with lines in the clear (written before the
+/// directory sealed its ledger). Only that clear beginning is sealed; every later line that
+/// opens is sealed again into the new chain, and every line that does not read (a clear
+/// line after sealed ones, a sealed line that does not open) is kept as it is, so a reader
+/// still counts it. Streamed to a file aside, synced, renamed over the ledger.
 fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let p = path(dir);
@@ -212,41 +214,52 @@ fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
     if first.is_none_or(|l| l.is_empty() || l.starts_with(SEALED.as_bytes())) {
         return Ok(());
     }
-    let mut out = Vec::new();
-    let (mut prev_in, mut prev_out) = ([0u8; 16], [0u8; 16]);
-    let (mut kept, mut dropped) = (0usize, 0usize);
-    for line in BufReader::new(File::open(&p)?).split(b'\n') {
-        let line = line?;
-        let json = match line.strip_prefix(SEALED.as_bytes()) {
-            Some(h) => unhex(h).and_then(|b| sealer.open(&line_aad(&prev_in), &b)),
-            None => Some(line.clone()),
-        };
-        prev_in = chain_tag(&line);
-        let Some(json) = json.filter(|j| serde_json::from_slice::<Entry>(j).is_ok()) else {
-            dropped += 1;
-            continue;
-        };
-        let sealed = sealer.seal(&line_aad(&prev_out), &json);
-        prev_out.copy_from_slice(&sealed[sealed.len() - 16..]);
-        out.extend_from_slice(SEALED.as_bytes());
-        push_hex(&mut out, &sealed);
-        out.push(b'\n');
-        kept += 1;
-    }
     let tmp = dir.join("audit.log.sealing");
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(&out)?;
-    f.sync_all()?;
+    let mut out = io::BufWriter::new(f);
+    let (mut prev_in, mut prev_out) = ([0u8; 16], [0u8; 16]);
+    let (mut clear, mut sealed, mut kept) = (true, 0usize, 0usize);
+    let mut next = Vec::new();
+    for line in BufReader::new(File::open(&p)?).split(b'\n') {
+        let line = line?;
+        clear &= !line.starts_with(SEALED.as_bytes());
+        let json = if clear {
+            Some(line.clone())
+        } else {
+            line.strip_prefix(SEALED.as_bytes())
+                .and_then(unhex)
+                .and_then(|b| sealer.open(&line_aad(&prev_in), &b))
+        };
+        prev_in = chain_tag(&line);
+        next.clear();
+        match json.filter(|j| serde_json::from_slice::<Entry>(j).is_ok()) {
+            Some(j) => {
+                let b = sealer.seal(&line_aad(&prev_out), &j);
+                next.extend_from_slice(SEALED.as_bytes());
+                push_hex(&mut next, &b);
+                sealed += 1;
+            }
+            None => {
+                next.extend_from_slice(&line);
+                kept += 1;
+            }
+        }
+        prev_out = chain_tag(&next);
+        out.write_all(&next)?;
+        out.write_all(b"\n")?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, &p)?;
     File::open(dir)?.sync_all()?;
     tracing::warn!(
-        "audit.log: sealed {kept} line(s) written in the clear before the ledger was sealed ({dropped} unreadable dropped); \
-         copies of the old bytes may remain in freed disk blocks or backups"
+        "audit.log: sealed {sealed} line(s) written in the clear before the ledger was sealed \
+         ({kept} unreadable line(s) kept as they were); copies of the old bytes may remain in \
+         freed disk blocks or backups"
     );
     Ok(())
 }

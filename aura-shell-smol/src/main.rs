@@ -503,6 +503,11 @@ fn offline(dir: &Path, cmd: Option<Command>) -> Result<(Host, Vec<Event>), Failu
     Ok((host, events))
 }
 
+/// The first 16 characters of an id (all of a shorter string).
+fn short(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
 /// The peer's answer as one JSON line (`--json`), or else the human text.
 fn emit(json: bool, v: &Value, human: impl FnOnce(&Value)) {
     if json {
@@ -545,8 +550,11 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 valid_for_s: valid_for.as_secs(),
                 addr: addr.clone(),
             };
-            let code = match ask(dir, &req, quick)? {
-                Some(v) => ok(v)?["code"].as_str().unwrap_or_default().to_owned(),
+            let (code, answer) = match ask(dir, &req, quick)? {
+                Some(v) => {
+                    let v = ok(v)?;
+                    (v["code"].as_str().unwrap_or_default().to_owned(), Some(v))
+                }
                 None => {
                     let store_cfg = Store::open(dir)?.config;
                     let addr_hint = addr.unwrap_or_else(|| store_cfg.listen.to_string());
@@ -557,10 +565,12 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                             Event::InviteCreated { code, .. } => Some(code),
                             _ => None,
                         })
-                        .ok_or_else(|| fail(exit::FAILED, "no invitation was created"))?
+                        .ok_or_else(|| fail(exit::FAILED, "no invitation was created"))
+                        .map(|code| (code, None))?
                 }
             };
-            emit(json, &json!({ "code": code }), |_| println!("{code}"));
+            let answer = answer.unwrap_or_else(|| json!({ "ok": true, "code": code }));
+            emit(json, &answer, |_| println!("{code}"));
             Ok(())
         }
         Cmd::Join { code, wait_s, json } => {
@@ -575,7 +585,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 }),
                 None => {
                     offline(dir, Some(Command::Join { code }))?;
-                    emit(json, &json!({ "ok": true, "recorded": true }), |_| {
+                    emit(json, &json!({ "ok": true, "paired": false, "recorded": true }), |_| {
                         println!("join recorded; start `aura-smol run` to contact the inviter and finish pairing")
                     });
                 }
@@ -627,7 +637,7 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                     let rtt = v["rtt_us"].as_u64().unwrap_or(0);
                     println!(
                         "pong from {}: seq={i} rtt={}.{:03} ms",
-                        &v["peer"].as_str().unwrap_or("?")[..16],
+                        short(v["peer"].as_str().unwrap_or("?")),
                         rtt / 1000,
                         rtt % 1000
                     )
@@ -1044,7 +1054,7 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
                 for c in &list {
                     println!("context {} (epoch {})", c.id, c.epoch);
                     for (d, a) in &c.members {
-                        println!("  device {d} of authority {}", &a[..16]);
+                        println!("  device {d} of authority {}", short(a));
                     }
                 }
             }
@@ -1063,8 +1073,8 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
             emit(json, &v, |v| {
                 println!(
                     "handed to the guard chain for {} in context {}",
-                    &v["peer"].as_str().unwrap_or("?")[..16],
-                    &v["context"].as_str().unwrap_or("?")[..16]
+                    short(v["peer"].as_str().unwrap_or("?")),
+                    short(v["context"].as_str().unwrap_or("?"))
                 )
             });
         }
@@ -1081,7 +1091,7 @@ fn context_cmd(dir: &Path, c: ContextCmd) -> Result<(), Failure> {
             emit(json, &v, |v| {
                 println!(
                     "context {} is at epoch {}",
-                    &v["context"].as_str().unwrap_or("?")[..16],
+                    short(v["context"].as_str().unwrap_or("?")),
                     v["epoch"]
                 )
             });
@@ -1139,7 +1149,7 @@ fn print_status(s: &Status, verbose: bool) {
             "peer", "address", "state", "version", "role", "purpose"
         );
         for c in &s.channels {
-            let peer = c.peer.as_deref().map_or("?".to_string(), |p| p[..16].to_string());
+            let peer = c.peer.as_deref().map_or("?".to_string(), |p| short(p).to_string());
             let ctx = &c.context[..16.min(c.context.len())];
             println!(
                 "  {:<16}  {:<21}  {:<11}  {:>7}  {:<9}  {:<11}  {ctx} ({})",

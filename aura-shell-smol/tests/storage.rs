@@ -138,15 +138,17 @@ fn an_encrypted_directory_seals_its_audit_ledger() {
 }
 
 /// A ledger written in the clear before the directory sealed its ledger is sealed in place
-/// when the peer starts, keeping every entry; a sealed line in a plain directory's ledger
-/// is skipped, not fatal; and offline `audit` treats a secret given for a plain directory
-/// as every other command does.
+/// when the peer starts, keeping every entry, and the lines written in that same run land
+/// in the sealed file; lines that do not read stay counted (sealing does not launder
+/// them); a sealed line in a plain directory's ledger is skipped, not fatal; and offline
+/// `audit` treats a secret given for a plain directory as every other command does.
 #[test]
 fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
     let (d, p) = (tempdir("ledger-upgrade"), tempdir("ledger-plain"));
     let key = [("AURA_STORE_KEY", "7a90-yet another store secret-f3d1")];
     let out = smol_env(&d, &["init", "--listen", &format!("127.0.0.1:{}", free_port())], &key);
     assert!(out.status.success(), "{}", stderr(&out));
+    ok(&p, &["init", "--listen", &format!("127.0.0.1:{}", free_port())]);
     let clear: Vec<String> = (0..3)
         .map(|i| {
             format!(
@@ -156,27 +158,57 @@ fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
             )
         })
         .collect();
-    std::fs::write(d.join("audit.log"), clear.join("\n") + "\n").unwrap();
-    let daemon = Daemon::start_with(&d, Stdio::null(), &key);
-    daemon.stop();
-    let text = std::fs::read_to_string(d.join("audit.log")).unwrap();
-    assert_eq!(text.lines().count(), 3, "{text}");
+    let ledger = d.join("audit.log");
+    std::fs::write(&ledger, clear.join("\n") + "\n").unwrap();
+    let read = || {
+        let out = smol_env(&d, &["audit", "--json"], &key);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        let skipped = stderr(&out)
+            .split_whitespace()
+            .skip_while(|w| *w != "skipped")
+            .nth(1)
+            .map_or(0, |w| w.parse::<usize>().unwrap());
+        (shown, skipped)
+    };
+    // The first start seals the old lines, and this run's traffic is in the sealed file.
+    let a = Daemon::start_with(&d, Stdio::null(), &key);
+    let b = Daemon::start(&p);
+    let code = ok(&d, &["invite"]);
+    ok(&p, &["join", code.trim(), "--wait-s", "30"]);
+    let pid = ok(&p, &["id"]).trim().to_string();
+    ok(&d, &["ping", &pid[..16]]);
+    a.stop();
+    b.stop();
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let sealed: Vec<&str> = text.lines().collect();
+    assert!(sealed.len() > 3 + 2, "this run's lines are in the ledger: {text}");
     assert!(
-        text.lines().all(|l| l.starts_with("sealed:")) && !text.contains("abab"),
+        sealed.iter().all(|l| l.starts_with("sealed:")) && !text.contains("abab"),
         "{text}"
     );
-    let out = smol_env(&d, &["audit", "--json"], &key);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(shown.lines().count(), 3, "{shown}");
-    assert!(
-        shown.contains(&"ab".repeat(32)) && !stderr(&out).contains("skipped"),
-        "{}",
-        stderr(&out)
-    );
+    let (shown, skipped) = read();
+    assert_eq!((shown.lines().count(), skipped), (sealed.len(), 0), "{shown}");
+    assert_eq!(shown.matches(&"ab".repeat(32)).count(), 3, "{shown}");
+    // A clear beginning, a sealed line altered, a clear line slipped in after the sealed
+    // ones: sealing the beginning leaves the two bad lines bad.
+    let mut altered = sealed[1].to_string();
+    let mid = altered.len() / 2;
+    let digit = if altered.as_bytes()[mid] == b'0' { "1" } else { "0" };
+    altered.replace_range(mid..mid + 1, digit);
+    let forged = clear[2].replace("abab", "cdcd");
+    let crafted = [clear[0].as_str(), sealed[0], &altered, sealed[2], &forged].join("\n") + "\n";
+    std::fs::write(&ledger, crafted).unwrap();
+    let a = Daemon::start_with(&d, Stdio::null(), &key);
+    a.stop();
+    // (The restarted peer tries its paired device: lines of its own follow the five.)
+    let lines = std::fs::read_to_string(&ledger).unwrap().lines().count();
+    assert!(lines >= 5, "{lines}");
+    let (shown, skipped) = read();
+    assert_eq!((shown.lines().count(), skipped), (3 + lines - 5, 2), "{shown}");
+    assert!(!shown.contains("cdcd"), "{shown}");
     // A plain directory: a stray sealed line is skipped, the rest still shows.
-    ok(&p, &["init", "--listen", "127.0.0.1:0"]);
-    let stray = text.lines().next().unwrap();
+    let stray = sealed[0];
     std::fs::write(p.join("audit.log"), format!("{}\n{stray}\n{}\n", clear[0], clear[1])).unwrap();
     let out = smol(&p, &["audit", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));

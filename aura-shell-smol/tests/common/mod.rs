@@ -62,6 +62,12 @@ impl Daemon {
         Self::start_with(dir, Stdio::from(f), &[])
     }
 
+    /// [`Daemon::start_logged`] with extra environment variables.
+    pub fn start_logged_env(dir: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Self::start_with(dir, Stdio::from(f), env)
+    }
+
     /// Starts with its log going to `stderr` and extra environment variables.
     pub fn start_with(dir: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Daemon {
         Self::start_args(dir, stderr, env, &[])
