@@ -1500,29 +1500,33 @@ impl Peer {
     }
 
     /// Link and context handshakes this device is retrying towards `peer` (any peer:
-    /// `None`) go again now: a user asking for something now should not wait out a
-    /// backoff that grew while the peer was away. Each hurried send spends a try as a timed
-    /// one would. A handshake with no try left (after a long absence, only waiting out its
-    /// last timer) that traffic is queued behind is replaced by a fresh one, and the queue
-    /// waits for that one instead of being dropped; with nothing queued it is left to fail
-    /// on its own timer. A context channel the guard no longer allows fails now, as at
-    /// its next timer. So each request gets at most one send per handshake out of this.
+    /// `None`) go again now if their next send is further off than a fresh handshake's
+    /// first retry: a user asking for something now should not wait out a backoff that
+    /// grew while the peer was away (one just started is left alone). Each hurried send
+    /// spends a try as a timed one would. A regular handshake with no try left that
+    /// traffic is queued behind is replaced by a fresh one, if the guard still allows
+    /// the channel, and the queue waits for that one instead of being dropped; with
+    /// nothing queued, or for a catch-up channel, it is left to fail on its timer. So
+    /// each request gets at most one send per handshake out of this.
     pub(super) fn hurry_handshakes(&mut self, peer: Option<DeviceId>) {
         let now = self.now.mono;
         let tries = self.cfg.handshake_tries;
+        let grown = now.saturating_add(self.cfg.handshake_retry);
         let (mut hurried, mut spent) = (Vec::new(), Vec::new());
         for (idx, c) in self.channels.iter() {
             let towards = c.peer.is_some_and(|p| peer.is_none_or(|q| q == p));
             let kind = matches!(c.purpose, Purpose::Link | Purpose::Context);
-            if towards && kind && c.retx_at.is_some() && matches!(c.phase, Phase::InitSent { .. }) {
-                let waiting = c
-                    .peer
-                    .is_some_and(|p| self.queued.get(&(c.scope, p)).is_some_and(|q| !q.is_empty()));
-                if c.tries < tries {
-                    hurried.push(*idx);
-                } else if waiting {
-                    spent.push(*idx);
-                }
+            let backed_off = c.retx_at.is_some_and(|t| t > grown);
+            if !(towards && kind && backed_off && matches!(c.phase, Phase::InitSent { .. })) {
+                continue;
+            }
+            let waiting = c
+                .peer
+                .is_some_and(|p| self.queued.get(&(c.scope, p)).is_some_and(|q| !q.is_empty()));
+            if c.tries < tries {
+                hurried.push(*idx);
+            } else if waiting && c.ends_at.is_none() {
+                spent.push(*idx);
             }
         }
         for idx in hurried {
@@ -1532,14 +1536,16 @@ impl Peer {
             self.channel_timeout(idx, now);
         }
         for idx in spent {
-            if !self.may_keep_up(idx) {
+            let Some((scope, Some(peer))) = self.channels.get(&idx).map(|c| (c.scope, c.peer)) else {
+                continue;
+            };
+            let epoch = self.guard.contexts.get(&scope).map_or(0, |c| c.epoch);
+            let allowed = scope == ContextId::OWN || self.upkeep_allowed(scope, peer, epoch).is_ok();
+            if !allowed || !self.may_keep_up(idx) {
                 self.fail_initiator(idx, FailReason::Timeout);
                 continue;
             }
-            let Some(c) = self.channels.remove(&idx) else { continue };
-            let (scope, Some(peer)) = (c.scope, c.peer) else {
-                continue;
-            };
+            self.channels.remove(&idx);
             let fresh = if scope == ContextId::OWN {
                 self.start_link(peer)
             } else {

@@ -279,8 +279,9 @@ impl Peer {
         };
         // Sessions already open (say, one begun while the device was away and now waiting
         // out a backoff) go again now, with fresh tries: the user asked for a sync now,
-        // and a new session would only wait behind the old one. Handshakes waiting out a
-        // backoff are hurried last, once every query is queued behind them.
+        // and a new session would only wait behind the old one. A session waiting on a
+        // handshake has its query queued behind it already; handshakes that backed off are
+        // hurried last, once every new query is queued too.
         let open: Vec<u64> = self
             .sync
             .sessions
@@ -290,7 +291,7 @@ impl Peer {
             .collect();
         for session in open {
             self.sync.sessions.get_mut(&session).expect("listed").tries = 0;
-            self.sync_session_due(session, true);
+            self.sync_session_due(session);
         }
         match peer {
             Some(p) => {
@@ -866,11 +867,9 @@ impl Peer {
         [next, periodic].into_iter().flatten().min()
     }
 
-    /// A session whose retry time came (or that the user `asked` to go now): wait for its
-    /// handshake, give up, or send its query (or fetch) again. Asked, it queues its query
-    /// behind a handshake still on its way rather than wait for it: the handshake is about
-    /// to be hurried, or replaced if it is out of tries, for what waits on it.
-    fn sync_session_due(&mut self, session: u64, asked: bool) {
+    /// A session whose retry time came: wait for its handshake (its query is queued
+    /// behind it), give up, or send its query (or fetch) again.
+    fn sync_session_due(&mut self, session: u64) {
         let now = self.now.mono;
         let (tries, peer, ns) = {
             let s = &self.sync.sessions[&session];
@@ -882,7 +881,7 @@ impl Peer {
         let waiting = self
             .scope_for(&peer, Some(&ns))
             .is_some_and(|scope| !self.active.contains_key(&(scope, peer)) && self.initiating_to(scope, &peer));
-        if waiting && !asked {
+        if waiting {
             let backoff = self.sync_backoff(tries);
             let s = self.sync.sessions.get_mut(&session).expect("listed");
             s.retry_at = now.saturating_add(backoff);
@@ -931,7 +930,7 @@ impl Peer {
             .map(|(k, _)| *k)
             .collect();
         for session in due {
-            self.sync_session_due(session, false);
+            self.sync_session_due(session);
         }
         if self.my_namespaces().is_empty() {
             return;

@@ -579,3 +579,45 @@ fn asking_again_and_again_is_bounded_and_the_handshake_still_fails_once_nobody_a
         "the handshake to device 2 gave up once nobody asked"
     );
 }
+
+/// Asking for a sync many times while the device is away queues its query once, not
+/// once per request: the queue for the device (shared with everything else sent to it)
+/// does not fill up, and a send to it is still accepted.
+#[test]
+fn repeated_sync_requests_do_not_pile_up_queries() {
+    let (mut net, _, _) = away_five_minutes(false);
+    let n2 = net.id(2);
+    net.cut.insert(2);
+    for _ in 0..100 {
+        net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
+        net.run();
+    }
+    let msg = bytes::Bytes::from_static(b"still room");
+    assert_eq!(net.cmd(0, Command::Send { peer: n2, data: msg }), Ok(()));
+}
+
+/// A sync that starts a handshake sends its first message once: only handshakes that
+/// backed off are hurried, not one begun by the same request.
+#[test]
+fn a_handshake_begun_by_a_sync_is_not_hurried_at_once() {
+    let mut net = authority_net(None);
+    let n2 = net.id(2);
+    net.cut.insert(2);
+    // Wait until device 0 has given up on device 2: no channel, nothing in flight.
+    let mut waited = 0;
+    while net.nodes[0].peer.channels().iter().any(|c| c.peer == Some(n2)) {
+        waited += 1;
+        assert!(waited < 100, "device 0 never gave up on device 2");
+        net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    }
+    let sent = |net: &Net| {
+        net.nodes[0]
+            .egress
+            .iter()
+            .filter(|e| e.peer == Some(n2) && e.kind == guard::EgressKind::Handshake)
+            .count()
+    };
+    let before = sent(&net);
+    net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
+    assert_eq!(sent(&net) - before, 1, "one first message, not two");
+}
