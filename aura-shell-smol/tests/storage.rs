@@ -139,8 +139,8 @@ fn an_encrypted_directory_seals_its_audit_ledger() {
 
 /// A ledger written in the clear before the directory sealed its ledger is sealed in place
 /// when the peer starts, keeping every entry, and the lines written in that same run land
-/// in the sealed file; lines that do not read stay counted (sealing does not launder
-/// them); a sealed line in a plain directory's ledger is skipped, not fatal; and offline
+/// in the sealed file; clear lines added to a sealed ledger are never sealed into it and
+/// stay counted, as do altered ones; a sealed line in a plain directory's ledger is skipped, not fatal; and offline
 /// `audit` treats a secret given for a plain directory as every other command does.
 #[test]
 fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
@@ -190,14 +190,15 @@ fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
     let (shown, skipped) = read();
     assert_eq!((shown.lines().count(), skipped), (sealed.len(), 0), "{shown}");
     assert_eq!(shown.matches(&"ab".repeat(32)).count(), 3, "{shown}");
-    // A clear beginning, a sealed line altered, a clear line slipped in after the sealed
-    // ones: sealing the beginning leaves the two bad lines bad.
+    // A clear line put in front of sealed ones, a sealed line altered, a clear line
+    // slipped in after them: a ledger with sealed lines is not sealed again, and all
+    // three stay bad.
     let mut altered = sealed[1].to_string();
     let mid = altered.len() / 2;
     let digit = if altered.as_bytes()[mid] == b'0' { "1" } else { "0" };
     altered.replace_range(mid..mid + 1, digit);
-    let forged = clear[2].replace("abab", "cdcd");
-    let crafted = [clear[0].as_str(), sealed[0], &altered, sealed[2], &forged].join("\n") + "\n";
+    let (front, forged) = (clear[0].replace("abab", "efef"), clear[2].replace("abab", "cdcd"));
+    let crafted = [front.as_str(), sealed[0], &altered, sealed[2], &forged].join("\n") + "\n";
     std::fs::write(&ledger, crafted).unwrap();
     let a = Daemon::start_with(&d, Stdio::null(), &key);
     a.stop();
@@ -205,8 +206,8 @@ fn a_clear_ledger_is_sealed_in_place_and_stray_lines_are_skipped() {
     let lines = std::fs::read_to_string(&ledger).unwrap().lines().count();
     assert!(lines >= 5, "{lines}");
     let (shown, skipped) = read();
-    assert_eq!((shown.lines().count(), skipped), (3 + lines - 5, 2), "{shown}");
-    assert!(!shown.contains("cdcd"), "{shown}");
+    assert_eq!((shown.lines().count(), skipped), (2 + lines - 5, 3), "{shown}");
+    assert!(!shown.contains("cdcd") && !shown.contains("efef"), "{shown}");
     // A plain directory: a stray sealed line is skipped, the rest still shows.
     let stray = sealed[0];
     std::fs::write(p.join("audit.log"), format!("{}\n{stray}\n{}\n", clear[0], clear[1])).unwrap();
