@@ -2336,13 +2336,16 @@ impl Peer {
         // The side that opened the channel reconciles (both would be redundant). A
         // channel of an earlier epoch is there for a member that is behind to catch up:
         // both sides reconcile the context on it (the one that is behind may not know
-        // it is, having opened in what it takes for the current epoch).
+        // it is, having opened in what it takes for the current epoch). A fact whose push
+        // to this peer gave up is owed by its author whichever side opened: only the
+        // author knows (the other side opening for its own reasons left it waiting for
+        // the ten-minute round).
         if role == Role::Initiator {
             self.sync_on_link_up(scope, peer);
         }
         if behind {
             self.catch_up_with(scope, peer);
-        } else if role == Role::Initiator && scope != ContextId::OWN {
+        } else if scope != ContextId::OWN {
             self.context_link_up(scope, peer);
         }
     }
@@ -2669,6 +2672,11 @@ impl Peer {
             c.retx_at = Some(now.saturating_add(backoff(cfg.handshake_retry, c.tries)));
             c.tries += 1;
             self.metrics.handshake_retransmits += 1;
+            if matches!(c.phase, Phase::InitSent { .. }) {
+                // So a crossed first message right after this send gets no second copy
+                // (`resend_crossed_init` measures from here).
+                c.last_sent = now;
+            }
             match &c.phase {
                 Phase::InitSent { datagram, .. } => {
                     let (to, d, scope, peer) = (c.addr.clone(), datagram.clone(), c.scope, c.peer);

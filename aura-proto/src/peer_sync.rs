@@ -394,7 +394,7 @@ impl Peer {
         self.sync_with(peer, Namespace::Context(scope));
     }
 
-    /// A channel this device opened to `peer` in context `scope` is up: when the push of
+    /// A channel to `peer` in context `scope` is up (whichever side opened it): when the push of
     /// a fact this device wrote there gave up (say, during a partition) or was cut short
     /// by a restart, and it is not known to have reached `peer`, reconcile now rather
     /// than at the next cross-context round.

@@ -717,3 +717,39 @@ fn a_peer_cannot_make_us_answer_pings_without_limit() {
         .count();
     assert_eq!(pongs, 65);
 }
+
+/// A context fact whose pushes to the other person's devices gave up (they were away) is
+/// owed by its author. When one of those devices later opens a channel to the author for
+/// its own reasons, the author reconciles on it at once, not at the ten-minute round:
+/// only the author knows the push gave up.
+#[test]
+fn a_fact_whose_push_gave_up_goes_over_a_channel_the_other_side_opens() {
+    use aura_proto::journal::Namespace;
+    let mut net = two_authorities(vec![Config::default(); 4]);
+    let ctx = make_context(&mut net, 0, 2);
+    net.run();
+    let ns = Namespace::Context(ctx);
+    // Both of A's devices are away while device 2 (of B) writes.
+    net.cut.extend([0, 1]);
+    net.cmd(
+        2,
+        Command::Publish {
+            namespace: ns,
+            data: b"while A was away".to_vec(),
+            ack: false,
+        },
+    )
+    .unwrap();
+    net.run();
+    net.advance_to_ms(net.now_ns / 1_000_000 + 300_000);
+    let (id, _, status) = *net.nodes[2].peer.written_facts().last().unwrap();
+    assert!(matches!(status, Propagation::Failed { .. }), "{status:?}");
+    net.cut.clear();
+    // Device 0 opens a channel to device 2 to send something of its own.
+    send(&mut net, 0, 2, ctx, b"hello again");
+    net.advance_to_ms(net.now_ns / 1_000_000 + 5_000);
+    assert!(
+        net.nodes[0].peer.journal().facts(&ns).any(|f| f.id() == id),
+        "the note reached device 0 within seconds"
+    );
+}
