@@ -213,15 +213,11 @@ fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut any = false;
-    for line in BufReader::new(f).split(b'\n') {
-        let line = line?;
-        if line.starts_with(SEALED.as_bytes()) {
-            return Ok(());
-        }
-        any |= !line.is_empty();
-    }
-    if !any {
+    drop(f);
+    let any = BufReader::new(File::open(&p)?)
+        .split(b'\n')
+        .any(|l| l.is_ok_and(|l| !l.is_empty()));
+    if !any || has_sealed_line(&p)? {
         return Ok(());
     }
     let tmp = dir.join("audit.log.sealing");
@@ -262,6 +258,16 @@ fn seal_plain_lines(dir: &Path, sealer: &LineSealer) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether any line of the file at `p` is sealed.
+fn has_sealed_line(p: &Path) -> io::Result<bool> {
+    for line in BufReader::new(File::open(p)?).split(b'\n') {
+        if line?.starts_with(SEALED.as_bytes()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
@@ -275,6 +281,12 @@ pub fn read(dir: &Path, since_unix_ms: u64, sealer: Option<&LineSealer>) -> io::
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
+    };
+    // A ledger still wholly in the clear in an encrypted directory was written before the
+    // ledger was sealed (the peer seals it at its next start): its lines are entries.
+    let sealer = match sealer {
+        Some(s) if has_sealed_line(&path(dir))? => Some(s),
+        _ => None,
     };
     let mut out = Vec::new();
     let mut bad = 0;

@@ -901,8 +901,9 @@ fn dispatch(dir: &Path, cmd: Cmd) -> Result<(), Failure> {
                 "time (UTC)", "peer", "address", "context", "epoch", "kind", "bucket", "cost", "leak e/n/g"
             );
             for e in &entries {
-                let peer = e.peer.as_deref().map_or("-", |p| &p[..16.min(p.len())]);
-                let ctx = &e.context[..16.min(e.context.len())];
+                // Ledger lines are read back from disk: any text, cut only where it can be.
+                let peer = e.peer.as_deref().map_or("-", short);
+                let ctx = short(&e.context);
                 println!(
                     "{:<23} {:<16} {:<21} {:<16} {:>5} {:<9} {:>6} {:>5} {:>11}",
                     utc(e.unix_ms),
