@@ -451,16 +451,7 @@ impl Peer {
             }
             self.update_propagation(id);
         }
-        self.send_via(
-            peer,
-            Some(&ns),
-            AuthMsg::SyncQuery {
-                session,
-                round: 0,
-                namespace: ns,
-                msg: query,
-            },
-        );
+        self.send_query(peer, ns, session, 0, query);
     }
 
     /// Backoff before the `tries`-th resend, with up to 25% jitter from the peer RNG.
@@ -551,16 +542,7 @@ impl Peer {
                 s.query = query.clone();
                 s.retry_at = now.saturating_add(backoff);
                 let round = s.round;
-                self.send_via(
-                    from,
-                    Some(&ns),
-                    AuthMsg::SyncQuery {
-                        session,
-                        round,
-                        namespace: ns,
-                        msg: query,
-                    },
-                );
+                self.send_query(from, ns, session, round, query);
             }
             None if s.awaiting.is_empty() => self.finish_session(session),
             None => {
@@ -907,16 +889,18 @@ impl Peer {
             self.fetch(peer, ns, &ids);
             return;
         }
-        self.send_via(
-            peer,
-            Some(&ns),
-            AuthMsg::SyncQuery {
-                session,
-                round,
-                namespace: ns,
-                msg: query,
-            },
-        );
+        self.send_query(peer, ns, session, round, query);
+    }
+
+    /// One round of session `session`'s reconciliation, to `peer`.
+    fn send_query(&mut self, peer: DeviceId, ns: Namespace, session: u64, round: u32, msg: Vec<u8>) {
+        let q = AuthMsg::SyncQuery {
+            session,
+            round,
+            namespace: ns,
+            msg,
+        };
+        self.send_via(peer, Some(&ns), q);
     }
 
     /// Resends overdue queries, fails sessions out of tries, and starts periodic syncs.

@@ -411,6 +411,14 @@ fn a_device_flooding_queries_gets_a_bounded_number_of_answers() {
     assert_eq!(overloaded(&net) - before, 200 - 64);
 }
 
+/// Sessions `n` finished with `peer`.
+fn sync_done(n: &Node, peer: DeviceId) -> usize {
+    n.events
+        .iter()
+        .filter(|e| matches!(e, Event::SyncDone { peer: p, .. } if *p == peer))
+        .count()
+}
+
 /// Device 2 away for five minutes (while device 0 wrote a note, with `note`): both sides'
 /// handshakes to each other are then waiting out long backoffs, and device 2's crosses
 /// device 0's.
@@ -467,13 +475,7 @@ fn an_explicit_sync_reaches_a_returning_device_without_waiting_out_backoffs() {
 fn an_explicit_sync_with_nothing_queued_still_goes_at_once() {
     let (mut net, _, _) = away_five_minutes(false);
     let n2 = net.id(2);
-    let done = |net: &Net| {
-        net.nodes[0]
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::SyncDone { peer, .. } if *peer == n2))
-            .count()
-    };
+    let done = |net: &Net| sync_done(&net.nodes[0], n2);
     let (t, before) = (net.now_ns, done(&net));
     net.cmd(0, Command::Sync { peer: Some(n2) }).unwrap();
     net.run();
@@ -507,13 +509,7 @@ fn traffic_queued_behind_a_hurried_handshake_is_delivered() {
 fn asking_again_resends_a_lost_sync_at_once() {
     let mut net = authority_net(None);
     let n1 = net.id(1);
-    let done = |net: &Net| {
-        net.nodes[0]
-            .events
-            .iter()
-            .filter(|e| matches!(e, Event::SyncDone { peer, .. } if *peer == n1))
-            .count()
-    };
+    let done = |net: &Net| sync_done(&net.nodes[0], n1);
     let before = done(&net);
     net.drop_next = 1;
     net.cmd(0, Command::Sync { peer: Some(n1) }).unwrap();
